@@ -1,0 +1,242 @@
+"""The ``tm`` command line.
+
+Each subcommand is one entry in :data:`COMMANDS`: a :class:`Command` that says how to add its
+arguments to an :class:`argparse.ArgumentParser` and how to run once the arguments are parsed.
+Adding a subcommand means adding an entry; :func:`main` needs no change.
+
+Example:
+    $ tm cron "*/15 9-17 * * mon-fri" -n 3 --from 2024-01-01T00:00
+    2024-01-01T09:00:00
+    2024-01-01T09:15:00
+    2024-01-01T09:30:00
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+#: Exit status for a usage error or invalid input (the status argparse itself uses).
+EXIT_USAGE = 2
+#: Exit status for a valid request that could not be completed.
+EXIT_FAILURE = 1
+
+
+class CommandError(Exception):
+    """A user-facing failure: :func:`main` prints ``tm: error: <message>`` and exits.
+
+    Args:
+        message: What went wrong, in terms the user typed.
+        status: The process exit status.
+    """
+
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``tm`` subcommand.
+
+    Attributes:
+        help: One line shown in ``tm --help``.
+        configure: Adds the subcommand's arguments to its parser.
+        run: Executes the subcommand and returns the exit status; raises
+            :class:`CommandError` for failures the user should see.
+    """
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _non_negative_int(text: str) -> int:
+    """Parses a count for ``-n``.
+
+    Args:
+        text: The argument as typed.
+
+    Returns:
+        The count.
+
+    Raises:
+        argparse.ArgumentTypeError: If ``text`` is not a whole number >= 0.
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _iso_datetime(text: str) -> datetime:
+    """Parses an ISO-8601 date or date-time for ``--from``.
+
+    Args:
+        text: The argument as typed, e.g. ``2024-01-01T09:30`` or ``2024-01-01T09:30+01:00``.
+
+    Returns:
+        The parsed datetime, naive unless ``text`` carries an offset.
+
+    Raises:
+        argparse.ArgumentTypeError: If ``text`` is not ISO-8601.
+    """
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 date-time: {text!r}") from None
+
+
+def _configure_cron(parser: argparse.ArgumentParser) -> None:
+    """Adds the arguments of ``tm cron``.
+
+    Args:
+        parser: The subcommand's parser.
+    """
+    parser.add_argument("expression", metavar="EXPR", help='cron expression, e.g. "*/5 * * * *"')
+    parser.add_argument(
+        "-n",
+        dest="count",
+        type=_non_negative_int,
+        default=5,
+        metavar="N",
+        help="how many fire times to print (default: 5)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="start",
+        type=_iso_datetime,
+        default=None,
+        metavar="ISO",
+        help="print fire times strictly after this ISO-8601 date-time (default: now)",
+    )
+    parser.add_argument(
+        "--tz",
+        dest="zone",
+        default=None,
+        metavar="ZONE",
+        help="IANA time zone (e.g. Europe/London) for --from and the output; output is then aware",
+    )
+
+
+def _start_time(start: datetime | None, zone: str | None) -> datetime:
+    """Resolves the start of ``tm cron`` from ``--from`` and ``--tz``.
+
+    A naive ``--from`` is read as wall-clock time in ``--tz``; an aware one is converted to it.
+    Without ``--tz`` the start is used as given (naive wall clock unless it carries an offset).
+
+    Args:
+        start: The parsed ``--from``, or None for now.
+        zone: The ``--tz`` name, or None.
+
+    Returns:
+        The datetime to compute fire times after.
+
+    Raises:
+        CommandError: If ``zone`` is not a known time zone.
+    """
+    if zone is None:
+        return datetime.now() if start is None else start
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        tz = ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise CommandError(f"unknown time zone {zone!r}") from exc
+    if start is None:
+        return datetime.now(tz)
+    if start.tzinfo is None:
+        return start.replace(tzinfo=tz)
+    return start.astimezone(tz)
+
+
+def _run_cron(args: argparse.Namespace) -> int:
+    """Prints the next fire times of a cron expression, one ISO-8601 line each.
+
+    Args:
+        args: Parsed arguments of ``tm cron``.
+
+    Returns:
+        The exit status.
+
+    Raises:
+        CommandError: If the expression or the time zone is invalid, or the schedule runs out
+            before year 9999 ends.
+    """
+    from tm.cron import CronError, Expression
+
+    try:
+        expression = Expression(args.expression)
+    except CronError as exc:
+        raise CommandError(str(exc)) from exc
+    start = _start_time(args.start, args.zone)
+    fires = expression.iter(start)
+    out = sys.stdout
+    try:
+        for fire in itertools.islice(fires, args.count):
+            out.write(fire.isoformat() + "\n")
+    except OverflowError as exc:
+        out.flush()
+        raise CommandError(str(exc), EXIT_FAILURE) from exc
+    out.flush()
+    return 0
+
+
+#: The subcommands of ``tm``, by name. Others register theirs here.
+COMMANDS: dict[str, Command] = {
+    "cron": Command(
+        help="print the next fire times of a cron expression",
+        configure=_configure_cron,
+        run=_run_cron,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Builds the ``tm`` argument parser with one subparser per entry of :data:`COMMANDS`.
+
+    Returns:
+        The parser.
+    """
+    parser = argparse.ArgumentParser(prog="tm", description="tm: task orchestration tools.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=command.help, description=command.help)
+        command.configure(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``tm`` command line.
+
+    Args:
+        argv: Arguments after the program name; None means ``sys.argv[1:]``.
+
+    Returns:
+        The process exit status: 0 on success, 2 for invalid input (as argparse uses), 1 when a
+        valid request could not be completed.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse reports usage errors and --help by exiting
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return COMMANDS[args.command].run(args)
+    except CommandError as exc:
+        print(f"tm: error: {exc}", file=sys.stderr)
+        return exc.status
+    except BrokenPipeError:
+        # The reader went away (`tm cron ... | head -1`). Point stdout at devnull so the
+        # interpreter's final flush does not raise again (the recipe in the `signal` docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILURE

@@ -1,0 +1,356 @@
+//! Text to compiled schedule (fields, list items, names, Quartz extensions, errors), and the
+//! inverse: the normalised text of a compiled schedule.
+
+use std::fmt;
+
+use super::schedule::{DayRule, DomSet, DowSet, Schedule};
+use super::CronError;
+
+/// Which names a field accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    DayOfMonth,
+    Month,
+    DayOfWeek,
+}
+
+/// The range and vocabulary of one field.
+struct Field {
+    name: &'static str,
+    min: u32,
+    /// Largest value accepted (and the end of `N/S`).
+    max: u32,
+    /// End of `*` (differs from `max` only for day-of-week, where 7 repeats Sunday).
+    star_max: u32,
+    /// Largest step accepted: the number of distinct values.
+    step_max: u32,
+    kind: Kind,
+}
+
+const SECOND: Field = Field::plain("second", 0, 59);
+const MINUTE: Field = Field::plain("minute", 0, 59);
+const HOUR: Field = Field::plain("hour", 0, 23);
+const DAY_OF_MONTH: Field =
+    Field { name: "day-of-month", min: 1, max: 31, star_max: 31, step_max: 31, kind: Kind::DayOfMonth };
+const MONTH: Field = Field { name: "month", min: 1, max: 12, star_max: 12, step_max: 12, kind: Kind::Month };
+const DAY_OF_WEEK: Field =
+    Field { name: "day-of-week", min: 0, max: 7, star_max: 6, step_max: 7, kind: Kind::DayOfWeek };
+
+impl Field {
+    const fn plain(name: &'static str, min: u32, max: u32) -> Field {
+        Field { name, min, max, star_max: max, step_max: max - min + 1, kind: Kind::Plain }
+    }
+
+    fn syntax(&self, text: &str, message: String) -> CronError {
+        CronError::Syntax { field: self.name, text: text.to_string(), message }
+    }
+
+    fn out_of_range(&self, text: &str, value: &str, min: u32, max: u32) -> CronError {
+        CronError::OutOfRange { field: self.name, value: value.to_string(), min, max, text: text.to_string() }
+    }
+}
+
+const MONTH_NAMES: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const DAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
+
+/// The fields each `@macro` stands for.
+const MACROS: [(&str, &str); 7] = [
+    ("@yearly", "0 0 1 1 *"),
+    ("@annually", "0 0 1 1 *"),
+    ("@monthly", "0 0 1 * *"),
+    ("@weekly", "0 0 * * 0"),
+    ("@daily", "0 0 * * *"),
+    ("@midnight", "0 0 * * *"),
+    ("@hourly", "0 * * * *"),
+];
+
+/// Parses and compiles `text`; returns the schedule and whether a seconds field was given.
+pub(crate) fn parse(text: &str) -> Result<(Schedule, bool), CronError> {
+    let tokens: Vec<&str> = text.split_ascii_whitespace().collect();
+    let Some(first) = tokens.first() else { return Err(CronError::Empty) };
+    if first.starts_with('@') {
+        if tokens.len() != 1 {
+            return Err(CronError::FieldCount { found: tokens.len() });
+        }
+        let Some((_, fields)) = MACROS.iter().find(|(name, _)| name.eq_ignore_ascii_case(first)) else {
+            return Err(CronError::UnknownMacro { text: (*first).to_string() });
+        };
+        return parse(fields);
+    }
+    let (second, rest) = match tokens.len() {
+        5 => ("0", &tokens[..]),
+        6 => (tokens[0], &tokens[1..]),
+        found => return Err(CronError::FieldCount { found }),
+    };
+    let [minute, hour, dom, month, dow] = rest else { return Err(CronError::FieldCount { found: tokens.len() }) };
+
+    let (dom_bits, dom_special) = parse_field(&DAY_OF_MONTH, dom)?;
+    let (dow_bits, dow_special) = parse_field(&DAY_OF_WEEK, dow)?;
+    let dom_set = DomSet { days: dom_bits as u32, ..dom_special.dom };
+    // 7 is Sunday again.
+    let dow_set = DowSet { days: ((dow_bits | dow_bits >> 7) & 0x7f) as u8, ..dow_special.dow };
+    let schedule = Schedule {
+        seconds: parse_field(&SECOND, second)?.0,
+        minutes: parse_field(&MINUTE, minute)?.0,
+        hours: parse_field(&HOUR, hour)?.0 as u32,
+        months: parse_field(&MONTH, month)?.0 as u16,
+        days: day_rule(dom_set, is_restricted(dom), dow_set, is_restricted(dow)),
+    };
+    if !schedule.is_satisfiable() {
+        return Err(CronError::Unsatisfiable { text: tokens.join(" ") });
+    }
+    Ok((schedule, tokens.len() == 6))
+}
+
+/// A day field restricts unless its text is exactly `*` or `?` (Vixie cron and croniter).
+fn is_restricted(field: &str) -> bool {
+    field != "*" && field != "?"
+}
+
+/// The canonical day rule: a restricting field that matches every day makes the whole rule
+/// "every day" (alone, or OR-ed with the other field).
+fn day_rule(dom: DomSet, dom_restricted: bool, dow: DowSet, dow_restricted: bool) -> DayRule {
+    let dom_all = dom.days == u32::MAX << 1;
+    let dow_all = dow.days == 0x7f;
+    match (dom_restricted, dow_restricted) {
+        (true, false) if !dom_all => DayRule::Dom(dom),
+        (false, true) if !dow_all => DayRule::Dow(dow),
+        (true, true) if !dom_all && !dow_all => DayRule::Either(dom, dow),
+        _ => DayRule::All,
+    }
+}
+
+/// Quartz extensions found in a day field.
+#[derive(Default)]
+struct Special {
+    dom: DomSet,
+    dow: DowSet,
+}
+
+/// Parses one field: a comma list of items, into a value bitset and any day extensions.
+fn parse_field(field: &Field, text: &str) -> Result<(u64, Special), CronError> {
+    let mut bits = 0u64;
+    let mut special = Special::default();
+    for item in text.split(',') {
+        if item.is_empty() {
+            return Err(field.syntax(text, "empty list item".to_string()));
+        }
+        let handled = match field.kind {
+            Kind::DayOfMonth => dom_special(item, &mut special.dom)?,
+            Kind::DayOfWeek => dow_special(item, &mut special.dow)?,
+            _ => false,
+        };
+        if !handled {
+            bits |= parse_item(field, item)?;
+        }
+    }
+    Ok((bits, special))
+}
+
+/// `*`, `N`, `A-B`, each optionally followed by `/S`.
+fn parse_item(field: &Field, item: &str) -> Result<u64, CronError> {
+    let (base, step) = match item.split_once('/') {
+        Some((base, step)) => (base, Some(parse_step(field, item, step)?)),
+        None => (item, None),
+    };
+    let star = base == "*" || (base == "?" && matches!(field.kind, Kind::DayOfMonth | Kind::DayOfWeek));
+    let (lo, hi) = if star {
+        (field.min, field.star_max)
+    } else if base.starts_with('-') {
+        return Err(field.syntax(item, format!("negative value {base:?}")));
+    } else if let Some((a, b)) = base.split_once('-') {
+        let lo = value(field, item, a)?;
+        let mut hi = value(field, item, b)?;
+        if field.kind == Kind::DayOfWeek && lo > 0 && b.eq_ignore_ascii_case("sun") {
+            hi = 7; // `fri-sun`
+        }
+        if lo > hi {
+            return Err(field.syntax(item, format!("range start {lo} is greater than range end {hi}")));
+        }
+        (lo, hi)
+    } else {
+        let v = value(field, item, base)?;
+        (v, if step.is_some() { field.max } else { v })
+    };
+    let step = step.unwrap_or(1) as usize;
+    Ok((lo..=hi).step_by(step).fold(0, |bits, v| bits | 1 << v))
+}
+
+fn parse_step(field: &Field, item: &str, step: &str) -> Result<u32, CronError> {
+    match number(step) {
+        Some(n) if (1..=u64::from(field.step_max)).contains(&n) => Ok(n as u32),
+        Some(n) if n > 0 => Err(field.syntax(item, format!("step {step} out of range 1-{}", field.step_max))),
+        _ => Err(field.syntax(item, format!("invalid step {step:?}"))),
+    }
+}
+
+/// A non-empty run of ASCII digits, saturating instead of overflowing.
+fn number(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(text.bytes().fold(0u64, |n, b| n.saturating_mul(10).saturating_add(u64::from(b - b'0'))))
+}
+
+/// A number or a name in this field's range.
+fn value(field: &Field, item: &str, token: &str) -> Result<u32, CronError> {
+    if let Some(n) = number(token) {
+        if n < u64::from(field.min) || n > u64::from(field.max) {
+            return Err(field.out_of_range(item, token, field.min, field.max));
+        }
+        return Ok(n as u32);
+    }
+    let lookup = |names: &[&str]| names.iter().position(|name| name.eq_ignore_ascii_case(token));
+    if let Some(i) = lookup(&MONTH_NAMES) {
+        return match field.kind {
+            Kind::Month => Ok(i as u32 + 1),
+            _ => Err(field.syntax(item, format!("month name {token:?} is only allowed in the month field"))),
+        };
+    }
+    if let Some(i) = lookup(&DAY_NAMES) {
+        return match field.kind {
+            Kind::DayOfWeek => Ok(i as u32),
+            _ => Err(field.syntax(item, format!("day name {token:?} is only allowed in the day-of-week field"))),
+        };
+    }
+    let message = match token {
+        "" => "missing value".to_string(),
+        t if t.starts_with('-') => format!("negative value {t:?}"),
+        t => format!("invalid value {t:?}"),
+    };
+    Err(field.syntax(item, message))
+}
+
+/// Day-of-month extensions: `L`, `L-n`, `LW`, `nW`. Returns whether `item` was one.
+fn dom_special(item: &str, dom: &mut DomSet) -> Result<bool, CronError> {
+    let field = &DAY_OF_MONTH;
+    let bytes = item.as_bytes();
+    if item.eq_ignore_ascii_case("l") {
+        dom.last |= 1;
+    } else if item.eq_ignore_ascii_case("lw") {
+        dom.last_weekday = true;
+    } else if bytes.len() > 2 && bytes[0].eq_ignore_ascii_case(&b'l') && bytes[1] == b'-' {
+        let offset = &item[2..];
+        match number(offset) {
+            Some(n @ 1..=30) => dom.last |= 1 << n,
+            Some(_) => return Err(field.out_of_range(item, offset, 1, 30)),
+            None => return Err(field.syntax(item, format!("invalid offset {offset:?} after \"L-\""))),
+        }
+    } else if bytes.len() > 1 && bytes[bytes.len() - 1].eq_ignore_ascii_case(&b'w') {
+        let day = &item[..item.len() - 1];
+        match number(day) {
+            Some(n @ 1..=31) => dom.nearest_weekday |= 1 << n,
+            Some(_) => return Err(field.out_of_range(item, day, 1, 31)),
+            None => return Err(field.syntax(item, format!("invalid day {day:?} before \"W\""))),
+        }
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Day-of-week extensions: `wL` (last weekday `w` of the month), `w#k` (k-th weekday `w`).
+fn dow_special(item: &str, dow: &mut DowSet) -> Result<bool, CronError> {
+    let field = &DAY_OF_WEEK;
+    if let Some((day, k)) = item.split_once('#') {
+        let w = value(field, item, day)? % 7;
+        match number(k) {
+            Some(k @ 1..=5) => dow.nth[k as usize - 1] |= 1 << w,
+            Some(_) => return Err(field.out_of_range(item, k, 1, 5)),
+            None => return Err(field.syntax(item, format!("invalid occurrence {k:?} after \"#\""))),
+        }
+        return Ok(true);
+    }
+    let Some(day) = item.strip_suffix(['l', 'L']) else { return Ok(false) };
+    // Only a number or a day name before the `L` (`jul` is a misplaced month name, not `ju` + L).
+    if number(day).is_none() && !DAY_NAMES.iter().any(|name| name.eq_ignore_ascii_case(day)) {
+        return Ok(false);
+    }
+    dow.last |= 1 << (value(field, item, day)? % 7);
+    Ok(true)
+}
+
+/// Writes the normalised text of `schedule`: numeric values, canonical lists, single spaces.
+pub(crate) fn write_schedule(out: &mut fmt::Formatter<'_>, schedule: &Schedule, has_seconds: bool) -> fmt::Result {
+    if has_seconds {
+        write!(out, "{} ", set_text(&SECOND, schedule.seconds))?;
+    }
+    let (dom, dow) = match &schedule.days {
+        DayRule::All => ("*".to_string(), "*".to_string()),
+        DayRule::Dom(dom) => (dom_text(dom), "*".to_string()),
+        DayRule::Dow(dow) => ("*".to_string(), dow_text(dow)),
+        DayRule::Either(dom, dow) => (dom_text(dom), dow_text(dow)),
+    };
+    write!(
+        out,
+        "{} {} {dom} {} {dow}",
+        set_text(&MINUTE, schedule.minutes),
+        set_text(&HOUR, u64::from(schedule.hours)),
+        set_text(&MONTH, u64::from(schedule.months)),
+    )
+}
+
+fn dom_text(dom: &DomSet) -> String {
+    let mut items = Vec::new();
+    if dom.days != 0 {
+        items.push(set_text(&DAY_OF_MONTH, u64::from(dom.days)));
+    }
+    for n in (0..31).filter(|n| dom.last & (1 << n) != 0) {
+        items.push(if n == 0 { "L".to_string() } else { format!("L-{n}") });
+    }
+    if dom.last_weekday {
+        items.push("LW".to_string());
+    }
+    items.extend((1..=31).filter(|n| dom.nearest_weekday & (1 << n) != 0).map(|n| format!("{n}W")));
+    items.join(",")
+}
+
+fn dow_text(dow: &DowSet) -> String {
+    let mut items = Vec::new();
+    if dow.days != 0 {
+        items.push(set_text(&DAY_OF_WEEK, u64::from(dow.days)));
+    }
+    items.extend((0..7).filter(|w| dow.last & (1 << w) != 0).map(|w| format!("{w}L")));
+    for (k, set) in (1..).zip(dow.nth) {
+        items.extend((0..7).filter(|w| set & (1 << w) != 0).map(|w| format!("{w}#{k}")));
+    }
+    items.join(",")
+}
+
+/// The text of a non-empty value set: `*`, a progression (`*/S`, `N/S`, `A-B/S`) when it is one,
+/// or else a list of ranges and single values; always text that parses back to the same set.
+fn set_text(field: &Field, bits: u64) -> String {
+    let star = (field.min..=field.star_max).fold(0u64, |m, v| m | 1 << v);
+    if bits & star == star {
+        return "*".to_string();
+    }
+    let values: Vec<u32> = (field.min..=field.max).filter(|v| bits & (1 << v) != 0).collect();
+    if let (&[first, second, ..], Some(&last)) = (&values[..], values.last()) {
+        let step = second - first;
+        let progression = (first..=last).step_by(step as usize).fold(0u64, |m, v| m | 1 << v);
+        if step > 1 && progression == bits {
+            // `*` and `N/S` run to the end of their range: use them only when the next value
+            // would fall beyond it, so that the text cannot stand for more values than the set.
+            if first == field.min && last + step > field.star_max {
+                return format!("*/{step}");
+            }
+            if last + step > field.max {
+                return format!("{first}/{step}");
+            }
+            if values.len() >= 3 {
+                return format!("{first}-{last}/{step}");
+            }
+        }
+    }
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for v in values {
+        match runs.last_mut() {
+            Some((_, end)) if *end + 1 == v => *end = v,
+            _ => runs.push((v, v)),
+        }
+    }
+    let items: Vec<String> =
+        runs.iter().map(|&(a, b)| if a == b { format!("{a}") } else { format!("{a}-{b}") }).collect();
+    items.join(",")
+}

@@ -1,0 +1,132 @@
+//! The engine: runs [`Plan`]s of tasks on bounded worker pools.
+//!
+//! Threads and the interpreter: worker threads are plain OS threads. User code is reached only
+//! through [`Body`], and every batch of calls is wrapped in [`Host::session`] (for Python: one
+//! attachment to the interpreter). A worker keeps its session while ready work remains, so a chain
+//! of small tasks pays no thread or GIL hand-off per task; it leaves the session before it waits for
+//! anything (a lock held by another waiter, a condition variable, a timer).
+//!
+//! The scheduler state is one mutex whose critical sections are pure Rust bookkeeping and never run
+//! user code, so a thread attached to the interpreter may take it without risking a deadlock.
+
+mod run;
+mod sched;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use run::{Attempt, Run, RunState, TaskState};
+pub use sched::{Executor, PoolConfig};
+
+use crate::dag::{NodeId, Plan};
+use crate::retry::RetryPolicy;
+
+/// How a task attempt ended without a value.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// The task's code raised or returned an error; `source` is the original error (for Python, a `PyErr`).
+    #[error("{source}")]
+    Raised {
+        /// The user's error, kept intact for the caller.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The attempt ran longer than its timeout.
+    #[error("task timed out after {0:?}")]
+    Timeout(Duration),
+    /// The task was cancelled.
+    #[error("task cancelled")]
+    Cancelled,
+}
+
+/// Per-task scheduling options, one per plan node.
+#[derive(Clone, Debug, Default)]
+pub struct TaskSpec {
+    /// Index of the worker pool (0 is the default pool).
+    pub pool: usize,
+    /// Higher runs first among ready tasks of one pool.
+    pub priority: i32,
+    /// Retry policy for failed attempts.
+    pub retry: RetryPolicy,
+}
+
+/// What a run's tasks execute: the seam between the engine and user code.
+pub trait Body<V>: Send + Sync + 'static {
+    /// Runs one attempt of task `cx.node`. Parent results are available through `cx`.
+    fn call(&self, cx: &CallContext<'_, V>) -> Result<V, TaskError>;
+
+    /// Whether a failed attempt may be retried (the retry policy still bounds the count).
+    fn retryable(&self, _node: NodeId, _error: &TaskError) -> bool {
+        true
+    }
+}
+
+/// What a task attempt can see of its run.
+pub struct CallContext<'a, V> {
+    run: &'a run::RunInner<V>,
+    /// The node being run.
+    pub node: NodeId,
+    /// 0-based attempt number.
+    pub attempt: u32,
+}
+
+impl<'a, V> CallContext<'a, V> {
+    /// The result of a completed node (parents are always complete when a task runs).
+    pub fn value(&self, node: NodeId) -> Option<&'a V> {
+        self.run.value(node)
+    }
+
+    /// The plan being run.
+    pub fn plan(&self) -> &'a Plan {
+        &self.run.plan
+    }
+
+    /// The run's id.
+    pub fn run_id(&self) -> u64 {
+        self.run.id
+    }
+
+    /// Whether the run or this task was asked to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.run.is_cancel_requested(self.node)
+    }
+}
+
+/// The environment worker threads run in (for Python: attachment to the interpreter).
+pub trait Host: Send + Sync + 'static {
+    /// Wraps a worker thread's whole life (for Python: creates the thread state once, detached).
+    fn worker_main(&self, f: &mut (dyn FnMut() + Send)) {
+        f()
+    }
+    /// Wraps a batch of task calls (for Python: one attachment).
+    fn session(&self, f: &mut (dyn FnMut() + Send)) {
+        f()
+    }
+}
+
+/// A host for plain Rust task bodies.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NativeHost;
+
+impl Host for NativeHost {}
+
+/// Options for one run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Cancel everything else as soon as one task fails.
+    pub fail_fast: bool,
+}
+
+/// Everything needed to start a run.
+pub struct Submission<V> {
+    /// The validated graph.
+    pub plan: Arc<Plan>,
+    /// One spec per node.
+    pub specs: Arc<Vec<TaskSpec>>,
+    /// The code the tasks run.
+    pub body: Arc<dyn Body<V>>,
+    /// Run options.
+    pub options: RunOptions,
+}
+
+#[cfg(test)]
+mod tests;

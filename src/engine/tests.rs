@@ -1,0 +1,244 @@
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::clock::Clock;
+use crate::dag::DagBuilder;
+
+#[derive(Debug)]
+struct Boom(String);
+impl std::fmt::Display for Boom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for Boom {}
+
+/// Each task returns 1 + the sum of its parents' values, or fails if its name is listed.
+struct SumBody {
+    fail: Vec<String>,
+    fail_times: AtomicU32,
+    calls: AtomicUsize,
+    order: Mutex<Vec<NodeId>>,
+}
+
+impl SumBody {
+    fn new(fail: &[&str], fail_times: u32) -> Self {
+        SumBody {
+            fail: fail.iter().map(|s| s.to_string()).collect(),
+            fail_times: AtomicU32::new(fail_times),
+            calls: AtomicUsize::new(0),
+            order: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Body<u64> for SumBody {
+    fn call(&self, cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.order.lock().unwrap().push(cx.node);
+        let name = cx.plan().name(cx.node);
+        if self.fail.iter().any(|f| f == name) {
+            let left = self.fail_times.load(Ordering::SeqCst);
+            if left > 0 {
+                self.fail_times.store(left - 1, Ordering::SeqCst);
+                return Err(TaskError::Raised { source: Box::new(Boom(format!("{name} failed"))) });
+            }
+        }
+        let mut sum = 1;
+        for &p in cx.plan().parents(cx.node) {
+            sum += *cx.value(p).expect("parent value present");
+        }
+        Ok(sum)
+    }
+}
+
+fn plan(edges: &[(&str, &str)], extra: &[&str]) -> Arc<Plan> {
+    let mut b: DagBuilder<()> = DagBuilder::new();
+    for n in extra {
+        b.add_node(n, (), |_, _| true).unwrap();
+    }
+    for (p, c) in edges {
+        let p = b.add_node(p, (), |_, _| true).unwrap();
+        let c = b.add_node(c, (), |_, _| true).unwrap();
+        b.add_edge(p, c).unwrap();
+    }
+    Arc::new(b.plan())
+}
+
+fn executor(workers: usize) -> Executor<u64> {
+    Executor::new(Arc::new(NativeHost), vec![PoolConfig { name: String::new(), capacity: workers }], Clock::System)
+}
+
+fn submit(ex: &Executor<u64>, plan: &Arc<Plan>, body: Arc<dyn Body<u64>>, retry: RetryPolicy) -> Run<u64> {
+    let specs = Arc::new(vec![TaskSpec { retry, ..Default::default() }; plan.len()]);
+    ex.submit(Submission { plan: plan.clone(), specs, body, options: RunOptions::default() }).unwrap()
+}
+
+fn wait(ex: &Executor<u64>, run: &Run<u64>) -> RunState {
+    while !ex.wait(run, Duration::from_millis(100)) {}
+    run.state()
+}
+
+fn id(p: &Plan, name: &str) -> NodeId {
+    (0..p.len() as NodeId).find(|n| p.name(*n) == name).unwrap()
+}
+
+#[test]
+fn diamond_passes_results_in_dependency_order() {
+    let p = plan(&[("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")], &[]);
+    let ex = executor(4);
+    let body = Arc::new(SumBody::new(&[], 0));
+    let run = submit(&ex, &p, body.clone(), RetryPolicy::default());
+    assert_eq!(wait(&ex, &run), RunState::Completed);
+    assert_eq!(run.value(id(&p, "d")), Some(&5));
+    let order = body.order.lock().unwrap().clone();
+    let pos = |n: &str| order.iter().position(|x| *x == id(&p, n)).unwrap();
+    assert!(pos("a") < pos("b") && pos("b") < pos("d") && pos("c") < pos("d"));
+}
+
+#[test]
+fn failure_skips_descendants_but_not_unrelated_branches() {
+    let p = plan(&[("a", "b"), ("b", "c"), ("x", "y")], &[]);
+    let ex = executor(2);
+    let run = submit(&ex, &p, Arc::new(SumBody::new(&["b"], 100)), RetryPolicy::default());
+    assert_eq!(wait(&ex, &run), RunState::Failed);
+    assert_eq!(run.task_state(id(&p, "a")), TaskState::Completed);
+    assert_eq!(run.task_state(id(&p, "b")), TaskState::Failed);
+    assert_eq!(run.task_state(id(&p, "c")), TaskState::Skipped);
+    assert_eq!(run.skip_cause(id(&p, "c")), Some(id(&p, "b")));
+    assert_eq!(run.task_state(id(&p, "y")), TaskState::Completed);
+    let attempts = run.attempts(id(&p, "b"));
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].error.as_ref().unwrap().to_string(), "b failed");
+}
+
+#[test]
+fn retries_until_success_and_records_attempts() {
+    let p = plan(&[("a", "b")], &[]);
+    let ex = executor(1);
+    let retry = RetryPolicy { retries: 3, delay: Duration::from_millis(1), ..Default::default() };
+    let run = submit(&ex, &p, Arc::new(SumBody::new(&["b"], 2)), retry);
+    assert_eq!(wait(&ex, &run), RunState::Completed);
+    let attempts = run.attempts(id(&p, "b"));
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts[0].error.is_some() && attempts[1].error.is_some() && attempts[2].error.is_none());
+    assert!(attempts[1].started_us >= attempts[0].retry_at_us.unwrap());
+}
+
+#[test]
+fn retries_exhausted_fail_the_task() {
+    let p = plan(&[], &["a"]);
+    let ex = executor(1);
+    let retry = RetryPolicy { retries: 2, ..Default::default() };
+    let run = submit(&ex, &p, Arc::new(SumBody::new(&["a"], 10)), retry);
+    assert_eq!(wait(&ex, &run), RunState::Failed);
+    assert_eq!(run.attempts(0).len(), 3);
+}
+
+#[test]
+fn wide_and_long_graphs_complete() {
+    let mut b: DagBuilder<()> = DagBuilder::new();
+    let root = b.add_node("root", (), |_, _| true).unwrap();
+    let mut prev = root;
+    for i in 0..2000 {
+        let n = b.add_node(&format!("w{i}"), (), |_, _| true).unwrap();
+        b.add_edge(root, n).unwrap();
+        let c = b.add_node(&format!("c{i}"), (), |_, _| true).unwrap();
+        b.add_edge(prev, c).unwrap();
+        prev = c;
+    }
+    let p = Arc::new(b.plan());
+    let ex = executor(4);
+    let body = Arc::new(SumBody::new(&[], 0));
+    let run = submit(&ex, &p, body.clone(), RetryPolicy::default());
+    assert_eq!(wait(&ex, &run), RunState::Completed);
+    assert_eq!(body.calls.load(Ordering::SeqCst), p.len());
+    assert_eq!(run.value(prev), Some(&2001));
+}
+
+/// A task that runs a whole graph on the same executor, as a Python task calling a sub-graph does.
+struct NestedBody {
+    ex: Mutex<Option<Arc<Executor<u64>>>>,
+    inner: Arc<Plan>,
+}
+
+impl Body<u64> for NestedBody {
+    fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+        let ex = self.ex.lock().unwrap().clone().unwrap();
+        let run = submit(&ex, &self.inner, Arc::new(SumBody::new(&[], 0)), RetryPolicy::default());
+        wait(&ex, &run);
+        Ok(*run.value(id(&self.inner, "z")).unwrap())
+    }
+}
+
+#[test]
+fn nested_runs_on_a_single_worker_do_not_deadlock() {
+    let ex = Arc::new(executor(1));
+    let inner = plan(&[("y", "z")], &[]);
+    let body = Arc::new(NestedBody { ex: Mutex::new(Some(ex.clone())), inner });
+    let outer = plan(&[], &["p", "q", "r"]);
+    let run = submit(&ex, &outer, body.clone(), RetryPolicy::default());
+    assert_eq!(wait(&ex, &run), RunState::Completed);
+    assert_eq!(run.value(0), Some(&2));
+    body.ex.lock().unwrap().take();
+}
+
+#[test]
+fn cancel_stops_pending_tasks_and_is_idempotent() {
+    let p = plan(&[("a", "b"), ("b", "c")], &[]);
+    let ex = executor(1);
+    // Retrying with a long delay keeps `a` waiting so the run can be cancelled mid-way.
+    let retry = RetryPolicy { retries: 1, delay: Duration::from_secs(3600), ..Default::default() };
+    let run = submit(&ex, &p, Arc::new(SumBody::new(&["a"], 1)), retry);
+    while run.task_state(id(&p, "a")) != TaskState::Retrying {
+        std::thread::yield_now();
+    }
+    ex.cancel(&run);
+    ex.cancel(&run);
+    assert_eq!(wait(&ex, &run), RunState::Cancelled);
+    assert!(["a", "b", "c"].iter().all(|n| run.task_state(id(&p, n)) == TaskState::Cancelled));
+    ex.cancel(&run);
+    assert_eq!(run.state(), RunState::Cancelled);
+}
+
+#[test]
+fn pool_capacity_bounds_concurrency() {
+    struct Gauge {
+        now: AtomicUsize,
+        max: AtomicUsize,
+    }
+    impl Body<u64> for Gauge {
+        fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(0)
+        }
+    }
+    let names: Vec<String> = (0..24).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let p = plan(&[], &refs);
+    let ex: Executor<u64> = Executor::new(
+        Arc::new(NativeHost),
+        vec![PoolConfig { name: String::new(), capacity: 3 }, PoolConfig { name: "io".into(), capacity: 2 }],
+        Clock::System,
+    );
+    let gauge = Arc::new(Gauge { now: AtomicUsize::new(0), max: AtomicUsize::new(0) });
+    let specs = Arc::new((0..24).map(|i| TaskSpec { pool: i % 2, ..Default::default() }).collect::<Vec<_>>());
+    let run = ex.submit(Submission { plan: p, specs, body: gauge.clone(), options: RunOptions::default() }).unwrap();
+    assert_eq!(wait(&ex, &run), RunState::Completed);
+    assert!(gauge.max.load(Ordering::SeqCst) <= 5);
+    assert_eq!(ex.thread_count(), 5);
+}
+
+#[test]
+fn empty_plan_completes_immediately_and_shutdown_is_idempotent() {
+    let ex = executor(2);
+    let run = submit(&ex, &Arc::new(Plan::default()), Arc::new(SumBody::new(&[], 0)), RetryPolicy::default());
+    assert_eq!(run.state(), RunState::Completed);
+    ex.shutdown();
+    ex.shutdown();
+}

@@ -1,0 +1,14 @@
+//! The only place that uses pyo3: thin wrappers over the core and the one error mapping.
+
+use pyo3::prelude::*;
+
+mod cron;
+mod errors;
+
+/// The extension module `tm._tm`. Registering classes starts nothing: no thread, no runtime, no file.
+#[pymodule(gil_used = false)]
+fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    cron::register(m)?;
+    Ok(())
+}
