@@ -138,7 +138,9 @@ impl<N> DagBuilder<N> {
         }
         if parent == child {
             let n = self.names[parent as usize].clone();
-            return Err(DagError::Cycle { path: vec![n.clone(), n] });
+            return Err(DagError::Cycle {
+                path: vec![n.clone(), n],
+            });
         }
         let (lb, ub) = (self.ord[child as usize], self.ord[parent as usize]);
         if lb < ub {
@@ -148,6 +150,19 @@ impl<N> DagBuilder<N> {
         self.parents[child as usize].push(parent);
         self.edges += 1;
         Ok(())
+    }
+
+    /// Removes the edge `parent -> child` if present (the topological order stays valid).
+    pub fn remove_edge(&mut self, parent: NodeId, child: NodeId) {
+        let kids = &mut self.children[parent as usize];
+        if let Some(i) = kids.iter().position(|c| *c == child) {
+            kids.remove(i);
+            let ps = &mut self.parents[child as usize];
+            if let Some(j) = ps.iter().position(|p| *p == parent) {
+                ps.remove(j);
+            }
+            self.edges -= 1;
+        }
     }
 
     /// Pearce–Kelly: restore a topological order for the new edge `x -> y` where ord[y] < ord[x].
@@ -186,7 +201,11 @@ impl<N> DagBuilder<N> {
         let key = |v: &NodeId| self.ord[*v as usize];
         fwd.sort_by_key(key);
         bwd.sort_by_key(key);
-        let mut slots: Vec<u32> = bwd.iter().chain(fwd.iter()).map(|v| self.ord[*v as usize]).collect();
+        let mut slots: Vec<u32> = bwd
+            .iter()
+            .chain(fwd.iter())
+            .map(|v| self.ord[*v as usize])
+            .collect();
         slots.sort_unstable();
         for (v, slot) in bwd.iter().chain(fwd.iter()).zip(slots) {
             self.ord[*v as usize] = slot;
@@ -195,7 +214,13 @@ impl<N> DagBuilder<N> {
     }
 
     /// The cycle `x -> y -> ... -> last -> x` found by the forward search.
-    fn cycle_error(&self, x: NodeId, y: NodeId, last: NodeId, came_from: &HashMap<NodeId, NodeId>) -> DagError {
+    fn cycle_error(
+        &self,
+        x: NodeId,
+        y: NodeId,
+        last: NodeId,
+        came_from: &HashMap<NodeId, NodeId>,
+    ) -> DagError {
         let mut back = vec![last];
         let mut n = last;
         while n != y {
@@ -209,10 +234,7 @@ impl<N> DagBuilder<N> {
     }
 
     /// Freezes the graph into a plan (the builder stays usable).
-    pub fn plan(&self) -> Plan
-    where
-        N: Clone,
-    {
+    pub fn plan(&self) -> Plan {
         let mut order: Vec<NodeId> = (0..self.len() as NodeId).collect();
         order.sort_unstable_by_key(|n| self.ord[*n as usize]);
         Plan {
@@ -224,10 +246,7 @@ impl<N> DagBuilder<N> {
     }
 
     /// Consumes the builder, returning the payloads in node order alongside the plan.
-    pub fn into_parts(self) -> (Plan, Vec<N>)
-    where
-        N: Clone,
-    {
+    pub fn into_parts(self) -> (Plan, Vec<N>) {
         let plan = self.plan();
         (plan, self.payloads)
     }
@@ -321,13 +340,22 @@ mod tests {
         for (i, n) in plan.topological_order().iter().enumerate() {
             pos[*n as usize] = i;
         }
-        (0..plan.len() as NodeId).all(|n| plan.children(n).iter().all(|c| pos[n as usize] < pos[*c as usize]))
+        (0..plan.len() as NodeId).all(|n| {
+            plan.children(n)
+                .iter()
+                .all(|c| pos[n as usize] < pos[*c as usize])
+        })
     }
 
     #[test]
     fn cycle_names_every_task_in_order() {
         let err = build(&[("a", "b"), ("b", "c"), ("c", "a")]).unwrap_err();
-        assert_eq!(err, DagError::Cycle { path: vec!["c".into(), "a".into(), "b".into(), "c".into()] });
+        assert_eq!(
+            err,
+            DagError::Cycle {
+                path: vec!["c".into(), "a".into(), "b".into(), "c".into()]
+            }
+        );
         assert_eq!(err.to_string(), "cycle detected: c -> a -> b -> c");
     }
 
@@ -342,7 +370,11 @@ mod tests {
         let b = build(&[("c", "d"), ("b", "c"), ("a", "b"), ("a", "d")]).unwrap();
         assert!(is_topological(&b));
         let plan = b.plan();
-        let names: Vec<&str> = plan.topological_order().iter().map(|n| plan.name(*n)).collect();
+        let names: Vec<&str> = plan
+            .topological_order()
+            .iter()
+            .map(|n| plan.name(*n))
+            .collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
     }
 
@@ -363,7 +395,10 @@ mod tests {
         let mut b2: DagBuilder<u8> = DagBuilder::new();
         b2.add_node("x", 1, |a, b| a == b).unwrap();
         assert_eq!(b2.add_node("x", 1, |a, b| a == b).unwrap(), 0);
-        assert_eq!(b2.add_node("x", 2, |a, b| a == b), Err(DagError::DuplicateTask("x".into())));
+        assert_eq!(
+            b2.add_node("x", 2, |a, b| a == b),
+            Err(DagError::DuplicateTask("x".into()))
+        );
     }
 
     #[test]
@@ -371,7 +406,9 @@ mod tests {
         // Deterministic LCG so the test needs no extra crates.
         let mut s: u64 = 0x2545F4914F6CDD1D;
         let mut rnd = |m: u64| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 33) % m
         };
         for _ in 0..50 {
@@ -398,9 +435,19 @@ mod tests {
 
     #[test]
     fn descendants_roots_leaves() {
-        let plan = build(&[("a", "b"), ("b", "c"), ("a", "d"), ("e", "d")]).unwrap().plan();
-        let id = |s: &str| (0..plan.len() as NodeId).find(|n| plan.name(*n) == s).unwrap();
-        let mut d: Vec<&str> = plan.descendants(id("a")).iter().map(|n| plan.name(*n)).collect();
+        let plan = build(&[("a", "b"), ("b", "c"), ("a", "d"), ("e", "d")])
+            .unwrap()
+            .plan();
+        let id = |s: &str| {
+            (0..plan.len() as NodeId)
+                .find(|n| plan.name(*n) == s)
+                .unwrap()
+        };
+        let mut d: Vec<&str> = plan
+            .descendants(id("a"))
+            .iter()
+            .map(|n| plan.name(*n))
+            .collect();
         d.sort();
         assert_eq!(d, ["b", "c", "d"]);
         assert_eq!(plan.roots().count(), 2);

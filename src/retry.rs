@@ -22,7 +22,13 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { retries: 0, delay: Duration::ZERO, backoff: 0.0, max_delay: None, jitter: 0.0 }
+        RetryPolicy {
+            retries: 0,
+            delay: Duration::ZERO,
+            backoff: 0.0,
+            max_delay: None,
+            jitter: 0.0,
+        }
     }
 }
 
@@ -34,7 +40,8 @@ impl RetryPolicy {
 
     /// The delay before retry `i` (0-based), before jitter.
     pub fn base_delay(&self, i: u32) -> Duration {
-        let secs = self.delay.as_secs_f64() * (1.0 + self.backoff).powi(i.min(i32::MAX as u32) as i32);
+        let secs =
+            self.delay.as_secs_f64() * (1.0 + self.backoff).powi(i.min(i32::MAX as u32) as i32);
         let capped = match self.max_delay {
             Some(m) => secs.min(m.as_secs_f64()),
             None => secs,
@@ -71,7 +78,12 @@ mod tests {
 
     #[test]
     fn zero_backoff_is_fixed_and_jitter_bounds_hold() {
-        let p = RetryPolicy { retries: 3, delay: Duration::from_millis(100), jitter: 0.5, ..Default::default() };
+        let p = RetryPolicy {
+            retries: 3,
+            delay: Duration::from_millis(100),
+            jitter: 0.5,
+            ..Default::default()
+        };
         assert_eq!(p.base_delay(7), Duration::from_millis(100));
         assert_eq!(p.delay_for(0, 0.0), Duration::from_millis(50));
         assert_eq!(p.delay_for(0, 0.5), Duration::from_millis(100));
@@ -80,7 +92,12 @@ mod tests {
 
     #[test]
     fn huge_values_do_not_panic() {
-        let p = RetryPolicy { retries: u32::MAX, delay: Duration::from_secs(u64::MAX / 2), backoff: 10.0, ..Default::default() };
+        let p = RetryPolicy {
+            retries: u32::MAX,
+            delay: Duration::from_secs(u64::MAX / 2),
+            backoff: 10.0,
+            ..Default::default()
+        };
         assert_eq!(p.base_delay(u32::MAX), Duration::MAX);
     }
 }

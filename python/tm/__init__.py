@@ -6,47 +6,45 @@ Importing tm starts nothing: no thread, no runtime, no file.
 from __future__ import annotations
 
 from . import cron as cron
-from .exceptions import (
-    CronError as CronError,
-)
-from .exceptions import (
-    CycleError as CycleError,
-)
-from .exceptions import (
-    ExecutorError as ExecutorError,
-)
-from .exceptions import (
-    GraphError as GraphError,
-)
-from .exceptions import (
-    RetriesExhausted as RetriesExhausted,
-)
-from .exceptions import (
-    StoreError as StoreError,
-)
-from .exceptions import (
-    TaskCancelled as TaskCancelled,
-)
-from .exceptions import (
-    TaskFailed as TaskFailed,
-)
-from .exceptions import (
-    TaskTimeout as TaskTimeout,
-)
-from .exceptions import (
-    TmError as TmError,
-)
+from ._decorators import TaskFunction as TaskFunction
+from ._decorators import task as task
+from .exceptions import CronError as CronError
+from .exceptions import CycleError as CycleError
+from .exceptions import ExecutorError as ExecutorError
+from .exceptions import GraphError as GraphError
+from .exceptions import RetriesExhausted as RetriesExhausted
+from .exceptions import StoreError as StoreError
+from .exceptions import TaskCancelled as TaskCancelled
+from .exceptions import TaskFailed as TaskFailed
+from .exceptions import TaskTimeout as TaskTimeout
+from .exceptions import TmError as TmError
+from .executor import Attempt as Attempt
+from .executor import Executor as Executor
+from .executor import Run as Run
+from .executor import TaskRun as TaskRun
+from .graph import Graph as Graph
+from .taskflow import Task as Task
+from .taskflow import TaskStatus as TaskStatus
 
 __all__ = [
+    "Attempt",
     "CronError",
     "CycleError",
+    "Executor",
     "ExecutorError",
+    "Graph",
     "GraphError",
     "RetriesExhausted",
+    "Run",
     "StoreError",
+    "Task",
     "TaskCancelled",
     "TaskFailed",
+    "TaskFunction",
+    "TaskRun",
+    "TaskStatus",
     "TaskTimeout",
     "TmError",
     "cron",
+    "task",
 ]

@@ -178,15 +178,19 @@ def _run_cron(args: argparse.Namespace) -> int:
     except CronError as exc:
         raise CommandError(str(exc)) from exc
     start = _start_time(args.start, args.zone)
-    fires = expression.iter(start)
     out = sys.stdout
+    printed = 0
     try:
-        for fire in itertools.islice(fires, args.count):
+        for fire in itertools.islice(expression.iter(start), args.count):
             out.write(fire.isoformat() + "\n")
-    except OverflowError as exc:
-        out.flush()
-        raise CommandError(str(exc), EXIT_FAILURE) from exc
+            printed += 1
+    except OverflowError:
+        pass  # the schedule ran past year 9999: reported below like an exhausted iterator
     out.flush()
+    if printed < args.count:
+        raise CommandError(
+            f"only {printed} of {args.count} fire times exist before the year 10000", EXIT_FAILURE
+        )
     return 0
 
 

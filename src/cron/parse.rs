@@ -31,27 +31,65 @@ struct Field {
 const SECOND: Field = Field::plain("second", 0, 59);
 const MINUTE: Field = Field::plain("minute", 0, 59);
 const HOUR: Field = Field::plain("hour", 0, 23);
-const DAY_OF_MONTH: Field =
-    Field { name: "day-of-month", min: 1, max: 31, star_max: 31, step_max: 31, kind: Kind::DayOfMonth };
-const MONTH: Field = Field { name: "month", min: 1, max: 12, star_max: 12, step_max: 12, kind: Kind::Month };
-const DAY_OF_WEEK: Field =
-    Field { name: "day-of-week", min: 0, max: 7, star_max: 6, step_max: 7, kind: Kind::DayOfWeek };
+const DAY_OF_MONTH: Field = Field {
+    name: "day-of-month",
+    min: 1,
+    max: 31,
+    star_max: 31,
+    step_max: 31,
+    kind: Kind::DayOfMonth,
+};
+const MONTH: Field = Field {
+    name: "month",
+    min: 1,
+    max: 12,
+    star_max: 12,
+    step_max: 12,
+    kind: Kind::Month,
+};
+const DAY_OF_WEEK: Field = Field {
+    name: "day-of-week",
+    min: 0,
+    max: 7,
+    star_max: 6,
+    step_max: 7,
+    kind: Kind::DayOfWeek,
+};
 
 impl Field {
     const fn plain(name: &'static str, min: u32, max: u32) -> Field {
-        Field { name, min, max, star_max: max, step_max: max - min + 1, kind: Kind::Plain }
+        Field {
+            name,
+            min,
+            max,
+            star_max: max,
+            step_max: max - min + 1,
+            kind: Kind::Plain,
+        }
     }
 
     fn syntax(&self, text: &str, message: String) -> CronError {
-        CronError::Syntax { field: self.name, text: text.to_string(), message }
+        CronError::Syntax {
+            field: self.name,
+            text: text.to_string(),
+            message,
+        }
     }
 
     fn out_of_range(&self, text: &str, value: &str, min: u32, max: u32) -> CronError {
-        CronError::OutOfRange { field: self.name, value: value.to_string(), min, max, text: text.to_string() }
+        CronError::OutOfRange {
+            field: self.name,
+            value: value.to_string(),
+            min,
+            max,
+            text: text.to_string(),
+        }
     }
 }
 
-const MONTH_NAMES: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+const MONTH_NAMES: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
 const DAY_NAMES: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
 /// The fields each `@macro` stands for.
@@ -68,13 +106,22 @@ const MACROS: [(&str, &str); 7] = [
 /// Parses and compiles `text`; returns the schedule and whether a seconds field was given.
 pub(crate) fn parse(text: &str) -> Result<(Schedule, bool), CronError> {
     let tokens: Vec<&str> = text.split_ascii_whitespace().collect();
-    let Some(first) = tokens.first() else { return Err(CronError::Empty) };
+    let Some(first) = tokens.first() else {
+        return Err(CronError::Empty);
+    };
     if first.starts_with('@') {
         if tokens.len() != 1 {
-            return Err(CronError::FieldCount { found: tokens.len() });
+            return Err(CronError::FieldCount {
+                found: tokens.len(),
+            });
         }
-        let Some((_, fields)) = MACROS.iter().find(|(name, _)| name.eq_ignore_ascii_case(first)) else {
-            return Err(CronError::UnknownMacro { text: (*first).to_string() });
+        let Some((_, fields)) = MACROS
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(first))
+        else {
+            return Err(CronError::UnknownMacro {
+                text: (*first).to_string(),
+            });
         };
         return parse(fields);
     }
@@ -83,13 +130,23 @@ pub(crate) fn parse(text: &str) -> Result<(Schedule, bool), CronError> {
         6 => (tokens[0], &tokens[1..]),
         found => return Err(CronError::FieldCount { found }),
     };
-    let [minute, hour, dom, month, dow] = rest else { return Err(CronError::FieldCount { found: tokens.len() }) };
+    let [minute, hour, dom, month, dow] = rest else {
+        return Err(CronError::FieldCount {
+            found: tokens.len(),
+        });
+    };
 
     let (dom_bits, dom_special) = parse_field(&DAY_OF_MONTH, dom)?;
     let (dow_bits, dow_special) = parse_field(&DAY_OF_WEEK, dow)?;
-    let dom_set = DomSet { days: dom_bits as u32, ..dom_special.dom };
+    let dom_set = DomSet {
+        days: dom_bits as u32,
+        ..dom_special.dom
+    };
     // 7 is Sunday again.
-    let dow_set = DowSet { days: ((dow_bits | dow_bits >> 7) & 0x7f) as u8, ..dow_special.dow };
+    let dow_set = DowSet {
+        days: ((dow_bits | dow_bits >> 7) & 0x7f) as u8,
+        ..dow_special.dow
+    };
     let schedule = Schedule {
         seconds: parse_field(&SECOND, second)?.0,
         minutes: parse_field(&MINUTE, minute)?.0,
@@ -98,7 +155,9 @@ pub(crate) fn parse(text: &str) -> Result<(Schedule, bool), CronError> {
         days: day_rule(dom_set, is_restricted(dom), dow_set, is_restricted(dow)),
     };
     if !schedule.is_satisfiable() {
-        return Err(CronError::Unsatisfiable { text: tokens.join(" ") });
+        return Err(CronError::Unsatisfiable {
+            text: tokens.join(" "),
+        });
     }
     Ok((schedule, tokens.len() == 6))
 }
@@ -154,7 +213,8 @@ fn parse_item(field: &Field, item: &str) -> Result<u64, CronError> {
         Some((base, step)) => (base, Some(parse_step(field, item, step)?)),
         None => (item, None),
     };
-    let star = base == "*" || (base == "?" && matches!(field.kind, Kind::DayOfMonth | Kind::DayOfWeek));
+    let star =
+        base == "*" || (base == "?" && matches!(field.kind, Kind::DayOfMonth | Kind::DayOfWeek));
     let (lo, hi) = if star {
         (field.min, field.star_max)
     } else if base.starts_with('-') {
@@ -166,7 +226,10 @@ fn parse_item(field: &Field, item: &str) -> Result<u64, CronError> {
             hi = 7; // `fri-sun`
         }
         if lo > hi {
-            return Err(field.syntax(item, format!("range start {lo} is greater than range end {hi}")));
+            return Err(field.syntax(
+                item,
+                format!("range start {lo} is greater than range end {hi}"),
+            ));
         }
         (lo, hi)
     } else {
@@ -180,7 +243,10 @@ fn parse_item(field: &Field, item: &str) -> Result<u64, CronError> {
 fn parse_step(field: &Field, item: &str, step: &str) -> Result<u32, CronError> {
     match number(step) {
         Some(n) if (1..=u64::from(field.step_max)).contains(&n) => Ok(n as u32),
-        Some(n) if n > 0 => Err(field.syntax(item, format!("step {step} out of range 1-{}", field.step_max))),
+        Some(n) if n > 0 => Err(field.syntax(
+            item,
+            format!("step {step} out of range 1-{}", field.step_max),
+        )),
         _ => Err(field.syntax(item, format!("invalid step {step:?}"))),
     }
 }
@@ -190,7 +256,9 @@ fn number(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(text.bytes().fold(0u64, |n, b| n.saturating_mul(10).saturating_add(u64::from(b - b'0'))))
+    Some(text.bytes().fold(0u64, |n, b| {
+        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
 }
 
 /// A number or a name in this field's range.
@@ -201,17 +269,27 @@ fn value(field: &Field, item: &str, token: &str) -> Result<u32, CronError> {
         }
         return Ok(n as u32);
     }
-    let lookup = |names: &[&str]| names.iter().position(|name| name.eq_ignore_ascii_case(token));
+    let lookup = |names: &[&str]| {
+        names
+            .iter()
+            .position(|name| name.eq_ignore_ascii_case(token))
+    };
     if let Some(i) = lookup(&MONTH_NAMES) {
         return match field.kind {
             Kind::Month => Ok(i as u32 + 1),
-            _ => Err(field.syntax(item, format!("month name {token:?} is only allowed in the month field"))),
+            _ => Err(field.syntax(
+                item,
+                format!("month name {token:?} is only allowed in the month field"),
+            )),
         };
     }
     if let Some(i) = lookup(&DAY_NAMES) {
         return match field.kind {
             Kind::DayOfWeek => Ok(i as u32),
-            _ => Err(field.syntax(item, format!("day name {token:?} is only allowed in the day-of-week field"))),
+            _ => Err(field.syntax(
+                item,
+                format!("day name {token:?} is only allowed in the day-of-week field"),
+            )),
         };
     }
     let message = match token {
@@ -235,7 +313,9 @@ fn dom_special(item: &str, dom: &mut DomSet) -> Result<bool, CronError> {
         match number(offset) {
             Some(n @ 1..=30) => dom.last |= 1 << n,
             Some(_) => return Err(field.out_of_range(item, offset, 1, 30)),
-            None => return Err(field.syntax(item, format!("invalid offset {offset:?} after \"L-\""))),
+            None => {
+                return Err(field.syntax(item, format!("invalid offset {offset:?} after \"L-\"")))
+            }
         }
     } else if bytes.len() > 1 && bytes[bytes.len() - 1].eq_ignore_ascii_case(&b'w') {
         let day = &item[..item.len() - 1];
@@ -262,7 +342,9 @@ fn dow_special(item: &str, dow: &mut DowSet) -> Result<bool, CronError> {
         }
         return Ok(true);
     }
-    let Some(day) = item.strip_suffix(['l', 'L']) else { return Ok(false) };
+    let Some(day) = item.strip_suffix(['l', 'L']) else {
+        return Ok(false);
+    };
     // Only a number or a day name before the `L` (`jul` is a misplaced month name, not `ju` + L).
     if number(day).is_none() && !DAY_NAMES.iter().any(|name| name.eq_ignore_ascii_case(day)) {
         return Ok(false);
@@ -272,7 +354,11 @@ fn dow_special(item: &str, dow: &mut DowSet) -> Result<bool, CronError> {
 }
 
 /// Writes the normalised text of `schedule`: numeric values, canonical lists, single spaces.
-pub(crate) fn write_schedule(out: &mut fmt::Formatter<'_>, schedule: &Schedule, has_seconds: bool) -> fmt::Result {
+pub(crate) fn write_schedule(
+    out: &mut fmt::Formatter<'_>,
+    schedule: &Schedule,
+    has_seconds: bool,
+) -> fmt::Result {
     if has_seconds {
         write!(out, "{} ", set_text(&SECOND, schedule.seconds))?;
     }
@@ -297,12 +383,20 @@ fn dom_text(dom: &DomSet) -> String {
         items.push(set_text(&DAY_OF_MONTH, u64::from(dom.days)));
     }
     for n in (0..31).filter(|n| dom.last & (1 << n) != 0) {
-        items.push(if n == 0 { "L".to_string() } else { format!("L-{n}") });
+        items.push(if n == 0 {
+            "L".to_string()
+        } else {
+            format!("L-{n}")
+        });
     }
     if dom.last_weekday {
         items.push("LW".to_string());
     }
-    items.extend((1..=31).filter(|n| dom.nearest_weekday & (1 << n) != 0).map(|n| format!("{n}W")));
+    items.extend(
+        (1..=31)
+            .filter(|n| dom.nearest_weekday & (1 << n) != 0)
+            .map(|n| format!("{n}W")),
+    );
     items.join(",")
 }
 
@@ -311,9 +405,17 @@ fn dow_text(dow: &DowSet) -> String {
     if dow.days != 0 {
         items.push(set_text(&DAY_OF_WEEK, u64::from(dow.days)));
     }
-    items.extend((0..7).filter(|w| dow.last & (1 << w) != 0).map(|w| format!("{w}L")));
+    items.extend(
+        (0..7)
+            .filter(|w| dow.last & (1 << w) != 0)
+            .map(|w| format!("{w}L")),
+    );
     for (k, set) in (1..).zip(dow.nth) {
-        items.extend((0..7).filter(|w| set & (1 << w) != 0).map(|w| format!("{w}#{k}")));
+        items.extend(
+            (0..7)
+                .filter(|w| set & (1 << w) != 0)
+                .map(|w| format!("{w}#{k}")),
+        );
     }
     items.join(",")
 }
@@ -325,17 +427,21 @@ fn set_text(field: &Field, bits: u64) -> String {
     if bits & star == star {
         return "*".to_string();
     }
-    let values: Vec<u32> = (field.min..=field.max).filter(|v| bits & (1 << v) != 0).collect();
+    let values: Vec<u32> = (field.min..=field.max)
+        .filter(|v| bits & (1 << v) != 0)
+        .collect();
     if let (&[first, second, ..], Some(&last)) = (&values[..], values.last()) {
         let step = second - first;
-        let progression = (first..=last).step_by(step as usize).fold(0u64, |m, v| m | 1 << v);
+        let progression = (first..=last)
+            .step_by(step as usize)
+            .fold(0u64, |m, v| m | 1 << v);
         if step > 1 && progression == bits {
             // `*` and `N/S` run to the end of their range: use them only when the next value
             // would fall beyond it, so that the text cannot stand for more values than the set.
             if first == field.min && last + step > field.star_max {
                 return format!("*/{step}");
             }
-            if last + step > field.max {
+            if values.len() >= 3 && last + step > field.max {
                 return format!("{first}/{step}");
             }
             if values.len() >= 3 {
@@ -350,7 +456,325 @@ fn set_text(field: &Field, bits: u64) -> String {
             _ => runs.push((v, v)),
         }
     }
-    let items: Vec<String> =
-        runs.iter().map(|&(a, b)| if a == b { format!("{a}") } else { format!("{a}-{b}") }).collect();
+    let items: Vec<String> = runs
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
+                format!("{a}")
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
     items.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cron::Expression;
+
+    fn norm(text: &str) -> String {
+        match Expression::parse(text) {
+            Ok(e) => e.to_string(),
+            Err(err) => panic!("{text:?}: {err}"),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        match Expression::parse(text) {
+            Ok(e) => panic!("{text:?} parsed as {e}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    fn bits(field: &Field, text: &str) -> Vec<u32> {
+        match parse_field(field, text) {
+            Ok((bits, _)) => (0..64).filter(|v| bits & (1 << v) != 0).collect(),
+            Err(err) => panic!("{text:?}: {err}"),
+        }
+    }
+
+    #[test]
+    fn item_forms() {
+        assert_eq!(bits(&MINUTE, "*").len(), 60);
+        assert_eq!(bits(&MINUTE, "7"), [7]);
+        assert_eq!(bits(&MINUTE, "5-8"), [5, 6, 7, 8]);
+        assert_eq!(bits(&MINUTE, "5-5"), [5]);
+        assert_eq!(bits(&MINUTE, "*/15"), [0, 15, 30, 45]);
+        assert_eq!(bits(&MINUTE, "10-30/10"), [10, 20, 30]);
+        assert_eq!(bits(&MINUTE, "50/3"), [50, 53, 56, 59]);
+        assert_eq!(bits(&MINUTE, "*/60"), [0]);
+        assert_eq!(bits(&MINUTE, "1,2,59"), [1, 2, 59]);
+        assert_eq!(bits(&MINUTE, "1-2,*/20,007"), [0, 1, 2, 7, 20, 40]);
+        assert_eq!(bits(&HOUR, "*/24"), [0]);
+        assert_eq!(bits(&DAY_OF_MONTH, "*/10"), [1, 11, 21, 31]);
+        assert_eq!(bits(&DAY_OF_MONTH, "?"), (1..=31).collect::<Vec<_>>());
+        assert_eq!(bits(&MONTH, "jan-jun/2"), [1, 3, 5]);
+        assert_eq!(bits(&MONTH, "DEC,Feb"), [2, 12]);
+        assert_eq!(bits(&DAY_OF_WEEK, "mon-FRI"), [1, 2, 3, 4, 5]);
+        assert_eq!(bits(&DAY_OF_WEEK, "5-7"), [5, 6, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "fri-sun"), [5, 6, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "sun-sat/2"), [0, 2, 4, 6]);
+        assert_eq!(bits(&DAY_OF_WEEK, "*/2"), [0, 2, 4, 6]);
+        assert_eq!(bits(&DAY_OF_WEEK, "?"), [0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn normalised_text() {
+        assert_eq!(norm("  */5   *  * * *  "), "*/5 * * * *");
+        assert_eq!(norm("0 9 * * MON-FRI"), "0 9 * * 1-5");
+        assert_eq!(norm("0 0 * * 7"), "0 0 * * 0");
+        assert_eq!(norm("0 0 * * fri-sun"), "0 0 * * 0,5-6");
+        assert_eq!(norm("1-2,*/15 0 1 3 2"), "0-2,15,30,45 0 1 3 2");
+        assert_eq!(norm("0 0 1 jan-jun/2 *"), "0 0 1 1-5/2 *");
+        assert_eq!(norm("0 0 1 */3 *"), "0 0 1 */3 *");
+        assert_eq!(norm("0 0 1 2/3 *"), "0 0 1 2/3 *");
+        assert_eq!(norm("0 10,20 ? * ?"), "0 10,20 * * *");
+        assert_eq!(norm("0,30 * * * * *"), "*/30 * * * * *");
+        assert_eq!(norm("0 0 l,lw,15w,L-3 * *"), "0 0 L,L-3,LW,15W * *");
+        assert_eq!(norm("0 0 * * fril,MON#2,1#3"), "0 0 * * 5L,1#2,1#3");
+        assert_eq!(norm("0 0 1-31 * *"), "0 0 * * *");
+        assert_eq!(norm("0 0 13 * 0-7"), "0 0 * * *");
+        assert_eq!(norm("0 0 */2 * mon"), "0 0 */2 * 1");
+        assert_eq!(norm("0 0 * * 1,4"), "0 0 * * 1,4");
+        assert_eq!(norm("0 0 * * 2/2"), "0 0 * * 2/2");
+        assert_eq!(norm("@yearly"), "0 0 1 1 *");
+        assert_eq!(norm("@Annually"), "0 0 1 1 *");
+        assert_eq!(norm("@MONTHLY"), "0 0 1 * *");
+        assert_eq!(norm("@weekly"), "0 0 * * 0");
+        assert_eq!(norm("@daily"), "0 0 * * *");
+        assert_eq!(norm("@midnight"), "0 0 * * *");
+        assert_eq!(norm("\t@hourly\n"), "0 * * * *");
+    }
+
+    #[test]
+    fn error_messages() {
+        assert_eq!(
+            err("0 0 32 * *"),
+            r#"day-of-month field: value 32 out of range 1-31 in "32""#
+        );
+        assert_eq!(
+            err("*/0 * * * *"),
+            r#"minute field: invalid step "0" in "*/0""#
+        );
+        assert_eq!(
+            err("*/x * * * *"),
+            r#"minute field: invalid step "x" in "*/x""#
+        );
+        assert_eq!(
+            err("*/ * * * *"),
+            r#"minute field: invalid step "" in "*/""#
+        );
+        assert_eq!(
+            err("*/-1 * * * *"),
+            r#"minute field: invalid step "-1" in "*/-1""#
+        );
+        assert_eq!(
+            err("*/5/2 * * * *"),
+            r#"minute field: invalid step "5/2" in "*/5/2""#
+        );
+        assert_eq!(
+            err("*/61 * * * *"),
+            r#"minute field: step 61 out of range 1-60 in "*/61""#
+        );
+        assert_eq!(
+            err("0 */25 * * *"),
+            r#"hour field: step 25 out of range 1-24 in "*/25""#
+        );
+        assert_eq!(
+            err("0 0 * * */8"),
+            r#"day-of-week field: step 8 out of range 1-7 in "*/8""#
+        );
+        assert_eq!(
+            err("1,,2 * * * *"),
+            r#"minute field: empty list item in "1,,2""#
+        );
+        assert_eq!(
+            err("1, * * * *"),
+            r#"minute field: empty list item in "1,""#
+        );
+        assert_eq!(
+            err(",1 * * * *"),
+            r#"minute field: empty list item in ",1""#
+        );
+        assert_eq!(
+            err("5-1 * * * *"),
+            r#"minute field: range start 5 is greater than range end 1 in "5-1""#
+        );
+        assert_eq!(
+            err("-5 * * * *"),
+            r#"minute field: negative value "-5" in "-5""#
+        );
+        assert_eq!(
+            err("1--5 * * * *"),
+            r#"minute field: negative value "-5" in "1--5""#
+        );
+        assert_eq!(err("1- * * * *"), r#"minute field: missing value in "1-""#);
+        assert_eq!(
+            err("60 * * * *"),
+            r#"minute field: value 60 out of range 0-59 in "60""#
+        );
+        assert_eq!(
+            err("0 24 * * *"),
+            r#"hour field: value 24 out of range 0-23 in "24""#
+        );
+        assert_eq!(
+            err("0 0 0 * *"),
+            r#"day-of-month field: value 0 out of range 1-31 in "0""#
+        );
+        assert_eq!(
+            err("0 0 * 13 *"),
+            r#"month field: value 13 out of range 1-12 in "13""#
+        );
+        assert_eq!(
+            err("0 0 * * 8"),
+            r#"day-of-week field: value 8 out of range 0-7 in "8""#
+        );
+        assert_eq!(
+            err("60 * * * * *"),
+            r#"second field: value 60 out of range 0-59 in "60""#
+        );
+        assert_eq!(
+            err("99999999999999999999 * * * *"),
+            r#"minute field: value 99999999999999999999 out of range 0-59 in "99999999999999999999""#
+        );
+        assert_eq!(
+            err("*/99999999999999999999 * * * *"),
+            r#"minute field: step 99999999999999999999 out of range 1-60 in "*/99999999999999999999""#
+        );
+        assert_eq!(
+            err("٣ * * * *"),
+            r#"minute field: invalid value "٣" in "٣""#
+        );
+        assert_eq!(
+            err("５ * * * *"),
+            r#"minute field: invalid value "５" in "５""#
+        );
+        assert_eq!(
+            err("0 0 * mon *"),
+            r#"month field: day name "mon" is only allowed in the day-of-week field in "mon""#
+        );
+        assert_eq!(
+            err("0 0 * * jan"),
+            r#"day-of-week field: month name "jan" is only allowed in the month field in "jan""#
+        );
+        assert_eq!(
+            err("0 0 * * jul"),
+            r#"day-of-week field: month name "jul" is only allowed in the month field in "jul""#
+        );
+        assert_eq!(
+            err("0 0 jan * *"),
+            r#"day-of-month field: month name "jan" is only allowed in the month field in "jan""#
+        );
+        assert_eq!(
+            err("mon 0 * * *"),
+            r#"minute field: day name "mon" is only allowed in the day-of-week field in "mon""#
+        );
+        assert_eq!(
+            err("0 0 * * monday"),
+            r#"day-of-week field: invalid value "monday" in "monday""#
+        );
+        assert_eq!(
+            err("? * * * *"),
+            r#"minute field: invalid value "?" in "?""#
+        );
+        assert_eq!(err("0 L * * *"), r#"hour field: invalid value "L" in "L""#);
+        assert_eq!(
+            err("0 0 * * L"),
+            r#"day-of-week field: invalid value "L" in "L""#
+        );
+        assert_eq!(
+            err("0 0 32W * *"),
+            r#"day-of-month field: value 32 out of range 1-31 in "32W""#
+        );
+        assert_eq!(
+            err("0 0 xW * *"),
+            r#"day-of-month field: invalid day "x" before "W" in "xW""#
+        );
+        assert_eq!(
+            err("0 0 L-31 * *"),
+            r#"day-of-month field: value 31 out of range 1-30 in "L-31""#
+        );
+        assert_eq!(
+            err("0 0 L-x * *"),
+            r#"day-of-month field: invalid offset "x" after "L-" in "L-x""#
+        );
+        assert_eq!(
+            err("0 0 * * 1#6"),
+            r#"day-of-week field: value 6 out of range 1-5 in "1#6""#
+        );
+        assert_eq!(
+            err("0 0 * * 1#"),
+            r##"day-of-week field: invalid occurrence "" after "#" in "1#""##
+        );
+        assert_eq!(
+            err("0 0 * * 9#1"),
+            r#"day-of-week field: value 9 out of range 0-7 in "9#1""#
+        );
+        assert_eq!(
+            err("0 0 * * 9L"),
+            r#"day-of-week field: value 9 out of range 0-7 in "9L""#
+        );
+        assert_eq!(err(""), "empty cron expression");
+        assert_eq!(err(" \t\n"), "empty cron expression");
+        assert!(
+            err("* * * *").ends_with("found 4 fields"),
+            "{}",
+            err("* * * *")
+        );
+        assert!(err("* * * * * * *").ends_with("found 7 fields"));
+        assert!(err("@daily 5").ends_with("found 2 fields"));
+        assert!(err("@reboot").starts_with(r#"unknown macro "@reboot""#));
+        assert_eq!(
+            err("0 0 30 2 *"),
+            r#"expression "0 0 30 2 *" can never fire"#
+        );
+        assert_eq!(
+            err("0  0 31 4,6,9,11  *"),
+            r#"expression "0 0 31 4,6,9,11 *" can never fire"#
+        );
+    }
+
+    #[test]
+    fn error_variants() {
+        let parse = |text: &str| Expression::parse(text).err();
+        assert_eq!(parse(""), Some(CronError::Empty));
+        assert_eq!(parse("* *"), Some(CronError::FieldCount { found: 2 }));
+        assert_eq!(
+            parse("@often"),
+            Some(CronError::UnknownMacro {
+                text: "@often".into()
+            })
+        );
+        assert_eq!(
+            parse("0 0 30 2 *"),
+            Some(CronError::Unsatisfiable {
+                text: "0 0 30 2 *".into()
+            })
+        );
+        assert_eq!(
+            parse("0 0 * 0 *"),
+            Some(CronError::OutOfRange {
+                field: "month",
+                value: "0".into(),
+                min: 1,
+                max: 12,
+                text: "0".into()
+            })
+        );
+        assert!(matches!(
+            parse("0 0 * * x"),
+            Some(CronError::Syntax {
+                field: "day-of-week",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn restriction_follows_the_field_text() {
+        assert!(is_restricted("*/1") && is_restricted("1-31") && is_restricted("*,1"));
+        assert!(!is_restricted("*") && !is_restricted("?"));
+    }
 }

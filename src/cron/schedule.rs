@@ -54,7 +54,11 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i32, i32) {
     let month_from_march = (5 * day_of_year + 2) / 153;
     // Both values are small (1..=31 and 1..=12), so the narrowing is exact.
     let day = (day_of_year - (153 * month_from_march + 2) / 5 + 1) as i32;
-    let month = (if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 }) as i32;
+    let month = (if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    }) as i32;
     (year_of_era + era * 400 + i64::from(month <= 2), month, day)
 }
 
@@ -273,8 +277,14 @@ impl Schedule {
     /// every (month, leap or not, weekday of the 1st) combination occurs within those years.
     pub(crate) fn is_satisfiable(&self) -> bool {
         (1..=12).filter(|m| self.months & (1 << m) != 0).any(|m| {
-            let lengths: &[i32] = if m == 2 { &[28, 29] } else { &[days_in_month(2001, m)] };
-            lengths.iter().any(|&len| (0..7).any(|w1| self.day_mask_for(len, w1) != 0))
+            let lengths: &[i32] = if m == 2 {
+                &[28, 29]
+            } else {
+                &[days_in_month(2001, m)]
+            };
+            lengths
+                .iter()
+                .any(|&len| (0..7).any(|w1| self.day_mask_for(len, w1) != 0))
         })
     }
 
@@ -321,12 +331,14 @@ impl Schedule {
 
     /// [`Self::next_after`] on wall-clock seconds since 1970-01-01T00:00:00.
     pub(crate) fn next_after_wall(&self, wall: i64) -> Option<i64> {
-        self.next_after(from_wall_seconds(wall)?).map(to_wall_seconds)
+        self.next_after(from_wall_seconds(wall)?)
+            .map(to_wall_seconds)
     }
 
     /// [`Self::prev_before`] on wall-clock seconds since 1970-01-01T00:00:00.
     pub(crate) fn prev_before_wall(&self, wall: i64) -> Option<i64> {
-        self.prev_before(from_wall_seconds(wall)?).map(to_wall_seconds)
+        self.prev_before(from_wall_seconds(wall)?)
+            .map(to_wall_seconds)
     }
 
     /// Smallest fire time >= the cursor `[year, month, day, hour, minute, second]`. Cursor fields
@@ -448,5 +460,311 @@ fn civil(year: i32, month: i32, day: i32, hour: i32, minute: i32, second: i32) -
         hour: hour as u8,
         minute: minute as u8,
         second: second as u8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cron::Expression;
+
+    fn c(year: i32, month: u8, day: u8, hour: u8, minute: u8, second: u8) -> Civil {
+        Civil {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+        }
+    }
+
+    fn d(year: i32, month: u8, day: u8) -> Civil {
+        c(year, month, day, 0, 0, 0)
+    }
+
+    fn e(text: &str) -> Expression {
+        match Expression::parse(text) {
+            Ok(e) => e,
+            Err(err) => panic!("{text:?}: {err}"),
+        }
+    }
+
+    /// Fire days of `text` (at midnight) in one month.
+    fn days_in(text: &str, year: i32, month: u8) -> Vec<u8> {
+        let e = e(text);
+        (1..=31)
+            .filter(|&day| e.matches(d(year, month, day)))
+            .collect()
+    }
+
+    #[test]
+    fn leap_years() {
+        assert!(is_leap(2000) && is_leap(2024) && is_leap(1600) && is_leap(4));
+        assert!(!is_leap(1900) && !is_leap(2100) && !is_leap(2023) && !is_leap(1));
+        assert_eq!(days_in_month(2000, 2), 29);
+        assert_eq!(days_in_month(1900, 2), 28);
+        assert_eq!(days_in_month(2100, 2), 28);
+        assert_eq!(days_in_month(2024, 4), 30);
+        assert_eq!(days_in_month(2024, 13), 0);
+    }
+
+    #[test]
+    fn day_numbers_and_weekdays() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        assert_eq!(weekday(days_from_civil(2024, 6, 1)), 6); // Saturday
+        assert_eq!(weekday(days_from_civil(1, 1, 1)), 1); // Monday
+        assert_eq!(weekday(days_from_civil(9999, 12, 31)), 5); // Friday
+                                                               // Every day of years 1..=9999 round-trips and days are consecutive.
+        let mut expected = days_from_civil(1, 1, 1);
+        for year in 1..=9999 {
+            for month in 1..=12 {
+                for day in 1..=days_in_month(year, month) {
+                    let n = days_from_civil(year, month, day);
+                    assert_eq!(n, expected);
+                    assert_eq!(civil_from_days(n), (i64::from(year), month, day));
+                    expected += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wall_seconds_round_trip() {
+        for t in [
+            c(1, 1, 1, 0, 0, 0),
+            c(1969, 12, 31, 23, 59, 59),
+            c(2024, 2, 29, 12, 34, 56),
+            c(9999, 12, 31, 23, 59, 59),
+        ] {
+            assert_eq!(from_wall_seconds(to_wall_seconds(t)), Some(t));
+        }
+        assert_eq!(to_wall_seconds(c(1970, 1, 2, 0, 0, 1)), 86_401);
+    }
+
+    #[test]
+    fn bit_jumps() {
+        assert_eq!(next_bit(0b1010, 0), Some(1));
+        assert_eq!(next_bit(0b1010, 2), Some(3));
+        assert_eq!(next_bit(0b1010, 4), None);
+        assert_eq!(next_bit(u64::MAX, 63), Some(63));
+        assert_eq!(next_bit(u64::MAX, 64), None);
+        assert_eq!(next_bit(1, -5), Some(0));
+        assert_eq!(prev_bit(0b1010, 2), Some(1));
+        assert_eq!(prev_bit(0b1010, 0), None);
+        assert_eq!(prev_bit(0b1010, 500), Some(3));
+        assert_eq!(prev_bit(u64::MAX, -1), None);
+        assert_eq!(bits_of(0b1001_0010).collect::<Vec<_>>(), [1, 4, 7]);
+    }
+
+    #[test]
+    fn quartz_day_of_month() {
+        assert_eq!(days_in("0 0 L * *", 2024, 2), [29]);
+        assert_eq!(days_in("0 0 L * *", 2023, 2), [28]);
+        assert_eq!(days_in("0 0 L * *", 2100, 2), [28]);
+        assert_eq!(days_in("0 0 L-2 * *", 2023, 2), [26]);
+        assert_eq!(days_in("0 0 L-30 * *", 2024, 1), [1]);
+        assert_eq!(days_in("0 0 L-30 * *", 2024, 4), Vec::<u8>::new());
+        assert_eq!(days_in("0 0 LW * *", 2024, 8), [30]); // Aug 31 2024 is a Saturday
+        assert_eq!(days_in("0 0 LW * *", 2024, 3), [29]); // Mar 31 2024 is a Sunday
+        assert_eq!(days_in("0 0 LW * *", 2024, 7), [31]); // Wednesday
+        assert_eq!(days_in("0 0 1W * *", 2024, 6), [3]); // Jun 1 2024 is a Saturday
+        assert_eq!(days_in("0 0 1W * *", 2024, 9), [2]); // Sep 1 2024 is a Sunday
+        assert_eq!(days_in("0 0 31W * *", 2024, 3), [29]); // Mar 31 2024 is a Sunday
+        assert_eq!(days_in("0 0 30W * *", 2024, 11), [29]); // Nov 30 2024 is a Saturday
+        assert_eq!(days_in("0 0 15W * *", 2024, 6), [14]); // Saturday -> Friday
+        assert_eq!(days_in("0 0 15W * *", 2024, 9), [16]); // Sunday -> Monday
+        assert_eq!(days_in("0 0 15W * *", 2024, 5), [15]); // Wednesday
+        assert_eq!(days_in("0 0 31W * *", 2024, 4), Vec::<u8>::new()); // no April 31
+        assert_eq!(days_in("0 0 1,L,15W * *", 2024, 6), [1, 14, 30]);
+    }
+
+    #[test]
+    fn quartz_day_of_week() {
+        assert_eq!(days_in("0 0 * * 5L", 2024, 6), [28]);
+        assert_eq!(days_in("0 0 * * friL", 2024, 5), [31]);
+        assert_eq!(days_in("0 0 * * 0L,7L", 2024, 3), [31]);
+        assert_eq!(days_in("0 0 * * 1#2", 2024, 6), [10]);
+        assert_eq!(days_in("0 0 * * 6#1", 2024, 6), [1]);
+        assert_eq!(days_in("0 0 * * 5#5", 2024, 5), [31]);
+        assert_eq!(days_in("0 0 * * 5#5", 2024, 6), Vec::<u8>::new());
+        assert_eq!(days_in("0 0 * * 1#5", 2024, 2), Vec::<u8>::new());
+        assert_eq!(days_in("0 0 * * 4#5", 2024, 2), [29]);
+        assert_eq!(days_in("0 0 * * sun#1,sat", 2024, 6), [1, 2, 8, 15, 22, 29]);
+    }
+
+    #[test]
+    fn day_of_month_or_day_of_week() {
+        // Both restricted: either matches.
+        assert_eq!(days_in("0 0 13 * fri", 2024, 9), [6, 13, 20, 27]);
+        assert_eq!(days_in("0 0 1-3 * mon", 2024, 6), [1, 2, 3, 10, 17, 24]);
+        // One is `*` or `?`: only the other restricts.
+        assert_eq!(days_in("0 0 13 * *", 2024, 9), [13]);
+        assert_eq!(days_in("0 0 13 * ?", 2024, 9), [13]);
+        assert_eq!(days_in("0 0 ? * fri", 2024, 9), [6, 13, 20, 27]);
+        // A restricting field that matches every day makes every day match.
+        assert_eq!(days_in("0 0 */1 * fri", 2024, 9).len(), 30);
+        assert_eq!(days_in("0 0 1 * 0-6", 2024, 9).len(), 30);
+        // `0 0 30 2 mon` is satisfiable thanks to the OR rule.
+        assert_eq!(
+            e("0 0 30 2 mon").next_after(d(2024, 1, 1)),
+            Some(d(2024, 2, 5))
+        );
+    }
+
+    #[test]
+    fn next_after_basics() {
+        let t = c(2024, 1, 31, 20, 0, 0);
+        assert_eq!(e("1-2,*/15 0 1 3 2").next_after(t), Some(d(2024, 3, 1)));
+        assert_eq!(
+            e("*/5 * * * *").next_after(c(2024, 12, 31, 23, 58, 30)),
+            Some(d(2025, 1, 1))
+        );
+        assert_eq!(
+            e("*/5 * * * *").next_after(c(2024, 5, 5, 5, 5, 0)),
+            Some(c(2024, 5, 5, 5, 10, 0))
+        );
+        assert_eq!(
+            e("0 9 * * mon-fri").next_after(c(2024, 6, 7, 9, 0, 0)),
+            Some(c(2024, 6, 10, 9, 0, 0))
+        );
+        assert_eq!(
+            e("0 0 1 * *").next_after(d(2024, 1, 31)),
+            Some(d(2024, 2, 1))
+        );
+        assert_eq!(
+            e("0 0 31 * *").next_after(d(2024, 1, 31)),
+            Some(d(2024, 3, 31))
+        );
+        assert_eq!(
+            e("* * * * * *").next_after(c(2024, 2, 28, 23, 59, 59)),
+            Some(d(2024, 2, 29))
+        );
+        assert_eq!(
+            e("* * * * * *").next_after(c(2023, 2, 28, 23, 59, 59)),
+            Some(d(2023, 3, 1))
+        );
+        assert_eq!(
+            e("30 15 10 * * *").next_after(c(2024, 1, 1, 0, 0, 0)),
+            Some(c(2024, 1, 1, 10, 15, 30))
+        );
+    }
+
+    #[test]
+    fn february_29() {
+        let leap_day = e("0 0 29 2 *");
+        assert_eq!(leap_day.next_after(d(2024, 2, 29)), Some(d(2028, 2, 29)));
+        assert_eq!(leap_day.next_after(d(1997, 1, 1)), Some(d(2000, 2, 29)));
+        assert_eq!(leap_day.next_after(d(2096, 3, 1)), Some(d(2104, 2, 29)));
+        assert_eq!(leap_day.next_after(d(1896, 3, 1)), Some(d(1904, 2, 29)));
+        assert_eq!(leap_day.prev_before(d(2104, 2, 29)), Some(d(2096, 2, 29)));
+        assert_eq!(leap_day.prev_before(d(2000, 2, 29)), Some(d(1996, 2, 29)));
+        assert_eq!(leap_day.prev_before(d(1904, 1, 1)), Some(d(1896, 2, 29)));
+        // Fifth Monday of February: only in leap years whose February starts on a Monday.
+        let fifth_monday = e("0 0 * 2 1#5");
+        assert_eq!(fifth_monday.next_after(d(2016, 3, 1)), Some(d(2044, 2, 29)));
+        assert_eq!(
+            fifth_monday.prev_before(d(2044, 2, 29)),
+            Some(d(2016, 2, 29))
+        );
+    }
+
+    #[test]
+    fn prev_before_basics() {
+        assert_eq!(
+            e("*/5 * * * *").prev_before(d(2025, 1, 1)),
+            Some(c(2024, 12, 31, 23, 55, 0))
+        );
+        assert_eq!(
+            e("0 0 31 * *").prev_before(d(2024, 3, 31)),
+            Some(d(2024, 1, 31))
+        );
+        assert_eq!(
+            e("0 9 * * mon-fri").prev_before(c(2024, 6, 10, 9, 0, 0)),
+            Some(c(2024, 6, 7, 9, 0, 0))
+        );
+        assert_eq!(
+            e("1-2,*/15 0 1 3 2").prev_before(d(2024, 3, 1)),
+            Some(c(2023, 3, 28, 0, 45, 0))
+        );
+        assert_eq!(
+            e("* * * * * *").prev_before(d(2024, 3, 1)),
+            Some(c(2024, 2, 29, 23, 59, 59))
+        );
+    }
+
+    #[test]
+    fn year_bounds() {
+        let every = e("* * * * * *");
+        assert_eq!(every.next_after(c(9999, 12, 31, 23, 59, 59)), None);
+        assert_eq!(every.prev_before(c(1, 1, 1, 0, 0, 0)), None);
+        assert_eq!(
+            every.next_after(c(0, 6, 1, 0, 0, 0)),
+            Some(c(1, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            every.next_after(c(i32::MIN, 1, 1, 0, 0, 0)),
+            Some(c(1, 1, 1, 0, 0, 0))
+        );
+        assert_eq!(
+            every.prev_before(c(10_000, 1, 1, 0, 0, 0)),
+            Some(c(9999, 12, 31, 23, 59, 59))
+        );
+        assert_eq!(every.next_after(c(i32::MAX, 1, 1, 0, 0, 0)), None);
+        assert_eq!(every.prev_before(c(i32::MIN, 1, 1, 0, 0, 0)), None);
+        assert_eq!(e("0 0 29 2 *").next_after(d(9997, 1, 1)), None);
+        assert_eq!(e("0 0 29 2 *").prev_before(d(5, 1, 1)), Some(d(4, 2, 29)));
+        assert_eq!(e("0 0 29 2 *").prev_before(d(4, 2, 29)), None);
+    }
+
+    #[test]
+    fn out_of_range_inputs_use_lexicographic_order() {
+        let midnight = e("0 0 * * *");
+        assert_eq!(
+            midnight.next_after(c(2024, 4, 31, 0, 0, 0)),
+            Some(d(2024, 5, 1))
+        );
+        assert_eq!(
+            midnight.prev_before(c(2024, 4, 31, 0, 0, 0)),
+            Some(d(2024, 4, 30))
+        );
+        assert_eq!(
+            midnight.next_after(c(2024, 13, 0, 0, 0, 0)),
+            Some(d(2025, 1, 1))
+        );
+        assert_eq!(
+            midnight.prev_before(c(2024, 0, 5, 0, 0, 0)),
+            Some(d(2023, 12, 31))
+        );
+        assert_eq!(
+            midnight.next_after(c(2024, 5, 5, 25, 61, 61)),
+            Some(d(2024, 5, 6))
+        );
+        assert_eq!(
+            midnight.prev_before(c(2024, 5, 5, 255, 255, 255)),
+            Some(d(2024, 5, 5))
+        );
+        assert!(!midnight.matches(c(2024, 2, 30, 0, 0, 0)));
+        assert!(!midnight.matches(c(2024, 1, 1, 24, 0, 0)));
+        assert!(!midnight.matches(c(0, 1, 1, 0, 0, 0)));
+        assert!(midnight.matches(d(2024, 1, 1)));
+    }
+
+    #[test]
+    fn satisfiability_is_exact() {
+        let satisfiable = |text: &str| Expression::parse(text).is_ok();
+        assert!(!satisfiable("0 0 30 2 *"));
+        assert!(!satisfiable("0 0 31 4,6,9,11 *"));
+        assert!(!satisfiable("0 0 30W 2 *"));
+        assert!(!satisfiable("0 0 L-29 2 *"));
+        assert!(satisfiable("0 0 L-28 2 *"));
+        assert!(satisfiable("0 0 29 2 *"));
+        assert!(satisfiable("0 0 29W 2 *"));
+        assert!(satisfiable("0 0 31 1-12 *"));
+        assert!(satisfiable("0 0 30 2 mon"));
+        assert!(satisfiable("0 0 * 2 1#5"));
+        assert!(satisfiable("0 0 * 4 0#5"));
     }
 }

@@ -62,7 +62,7 @@ pub trait Body<V>: Send + Sync + 'static {
 
 /// What a task attempt can see of its run.
 pub struct CallContext<'a, V> {
-    run: &'a run::RunInner<V>,
+    run: &'a Arc<run::RunInner<V>>,
     /// The node being run.
     pub node: NodeId,
     /// 0-based attempt number.
@@ -83,6 +83,13 @@ impl<'a, V> CallContext<'a, V> {
     /// The run's id.
     pub fn run_id(&self) -> u64 {
         self.run.id
+    }
+
+    /// A handle on the run (for contexts that outlive the call).
+    pub fn run(&self) -> Run<V> {
+        Run {
+            inner: self.run.clone(),
+        }
     }
 
     /// Whether the run or this task was asked to stop.

@@ -46,7 +46,10 @@ impl TaskState {
 
     /// Whether the task will not change state again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::Skipped)
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled | TaskState::Skipped
+        )
     }
 
     /// The lower-case name users see.
@@ -126,6 +129,8 @@ pub(crate) struct RunInner<V> {
     pub remaining: AtomicUsize,
     pub failed: AtomicBool,
     pub cancelled: AtomicBool,
+    /// Some task was cancelled on its own (the run ends cancelled unless a task failed).
+    pub partly_cancelled: AtomicBool,
     pub fail_fast: bool,
     pub started_us: i64,
     pub ended_us: AtomicI64,
@@ -162,6 +167,7 @@ impl<V> RunInner<V> {
             nodes,
             failed: AtomicBool::new(false),
             cancelled: AtomicBool::new(false),
+            partly_cancelled: AtomicBool::new(false),
             fail_fast,
             started_us: clock.now_micros(),
             ended_us: AtomicI64::new(0),
@@ -176,7 +182,9 @@ impl<V> RunInner<V> {
     }
 
     pub fn set_state(&self, n: NodeId, s: TaskState) {
-        self.nodes[n as usize].state.store(s as u8, Ordering::Release);
+        self.nodes[n as usize]
+            .state
+            .store(s as u8, Ordering::Release);
     }
 
     pub fn value(&self, n: NodeId) -> Option<&V> {
@@ -184,7 +192,8 @@ impl<V> RunInner<V> {
     }
 
     pub fn is_cancel_requested(&self, n: NodeId) -> bool {
-        self.cancelled.load(Ordering::Acquire) || self.nodes[n as usize].cancel.load(Ordering::Acquire)
+        self.cancelled.load(Ordering::Acquire)
+            || self.nodes[n as usize].cancel.load(Ordering::Acquire)
     }
 
     /// Marks the run finished and wakes its waiters. Called once, when `remaining` reaches zero.
@@ -193,10 +202,13 @@ impl<V> RunInner<V> {
             RunState::Cancelled
         } else if self.failed.load(Ordering::Acquire) {
             RunState::Failed
+        } else if self.partly_cancelled.load(Ordering::Acquire) {
+            RunState::Cancelled
         } else {
             RunState::Completed
         };
-        self.ended_us.store(self.clock.now_micros(), Ordering::Release);
+        self.ended_us
+            .store(self.clock.now_micros(), Ordering::Release);
         if let Ok(mut d) = self.done.lock() {
             *d = Some(state);
         }
@@ -228,7 +240,9 @@ pub struct Run<V> {
 
 impl<V> Clone for Run<V> {
     fn clone(&self) -> Self {
-        Run { inner: self.inner.clone() }
+        Run {
+            inner: self.inner.clone(),
+        }
     }
 }
 
@@ -270,7 +284,11 @@ impl<V> Run<V> {
 
     /// The attempts of task `n` so far.
     pub fn attempts(&self, n: NodeId) -> Vec<Attempt> {
-        self.inner.nodes[n as usize].log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.inner.nodes[n as usize]
+            .log
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     /// The failed parent that caused task `n` to be skipped, if any.
@@ -281,7 +299,10 @@ impl<V> Run<V> {
 
     /// Start and end of the run, microseconds since the epoch (end is 0 while running).
     pub fn times(&self) -> (i64, i64) {
-        (self.inner.started_us, self.inner.ended_us.load(Ordering::Acquire))
+        (
+            self.inner.started_us,
+            self.inner.ended_us.load(Ordering::Acquire),
+        )
     }
 
     /// Whether cancellation was requested for the run or for task `n`.

@@ -43,7 +43,9 @@ impl<V> PartialOrd for Job<V> {
 impl<V> Ord for Job<V> {
     /// Max-heap order: higher priority first, then first-come first-served.
     fn cmp(&self, o: &Self) -> CmpOrdering {
-        self.priority.cmp(&o.priority).then_with(|| o.seq.cmp(&self.seq))
+        self.priority
+            .cmp(&o.priority)
+            .then_with(|| o.seq.cmp(&self.seq))
     }
 }
 
@@ -102,7 +104,7 @@ thread_local! {
 pub struct Executor<V: Send + Sync + 'static> {
     shared: Arc<Shared<V>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    pools: Vec<PoolConfig>,
+    pools: Mutex<Vec<PoolConfig>>,
 }
 
 impl<V: Send + Sync + 'static> Executor<V> {
@@ -110,12 +112,19 @@ impl<V: Send + Sync + 'static> Executor<V> {
     pub fn new(host: Arc<dyn Host>, pools: Vec<PoolConfig>, clock: Clock) -> Self {
         let mut pools = pools;
         if pools.is_empty() {
-            pools.push(PoolConfig { name: String::new(), capacity: 1 });
+            pools.push(PoolConfig {
+                name: String::new(),
+                capacity: 1,
+            });
         }
         let sched = Sched {
             pools: pools
                 .iter()
-                .map(|p| Pool { capacity: p.capacity.max(1), running: 0, ready: BinaryHeap::new() })
+                .map(|p| Pool {
+                    capacity: p.capacity.max(1),
+                    running: 0,
+                    ready: BinaryHeap::new(),
+                })
                 .collect(),
             timers: BinaryHeap::new(),
             seq: 0,
@@ -133,23 +142,51 @@ impl<V: Send + Sync + 'static> Executor<V> {
                 rng: std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15),
             }),
             threads: Mutex::new(Vec::new()),
-            pools,
+            pools: Mutex::new(pools),
         }
     }
 
     /// The pools, in index order.
-    pub fn pools(&self) -> &[PoolConfig] {
-        &self.pools
+    pub fn pools(&self) -> Vec<PoolConfig> {
+        self.pools.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
     /// Index of the pool serving `tag`, if any.
     pub fn pool_index(&self, tag: &str) -> Option<usize> {
-        self.pools.iter().position(|p| p.name == tag)
+        self.pools.lock().ok()?.iter().position(|p| p.name == tag)
+    }
+
+    /// Adds a pool for `tag` (or returns the existing one's index). Threads for it start with the
+    /// next run.
+    pub fn add_pool(&self, tag: &str, capacity: usize) -> usize {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = pools.iter().position(|p| p.name == tag) {
+            return i;
+        }
+        let mut s = self.shared.lock();
+        s.pools.push(Pool {
+            capacity: capacity.max(1),
+            running: 0,
+            ready: BinaryHeap::new(),
+        });
+        pools.push(PoolConfig {
+            name: tag.to_string(),
+            capacity: capacity.max(1),
+        });
+        pools.len() - 1
     }
 
     fn ensure_threads(&self) -> Result<(), String> {
-        let mut threads = self.threads.lock().map_err(|_| "executor state poisoned".to_string())?;
-        let want: usize = self.pools.iter().map(|p| p.capacity.max(1)).sum::<usize>().min(512);
+        let mut threads = self
+            .threads
+            .lock()
+            .map_err(|_| "executor state poisoned".to_string())?;
+        let want: usize = self
+            .pools()
+            .iter()
+            .map(|p| p.capacity.max(1))
+            .sum::<usize>()
+            .min(512);
         while threads.len() < want {
             let shared = self.shared.clone();
             let handle = std::thread::Builder::new()
@@ -169,7 +206,8 @@ impl<V: Send + Sync + 'static> Executor<V> {
         if sub.specs.len() != sub.plan.len() {
             return Err("one task spec per node is required".into());
         }
-        if let Some(bad) = sub.specs.iter().find(|s| s.pool >= self.pools.len()) {
+        let pool_count = self.pools().len();
+        if let Some(bad) = sub.specs.iter().find(|s| s.pool >= pool_count) {
             return Err(format!("unknown pool index {}", bad.pool));
         }
         self.ensure_threads()?;
@@ -252,6 +290,10 @@ impl<V: Send + Sync + 'static> Executor<V> {
             return;
         }
         let mut s = self.shared.lock();
+        if r.outcome().is_some() {
+            return;
+        }
+        r.partly_cancelled.store(true, Ordering::Release);
         r.nodes[node as usize].cancel.store(true, Ordering::Release);
         s.cancel_node(r, node, u32::MAX);
         for d in r.plan.descendants(node) {
@@ -313,7 +355,12 @@ impl<V> Sched<V> {
         let spec = &run.specs[n as usize];
         run.set_state(n, TaskState::Scheduled);
         self.seq += 1;
-        let job = Job { priority: spec.priority, seq: self.seq, run: run.clone(), node: n };
+        let job = Job {
+            priority: spec.priority,
+            seq: self.seq,
+            run: run.clone(),
+            node: n,
+        };
         self.pools[spec.pool].ready.push(job);
     }
 
@@ -349,7 +396,9 @@ impl<V> Sched<V> {
             if t.due > now {
                 return Some(t.due - now);
             }
-            let Some(Reverse(t)) = self.timers.pop() else { break };
+            let Some(Reverse(t)) = self.timers.pop() else {
+                break;
+            };
             let job = t.job;
             if job.run.state_of(job.node) == TaskState::Retrying {
                 job.run.set_state(job.node, TaskState::Scheduled);
@@ -366,11 +415,14 @@ impl<V> Sched<V> {
         if st.is_terminal() || st == TaskState::Running {
             return;
         }
-        run.set_state(n, if cause == u32::MAX || run.cancelled.load(Ordering::Acquire) {
-            TaskState::Cancelled
-        } else {
-            TaskState::Skipped
-        });
+        run.set_state(
+            n,
+            if cause == u32::MAX || run.cancelled.load(Ordering::Acquire) {
+                TaskState::Cancelled
+            } else {
+                TaskState::Skipped
+            },
+        );
         run.nodes[n as usize].cause.store(cause, Ordering::Release);
         self.node_done(run);
     }
@@ -394,7 +446,10 @@ fn execute<V: Send + Sync + 'static>(shared: &Shared<V>, job: Job<V>) -> usize {
     let run = &job.run;
     let n = job.node;
     let attempt = {
-        let mut log = run.nodes[n as usize].log.lock().unwrap_or_else(|p| p.into_inner());
+        let mut log = run.nodes[n as usize]
+            .log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let number = log.len() as u32;
         log.push(Attempt {
             number,
@@ -407,7 +462,11 @@ fn execute<V: Send + Sync + 'static>(shared: &Shared<V>, job: Job<V>) -> usize {
     };
     let pool = run.specs[n as usize].pool;
     let outcome = {
-        let cx = CallContext { run, node: n, attempt };
+        let cx = CallContext {
+            run,
+            node: n,
+            attempt,
+        };
         run.body.call(&cx)
     };
     let ended = shared.clock.now_micros();
@@ -420,7 +479,10 @@ fn execute<V: Send + Sync + 'static>(shared: &Shared<V>, job: Job<V>) -> usize {
             run.set_state(n, TaskState::Completed);
             let mut ready = 0;
             for &c in run.plan.children(n) {
-                if run.nodes[c as usize].pending_parents.fetch_sub(1, Ordering::AcqRel) == 1
+                if run.nodes[c as usize]
+                    .pending_parents
+                    .fetch_sub(1, Ordering::AcqRel)
+                    == 1
                     && run.state_of(c) == TaskState::Pending
                 {
                     s.make_ready(run, c);
@@ -443,9 +505,19 @@ fn execute<V: Send + Sync + 'static>(shared: &Shared<V>, job: Job<V>) -> usize {
                 s.pools[pool].running -= 1;
                 run.set_state(n, TaskState::Retrying);
                 s.seq += 1;
-                let due = Instant::now().checked_add(delay).unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365));
+                let due = Instant::now()
+                    .checked_add(delay)
+                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365));
                 let seq = s.seq;
-                s.timers.push(Reverse(Timer { due, job: Job { priority: job.priority, seq, run: run.clone(), node: n } }));
+                s.timers.push(Reverse(Timer {
+                    due,
+                    job: Job {
+                        priority: job.priority,
+                        seq,
+                        run: run.clone(),
+                        node: n,
+                    },
+                }));
                 drop(s);
                 // A waiting worker must recompute its timeout to include this timer.
                 shared.work.notify_one();
@@ -455,6 +527,7 @@ fn execute<V: Send + Sync + 'static>(shared: &Shared<V>, job: Job<V>) -> usize {
                 let mut s = shared.lock();
                 s.pools[pool].running -= 1;
                 if cancelled {
+                    run.partly_cancelled.store(true, Ordering::Release);
                     run.set_state(n, TaskState::Cancelled);
                 } else {
                     run.set_state(n, TaskState::Failed);
@@ -479,8 +552,17 @@ fn execute<V: Send + Sync + 'static>(shared: &Shared<V>, job: Job<V>) -> usize {
     }
 }
 
-fn close_attempt<V>(run: &RunInner<V>, n: NodeId, ended: i64, err: Option<TaskError>, retry_at: Option<i64>) {
-    let mut log = run.nodes[n as usize].log.lock().unwrap_or_else(|p| p.into_inner());
+fn close_attempt<V>(
+    run: &RunInner<V>,
+    n: NodeId,
+    ended: i64,
+    err: Option<TaskError>,
+    retry_at: Option<i64>,
+) {
+    let mut log = run.nodes[n as usize]
+        .log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(a) = log.last_mut() {
         a.ended_us = ended;
         a.error = err.map(Arc::new);
@@ -501,7 +583,9 @@ fn run_session<V: Send + Sync + 'static>(shared: &Shared<V>, first: Job<V>) {
             let mut s = shared.lock();
             let taken = s.take();
             // This thread continues with one job; wake idle workers for the rest.
-            let extra = made_ready.saturating_sub(usize::from(taken.is_some())).min(s.idle);
+            let extra = made_ready
+                .saturating_sub(usize::from(taken.is_some()))
+                .min(s.idle);
             let finished = s.take_finished();
             drop(s);
             if finished {
@@ -530,7 +614,11 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
                 }
                 s.idle += 1;
                 s = match wait {
-                    Some(d) => shared.work.wait_timeout(s, d).map(|r| r.0).unwrap_or_else(|p| p.into_inner().0),
+                    Some(d) => shared
+                        .work
+                        .wait_timeout(s, d)
+                        .map(|r| r.0)
+                        .unwrap_or_else(|p| p.into_inner().0),
                     None => shared.work.wait(s).unwrap_or_else(|p| p.into_inner()),
                 };
                 s.idle -= 1;
@@ -542,7 +630,11 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
 
 /// One round of helping from a thread waiting on `run`: run a ready job if there is one, else wait
 /// for work or for the run to end, at most `slice`.
-fn help_once<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, run: &Arc<RunInner<V>>, slice: Duration) {
+fn help_once<V: Send + Sync + 'static>(
+    shared: &Arc<Shared<V>>,
+    run: &Arc<RunInner<V>>,
+    slice: Duration,
+) {
     let mut s = shared.lock();
     let wait = s.fire_timers(Instant::now());
     if let Some(job) = s.take() {
@@ -555,6 +647,10 @@ fn help_once<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, run: &Arc<RunInn
     }
     s.idle += 1;
     let d = wait.map_or(slice, |w| w.min(slice));
-    s = shared.work.wait_timeout(s, d).map(|r| r.0).unwrap_or_else(|p| p.into_inner().0);
+    s = shared
+        .work
+        .wait_timeout(s, d)
+        .map(|r| r.0)
+        .unwrap_or_else(|p| p.into_inner().0);
     s.idle -= 1;
 }

@@ -43,7 +43,9 @@ impl Body<u64> for SumBody {
             let left = self.fail_times.load(Ordering::SeqCst);
             if left > 0 {
                 self.fail_times.store(left - 1, Ordering::SeqCst);
-                return Err(TaskError::Raised { source: Box::new(Boom(format!("{name} failed"))) });
+                return Err(TaskError::Raised {
+                    source: Box::new(Boom(format!("{name} failed"))),
+                });
             }
         }
         let mut sum = 1;
@@ -68,12 +70,36 @@ fn plan(edges: &[(&str, &str)], extra: &[&str]) -> Arc<Plan> {
 }
 
 fn executor(workers: usize) -> Executor<u64> {
-    Executor::new(Arc::new(NativeHost), vec![PoolConfig { name: String::new(), capacity: workers }], Clock::System)
+    Executor::new(
+        Arc::new(NativeHost),
+        vec![PoolConfig {
+            name: String::new(),
+            capacity: workers,
+        }],
+        Clock::System,
+    )
 }
 
-fn submit(ex: &Executor<u64>, plan: &Arc<Plan>, body: Arc<dyn Body<u64>>, retry: RetryPolicy) -> Run<u64> {
-    let specs = Arc::new(vec![TaskSpec { retry, ..Default::default() }; plan.len()]);
-    ex.submit(Submission { plan: plan.clone(), specs, body, options: RunOptions::default() }).unwrap()
+fn submit(
+    ex: &Executor<u64>,
+    plan: &Arc<Plan>,
+    body: Arc<dyn Body<u64>>,
+    retry: RetryPolicy,
+) -> Run<u64> {
+    let specs = Arc::new(vec![
+        TaskSpec {
+            retry,
+            ..Default::default()
+        };
+        plan.len()
+    ]);
+    ex.submit(Submission {
+        plan: plan.clone(),
+        specs,
+        body,
+        options: RunOptions::default(),
+    })
+    .unwrap()
 }
 
 fn wait(ex: &Executor<u64>, run: &Run<u64>) -> RunState {
@@ -102,7 +128,12 @@ fn diamond_passes_results_in_dependency_order() {
 fn failure_skips_descendants_but_not_unrelated_branches() {
     let p = plan(&[("a", "b"), ("b", "c"), ("x", "y")], &[]);
     let ex = executor(2);
-    let run = submit(&ex, &p, Arc::new(SumBody::new(&["b"], 100)), RetryPolicy::default());
+    let run = submit(
+        &ex,
+        &p,
+        Arc::new(SumBody::new(&["b"], 100)),
+        RetryPolicy::default(),
+    );
     assert_eq!(wait(&ex, &run), RunState::Failed);
     assert_eq!(run.task_state(id(&p, "a")), TaskState::Completed);
     assert_eq!(run.task_state(id(&p, "b")), TaskState::Failed);
@@ -118,12 +149,18 @@ fn failure_skips_descendants_but_not_unrelated_branches() {
 fn retries_until_success_and_records_attempts() {
     let p = plan(&[("a", "b")], &[]);
     let ex = executor(1);
-    let retry = RetryPolicy { retries: 3, delay: Duration::from_millis(1), ..Default::default() };
+    let retry = RetryPolicy {
+        retries: 3,
+        delay: Duration::from_millis(1),
+        ..Default::default()
+    };
     let run = submit(&ex, &p, Arc::new(SumBody::new(&["b"], 2)), retry);
     assert_eq!(wait(&ex, &run), RunState::Completed);
     let attempts = run.attempts(id(&p, "b"));
     assert_eq!(attempts.len(), 3);
-    assert!(attempts[0].error.is_some() && attempts[1].error.is_some() && attempts[2].error.is_none());
+    assert!(
+        attempts[0].error.is_some() && attempts[1].error.is_some() && attempts[2].error.is_none()
+    );
     assert!(attempts[1].started_us >= attempts[0].retry_at_us.unwrap());
 }
 
@@ -131,7 +168,10 @@ fn retries_until_success_and_records_attempts() {
 fn retries_exhausted_fail_the_task() {
     let p = plan(&[], &["a"]);
     let ex = executor(1);
-    let retry = RetryPolicy { retries: 2, ..Default::default() };
+    let retry = RetryPolicy {
+        retries: 2,
+        ..Default::default()
+    };
     let run = submit(&ex, &p, Arc::new(SumBody::new(&["a"], 10)), retry);
     assert_eq!(wait(&ex, &run), RunState::Failed);
     assert_eq!(run.attempts(0).len(), 3);
@@ -167,7 +207,12 @@ struct NestedBody {
 impl Body<u64> for NestedBody {
     fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
         let ex = self.ex.lock().unwrap().clone().unwrap();
-        let run = submit(&ex, &self.inner, Arc::new(SumBody::new(&[], 0)), RetryPolicy::default());
+        let run = submit(
+            &ex,
+            &self.inner,
+            Arc::new(SumBody::new(&[], 0)),
+            RetryPolicy::default(),
+        );
         wait(&ex, &run);
         Ok(*run.value(id(&self.inner, "z")).unwrap())
     }
@@ -177,7 +222,10 @@ impl Body<u64> for NestedBody {
 fn nested_runs_on_a_single_worker_do_not_deadlock() {
     let ex = Arc::new(executor(1));
     let inner = plan(&[("y", "z")], &[]);
-    let body = Arc::new(NestedBody { ex: Mutex::new(Some(ex.clone())), inner });
+    let body = Arc::new(NestedBody {
+        ex: Mutex::new(Some(ex.clone())),
+        inner,
+    });
     let outer = plan(&[], &["p", "q", "r"]);
     let run = submit(&ex, &outer, body.clone(), RetryPolicy::default());
     assert_eq!(wait(&ex, &run), RunState::Completed);
@@ -190,7 +238,11 @@ fn cancel_stops_pending_tasks_and_is_idempotent() {
     let p = plan(&[("a", "b"), ("b", "c")], &[]);
     let ex = executor(1);
     // Retrying with a long delay keeps `a` waiting so the run can be cancelled mid-way.
-    let retry = RetryPolicy { retries: 1, delay: Duration::from_secs(3600), ..Default::default() };
+    let retry = RetryPolicy {
+        retries: 1,
+        delay: Duration::from_secs(3600),
+        ..Default::default()
+    };
     let run = submit(&ex, &p, Arc::new(SumBody::new(&["a"], 1)), retry);
     while run.task_state(id(&p, "a")) != TaskState::Retrying {
         std::thread::yield_now();
@@ -198,7 +250,9 @@ fn cancel_stops_pending_tasks_and_is_idempotent() {
     ex.cancel(&run);
     ex.cancel(&run);
     assert_eq!(wait(&ex, &run), RunState::Cancelled);
-    assert!(["a", "b", "c"].iter().all(|n| run.task_state(id(&p, n)) == TaskState::Cancelled));
+    assert!(["a", "b", "c"]
+        .iter()
+        .all(|n| run.task_state(id(&p, n)) == TaskState::Cancelled));
     ex.cancel(&run);
     assert_eq!(run.state(), RunState::Cancelled);
 }
@@ -223,12 +277,38 @@ fn pool_capacity_bounds_concurrency() {
     let p = plan(&[], &refs);
     let ex: Executor<u64> = Executor::new(
         Arc::new(NativeHost),
-        vec![PoolConfig { name: String::new(), capacity: 3 }, PoolConfig { name: "io".into(), capacity: 2 }],
+        vec![
+            PoolConfig {
+                name: String::new(),
+                capacity: 3,
+            },
+            PoolConfig {
+                name: "io".into(),
+                capacity: 2,
+            },
+        ],
         Clock::System,
     );
-    let gauge = Arc::new(Gauge { now: AtomicUsize::new(0), max: AtomicUsize::new(0) });
-    let specs = Arc::new((0..24).map(|i| TaskSpec { pool: i % 2, ..Default::default() }).collect::<Vec<_>>());
-    let run = ex.submit(Submission { plan: p, specs, body: gauge.clone(), options: RunOptions::default() }).unwrap();
+    let gauge = Arc::new(Gauge {
+        now: AtomicUsize::new(0),
+        max: AtomicUsize::new(0),
+    });
+    let specs = Arc::new(
+        (0..24)
+            .map(|i| TaskSpec {
+                pool: i % 2,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>(),
+    );
+    let run = ex
+        .submit(Submission {
+            plan: p,
+            specs,
+            body: gauge.clone(),
+            options: RunOptions::default(),
+        })
+        .unwrap();
     assert_eq!(wait(&ex, &run), RunState::Completed);
     assert!(gauge.max.load(Ordering::SeqCst) <= 5);
     assert_eq!(ex.thread_count(), 5);
@@ -237,7 +317,12 @@ fn pool_capacity_bounds_concurrency() {
 #[test]
 fn empty_plan_completes_immediately_and_shutdown_is_idempotent() {
     let ex = executor(2);
-    let run = submit(&ex, &Arc::new(Plan::default()), Arc::new(SumBody::new(&[], 0)), RetryPolicy::default());
+    let run = submit(
+        &ex,
+        &Arc::new(Plan::default()),
+        Arc::new(SumBody::new(&[], 0)),
+        RetryPolicy::default(),
+    );
     assert_eq!(run.state(), RunState::Completed);
     ex.shutdown();
     ex.shutdown();

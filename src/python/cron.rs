@@ -76,7 +76,12 @@ pub(crate) fn read_datetime<'py>(t: &Bound<'py, PyAny>) -> PyResult<PyWall<'py>>
     } else {
         None
     };
-    Ok(PyWall { civil, micro, fold: b[2] & 0x80 != 0, tzinfo })
+    Ok(PyWall {
+        civil,
+        micro,
+        fold: b[2] & 0x80 != 0,
+        tzinfo,
+    })
 }
 
 /// Builds a `datetime.datetime` from wall time, fold and tzinfo.
@@ -145,7 +150,11 @@ pub(crate) fn zone_of(tz: &Bound<'_, PyAny>) -> PyResult<TimeZone> {
 }
 
 fn unsupported_tz(tz: &Bound<'_, PyAny>) -> PyErr {
-    let name = tz.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+    let name = tz
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
     PyTypeError::new_err(format!(
         "unsupported tzinfo {name}: use zoneinfo.ZoneInfo or datetime.timezone"
     ))
@@ -208,7 +217,11 @@ fn out_of_range() -> PyErr {
 }
 
 /// One step of evaluation: forward or backward from a datetime, naive or aware.
-fn step<'py>(expr: &Expression, t: &Bound<'py, PyAny>, forward: bool) -> PyResult<Bound<'py, PyAny>> {
+fn step<'py>(
+    expr: &Expression,
+    t: &Bound<'py, PyAny>,
+    forward: bool,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = t.py();
     let w = read_datetime(t)?;
     match &w.tzinfo {
@@ -252,7 +265,9 @@ pub struct PyExpression {
 impl PyExpression {
     #[new]
     fn new(text: &str) -> PyResult<Self> {
-        Ok(PyExpression { inner: Expression::parse(text)? })
+        Ok(PyExpression {
+            inner: Expression::parse(text)?,
+        })
     }
 
     /// The first fire time strictly after `t`.
@@ -287,7 +302,11 @@ impl PyExpression {
 
     /// Successive fire times after `t` (or before it, with `reverse=True`).
     #[pyo3(signature = (t, reverse = false))]
-    fn iter(slf: Bound<'_, Self>, t: &Bound<'_, PyAny>, reverse: bool) -> PyResult<PyExpressionIter> {
+    fn iter(
+        slf: Bound<'_, Self>,
+        t: &Bound<'_, PyAny>,
+        reverse: bool,
+    ) -> PyResult<PyExpressionIter> {
         let w = read_datetime(t)?;
         let state = match &w.tzinfo {
             None => Cursor::Naive {
@@ -297,7 +316,11 @@ impl PyExpression {
             Some(tzinfo) => {
                 let tz = zone_of(tzinfo)?;
                 let ts = instant_of(&tz, &w)?;
-                Cursor::Aware { at: ts, tz, tzinfo: tzinfo.clone().unbind() }
+                Cursor::Aware {
+                    at: ts,
+                    tz,
+                    tzinfo: tzinfo.clone().unbind(),
+                }
             }
         };
         Ok(PyExpressionIter {
@@ -340,8 +363,15 @@ impl PyExpression {
 }
 
 enum Cursor {
-    Naive { at: Civil, micro: u32 },
-    Aware { at: Timestamp, tz: TimeZone, tzinfo: Py<PyAny> },
+    Naive {
+        at: Civil,
+        micro: u32,
+    },
+    Aware {
+        at: Timestamp,
+        tz: TimeZone,
+        tzinfo: Py<PyAny>,
+    },
 }
 
 /// Iterator over successive fire times; ends (instead of raising) at the edge of years 1..9999.

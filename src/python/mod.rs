@@ -3,12 +3,15 @@
 use pyo3::prelude::*;
 
 mod cron;
+mod engine;
 mod errors;
+mod graph;
 
 /// The extension module `tm._tm`. Registering classes starts nothing: no thread, no runtime, no file.
 #[pymodule(gil_used = false)]
 fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     cron::register(m)?;
+    engine::register(m)?;
     Ok(())
 }

@@ -1,0 +1,501 @@
+"""``tm.Graph``: tasks wired into a DAG, validated as it is built, run by the Rust engine."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ._decorators import TaskFunction, TaskOptions, as_task, task
+from ._tm import GraphCore
+from .cron import Expression
+from .exceptions import GraphError
+
+__all__ = ["Graph"]
+
+_PARENT, _CONFIG, _CONTEXT, _ALL_PARENTS, _VALUE = 0, 1, 2, 3, 4
+_P = inspect.Parameter
+
+
+class _Sig:
+    """What a callable's signature needs, computed once per callable."""
+
+    __slots__ = ("params", "positional", "var_positional", "var_keyword")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            # Builtins without a signature: call them with parents by name only if asked; assume none.
+            self.params: list[tuple[str, Any, bool]] = []
+            self.positional: list[str] = []
+            self.var_positional = True
+            self.var_keyword = False
+            return
+        self.params = [(p.name, p.kind, p.default is not _P.empty) for p in sig.parameters.values()]
+        self.positional = [
+            p.name for p in sig.parameters.values() if p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
+        ]
+        self.var_positional = any(p.kind is _P.VAR_POSITIONAL for p in sig.parameters.values())
+        self.var_keyword = any(p.kind is _P.VAR_KEYWORD for p in sig.parameters.values())
+
+
+class _Node:
+    """One task in a graph: what to call and with which options."""
+
+    __slots__ = ("call", "options", "sig", "source")
+
+    def __init__(self, source: Any, call: Callable[..., Any], options: TaskOptions) -> None:
+        self.source = source
+        self.call = call
+        self.options = options
+        self.sig: _Sig | None = None
+
+
+def _caller_dir() -> Path | None:
+    """The directory of the script that constructed the graph (for relative config paths)."""
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back.f_back if frame and frame.f_back else None
+        while f is not None and f.f_globals.get("__name__", "").startswith("tm."):
+            f = f.f_back
+        filename = f.f_code.co_filename if f is not None else None
+    finally:
+        del frame
+    if filename and not filename.startswith("<") and os.path.exists(filename):
+        return Path(filename).resolve().parent
+    return None
+
+
+class _ConfigFile:
+    """A JSON (or YAML) config file, parsed again only when it changes."""
+
+    def __init__(self, path: str | os.PathLike[str], base: Path | None) -> None:
+        self.path = Path(path)
+        self.base = base
+        self._stamp: tuple[int, int] | None = None
+        self._value: Any = None
+
+    def resolve(self) -> Path:
+        if self.path.is_absolute():
+            return self.path
+        if self.base is not None and (self.base / self.path).exists():
+            return self.base / self.path
+        return Path.cwd() / self.path
+
+    def load(self) -> Any:
+        path = self.resolve()
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise GraphError(f"cannot read config file {str(path)!r}: {e.strerror}") from e
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            text = path.read_text(encoding="utf-8")
+            self._value = _parse_config(path, text)
+            self._stamp = stamp
+        return self._value
+
+
+def _parse_config(path: Path, text: str) -> Any:
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # type: ignore[import-untyped]
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise GraphError(f"reading {str(path)!r} needs PyYAML (pip install pyyaml)") from e
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise GraphError(f"invalid YAML in config file {str(path)!r}: {e}") from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GraphError(f"invalid JSON in config file {str(path)!r}: {e}") from e
+
+
+class Graph:
+    """A directed acyclic graph of tasks.
+
+    Args:
+        name: the graph's name (used in run records and schedules).
+        schedule: ``"manual"`` (run on demand) or a cron expression (text or ``Expression``).
+        config: a dict, or the path of a JSON/YAML file re-read for each run when it changed.
+            Relative paths resolve against the defining script's directory, then the working
+            directory. Tasks receive it through a parameter named ``config``.
+        tz: the time zone of the schedule (IANA name), UTC by default.
+    """
+
+    def __init__(
+        self,
+        name: str = "graph",
+        schedule: str | Expression | None = "manual",
+        config: Any = None,
+        tz: str | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise GraphError(f"a graph needs a non-empty name, got {name!r}")
+        self.name = name
+        if schedule is None or schedule == "manual":
+            self.schedule: Expression | None = None
+        elif isinstance(schedule, Expression):
+            self.schedule = schedule
+        elif isinstance(schedule, str):
+            self.schedule = Expression(schedule)
+        else:
+            raise TypeError(f"schedule must be 'manual', a cron string or an Expression, got {schedule!r}")
+        self.tz = tz
+        self._core = GraphCore()
+        self._nodes: list[_Node] = []
+        self._by_source: dict[int, int] = {}
+        self._version = 0
+        self._compiled: tuple[int, Any, list[Any], list[Any]] | None = None
+        self._config_base = _caller_dir()
+        self._config: Any = None
+        self.config = config
+
+    # -- configuration ---------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Any:
+        """The config given at construction (a dict, a path, or None)."""
+        return self._config_source
+
+    @config.setter
+    def config(self, value: Any) -> None:
+        self._config_source = value
+        if isinstance(value, (str, os.PathLike)):
+            self._config = _ConfigFile(value, self._config_base)
+        else:
+            self._config = value
+
+    def load_config(self) -> Any:
+        """The config a run receives now (a file is re-read only when it changed)."""
+        if isinstance(self._config, _ConfigFile):
+            return self._config.load()
+        return self._config
+
+    # -- building --------------------------------------------------------------------------------
+
+    def _node_for(self, obj: Any) -> int:
+        """The node of task ``obj``, adding it (and a class task's dependencies) if new."""
+        key = id(obj)
+        idx = self._by_source.get(key)
+        if idx is not None and self._nodes[idx].source is obj:
+            return idx
+        node = _make_node(obj)
+        name = _node_name(node)
+        idx = self._core.add_node(name, obj)
+        if idx == len(self._nodes):
+            self._nodes.append(node)
+            self._version += 1
+        self._by_source[key] = idx
+        deps = getattr(obj, "_tm_dependencies", None)
+        if deps:
+            self._edges([self._node_for(d) for d in deps], [idx])
+        return idx
+
+    def _edges(self, parents: list[int], children: list[int]) -> None:
+        pairs = [(p, c) for p in parents for c in children]
+        if pairs:
+            self._core.add_edges(pairs)
+            self._version += 1
+
+    def _resolve(self, item: Any) -> int:
+        if isinstance(item, str):
+            idx = self._core.find(item)
+            if idx is None:
+                raise GraphError(f"graph {self.name!r} has no task named {item!r}")
+            return idx
+        return self._node_for(item)
+
+    def add(self, t: Any, depends_on: Iterable[Any] = ()) -> Any:
+        """Adds task ``t`` (a task, a callable or a ``tm.Task``) after ``depends_on`` (tasks or names).
+
+        Returns ``t`` so it can be used as a decorator: ``@graph.add``.
+        """
+        if isinstance(depends_on, (str, bytes)) or callable(depends_on):
+            depends_on = [depends_on]
+        child = self._node_for(t)
+        self._edges([self._resolve(d) for d in depends_on], [child])
+        return t
+
+    def add_edges(self, parents: Iterable[Any], children: Iterable[Any] | None = None) -> None:
+        """Adds every task in ``parents`` and ``children`` and an edge from each parent to each child.
+
+        Edges accumulate across calls and repeating one is harmless. An edge that would close a cycle
+        raises :class:`tm.CycleError` naming the cycle, and none of this call's edges are kept.
+        """
+        if callable(parents) or isinstance(parents, str):
+            parents = [parents]
+        if children is not None and (callable(children) or isinstance(children, str)):
+            children = [children]
+        ps = [self._resolve(p) for p in parents]
+        cs = [self._resolve(c) for c in (children or [])]
+        self._edges(ps, cs)
+
+    @classmethod
+    def from_tasks(cls, tasks: Iterable[Any], name: str = "graph", **kwargs: Any) -> Graph:
+        """A graph of ``tm.Task`` objects (their ``dependencies`` become edges) or task callables."""
+        g = cls(name, **kwargs)
+        for t in tasks:
+            g.add(t)
+        return g
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], name: str | None = None, **kwargs: Any) -> Graph:
+        """A graph defined in JSON or YAML::
+
+            {"tasks": [{"name": "fetch", "function": "pkg.mod.fetch", "depends_on": []}, ...]}
+
+        Entries may also set ``tag``, ``priority``, ``retries``, ``retry_delay``, ``backoff``,
+        ``max_delay`` and ``jitter``. Errors name the offending entry.
+        """
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise GraphError(f"cannot read graph file {str(p)!r}: {e.strerror}") from e
+        data = _parse_config(p, text)
+        if not isinstance(data, dict) or not isinstance(data.get("tasks"), list):
+            raise GraphError(f"{str(p)!r}: expected an object with a 'tasks' list")
+        g = cls(name or data.get("name") or p.stem, **kwargs)
+        entries: list[tuple[str, list[str]]] = []
+        for i, entry in enumerate(data["tasks"]):
+            where = f"{str(p)!r}, task #{i}"
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise GraphError(f"{where}: each task needs a string 'name'")
+            where = f"{str(p)!r}, task {entry['name']!r}"
+            fn = _import_function(entry.get("function"), where)
+            opts = {k: v for k, v in entry.items() if k not in ("name", "function", "depends_on")}
+            try:
+                t = task(fn, name=entry["name"], **opts)
+            except (TypeError, ValueError) as e:
+                raise GraphError(f"{where}: {e}") from e
+            deps = entry.get("depends_on") or []
+            if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+                raise GraphError(f"{where}: 'depends_on' must be a list of task names")
+            g.add(t)
+            entries.append((entry["name"], deps))
+        for child, deps in entries:
+            for d in deps:
+                if g._core.find(d) is None:
+                    raise GraphError(f"{str(p)!r}, task {child!r}: depends on unknown task {d!r}")
+            g.add_edges(deps, [child])
+        return g
+
+    # -- inspection ------------------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names, in the order they were added."""
+        return self._core.names()
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def __contains__(self, item: Any) -> bool:
+        if isinstance(item, str):
+            return self._core.find(item) is not None
+        idx = self._by_source.get(id(item))
+        return idx is not None and self._nodes[idx].source is item
+
+    def parents_of(self, name: str) -> list[str]:
+        names = self._core.names()
+        return [names[p] for p in self._core.parents(self._resolve(name))]
+
+    def children_of(self, name: str) -> list[str]:
+        names = self._core.names()
+        return [names[c] for c in self._core.children(self._resolve(name))]
+
+    def topological_order(self) -> list[str]:
+        names = self._core.names()
+        return [names[i] for i in self._core.topological_order()]
+
+    def leaves(self) -> list[str]:
+        names = self._core.names()
+        return [names[i] for i in range(len(names)) if not self._core.children(i)]
+
+    def roots(self) -> list[str]:
+        names = self._core.names()
+        return [names[i] for i in range(len(names)) if not self._core.parents(i)]
+
+    def to_mermaid(self) -> str:
+        """The graph as a Mermaid flowchart."""
+        names = self._core.names()
+        lines = ["flowchart TD"]
+        lines += [f'    n{i}["{_escape(n)}"]' for i, n in enumerate(names)]
+        lines += [f"    n{p} --> n{c}" for p, c in self._core.edges()]
+        return "\n".join(lines) + "\n"
+
+    def to_dot(self) -> str:
+        """The graph in Graphviz DOT."""
+        names = self._core.names()
+        lines = [f'digraph "{_escape(self.name)}" {{', "    rankdir=LR;"]
+        lines += [f'    "{_escape(n)}";' for n in names]
+        lines += [f'    "{_escape(names[p])}" -> "{_escape(names[c])}";' for p, c in self._core.edges()]
+        return "\n".join(lines) + "\n}\n"
+
+    def __repr__(self) -> str:
+        sched = "manual" if self.schedule is None else str(self.schedule)
+        return f"<tm.Graph {self.name!r}: {len(self)} tasks, schedule {sched!r}>"
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Checks that every required parameter of every task can be filled (raises GraphError)."""
+        self._compile(None, (), {}, check_roots=False)
+
+    def _compile(
+        self, pool_of: Callable[[str | None], int] | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+        check_roots: bool = True,
+        cache_key: Any = None,
+    ) -> tuple[list[Any], list[Any]]:
+        """Per-node call descriptions and scheduling specs for the engine.
+
+        Without root arguments the result depends only on the graph and the executor's pools, so it
+        is cached until the graph changes (a scheduled graph compiles once, not on every fire).
+        """
+        cacheable = cache_key is not None and not args and not kwargs
+        if cacheable and self._compiled is not None:
+            version, key, calls, specs = self._compiled
+            if version == self._version and key == cache_key:
+                return calls, specs
+        names = self._core.names()
+        calls: list[Any] = []
+        specs: list[Any] = []
+        used_kwargs: set[str] = set()
+        for i, node in enumerate(self._nodes):
+            if node.sig is None:
+                node.sig = _Sig(node.call)
+            parents = self._core.parents(i)
+            by_name = {names[p]: p for p in parents}
+            is_root = not parents
+            params, call_args = _bind(names[i], node.sig, by_name, is_root, args, kwargs, check_roots)
+            if is_root:
+                used_kwargs.update(name for name, kind, _ in params if kind == _VALUE)
+                if node.sig.var_keyword:
+                    used_kwargs.update(kwargs)
+            o = node.options
+            calls.append((node.call, params, call_args, o.retry_on, o.give_up_on or None))
+            pool = pool_of(o.tag) if pool_of is not None else 0
+            specs.append((pool, o.priority, o.retries, o.retry_delay, o.backoff, o.max_delay, o.jitter))
+        unused = set(kwargs) - used_kwargs
+        if unused and check_roots:
+            raise TypeError(f"graph {self.name!r}: no root task accepts argument(s) {', '.join(sorted(unused))}")
+        if cacheable:
+            self._compiled = (self._version, cache_key, calls, specs)
+        return calls, specs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the graph now on the default executor and returns its result.
+
+        Positional and keyword arguments go to the root tasks. Returns the single leaf's output, or a
+        dict of leaf outputs when there are several. A failure raises :class:`tm.TaskFailed` with the
+        task's own exception as ``__cause__``.
+        """
+        from .executor import default_executor
+
+        run = default_executor().run(self, args=args, kwargs=kwargs)
+        run.raise_for_state()
+        return run.result()
+
+
+def _bind(
+    name: str,
+    sig: _Sig,
+    parents: dict[str, int],
+    is_root: bool,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    check_roots: bool,
+) -> tuple[list[tuple[str, int, Any]], tuple[Any, ...] | None]:
+    params: list[tuple[str, int, Any]] = []
+    covered: set[str] = set()
+    call_args: tuple[Any, ...] | None = None
+    if is_root and args:
+        if len(args) > len(sig.positional) and not sig.var_positional:
+            raise TypeError(
+                f"root task {name!r} takes {len(sig.positional)} positional argument(s), {len(args)} given"
+            )
+        covered = set(sig.positional[: len(args)])
+        call_args = tuple(args)
+    for pname, kind, has_default in sig.params:
+        if kind is _P.VAR_KEYWORD:
+            params.append((pname, _ALL_PARENTS, None))
+            if is_root:
+                params.extend((k, _VALUE, v) for k, v in kwargs.items() if k not in covered)
+            continue
+        if kind is _P.VAR_POSITIONAL or pname in covered:
+            continue
+        if kind is _P.POSITIONAL_ONLY:
+            if has_default:
+                continue
+            raise GraphError(f"task {name!r}: positional-only parameter {pname!r} cannot be filled by name")
+        if pname in parents:
+            params.append((pname, _PARENT, parents[pname]))
+        elif pname == "config":
+            params.append((pname, _CONFIG, None))
+        elif pname == "context":
+            params.append((pname, _CONTEXT, None))
+        elif is_root and pname in kwargs:
+            params.append((pname, _VALUE, kwargs[pname]))
+        elif has_default or (is_root and not check_roots):
+            continue
+        else:
+            where = "a parent task" if not is_root else "a parent task or an argument of the graph call"
+            raise GraphError(
+                f"task {name!r}: required parameter {pname!r} cannot be filled "
+                f"(it is not {where}, 'config' or 'context')"
+            )
+    return params, call_args
+
+
+def _make_node(obj: Any) -> _Node:
+    from .taskflow import Task as ClassTask
+
+    if isinstance(obj, ClassTask):
+        return _Node(obj, obj._tm_call, obj._tm_options())
+    t = as_task(obj)
+    return _Node(obj, t.__wrapped__, t.__tm_options__)
+
+
+def _node_name(node: _Node) -> str:
+    src = node.source
+    from .taskflow import Task as ClassTask
+
+    if isinstance(src, ClassTask):
+        return src.task_id
+    if isinstance(src, TaskFunction):
+        return src.task_name
+    return as_task(src).task_name
+
+
+def _escape(s: str) -> str:
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _import_function(spec: Any, where: str) -> Callable[..., Any]:
+    if not isinstance(spec, str) or not spec:
+        raise GraphError(f"{where}: 'function' must be a dotted path like 'pkg.module.func'")
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        module_name, _, attr = spec.rpartition(".")
+    if not module_name or not attr:
+        raise GraphError(f"{where}: 'function' must be a dotted path like 'pkg.module.func', got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise GraphError(f"{where}: cannot import module {module_name!r}: {e}") from e
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as e:
+            raise GraphError(f"{where}: module {module_name!r} has no attribute {attr!r}") from e
+    if not callable(obj):
+        raise GraphError(f"{where}: {spec!r} is not callable")
+    return obj
