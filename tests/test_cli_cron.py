@@ -8,7 +8,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-
 from tm.cli import COMMANDS, main
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "tm"
@@ -66,7 +65,14 @@ def test_tz_prints_aware_times_across_a_gap() -> None:
 def test_tz_converts_an_aware_start() -> None:
     # 2024-01-01T12:00Z is 07:00 in New York; the next 09:00 there is 14:00Z.
     r = run_module(
-        "cron", "0 9 * * *", "-n", "1", "--from", "2024-01-01T12:00+00:00", "--tz", "America/New_York"
+        "cron",
+        "0 9 * * *",
+        "-n",
+        "1",
+        "--from",
+        "2024-01-01T12:00+00:00",
+        "--tz",
+        "America/New_York",
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["2024-01-01T09:00:00-05:00"]

@@ -29,8 +29,11 @@ checked twice:
    "1/2" is {1, 3, 5, 7} = Mon, Wed, Fri, Sun in tm and Mon, Wed, Fri in croniter, and "7/2" is
    Sunday alone in tm but Sun/Tue/Thu/Sat in croniter.
 
-   Reversed ranges ("50-10") are not generated here: croniter wraps them, tm rejects them, which
-   ``test_reversed_ranges_rejected_where_croniter_wraps`` pins down.
+   Two kinds of text are not generated, because tm rejects them while croniter accepts them:
+   reversed ranges ("50-10", which croniter wraps; see
+   ``test_reversed_ranges_rejected_where_croniter_wraps``) and steps longer than the field has
+   values ("*/30" in the hour field, "*/8" in day-of-week; see
+   ``test_steps_longer_than_the_field``).
 """
 
 from __future__ import annotations
@@ -66,6 +69,11 @@ class Spec:
     def croniter_hi(self) -> int:
         """The top of the field as croniter expands it (day-of-week stops at 6)."""
         return 6 if self.name == "day-of-week" else self.hi
+
+    @property
+    def max_step(self) -> int:
+        """The largest step tm accepts: the number of distinct values in the field."""
+        return 7 if self.name == "day-of-week" else self.hi - self.lo + 1
 
     def all(self) -> frozenset[int]:
         return frozenset(range(self.lo, self.hi + 1))
@@ -123,8 +131,10 @@ def _item(spec: Spec, rng: random.Random) -> Field:
         a = rng.randint(spec.lo, spec.hi)
         b = a if rng.random() < 0.03 else rng.randint(min(a + 1, spec.hi), spec.hi)
         return _range_item(spec, a, b, None, rng)
-    span = spec.hi - spec.lo
-    step = rng.choice([1, 2, 3, 4, 5, 6, 7, 10, 12, 15, 20, 30, rng.randint(1, span + 1)])
+    # tm caps a step at the number of values in the field (7 for day-of-week); croniter and
+    # cronsim take any step. See test_steps_longer_than_the_field.
+    steps = [1, 2, 3, 4, 5, 6, 7, 10, 12, 15, 20, 30, rng.randint(1, spec.max_step)]
+    step = rng.choice([s for s in steps if s <= spec.max_step])
     if kind == "star_step":
         # In day-of-week, `*` reaches 7 from 0 only when the step divides 7, and then 0 (the
         # same day) is in the set already: 0-6 and 0-7 give the same days.
@@ -407,3 +417,17 @@ def test_aware_utc_matches_croniter() -> None:
         assert got.tzinfo is timezone.utc
         assert got == croniter(case.canonical(), start).get_next(datetime)
         assert e.prev(start) == croniter(case.canonical(), start).get_prev(datetime)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [("0 */30 * * *", "hour"), ("*/61 * * * *", "minute"), ("0 0 * * */8", "day-of-week")],
+)
+def test_steps_longer_than_the_field(text: str, field: str) -> None:
+    # A tm choice, not a quirk of croniter: croniter (and cronsim) accept a step longer than the
+    # field and fire at the range start only ("0 */30 * * *" is daily at midnight); tm rejects it
+    # with the field named. The spec does not decide this case; the test pins tm's choice.
+    start = datetime(2024, 1, 1, 12)
+    assert croniter(text, start).get_next(datetime) > start
+    with pytest.raises(CronError, match=field):
+        Expression(text)

@@ -30,6 +30,8 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tm.cron import Expression
 
 UTC = timezone.utc
@@ -309,3 +311,72 @@ def test_reverse_iteration_visits_the_same_instants(zone: str, expr: str) -> Non
         backward.append(fire.astimezone(UTC))
     assert backward[::-1] == forward
     assert all(a < b for a, b in itertools.pairwise(forward))
+
+
+# ----------------------------------------------------------------------------------------------
+# Properties near transitions (hypothesis)
+# ----------------------------------------------------------------------------------------------
+
+# (zone, a transition instant in UTC), from the module docstring.
+TRANSITIONS = [
+    ("America/New_York", "2024-03-10 07:00"),
+    ("America/New_York", "2024-11-03 06:00"),
+    ("Europe/London", "2024-03-31 01:00"),
+    ("Europe/London", "2024-10-27 01:00"),
+    ("Europe/Dublin", "2024-03-31 01:00"),
+    ("Europe/Dublin", "2024-10-27 01:00"),
+    ("Australia/Lord_Howe", "2024-04-06 15:00"),
+    ("Australia/Lord_Howe", "2024-10-05 15:30"),
+    ("America/Sao_Paulo", "2018-02-18 02:00"),
+    ("America/Sao_Paulo", "2018-11-04 03:00"),
+    ("Pacific/Apia", "2011-12-30 10:00"),
+]
+
+near_transitions = st.tuples(
+    st.sampled_from(TRANSITIONS), st.integers(-4 * 3600, 4 * 3600), st.integers(0, 999_999)
+).map(
+    lambda p: (utc(p[0][1]) + timedelta(seconds=p[1], microseconds=p[2])).astimezone(
+        ZoneInfo(p[0][0])
+    )
+)
+near_expressions = st.sampled_from(
+    [
+        "* * * * *",
+        "*/7 * * * *",
+        "30 * * * *",
+        "0 * * * *",
+        "*/15 * * * *",
+        "30 1 * * *",
+        "30 2 * * *",
+        "*/20 1,2 * * *",
+        "45 1 * * *",
+        "15 2 * * *",
+        "0 0 * * *",
+        "30 23 * * *",
+        "0 12 * * *",
+        "*/10 * * * * *",
+        "0 30 1 * * *",
+    ]
+)
+
+
+@settings(deadline=None, max_examples=300)
+@given(near_expressions, near_transitions)
+def test_near_transitions_next_and_prev_move_in_real_time(expr: str, t: datetime) -> None:
+    # Starts include the second pass of folds (fold=1, from astimezone).
+    e = Expression(expr)
+    instant = t.astimezone(UTC)
+    n, p = e.next(t), e.prev(t)
+    assert n.astimezone(UTC) > instant, (t, t.fold, n, n.fold)
+    assert p.astimezone(UTC) < instant, (t, t.fold, p, p.fold)
+    assert n.tzinfo is t.tzinfo and p.tzinfo is t.tzinfo
+    # Neighbours: nothing fires between p and n except (possibly) t itself.
+    assert e.prev(n).astimezone(UTC) <= instant
+    assert e.next(p).astimezone(UTC) >= instant
+    # Chaining next (each result fed back in) keeps moving forward.
+    chained = [n]
+    for _ in range(3):
+        chained.append(e.next(chained[-1]))
+    instants = [c.astimezone(UTC) for c in chained]
+    assert all(a < b for a, b in itertools.pairwise(instants)), chained
+    assert list(itertools.islice(e.iter(t), 4)) == chained

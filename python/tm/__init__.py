@@ -18,7 +18,10 @@ from .exceptions import TaskCancelled as TaskCancelled
 from .exceptions import TaskFailed as TaskFailed
 from .exceptions import TaskTimeout as TaskTimeout
 from .exceptions import TmError as TmError
+from ._runners import ProcessPool as ProcessPool
+from ._runners import WorkerCrashed as WorkerCrashed
 from .executor import Attempt as Attempt
+from .executor import Event as Event
 from .executor import Executor as Executor
 from .executor import Run as Run
 from .executor import TaskRun as TaskRun
@@ -30,11 +33,13 @@ __all__ = [
     "Attempt",
     "CronError",
     "CycleError",
+    "Event",
     "Executor",
     "ExecutorError",
     "Graph",
     "GraphError",
     "RetriesExhausted",
+    "ProcessPool",
     "Run",
     "StoreError",
     "Task",
@@ -45,6 +50,7 @@ __all__ = [
     "TaskStatus",
     "TaskTimeout",
     "TmError",
+    "WorkerCrashed",
     "cron",
     "task",
 ]

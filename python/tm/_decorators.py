@@ -27,33 +27,47 @@ def _seconds(value: float | timedelta | None, what: str) -> float | None:
 
 @dataclass(frozen=True)
 class TaskOptions:
-    """How a task is scheduled and retried. Durations are seconds."""
+    """How a task is scheduled and retried. Durations are seconds.
+
+    Retry and timeout options left as None take the executor's defaults.
+    """
 
     name: str | None = None
     tag: str | None = None
     priority: int = 0
-    retries: int = 0
-    retry_delay: float = 0.0
-    backoff: float = 0.0
+    retries: int | None = None
+    retry_delay: float | None = None
+    backoff: float | None = None
     max_delay: float | None = None
-    jitter: float = 0.0
+    jitter: float | None = None
+    timeout: float | None = None
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     give_up_on: tuple[type[BaseException], ...] = ()
+    revert: Callable[[Any], Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TaskOptions:
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+        if self.retries is not None and (
+            isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0
+        ):
             raise ValueError(f"retries must be a non-negative int, got {self.retries!r}")
-        if not isinstance(self.priority, int):
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise TypeError(f"priority must be an int, got {self.priority!r}")
-        if not 0.0 <= float(self.jitter) <= 1.0:
+        if self.jitter is not None and not 0.0 <= float(self.jitter) <= 1.0:
             raise ValueError(f"jitter must be between 0 and 1, got {self.jitter!r}")
-        if float(self.backoff) < 0:
+        if self.backoff is not None and float(self.backoff) < 0:
             raise ValueError(f"backoff must not be negative, got {self.backoff!r}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout!r}")
+        if self.revert is not None and not callable(self.revert):
+            raise TypeError(f"revert must be callable, got {self.revert!r}")
         for what, excs in (("retry_on", self.retry_on), ("give_up_on", self.give_up_on)):
             if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excs):
                 raise TypeError(f"{what} must be exception classes, got {excs!r}")
         return self
+
+
+_DEFAULT = TaskOptions()
 
 
 class TaskFunction:
@@ -89,12 +103,17 @@ def _callable_name(fn: Any) -> str:
 
 
 def _options(**kwargs: Any) -> TaskOptions:
+    if not kwargs:
+        return _DEFAULT
+    if len(kwargs) == 1 and isinstance(kwargs.get("name"), str):
+        return TaskOptions(name=kwargs["name"])  # the defaults need no validation
     known = {f for f in TaskOptions.__dataclass_fields__ if f != "extra"}
     unknown = set(kwargs) - known
     if unknown:
         raise TypeError(f"unknown task option(s): {', '.join(sorted(unknown))}")
-    kwargs["retry_delay"] = _seconds(kwargs.get("retry_delay", 0.0), "retry_delay") or 0.0
-    kwargs["max_delay"] = _seconds(kwargs.get("max_delay"), "max_delay")
+    for key in ("retry_delay", "max_delay", "timeout"):
+        if key in kwargs:
+            kwargs[key] = _seconds(kwargs[key], key)
     for key in ("retry_on", "give_up_on"):
         if key in kwargs and isinstance(kwargs[key], type):
             kwargs[key] = (kwargs[key],)
@@ -120,7 +139,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         **options: ``name``, ``tag`` (worker pool), ``priority`` (higher first), ``retries``,
             ``retry_delay`` (seconds or timedelta), ``backoff`` (attempt i waits
             ``min(max_delay, retry_delay * (1 + backoff) ** i)``), ``max_delay``, ``jitter`` (0..1),
-            ``retry_on`` and ``give_up_on`` (exception classes).
+            ``retry_on`` and ``give_up_on`` (exception classes), ``timeout`` (seconds or
+            timedelta per attempt), ``revert`` (called with the task's result when a run started
+            with ``rollback=True`` fails).
 
     Returns:
         A :class:`TaskFunction` that calls ``fn`` unchanged, or a decorator making one.

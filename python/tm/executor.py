@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import traceback as _traceback
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._decorators import TaskOptions, _options, _seconds
+from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
 from .exceptions import ExecutorError, GraphError, TaskFailed
 
 if TYPE_CHECKING:
     from .graph import Graph
 
-__all__ = ["Attempt", "Executor", "Run", "TaskRun", "default_executor"]
+__all__ = ["Attempt", "Event", "Executor", "Run", "TaskRun", "default_executor"]
 
 
 def _default_workers() -> int:
@@ -102,6 +106,8 @@ class Run:
         self._names = handle.names()
         self._index = {n: i for i, n in enumerate(self._names)}
         self._leaves = graph.leaves()
+        self.reverts: dict[str, str] = {}
+        self.revert_errors: dict[str, BaseException] = {}
 
     @property
     def id(self) -> int:
@@ -120,11 +126,32 @@ class Run:
         return self._handle.wait(timeout)
 
     def cancel(self, task: str | None = None) -> None:
-        """Cancels the whole run, or one task and its descendants. Repeating it is harmless."""
+        """Cancels the whole run, or one task and its descendants: tasks not started end
+        ``cancelled`` at once and running ones are interrupted (see the README on timeouts). The run
+        ends ``cancelled``. Repeating it, or cancelling after the end, is harmless."""
         if task is None:
-            self._handle.cancel()
+            self._handle.cancel(True)
         else:
             self._handle.cancel_task(self._task_index(task))
+
+    def _rollback(self, graph: Graph) -> None:
+        """Runs the revert callables of completed tasks in reverse topological order."""
+        states = self.states()
+        for name in reversed(graph.topological_order()):
+            if states.get(name) != "completed":
+                continue
+            node = graph._nodes[graph._core.find(name)]
+            revert = node.options.revert
+            if revert is None:
+                continue
+            try:
+                revert(self._handle.value(self._index[name]))
+            except Exception as e:
+                self.reverts[name] = "revert_failed"
+                self.revert_errors[name] = e
+                _log.error("%s.%s revert failed: %r", self.graph, name, e, exc_info=e)
+            else:
+                self.reverts[name] = "reverted"
 
     def _task_index(self, name: str) -> int:
         try:
@@ -204,6 +231,37 @@ class Run:
 
 
 _executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_log = logging.getLogger("tm")
+_log.addHandler(logging.NullHandler())
+
+# Event kinds by bit position; must match EVENT_KINDS in src/python/engine.rs.
+_KINDS = ("started", "completed", "retrying", "failed", "skipped", "cancelled", "run_finished")
+_LEVELS = {
+    "started": logging.DEBUG,
+    "completed": logging.DEBUG,
+    "retrying": logging.WARNING,
+    "failed": logging.ERROR,
+    "skipped": logging.INFO,
+    "cancelled": logging.INFO,
+    "run_finished": logging.INFO,
+}
+_DEFAULT_KEYS = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "timeout")
+
+
+@dataclass(frozen=True)
+class Event:
+    """A task or run transition, passed to ``on_task_start``/``on_task_end`` hooks."""
+
+    run_id: int
+    graph: str
+    task: str | None
+    kind: str
+    attempt: int
+    at: datetime | None
+    error: BaseException | None = None
+    retry_at: datetime | None = None
+    skipped_because: str | None = None
+    state: str | None = None
 
 
 @atexit.register
@@ -213,37 +271,158 @@ def _shutdown_all() -> None:
         ex.shutdown()
 
 
+class _Dispatch:
+    """Turns engine events of one run into hook calls and ``tm`` log records."""
+
+    def __init__(self, ex: Executor, graph: Graph, names: list[str]) -> None:
+        self.ex = ex
+        self.graph = graph.name
+        self.names = names
+        self.run: Run | None = None
+        self.finished_early = False
+        self.lock = threading.Lock()
+
+    def mask(self) -> int:
+        ex = self.ex
+        bits = 0
+        for i, kind in enumerate(_KINDS):
+            hooked = (
+                (kind == "started" and ex.on_task_start is not None)
+                or (kind not in ("started", "run_finished") and ex.on_task_end is not None)
+                or (kind == "run_finished" and ex.on_run_end is not None)
+            )
+            if hooked or _log.isEnabledFor(_LEVELS[kind]):
+                bits |= 1 << i
+        return bits
+
+    def __call__(
+        self,
+        run_id: int,
+        node: int | None,
+        attempt: int,
+        at_us: int,
+        kind: str,
+        error: BaseException | None,
+        extra: int | None,
+        state: str | None,
+    ) -> None:
+        task = None if node is None else self.names[node]
+        ev = Event(
+            run_id,
+            self.graph,
+            task,
+            kind,
+            attempt,
+            _dt(at_us),
+            error,
+            _dt(extra) if kind == "retrying" else None,
+            self.names[extra] if kind == "skipped" and extra is not None else None,
+            state,
+        )
+        level = _LEVELS[kind]
+        if _log.isEnabledFor(level):
+            if task is None:
+                _log.log(level, "run %d of %s %s", run_id, self.graph, state)
+            elif kind == "retrying":
+                _log.log(level, "%s.%s attempt %d failed (%r); retrying at %s", self.graph, task, attempt,
+                         error, ev.retry_at)
+            elif kind == "failed":
+                _log.log(level, "%s.%s failed after %d attempt(s): %r", self.graph, task, attempt + 1, error,
+                         exc_info=error)
+            elif kind == "skipped":
+                _log.log(level, "%s.%s skipped: upstream %s failed", self.graph, task, ev.skipped_because)
+            else:
+                _log.log(level, "%s.%s %s (attempt %d)", self.graph, task, kind, attempt)
+        ex = self.ex
+        if kind == "started":
+            if ex.on_task_start is not None:
+                ex.on_task_start(ev)
+        elif kind == "run_finished":
+            if ex.on_run_end is not None:
+                with self.lock:
+                    run = self.run
+                    if run is None:
+                        self.finished_early = True
+                if run is not None:
+                    ex.on_run_end(run)
+        elif ex.on_task_end is not None:
+            ex.on_task_end(ev)
+
+    def attach(self, run: Run) -> None:
+        """Hands over the Run object; fires on_run_end now if the run ended before it existed."""
+        with self.lock:
+            self.run = run
+            early = self.finished_early
+        if early and self.ex.on_run_end is not None:
+            self.ex.on_run_end(run)
+
+
 class Executor:
     """Runs graphs on bounded worker pools: one per task tag, plus a default pool.
 
     Args:
         workers: size of the default pool (untagged tasks). Default: ``min(32, cpus + 4)``.
         workers_per_tag: size of each tag's pool unless ``pools`` names it.
-        pools: ``{tag: size}`` for specific tags.
+        pools: ``{tag: size}`` for specific tags, or ``{tag: tm.ProcessPool(n)}`` to run a tag's
+            tasks in worker processes.
         fail_fast: cancel everything else as soon as one task fails (default: finish unrelated
             branches, skip the failed task's descendants).
+        retries, retry_delay, backoff, max_delay, jitter, timeout: defaults for tasks that do not
+            set their own (see ``tm.task``).
+        on_task_start: called with an :class:`Event` when a task attempt starts (on its worker).
+        on_task_end: called with an :class:`Event` when an attempt ends (completed, retrying,
+            failed) or a task is skipped or cancelled.
+        on_run_end: called with the :class:`Run` when a run ends.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
+    Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
+    failures, INFO skips, cancellations and run ends). A hook that raises is reported with
+    ``sys.unraisablehook`` and does not affect the run.
     """
 
     def __init__(
         self,
         workers: int | None = None,
         workers_per_tag: int | None = None,
-        pools: dict[str, int] | None = None,
+        pools: dict[str, Any] | None = None,
         fail_fast: bool = False,
+        *,
+        retries: int | None = None,
+        retry_delay: float | timedelta | None = None,
+        backoff: float | None = None,
+        max_delay: float | timedelta | None = None,
+        jitter: float | None = None,
+        timeout: float | timedelta | None = None,
+        on_task_start: Callable[[Event], Any] | None = None,
+        on_task_end: Callable[[Event], Any] | None = None,
+        on_run_end: Callable[[Run], Any] | None = None,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
                 raise ValueError(f"{what} must be a positive int, got {n!r}")
-        self._pools = dict(pools or {})
+        self._pools: dict[str, Any] = dict(pools or {})
         for tag, n in self._pools.items():
+            if isinstance(n, ProcessPool):
+                continue
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"pool {tag!r} must have a positive int size, got {n!r}")
+                raise ValueError(f"pool {tag!r} must have a positive int size or a ProcessPool, got {n!r}")
+        for name, hook in (("on_task_start", on_task_start), ("on_task_end", on_task_end),
+                           ("on_run_end", on_run_end)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, got {hook!r}")
         self.workers = workers or workers_per_tag or _default_workers()
         self.workers_per_tag = workers_per_tag
         self.fail_fast = fail_fast
+        opts = _options(
+            retries=retries, retry_delay=retry_delay, backoff=backoff, max_delay=max_delay,
+            jitter=jitter, timeout=timeout,
+        )
+        self._defaults = {k: getattr(opts, k) for k in _DEFAULT_KEYS if getattr(opts, k) is not None}
+        self.on_task_start = on_task_start
+        self.on_task_end = on_task_end
+        self.on_run_end = on_run_end
         self._engine: Engine | None = None
+        self._async = AsyncRunner()
         self._lock = threading.Lock()
         self._closed = False
         _executors.add(self)
@@ -253,21 +432,33 @@ class Executor:
             raise ExecutorError("executor is shut down")
         with self._lock:
             if self._engine is None:
-                pools = [("", self.workers)] + [(t, n) for t, n in self._pools.items() if t]
-                self._engine = Engine(pools)
+                self._engine = Engine([("", self.workers)])
             return self._engine
 
-    def _pool_of(self, engine: Engine) -> Any:
+    def _size_of(self, tag: str) -> int:
+        p = self._pools.get(tag)
+        if isinstance(p, ProcessPool):
+            return p.size
+        return p or self.workers_per_tag or self.workers
+
+    def _pool_of(self, engine: Engine) -> Callable[[str | None], int]:
         def pool_of(tag: str | None) -> int:
             if not tag:
                 return 0
             idx = engine.pool_index(tag)
             if idx is None:
-                size = self._pools.get(tag) or self.workers_per_tag or self.workers
-                idx = engine.add_pool(tag, size)
+                idx = engine.add_pool(tag, self._size_of(tag))
             return idx
 
         return pool_of
+
+    def _wrap(self, fn: Callable[..., Any], options: TaskOptions) -> Callable[..., Any]:
+        pool = self._pools.get(options.tag) if options.tag else None
+        if isinstance(pool, ProcessPool):
+            return pool.wrap(fn)
+        if is_async(fn):
+            return self._async.wrap(fn)
+        return fn
 
     def submit(
         self,
@@ -277,6 +468,7 @@ class Executor:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        timeout: float | timedelta | None = None,
     ) -> Run:
         """Starts a run of ``graph`` and returns it at once (see :meth:`Run.wait`).
 
@@ -286,21 +478,34 @@ class Executor:
             args: positional arguments for the root tasks.
             kwargs: keyword arguments for the root tasks.
             meta: run metadata visible to tasks as ``context.meta``.
+            timeout: the whole run's limit in seconds: past it, running tasks fail with
+                ``tm.TaskTimeout``, the others are cancelled, and the run ends ``failed``.
         """
         from .graph import Graph
 
         if not isinstance(graph, Graph):
             raise TypeError(f"expected a tm.Graph, got {type(graph).__name__}")
         engine = self._get_engine()
-        calls, specs = graph._compile(self._pool_of(engine), tuple(args), dict(kwargs or {}), cache_key=id(self))
+        calls, specs = graph._compile(
+            self._pool_of(engine), tuple(args), dict(kwargs or {}), cache_key=id(self),
+            defaults=self._defaults, wrap=self._wrap,
+        )
         cfg = graph.load_config() if config is None else config
         info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
         info.update(meta or {})
+        dispatch = _Dispatch(self, graph, graph._core.names())
+        mask = dispatch.mask()
+        limit = _seconds(timeout, "timeout")
         try:
-            handle = engine.submit(graph._core, calls, specs, cfg, info, self.fail_fast)
+            handle = engine.submit(
+                graph._core, calls, specs, cfg, info, self.fail_fast, limit,
+                (dispatch, mask) if mask else None,
+            )
         except ValueError as e:
             raise GraphError(str(e)) from e
-        return Run(handle, graph)
+        run = Run(handle, graph)
+        dispatch.attach(run)
+        return run
 
     def run(
         self,
@@ -310,12 +515,21 @@ class Executor:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        timeout: float | timedelta | None = None,
+        rollback: bool = False,
     ) -> Run:
         """Runs ``graph`` to the end and returns the :class:`Run` (it does not raise on failure:
-        see :meth:`Run.raise_for_state`). Ctrl-C once stops starting tasks and waits for running
-        ones; twice stops waiting; either way KeyboardInterrupt propagates."""
-        run = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta)
+        see :meth:`Run.raise_for_state`).
+
+        With ``rollback=True``, a failed run calls the ``revert`` callable of every completed task
+        that has one, in reverse topological order, with that task's result; outcomes are in
+        :attr:`Run.reverts` (``reverted`` or ``revert_failed``). Ctrl-C once stops starting tasks
+        and waits for running ones; twice interrupts them; either way KeyboardInterrupt propagates.
+        """
+        run = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, timeout=timeout)
         run.wait()
+        if rollback and run.state == "failed":
+            run._rollback(graph)
         return run
 
     def shutdown(self) -> None:
@@ -325,6 +539,10 @@ class Executor:
             engine, self._engine = self._engine, None
         if engine is not None:
             engine.shutdown()
+        self._async.close()
+        for p in self._pools.values():
+            if isinstance(p, ProcessPool):
+                p.close()
 
     def __enter__(self) -> Executor:
         return self

@@ -6,6 +6,7 @@ import importlib
 import inspect
 import json
 import os
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from ._decorators import TaskFunction, TaskOptions, as_task, task
 from ._tm import GraphCore
 from .cron import Expression
 from .exceptions import GraphError
+from .taskflow import Task as _ClassTask
 
 __all__ = ["Graph"]
 
@@ -42,6 +44,24 @@ class _Sig:
         ]
         self.var_positional = any(p.kind is _P.VAR_POSITIONAL for p in sig.parameters.values())
         self.var_keyword = any(p.kind is _P.VAR_KEYWORD for p in sig.parameters.values())
+
+
+_SIGS: weakref.WeakKeyDictionary[Any, _Sig] = weakref.WeakKeyDictionary()
+
+
+def _sig_of(fn: Callable[..., Any]) -> _Sig:
+    """The signature analysis of ``fn``, cached per callable (many tasks share one function)."""
+    try:
+        sig = _SIGS.get(fn)
+    except TypeError:  # not weak-referenceable or not hashable
+        return _Sig(fn)
+    if sig is None:
+        sig = _Sig(fn)
+        try:
+            _SIGS[fn] = sig
+        except TypeError:
+            pass
+    return sig
 
 
 class _Node:
@@ -353,6 +373,8 @@ class Graph:
         self, pool_of: Callable[[str | None], int] | None, args: tuple[Any, ...], kwargs: dict[str, Any],
         check_roots: bool = True,
         cache_key: Any = None,
+        defaults: dict[str, Any] | None = None,
+        wrap: Callable[[Callable[..., Any], TaskOptions], Callable[..., Any]] | None = None,
     ) -> tuple[list[Any], list[Any]]:
         """Per-node call descriptions and scheduling specs for the engine.
 
@@ -370,7 +392,7 @@ class Graph:
         used_kwargs: set[str] = set()
         for i, node in enumerate(self._nodes):
             if node.sig is None:
-                node.sig = _Sig(node.call)
+                node.sig = _sig_of(node.call)
             parents = self._core.parents(i)
             by_name = {names[p]: p for p in parents}
             is_root = not parents
@@ -380,9 +402,26 @@ class Graph:
                 if node.sig.var_keyword:
                     used_kwargs.update(kwargs)
             o = node.options
-            calls.append((node.call, params, call_args, o.retry_on, o.give_up_on or None))
+            fn = wrap(node.call, o) if wrap is not None else node.call
+            calls.append((fn, params, call_args, o.retry_on, o.give_up_on or None))
             pool = pool_of(o.tag) if pool_of is not None else 0
-            specs.append((pool, o.priority, o.retries, o.retry_delay, o.backoff, o.max_delay, o.jitter))
+            d = defaults or {}
+
+            def pick(key: str, value: Any, fallback: Any, d: dict[str, Any] = d) -> Any:
+                return value if value is not None else d.get(key, fallback)
+
+            specs.append(
+                (
+                    pool,
+                    o.priority,
+                    pick("retries", o.retries, 0),
+                    pick("retry_delay", o.retry_delay, 0.0),
+                    pick("backoff", o.backoff, 0.0),
+                    pick("max_delay", o.max_delay, None),
+                    pick("jitter", o.jitter, 0.0),
+                    pick("timeout", o.timeout, None),
+                )
+            )
         unused = set(kwargs) - used_kwargs
         if unused and check_roots:
             raise TypeError(f"graph {self.name!r}: no root task accepts argument(s) {', '.join(sorted(unused))}")
@@ -455,9 +494,7 @@ def _bind(
 
 
 def _make_node(obj: Any) -> _Node:
-    from .taskflow import Task as ClassTask
-
-    if isinstance(obj, ClassTask):
+    if isinstance(obj, _ClassTask):
         return _Node(obj, obj._tm_call, obj._tm_options())
     t = as_task(obj)
     return _Node(obj, t.__wrapped__, t.__tm_options__)
@@ -465,9 +502,7 @@ def _make_node(obj: Any) -> _Node:
 
 def _node_name(node: _Node) -> str:
     src = node.source
-    from .taskflow import Task as ClassTask
-
-    if isinstance(src, ClassTask):
+    if isinstance(src, _ClassTask):
         return src.task_id
     if isinstance(src, TaskFunction):
         return src.task_name

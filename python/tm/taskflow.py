@@ -146,9 +146,9 @@ class Task:
             name=self.task_id,
             tag=self.tag(),
             priority=self.priority,
-            retries=self.retries,
-            retry_delay=float(self.retry_delay),
-            backoff=float(self.backoff),
+            retries=self.retries or None,
+            retry_delay=float(self.retry_delay) or None,
+            backoff=float(self.backoff) or None,
         ).validate()
 
     @property

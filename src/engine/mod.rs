@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use run::{Attempt, Run, RunState, TaskState};
+pub use sched::CancelMode;
 pub use sched::{Executor, PoolConfig};
 
 use crate::dag::{NodeId, Plan};
@@ -47,6 +48,61 @@ pub struct TaskSpec {
     pub priority: i32,
     /// Retry policy for failed attempts.
     pub retry: RetryPolicy,
+    /// Longest an attempt may run; past it the attempt fails with [`TaskError::Timeout`].
+    pub timeout: Option<Duration>,
+}
+
+/// Something that happened in a run, delivered to [`Observer`]s outside every engine lock.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    /// A task attempt started.
+    Started,
+    /// A task completed.
+    Completed,
+    /// An attempt failed and another is scheduled at `retry_at_us`.
+    Retrying {
+        /// The attempt's error.
+        error: Arc<TaskError>,
+        /// When the next attempt is due (microseconds since the epoch).
+        retry_at_us: i64,
+    },
+    /// The task failed for good.
+    Failed {
+        /// The last attempt's error.
+        error: Arc<TaskError>,
+    },
+    /// The task was skipped because `cause` failed.
+    Skipped {
+        /// The failed ancestor.
+        cause: NodeId,
+    },
+    /// The task was cancelled.
+    Cancelled,
+    /// The run ended.
+    RunFinished {
+        /// Its final state.
+        state: RunState,
+    },
+}
+
+/// One event of a run.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The task (None for run-level events).
+    pub node: Option<NodeId>,
+    /// The attempt number the event belongs to.
+    pub attempt: u32,
+    /// When it happened, microseconds since the epoch.
+    pub at_us: i64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// Receives a run's events (hooks, logging, the store). Called outside engine locks, possibly from
+/// several threads at once; must not block for long.
+pub trait Observer: Send + Sync + 'static {
+    /// One event of run `run_id`.
+    fn event(&self, run_id: u64, ev: &Event);
 }
 
 /// What a run's tasks execute: the seam between the engine and user code.
@@ -58,6 +114,12 @@ pub trait Body<V>: Send + Sync + 'static {
     fn retryable(&self, _node: NodeId, _error: &TaskError) -> bool {
         true
     }
+
+    /// Asks attempt `attempt` of `node`, still running, to stop (timed out or cancelled). Called
+    /// outside engine locks from a thread that is not running the task; the attempt's outcome is
+    /// already settled by the engine and whatever the call eventually returns is discarded. A later
+    /// attempt of the same node may already be running elsewhere and must not be disturbed.
+    fn interrupt(&self, _node: NodeId, _attempt: u32, _reason: &TaskError) {}
 }
 
 /// What a task attempt can see of its run.
@@ -117,10 +179,15 @@ pub struct NativeHost;
 impl Host for NativeHost {}
 
 /// Options for one run.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct RunOptions {
     /// Cancel everything else as soon as one task fails.
     pub fail_fast: bool,
+    /// Longest the whole run may take: past it, running tasks fail with a timeout, the rest are
+    /// cancelled and the run ends failed.
+    pub timeout: Option<Duration>,
+    /// Receivers of the run's events.
+    pub observers: Vec<Arc<dyn Observer>>,
 }
 
 /// Everything needed to start a run.

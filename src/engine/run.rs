@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU8, AtomicUsize,
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::{Body, TaskError, TaskSpec};
+use super::{Body, Event, EventKind, Observer, TaskError, TaskSpec};
 use crate::clock::Clock;
 use crate::dag::{NodeId, Plan};
 
@@ -116,6 +116,8 @@ pub(crate) struct NodeRt<V> {
     pub log: Mutex<Vec<Attempt>>,
     /// Why the node was skipped or cancelled (the failed parent, or u32::MAX).
     pub cause: AtomicU32,
+    /// Bumped when a running attempt is abandoned (timeout, cancel), so its late return is ignored.
+    pub generation: AtomicU32,
 }
 
 /// Shared state of one run (owned by the engine and by every [`Run`] handle).
@@ -132,6 +134,9 @@ pub(crate) struct RunInner<V> {
     /// Some task was cancelled on its own (the run ends cancelled unless a task failed).
     pub partly_cancelled: AtomicBool,
     pub fail_fast: bool,
+    /// The run hit its deadline.
+    pub timed_out: AtomicBool,
+    pub observers: Vec<Arc<dyn Observer>>,
     pub started_us: i64,
     pub ended_us: AtomicI64,
     pub done: Mutex<Option<RunState>>,
@@ -146,6 +151,7 @@ impl<V> RunInner<V> {
         specs: Arc<Vec<TaskSpec>>,
         body: Arc<dyn Body<V>>,
         fail_fast: bool,
+        observers: Vec<Arc<dyn Observer>>,
         clock: Clock,
     ) -> Self {
         let nodes = (0..plan.len() as NodeId)
@@ -156,6 +162,7 @@ impl<V> RunInner<V> {
                 cancel: AtomicBool::new(false),
                 log: Mutex::new(Vec::new()),
                 cause: AtomicU32::new(u32::MAX),
+                generation: AtomicU32::new(0),
             })
             .collect();
         RunInner {
@@ -169,6 +176,8 @@ impl<V> RunInner<V> {
             cancelled: AtomicBool::new(false),
             partly_cancelled: AtomicBool::new(false),
             fail_fast,
+            timed_out: AtomicBool::new(false),
+            observers,
             started_us: clock.now_micros(),
             ended_us: AtomicI64::new(0),
             done: Mutex::new(None),
@@ -196,9 +205,27 @@ impl<V> RunInner<V> {
             || self.nodes[n as usize].cancel.load(Ordering::Acquire)
     }
 
+    /// Delivers an event to the run's observers (never under an engine lock).
+    pub fn emit(&self, node: Option<NodeId>, attempt: u32, kind: EventKind) {
+        if self.observers.is_empty() {
+            return;
+        }
+        let ev = Event {
+            node,
+            attempt,
+            at_us: self.clock.now_micros(),
+            kind,
+        };
+        for o in &self.observers {
+            o.event(self.id, &ev);
+        }
+    }
+
     /// Marks the run finished and wakes its waiters. Called once, when `remaining` reaches zero.
     pub fn finish(&self) {
-        let state = if self.cancelled.load(Ordering::Acquire) {
+        let state = if self.timed_out.load(Ordering::Acquire) {
+            RunState::Failed
+        } else if self.cancelled.load(Ordering::Acquire) {
             RunState::Cancelled
         } else if self.failed.load(Ordering::Acquire) {
             RunState::Failed

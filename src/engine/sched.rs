@@ -1,15 +1,20 @@
-//! The executor: worker threads, per-pool ready queues with bounded concurrency, retry timers.
+//! The executor: worker threads, per-pool ready queues with bounded concurrency, timers for
+//! retries and deadlines.
+//!
+//! Every mutation happens under one mutex (`Sched`) and is pure bookkeeping. Anything that may call
+//! user code or block (observer events, interrupting a running task, spawning a thread, waking
+//! workers) is queued in `Sched::after` and performed once the lock is released.
 
 use std::cell::Cell;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::BinaryHeap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::run::{Attempt, Run, RunInner, TaskState};
-use super::{CallContext, Host, Submission, TaskError};
+use super::{CallContext, EventKind, Host, Submission, TaskError};
 use crate::clock::Clock;
 use crate::dag::NodeId;
 
@@ -20,6 +25,15 @@ pub struct PoolConfig {
     pub name: String,
     /// Maximum concurrently running tasks.
     pub capacity: usize,
+}
+
+/// How [`Executor::cancel`] treats tasks that are already running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelMode {
+    /// Let running tasks finish; cancel everything that has not started.
+    Drain,
+    /// Also interrupt running tasks (they end `cancelled` at once).
+    Interrupt,
 }
 
 struct Job<V> {
@@ -49,13 +63,31 @@ impl<V> Ord for Job<V> {
     }
 }
 
+enum TimerKind<V> {
+    /// A retry becomes ready.
+    Retry(Job<V>),
+    /// An attempt's timeout.
+    Deadline {
+        run: Arc<RunInner<V>>,
+        node: NodeId,
+        generation: u32,
+        limit: Duration,
+    },
+    /// A run's timeout.
+    RunDeadline {
+        run: Arc<RunInner<V>>,
+        limit: Duration,
+    },
+}
+
 struct Timer<V> {
     due: Instant,
-    job: Job<V>,
+    seq: u64,
+    kind: TimerKind<V>,
 }
 impl<V> PartialEq for Timer<V> {
     fn eq(&self, o: &Self) -> bool {
-        self.due == o.due && self.job.seq == o.job.seq
+        self.due == o.due && self.seq == o.seq
     }
 }
 impl<V> Eq for Timer<V> {}
@@ -66,8 +98,17 @@ impl<V> PartialOrd for Timer<V> {
 }
 impl<V> Ord for Timer<V> {
     fn cmp(&self, o: &Self) -> CmpOrdering {
-        (self.due, self.job.seq).cmp(&(o.due, o.job.seq))
+        (self.due, self.seq).cmp(&(o.due, o.seq))
     }
+}
+
+/// Work to do once the scheduler lock is released.
+enum After<V> {
+    Emit(Arc<RunInner<V>>, Option<NodeId>, u32, EventKind),
+    Interrupt(Arc<RunInner<V>>, NodeId, u32, TaskError),
+    SpawnThread,
+    NotifyOne,
+    NotifyAll,
 }
 
 struct Pool<V> {
@@ -82,7 +123,11 @@ struct Sched<V> {
     seq: u64,
     idle: usize,
     shutdown: bool,
-    finished: bool,
+    /// Threads stuck in abandoned attempts that have been replaced; they retire when they return.
+    stuck: usize,
+    after: Vec<After<V>>,
+    now_us: i64,
+    jitter: u64,
 }
 
 struct Shared<V> {
@@ -90,9 +135,9 @@ struct Shared<V> {
     work: Condvar,
     host: Arc<dyn Host>,
     clock: Clock,
-    next_run_id: std::sync::atomic::AtomicU64,
-    /// A cheap xorshift state for retry jitter.
-    rng: std::sync::atomic::AtomicU64,
+    next_run_id: AtomicU64,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    retired: AtomicUsize,
 }
 
 thread_local! {
@@ -103,7 +148,6 @@ thread_local! {
 /// Runs plans on worker threads. Threads start with the first run, not before.
 pub struct Executor<V: Send + Sync + 'static> {
     shared: Arc<Shared<V>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
     pools: Mutex<Vec<PoolConfig>>,
 }
 
@@ -130,7 +174,10 @@ impl<V: Send + Sync + 'static> Executor<V> {
             seq: 0,
             idle: 0,
             shutdown: false,
-            finished: false,
+            stuck: 0,
+            after: Vec::new(),
+            now_us: 0,
+            jitter: 0x9E37_79B9_7F4A_7C15,
         };
         Executor {
             shared: Arc::new(Shared {
@@ -138,10 +185,10 @@ impl<V: Send + Sync + 'static> Executor<V> {
                 work: Condvar::new(),
                 host,
                 clock,
-                next_run_id: std::sync::atomic::AtomicU64::new(1),
-                rng: std::sync::atomic::AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+                next_run_id: AtomicU64::new(1),
+                threads: Mutex::new(Vec::new()),
+                retired: AtomicUsize::new(0),
             }),
-            threads: Mutex::new(Vec::new()),
             pools: Mutex::new(pools),
         }
     }
@@ -156,7 +203,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
         self.pools.lock().ok()?.iter().position(|p| p.name == tag)
     }
 
-    /// Adds a pool for `tag` (or returns the existing one's index). Threads for it start with the
+    /// Adds a pool for `tag` (or returns the existing one's index). Its threads start with the
     /// next run.
     pub fn add_pool(&self, tag: &str, capacity: usize) -> usize {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,28 +224,26 @@ impl<V: Send + Sync + 'static> Executor<V> {
     }
 
     fn ensure_threads(&self) -> Result<(), String> {
-        let mut threads = self
-            .threads
-            .lock()
-            .map_err(|_| "executor state poisoned".to_string())?;
         let want: usize = self
             .pools()
             .iter()
             .map(|p| p.capacity.max(1))
             .sum::<usize>()
             .min(512);
-        while threads.len() < want {
-            let shared = self.shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("tm-worker-{}", threads.len()))
-                .spawn(move || {
-                    let host = shared.host.clone();
-                    host.worker_main(&mut || worker_loop(&shared));
-                })
-                .map_err(|e| format!("cannot start worker thread: {e}"))?;
-            threads.push(handle);
+        loop {
+            let live = {
+                let t = self
+                    .shared
+                    .threads
+                    .lock()
+                    .map_err(|_| "executor state poisoned".to_string())?;
+                t.len() - self.shared.retired.load(Ordering::Acquire)
+            };
+            if live >= want {
+                return Ok(());
+            }
+            spawn_worker(&self.shared)?;
         }
-        Ok(())
     }
 
     /// Starts a run and returns its handle at once.
@@ -218,26 +263,48 @@ impl<V: Send + Sync + 'static> Executor<V> {
             sub.specs,
             sub.body,
             sub.options.fail_fast,
+            sub.options.observers,
             self.shared.clock.clone(),
         ));
         if run.plan.is_empty() {
             run.finish();
+            run.emit(
+                None,
+                0,
+                EventKind::RunFinished {
+                    state: run.outcome().unwrap_or(super::RunState::Completed),
+                },
+            );
             return Ok(Run { inner: run });
         }
         let mut s = self.shared.lock();
         if s.shutdown {
             return Err("executor is shut down".into());
         }
-        let mut ready = 0;
-        for n in run.plan.roots().collect::<Vec<_>>() {
+        if let Some(limit) = sub.options.timeout {
+            s.seq += 1;
+            let seq = s.seq;
+            let due = deadline(limit);
+            s.timers.push(Reverse(Timer {
+                due,
+                seq,
+                kind: TimerKind::RunDeadline {
+                    run: run.clone(),
+                    limit,
+                },
+            }));
+        }
+        let roots: Vec<NodeId> = run.plan.roots().collect();
+        for &n in &roots {
             s.make_ready(&run, n);
-            ready += 1;
         }
-        let wake = ready.min(s.idle);
-        drop(s);
-        for _ in 0..wake {
-            self.shared.work.notify_one();
+        for _ in 0..roots.len().min(s.idle) {
+            s.after.push(After::NotifyOne);
         }
+        if sub.options.timeout.is_some() {
+            s.after.push(After::NotifyOne);
+        }
+        release(&self.shared, s);
         Ok(Run { inner: run })
     }
 
@@ -251,8 +318,9 @@ impl<V: Send + Sync + 'static> Executor<V> {
                 {
                     let mut s = self.shared.lock();
                     s.pools[pool].running -= 1;
+                    s.after.push(After::NotifyOne);
+                    release(&self.shared, s);
                 }
-                self.shared.work.notify_one();
                 CURRENT.with(|c| c.set(None));
                 while !run.is_done() {
                     help_once(&self.shared, &run.inner, slice);
@@ -266,9 +334,10 @@ impl<V: Send + Sync + 'static> Executor<V> {
         }
     }
 
-    /// Cancels every task of `run` that has not started; running tasks see the request and the run
-    /// ends `cancelled` once they finish. Harmless when repeated or after the end.
-    pub fn cancel(&self, run: &Run<V>) {
+    /// Cancels `run`: tasks that have not started end `cancelled`; running tasks finish
+    /// ([`CancelMode::Drain`]) or are interrupted and end `cancelled` at once
+    /// ([`CancelMode::Interrupt`]). The run ends `cancelled`. Harmless when repeated or after the end.
+    pub fn cancel(&self, run: &Run<V>, mode: CancelMode) {
         let r = &run.inner;
         let mut s = self.shared.lock();
         if r.outcome().is_some() {
@@ -276,14 +345,18 @@ impl<V: Send + Sync + 'static> Executor<V> {
         }
         r.cancelled.store(true, Ordering::Release);
         for n in 0..r.plan.len() as NodeId {
-            s.cancel_node(r, n, u32::MAX);
+            if mode == CancelMode::Interrupt && r.state_of(n) == TaskState::Running {
+                s.abandon(r, n, TaskError::Cancelled, false);
+            } else {
+                s.cancel_node(r, n, u32::MAX);
+            }
         }
-        s.take_finished();
-        drop(s);
-        self.shared.work.notify_all();
+        s.after.push(After::NotifyAll);
+        release(&self.shared, s);
     }
 
-    /// Cancels task `node` of `run` and its descendants (those not yet started end `cancelled`).
+    /// Cancels task `node` of `run` and its descendants: those not started end `cancelled`, a running
+    /// one is interrupted.
     pub fn cancel_task(&self, run: &Run<V>, node: NodeId) {
         let r = &run.inner;
         if node as usize >= r.plan.len() {
@@ -294,22 +367,23 @@ impl<V: Send + Sync + 'static> Executor<V> {
             return;
         }
         r.partly_cancelled.store(true, Ordering::Release);
-        r.nodes[node as usize].cancel.store(true, Ordering::Release);
-        s.cancel_node(r, node, u32::MAX);
-        for d in r.plan.descendants(node) {
-            r.nodes[d as usize].cancel.store(true, Ordering::Release);
-            s.cancel_node(r, d, node);
+        for n in std::iter::once(node).chain(r.plan.descendants(node)) {
+            r.nodes[n as usize].cancel.store(true, Ordering::Release);
+            if r.state_of(n) == TaskState::Running {
+                s.abandon(r, n, TaskError::Cancelled, false);
+            } else {
+                s.cancel_node(r, n, if n == node { u32::MAX } else { node });
+            }
         }
-        s.take_finished();
-        drop(s);
-        self.shared.work.notify_all();
+        s.after.push(After::NotifyAll);
+        release(&self.shared, s);
     }
 
     /// Stops the workers after their current tasks; queued work is abandoned. Idempotent.
     pub fn shutdown(&self) {
         self.shared.lock().shutdown = true;
         self.shared.work.notify_all();
-        let handles: Vec<JoinHandle<()>> = match self.threads.lock() {
+        let handles: Vec<JoinHandle<()>> = match self.shared.threads.lock() {
             Ok(mut t) => t.drain(..).collect(),
             Err(_) => Vec::new(),
         };
@@ -321,9 +395,10 @@ impl<V: Send + Sync + 'static> Executor<V> {
         }
     }
 
-    /// Number of worker threads started so far.
+    /// Number of live worker threads.
     pub fn thread_count(&self) -> usize {
-        self.threads.lock().map(|t| t.len()).unwrap_or(0)
+        let n = self.shared.threads.lock().map(|t| t.len()).unwrap_or(0);
+        n.saturating_sub(self.shared.retired.load(Ordering::Acquire))
     }
 }
 
@@ -333,24 +408,62 @@ impl<V: Send + Sync + 'static> Drop for Executor<V> {
     }
 }
 
+fn deadline(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(100 * 365 * 86400))
+}
+
+fn spawn_worker<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) -> Result<(), String> {
+    let mut threads = shared
+        .threads
+        .lock()
+        .map_err(|_| "executor state poisoned".to_string())?;
+    let s2 = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("tm-worker-{}", threads.len()))
+        .spawn(move || {
+            let host = s2.host.clone();
+            host.worker_main(&mut || worker_loop(&s2));
+        })
+        .map_err(|e| format!("cannot start worker thread: {e}"))?;
+    threads.push(handle);
+    Ok(())
+}
+
 impl<V: Send + Sync + 'static> Shared<V> {
     fn lock(&self) -> MutexGuard<'_, Sched<V>> {
         // A poisoned lock means a panic inside pure bookkeeping; the state is still consistent
         // enough to shut down, so keep going rather than propagate a panic to Python.
-        self.sched.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn jitter_unit(&self) -> f64 {
-        let mut x = self.rng.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng.store(x, Ordering::Relaxed);
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        let mut s = self.sched.lock().unwrap_or_else(|p| p.into_inner());
+        s.now_us = self.clock.now_micros();
+        s
     }
 }
 
-impl<V> Sched<V> {
+/// Releases the scheduler lock, then performs the work queued under it.
+fn release<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, mut s: MutexGuard<'_, Sched<V>>) {
+    if s.after.is_empty() {
+        return;
+    }
+    let after = std::mem::take(&mut s.after);
+    drop(s);
+    for a in after {
+        match a {
+            After::Emit(run, node, attempt, kind) => run.emit(node, attempt, kind),
+            After::Interrupt(run, node, attempt, reason) => {
+                run.body.interrupt(node, attempt, &reason)
+            }
+            After::SpawnThread => {
+                let _ = spawn_worker(shared);
+            }
+            After::NotifyOne => shared.work.notify_one(),
+            After::NotifyAll => shared.work.notify_all(),
+        }
+    }
+}
+
+impl<V: Send + Sync + 'static> Sched<V> {
     fn make_ready(&mut self, run: &Arc<RunInner<V>>, n: NodeId) {
         let spec = &run.specs[n as usize];
         run.set_state(n, TaskState::Scheduled);
@@ -362,6 +475,15 @@ impl<V> Sched<V> {
             node: n,
         };
         self.pools[spec.pool].ready.push(job);
+    }
+
+    fn jitter_unit(&mut self) -> f64 {
+        let mut x = self.jitter;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter = x;
+        (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Takes the best ready job from any pool with a free slot.
@@ -390,7 +512,7 @@ impl<V> Sched<V> {
         }
     }
 
-    /// Moves due retry timers to the ready queues; returns the time until the next one.
+    /// Handles due timers; returns the time until the next one.
     fn fire_timers(&mut self, now: Instant) -> Option<Duration> {
         while let Some(Reverse(t)) = self.timers.peek() {
             if t.due > now {
@@ -399,155 +521,217 @@ impl<V> Sched<V> {
             let Some(Reverse(t)) = self.timers.pop() else {
                 break;
             };
-            let job = t.job;
-            if job.run.state_of(job.node) == TaskState::Retrying {
-                job.run.set_state(job.node, TaskState::Scheduled);
-                let pool = job.run.specs[job.node as usize].pool;
-                self.pools[pool].ready.push(job);
+            match t.kind {
+                TimerKind::Retry(job) => {
+                    if job.run.state_of(job.node) == TaskState::Retrying {
+                        job.run.set_state(job.node, TaskState::Scheduled);
+                        let pool = job.run.specs[job.node as usize].pool;
+                        self.pools[pool].ready.push(job);
+                    }
+                }
+                TimerKind::Deadline {
+                    run,
+                    node,
+                    generation,
+                    limit,
+                } => {
+                    let live =
+                        run.nodes[node as usize].generation.load(Ordering::Acquire) == generation;
+                    if live && run.state_of(node) == TaskState::Running {
+                        self.abandon(&run, node, TaskError::Timeout(limit), true);
+                    }
+                }
+                TimerKind::RunDeadline { run, limit } => {
+                    if run.outcome().is_none() {
+                        run.timed_out.store(true, Ordering::Release);
+                        run.failed.store(true, Ordering::Release);
+                        for n in 0..run.plan.len() as NodeId {
+                            if run.state_of(n) == TaskState::Running {
+                                self.abandon(&run, n, TaskError::Timeout(limit), false);
+                            } else {
+                                self.cancel_node(&run, n, u32::MAX);
+                            }
+                        }
+                    }
+                }
             }
         }
         None
     }
 
+    /// Gives up on the running attempt of `n`: frees its slot, replaces the thread stuck in it,
+    /// asks the task to stop, and settles the attempt as failed with `reason`.
+    fn abandon(&mut self, run: &Arc<RunInner<V>>, n: NodeId, reason: TaskError, may_retry: bool) {
+        let node = &run.nodes[n as usize];
+        node.generation.fetch_add(1, Ordering::AcqRel);
+        self.pools[run.specs[n as usize].pool].running -= 1;
+        self.stuck += 1;
+        self.after.push(After::SpawnThread);
+        let interrupt = match &reason {
+            TaskError::Timeout(d) => TaskError::Timeout(*d),
+            _ => TaskError::Cancelled,
+        };
+        let attempt = node
+            .log
+            .lock()
+            .map(|l| l.len().saturating_sub(1) as u32)
+            .unwrap_or(0);
+        self.after
+            .push(After::Interrupt(run.clone(), n, attempt, interrupt));
+        let now = self.now_us;
+        self.settle_error(run, n, attempt, reason, now, may_retry);
+        self.after.push(After::NotifyAll);
+    }
+
+    /// Records a failed attempt: schedules a retry, or fails (or cancels) the task for good and
+    /// settles its descendants.
+    fn settle_error(
+        &mut self,
+        run: &Arc<RunInner<V>>,
+        n: NodeId,
+        attempt: u32,
+        err: TaskError,
+        ended: i64,
+        retryable: bool,
+    ) {
+        let spec = &run.specs[n as usize];
+        let cancelled = matches!(err, TaskError::Cancelled) || run.is_cancel_requested(n);
+        let retry = retryable && !cancelled && spec.retry.allows(attempt + 1);
+        let err = Arc::new(err);
+        if retry {
+            let unit = self.jitter_unit();
+            let delay = spec.retry.delay_for(attempt, unit);
+            let retry_at = ended.saturating_add(delay.as_micros().min(i64::MAX as u128) as i64);
+            close_attempt(run, n, ended, Some(err.clone()), Some(retry_at));
+            run.set_state(n, TaskState::Retrying);
+            self.seq += 1;
+            let seq = self.seq;
+            let job = Job {
+                priority: spec.priority,
+                seq,
+                run: run.clone(),
+                node: n,
+            };
+            self.timers.push(Reverse(Timer {
+                due: deadline(delay),
+                seq,
+                kind: TimerKind::Retry(job),
+            }));
+            // A waiting worker must recompute its timeout to include this timer.
+            self.after.push(After::NotifyOne);
+            self.after.push(After::Emit(
+                run.clone(),
+                Some(n),
+                attempt,
+                EventKind::Retrying {
+                    error: err,
+                    retry_at_us: retry_at,
+                },
+            ));
+            return;
+        }
+        close_attempt(run, n, ended, Some(err.clone()), None);
+        if cancelled {
+            run.partly_cancelled.store(true, Ordering::Release);
+            run.set_state(n, TaskState::Cancelled);
+            self.after.push(After::Emit(
+                run.clone(),
+                Some(n),
+                attempt,
+                EventKind::Cancelled,
+            ));
+        } else {
+            run.set_state(n, TaskState::Failed);
+            run.failed.store(true, Ordering::Release);
+            self.after.push(After::Emit(
+                run.clone(),
+                Some(n),
+                attempt,
+                EventKind::Failed { error: err },
+            ));
+        }
+        for d in run.plan.descendants(n) {
+            self.cancel_node(run, d, n);
+        }
+        if run.fail_fast && !cancelled {
+            for m in 0..run.plan.len() as NodeId {
+                if m == n {
+                    continue;
+                }
+                if run.state_of(m) == TaskState::Running {
+                    self.abandon(run, m, TaskError::Cancelled, false);
+                } else {
+                    self.cancel_node(run, m, u32::MAX);
+                }
+            }
+        }
+        self.node_done(run);
+    }
+
+    /// Records a completed task and readies its children; returns how many became ready.
+    fn complete(&mut self, run: &Arc<RunInner<V>>, n: NodeId, attempt: u32) -> usize {
+        run.set_state(n, TaskState::Completed);
+        self.after.push(After::Emit(
+            run.clone(),
+            Some(n),
+            attempt,
+            EventKind::Completed,
+        ));
+        let mut ready = 0;
+        for &c in run.plan.children(n) {
+            if run.nodes[c as usize]
+                .pending_parents
+                .fetch_sub(1, Ordering::AcqRel)
+                == 1
+                && run.state_of(c) == TaskState::Pending
+            {
+                self.make_ready(run, c);
+                ready += 1;
+            }
+        }
+        self.node_done(run);
+        ready
+    }
+
     /// Marks a not-yet-started node terminal (cancelled, or skipped when `cause` is a failed parent).
-    fn cancel_node(&mut self, run: &RunInner<V>, n: NodeId, cause: NodeId) {
+    fn cancel_node(&mut self, run: &Arc<RunInner<V>>, n: NodeId, cause: NodeId) {
         let st = run.state_of(n);
         if st.is_terminal() || st == TaskState::Running {
             return;
         }
+        let skipped = cause != u32::MAX
+            && !run.cancelled.load(Ordering::Acquire)
+            && !run.is_cancel_requested(n);
         run.set_state(
             n,
-            if cause == u32::MAX || run.cancelled.load(Ordering::Acquire) {
-                TaskState::Cancelled
-            } else {
+            if skipped {
                 TaskState::Skipped
+            } else {
+                TaskState::Cancelled
             },
         );
         run.nodes[n as usize].cause.store(cause, Ordering::Release);
+        let kind = if skipped {
+            EventKind::Skipped { cause }
+        } else {
+            EventKind::Cancelled
+        };
+        self.after.push(After::Emit(run.clone(), Some(n), 0, kind));
         self.node_done(run);
     }
 
-    fn node_done(&mut self, run: &RunInner<V>) {
+    fn node_done(&mut self, run: &Arc<RunInner<V>>) {
         if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             run.finish();
-            self.finished = true;
-        }
-    }
-
-    /// Whether a run ended since the last call (helpers waiting on it must be woken).
-    fn take_finished(&mut self) -> bool {
-        std::mem::take(&mut self.finished)
-    }
-}
-
-/// Runs one job on this thread (inside a host session) and records its outcome.
-/// Returns how many jobs it made ready.
-fn execute<V: Send + Sync + 'static>(shared: &Shared<V>, job: Job<V>) -> usize {
-    let run = &job.run;
-    let n = job.node;
-    let attempt = {
-        let mut log = run.nodes[n as usize]
-            .log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let number = log.len() as u32;
-        log.push(Attempt {
-            number,
-            started_us: shared.clock.now_micros(),
-            ended_us: 0,
-            error: None,
-            retry_at_us: None,
-        });
-        number
-    };
-    let pool = run.specs[n as usize].pool;
-    let outcome = {
-        let cx = CallContext {
-            run,
-            node: n,
-            attempt,
-        };
-        run.body.call(&cx)
-    };
-    let ended = shared.clock.now_micros();
-    match outcome {
-        Ok(v) => {
-            let _ = run.nodes[n as usize].result.set(v);
-            close_attempt(run, n, ended, None, None);
-            let mut s = shared.lock();
-            s.pools[pool].running -= 1;
-            run.set_state(n, TaskState::Completed);
-            let mut ready = 0;
-            for &c in run.plan.children(n) {
-                if run.nodes[c as usize]
-                    .pending_parents
-                    .fetch_sub(1, Ordering::AcqRel)
-                    == 1
-                    && run.state_of(c) == TaskState::Pending
-                {
-                    s.make_ready(run, c);
-                    ready += 1;
-                }
-            }
-            s.node_done(run);
-            ready
-        }
-        Err(err) => {
-            let failures = attempt + 1;
-            let spec = &run.specs[n as usize];
-            let cancelled = matches!(err, TaskError::Cancelled) || run.is_cancel_requested(n);
-            let retry = !cancelled && spec.retry.allows(failures) && run.body.retryable(n, &err);
-            if retry {
-                let delay = spec.retry.delay_for(attempt, shared.jitter_unit());
-                let retry_at = ended.saturating_add(delay.as_micros().min(i64::MAX as u128) as i64);
-                close_attempt(run, n, ended, Some(err), Some(retry_at));
-                let mut s = shared.lock();
-                s.pools[pool].running -= 1;
-                run.set_state(n, TaskState::Retrying);
-                s.seq += 1;
-                let due = Instant::now()
-                    .checked_add(delay)
-                    .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400 * 365));
-                let seq = s.seq;
-                s.timers.push(Reverse(Timer {
-                    due,
-                    job: Job {
-                        priority: job.priority,
-                        seq,
-                        run: run.clone(),
-                        node: n,
-                    },
-                }));
-                drop(s);
-                // A waiting worker must recompute its timeout to include this timer.
-                shared.work.notify_one();
-                0
-            } else {
-                close_attempt(run, n, ended, Some(err), None);
-                let mut s = shared.lock();
-                s.pools[pool].running -= 1;
-                if cancelled {
-                    run.partly_cancelled.store(true, Ordering::Release);
-                    run.set_state(n, TaskState::Cancelled);
-                } else {
-                    run.set_state(n, TaskState::Failed);
-                    run.failed.store(true, Ordering::Release);
-                }
-                s.node_done(run);
-                for d in run.plan.descendants(n) {
-                    s.cancel_node(run, d, n);
-                }
-                if run.fail_fast && !cancelled {
-                    for m in 0..run.plan.len() as NodeId {
-                        if run.state_of(m) != TaskState::Running {
-                            s.cancel_node(run, m, u32::MAX);
-                        } else {
-                            run.nodes[m as usize].cancel.store(true, Ordering::Release);
-                        }
-                    }
-                }
-                0
-            }
+            let state = run.outcome().unwrap_or(super::RunState::Completed);
+            self.after.push(After::Emit(
+                run.clone(),
+                None,
+                0,
+                EventKind::RunFinished { state },
+            ));
+            // Threads helping with this run (nested waits) must notice it ended.
+            self.after.push(After::NotifyAll);
         }
     }
 }
@@ -556,7 +740,7 @@ fn close_attempt<V>(
     run: &RunInner<V>,
     n: NodeId,
     ended: i64,
-    err: Option<TaskError>,
+    err: Option<Arc<TaskError>>,
     retry_at: Option<i64>,
 ) {
     let mut log = run.nodes[n as usize]
@@ -565,39 +749,133 @@ fn close_attempt<V>(
         .unwrap_or_else(|p| p.into_inner());
     if let Some(a) = log.last_mut() {
         a.ended_us = ended;
-        a.error = err.map(Arc::new);
+        a.error = err;
         a.retry_at_us = retry_at;
     }
 }
 
+/// What became of a job run on this thread.
+struct Executed {
+    made_ready: usize,
+    /// The attempt had been abandoned (timed out or cancelled) while it ran.
+    abandoned: bool,
+}
+
+/// Runs one job on this thread (inside a host session) and records its outcome.
+fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, job: Job<V>) -> Executed {
+    let run = &job.run;
+    let n = job.node;
+    let node = &run.nodes[n as usize];
+    let generation = node.generation.load(Ordering::Acquire);
+    let started = shared.clock.now_micros();
+    let attempt = {
+        let mut log = node.log.lock().unwrap_or_else(|p| p.into_inner());
+        let number = log.len() as u32;
+        log.push(Attempt {
+            number,
+            started_us: started,
+            ended_us: 0,
+            error: None,
+            retry_at_us: None,
+        });
+        number
+    };
+    let spec = &run.specs[n as usize];
+    if let Some(limit) = spec.timeout {
+        let mut s = shared.lock();
+        s.seq += 1;
+        let seq = s.seq;
+        let kind = TimerKind::Deadline {
+            run: run.clone(),
+            node: n,
+            generation,
+            limit,
+        };
+        s.timers.push(Reverse(Timer {
+            due: deadline(limit),
+            seq,
+            kind,
+        }));
+        s.after.push(After::NotifyOne);
+        release(shared, s);
+    }
+    run.emit(Some(n), attempt, EventKind::Started);
+    let outcome = {
+        let cx = CallContext {
+            run,
+            node: n,
+            attempt,
+        };
+        run.body.call(&cx)
+    };
+    // Ask the body (user code) about retries before taking the lock.
+    let retryable = match &outcome {
+        Err(e @ TaskError::Raised { .. }) => run.body.retryable(n, e),
+        _ => true,
+    };
+    let ended = shared.clock.now_micros();
+    let mut s = shared.lock();
+    if node.generation.load(Ordering::Acquire) != generation {
+        // Timed out or cancelled meanwhile: the attempt is settled and this thread was replaced.
+        s.stuck = s.stuck.saturating_sub(1);
+        release(shared, s);
+        return Executed {
+            made_ready: 0,
+            abandoned: true,
+        };
+    }
+    let pool = spec.pool;
+    s.pools[pool].running -= 1;
+    let made_ready = match outcome {
+        Ok(v) => {
+            let _ = node.result.set(v);
+            close_attempt(run, n, ended, None, None);
+            s.complete(run, n, attempt)
+        }
+        Err(err) => {
+            s.settle_error(run, n, attempt, err, ended, retryable);
+            0
+        }
+    };
+    release(shared, s);
+    Executed {
+        made_ready,
+        abandoned: false,
+    }
+}
+
 /// Runs `first` and then keeps taking ready jobs within one host session while any remain.
-fn run_session<V: Send + Sync + 'static>(shared: &Shared<V>, first: Job<V>) {
-    let me = shared as *const Shared<V> as usize;
+/// Returns true when this thread should retire (it was stuck in an abandoned attempt and has been
+/// replaced).
+fn run_session<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, first: Job<V>) -> bool {
+    let me = Arc::as_ptr(shared) as usize;
     let mut next = Some(first);
+    let mut retire = false;
     shared.host.clone().session(&mut || {
         while let Some(job) = next.take() {
             let pool = job.run.specs[job.node as usize].pool;
             let outer = CURRENT.with(|c| c.replace(Some((me, pool))));
-            let made_ready = execute(shared, job);
+            let done = execute(shared, job);
             CURRENT.with(|c| c.set(outer));
+            if done.abandoned {
+                retire = true;
+                return;
+            }
             let mut s = shared.lock();
             let taken = s.take();
             // This thread continues with one job; wake idle workers for the rest.
-            let extra = made_ready
+            let extra = done
+                .made_ready
                 .saturating_sub(usize::from(taken.is_some()))
                 .min(s.idle);
-            let finished = s.take_finished();
-            drop(s);
-            if finished {
-                shared.work.notify_all();
-            } else {
-                for _ in 0..extra {
-                    shared.work.notify_one();
-                }
+            for _ in 0..extra {
+                s.after.push(After::NotifyOne);
             }
+            release(shared, s);
             next = taken;
         }
     });
+    retire
 }
 
 fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
@@ -609,6 +887,11 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
                     return;
                 }
                 let wait = s.fire_timers(Instant::now());
+                if !s.after.is_empty() {
+                    release(shared, s);
+                    s = shared.lock();
+                    continue;
+                }
                 if let Some(job) = s.take() {
                     break job;
                 }
@@ -624,7 +907,10 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
                 s.idle -= 1;
             }
         };
-        run_session(shared, job);
+        if run_session(shared, job) {
+            shared.retired.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
     }
 }
 
@@ -637,8 +923,13 @@ fn help_once<V: Send + Sync + 'static>(
 ) {
     let mut s = shared.lock();
     let wait = s.fire_timers(Instant::now());
+    if !s.after.is_empty() {
+        release(shared, s);
+        return;
+    }
     if let Some(job) = s.take() {
         drop(s);
+        // A helper is not a pool worker: if its job is abandoned it simply goes back to waiting.
         run_session(shared, job);
         return;
     }

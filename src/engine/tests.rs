@@ -247,13 +247,13 @@ fn cancel_stops_pending_tasks_and_is_idempotent() {
     while run.task_state(id(&p, "a")) != TaskState::Retrying {
         std::thread::yield_now();
     }
-    ex.cancel(&run);
-    ex.cancel(&run);
+    ex.cancel(&run, CancelMode::Drain);
+    ex.cancel(&run, CancelMode::Drain);
     assert_eq!(wait(&ex, &run), RunState::Cancelled);
     assert!(["a", "b", "c"]
         .iter()
         .all(|n| run.task_state(id(&p, n)) == TaskState::Cancelled));
-    ex.cancel(&run);
+    ex.cancel(&run, CancelMode::Drain);
     assert_eq!(run.state(), RunState::Cancelled);
 }
 
@@ -326,4 +326,179 @@ fn empty_plan_completes_immediately_and_shutdown_is_idempotent() {
     assert_eq!(run.state(), RunState::Completed);
     ex.shutdown();
     ex.shutdown();
+}
+
+/// Blocks `slow` until released (or interrupted); everything else returns at once.
+struct Blocking {
+    gate: Mutex<bool>,
+    cv: std::sync::Condvar,
+    interrupted: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl Blocking {
+    fn new() -> Self {
+        Blocking {
+            gate: Mutex::new(false),
+            cv: std::sync::Condvar::new(),
+            interrupted: AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
+        }
+    }
+    fn open(&self) {
+        *self.gate.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+}
+
+impl Body<u64> for Blocking {
+    fn call(&self, cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if cx.plan().name(cx.node) == "slow" {
+            let mut g = self.gate.lock().unwrap();
+            while !*g {
+                g = self.cv.wait(g).unwrap();
+            }
+        }
+        Ok(7)
+    }
+    fn interrupt(&self, _node: NodeId, _attempt: u32, _reason: &TaskError) {
+        self.interrupted.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn timed_out_attempt_frees_its_slot_and_is_retried() {
+    let p = plan(&[], &["slow", "fast"]);
+    let ex = executor(1);
+    let body = Arc::new(Blocking::new());
+    let mut specs = vec![TaskSpec::default(); 2];
+    let slow = id(&p, "slow") as usize;
+    specs[slow].timeout = Some(Duration::from_millis(20));
+    specs[slow].retry = RetryPolicy {
+        retries: 1,
+        ..Default::default()
+    };
+    let run = ex
+        .submit(Submission {
+            plan: p.clone(),
+            specs: Arc::new(specs),
+            body: body.clone(),
+            options: RunOptions::default(),
+        })
+        .unwrap();
+    // With one worker stuck in `slow`, `fast` can only complete if the timeout freed the slot.
+    assert_eq!(wait(&ex, &run), RunState::Failed);
+    body.open();
+    assert_eq!(run.task_state(id(&p, "fast")), TaskState::Completed);
+    assert_eq!(run.task_state(id(&p, "slow")), TaskState::Failed);
+    let attempts = run.attempts(id(&p, "slow"));
+    assert_eq!(attempts.len(), 2);
+    assert!(attempts
+        .iter()
+        .all(|a| matches!(a.error.as_deref(), Some(TaskError::Timeout(_)))));
+    assert_eq!(body.interrupted.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn interrupting_cancel_ends_running_tasks_at_once() {
+    let p = plan(&[("slow", "after")], &[]);
+    let ex = executor(2);
+    let body = Arc::new(Blocking::new());
+    let run = submit(&ex, &p, body.clone(), RetryPolicy::default());
+    while run.task_state(id(&p, "slow")) != TaskState::Running {
+        std::thread::yield_now();
+    }
+    ex.cancel(&run, CancelMode::Interrupt);
+    assert_eq!(wait(&ex, &run), RunState::Cancelled);
+    assert_eq!(run.task_state(id(&p, "slow")), TaskState::Cancelled);
+    assert_eq!(run.task_state(id(&p, "after")), TaskState::Cancelled);
+    assert_eq!(body.interrupted.load(Ordering::SeqCst), 1);
+    body.open();
+}
+
+#[test]
+fn run_deadline_fails_the_run() {
+    let p = plan(&[("slow", "after")], &["other"]);
+    let ex = executor(2);
+    let body = Arc::new(Blocking::new());
+    let specs = Arc::new(vec![TaskSpec::default(); p.len()]);
+    let options = RunOptions {
+        timeout: Some(Duration::from_millis(20)),
+        ..Default::default()
+    };
+    let run = ex
+        .submit(Submission {
+            plan: p.clone(),
+            specs,
+            body: body.clone(),
+            options,
+        })
+        .unwrap();
+    assert_eq!(wait(&ex, &run), RunState::Failed);
+    assert_eq!(run.task_state(id(&p, "slow")), TaskState::Failed);
+    assert_eq!(run.task_state(id(&p, "after")), TaskState::Cancelled);
+    assert_eq!(run.task_state(id(&p, "other")), TaskState::Completed);
+    body.open();
+}
+
+struct Recorder(Mutex<Vec<String>>);
+impl Observer for Recorder {
+    fn event(&self, _run: u64, ev: &Event) {
+        let what = match &ev.kind {
+            EventKind::Started => "started",
+            EventKind::Completed => "completed",
+            EventKind::Retrying { .. } => "retrying",
+            EventKind::Failed { .. } => "failed",
+            EventKind::Skipped { .. } => "skipped",
+            EventKind::Cancelled => "cancelled",
+            EventKind::RunFinished { .. } => "run",
+        };
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{}:{what}", ev.node.map_or(-1, |n| n as i64)));
+    }
+}
+
+#[test]
+fn observers_see_every_transition_in_order() {
+    let p = plan(&[("a", "b"), ("b", "c")], &[]);
+    let ex = executor(1);
+    let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
+    let specs = Arc::new(vec![
+        TaskSpec {
+            retry: RetryPolicy {
+                retries: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        3
+    ]);
+    let options = RunOptions {
+        observers: vec![rec.clone()],
+        ..Default::default()
+    };
+    let run = ex
+        .submit(Submission {
+            plan: p.clone(),
+            specs,
+            body: Arc::new(SumBody::new(&["b"], 5)),
+            options,
+        })
+        .unwrap();
+    assert_eq!(wait(&ex, &run), RunState::Failed);
+    let (a, b, c) = (id(&p, "a"), id(&p, "b"), id(&p, "c"));
+    let expect = vec![
+        format!("{a}:started"),
+        format!("{a}:completed"),
+        format!("{b}:started"),
+        format!("{b}:retrying"),
+        format!("{b}:started"),
+        format!("{b}:failed"),
+        format!("{c}:skipped"),
+        "-1:run".to_string(),
+    ];
+    assert_eq!(*rec.0.lock().unwrap(), expect);
 }

@@ -53,7 +53,8 @@ pub(crate) fn read_datetime<'py>(t: &Bound<'py, PyAny>) -> PyResult<PyWall<'py>>
             t.get_type().name()?
         )));
     }
-    let reduced = t.call_method0(intern!(py, "__reduce__"))?;
+    // Protocol 4 is the first whose state carries `fold` (in the month byte's high bit).
+    let reduced = t.call_method1(intern!(py, "__reduce_ex__"), (4,))?;
     let args = reduced.get_item(1)?;
     let args = args.cast::<PyTuple>()?;
     let state = args.get_item(0)?;
@@ -340,8 +341,9 @@ impl PyExpression {
         self.inner.to_string()
     }
 
-    fn __repr__(&self) -> String {
-        format!("Expression({:?})", self.inner.to_string())
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let text = pyo3::types::PyString::new(py, &self.inner.to_string());
+        Ok(format!("Expression({})", text.repr()?))
     }
 
     fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {

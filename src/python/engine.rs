@@ -3,6 +3,7 @@
 //! Task calls attach to the interpreter inside a worker's session ([`PyHost::session`]); every wait
 //! (for a run, for shutdown) happens detached, in slices, with signal checks in between.
 
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,8 @@ use super::graph::PyGraphCore;
 use crate::clock::Clock;
 use crate::dag::NodeId;
 use crate::engine::{
-    Body, CallContext, Executor, Host, PoolConfig, Run, RunOptions, Submission, TaskError, TaskSpec,
+    Body, CallContext, CancelMode, Event, EventKind, Executor, Host, Observer, PoolConfig, Run,
+    RunOptions, Submission, TaskError, TaskSpec,
 };
 use crate::retry::RetryPolicy;
 
@@ -49,6 +51,22 @@ struct NodeCall {
     args: Option<Py<PyTuple>>,
     retry_on: Option<Py<PyAny>>,
     give_up_on: Option<Py<PyAny>>,
+    /// Tasks that do not run Python code on the calling thread (async, process pool) stop through
+    /// their own hook: `hook(attempt, "timeout" | "cancelled")`.
+    interrupt_hook: Option<Py<PyAny>>,
+    live: LiveCall,
+}
+
+const IDLE: u8 = 0;
+const RUNNING: u8 = 1;
+const INTERRUPTED: u8 = 2;
+
+/// Which thread runs which attempt of a node, so an interrupt reaches exactly that attempt.
+#[derive(Default)]
+struct LiveCall {
+    thread: AtomicU64,
+    attempt: AtomicU32,
+    state: AtomicU8,
 }
 
 /// The Python side of a run: the callables and how to fill their parameters.
@@ -115,7 +133,27 @@ impl Body<Value> for PyBody {
                     Some(a) => a.bind(py).clone(),
                     None => PyTuple::empty(py),
                 };
-                call.func.bind(py).call(args, Some(&kw))
+                // Both the interrupter and this thread change `state` only while attached, so with the
+                // GIL an asynchronous exception is either raised inside this call or cleared below.
+                call.live.thread.store(
+                    unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64,
+                    Ordering::Release,
+                );
+                call.live.attempt.store(cx.attempt, Ordering::Release);
+                call.live.state.store(RUNNING, Ordering::Release);
+                let out = call.func.bind(py).call(args, Some(&kw));
+                if call.live.state.swap(IDLE, Ordering::AcqRel) == INTERRUPTED
+                    && call.interrupt_hook.is_none()
+                {
+                    // An interrupt that arrived as the call returned must not hit the next task.
+                    unsafe {
+                        pyo3::ffi::PyThreadState_SetAsyncExc(
+                            call.live.thread.load(Ordering::Acquire) as std::ffi::c_ulong as _,
+                            std::ptr::null_mut(),
+                        );
+                    }
+                }
+                out
             });
             result.map(Bound::unbind).map_err(|e| {
                 if e.is_instance_of::<exc::TaskCancelled>(py) {
@@ -127,6 +165,39 @@ impl Body<Value> for PyBody {
                 }
             })
         })
+    }
+
+    fn interrupt(&self, node: NodeId, attempt: u32, reason: &TaskError) {
+        let call = &self.nodes[node as usize];
+        let timeout = matches!(reason, TaskError::Timeout(_));
+        Python::attach(|py| {
+            let live = &call.live;
+            if live.attempt.load(Ordering::Acquire) != attempt
+                || live
+                    .state
+                    .compare_exchange(RUNNING, INTERRUPTED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+            {
+                return;
+            }
+            let thread = live.thread.load(Ordering::Acquire);
+            if let Some(hook) = &call.interrupt_hook {
+                let why = if timeout { "timeout" } else { "cancelled" };
+                if let Err(e) = hook.bind(py).call1((thread, why)) {
+                    e.write_unraisable(py, Some(hook.bind(py)));
+                }
+                return;
+            }
+            let exc_type = if timeout {
+                py.get_type::<exc::TaskTimeout>()
+            } else {
+                py.get_type::<exc::TaskCancelled>()
+            };
+            // Raised in the task's thread at its next bytecode boundary; blocking C calls finish first.
+            unsafe {
+                pyo3::ffi::PyThreadState_SetAsyncExc(thread as _, exc_type.as_ptr());
+            }
+        });
     }
 
     fn retryable(&self, node: NodeId, error: &TaskError) -> bool {
@@ -215,9 +286,12 @@ impl PyEngine {
 
     /// Starts a run. `calls[i]` is `(func, params, args, retry_on, give_up_on)` for node i, where
     /// params are `(name, kind, payload)` with kind 0 parent index, 1 config, 2 context,
-    /// 3 all parents, 4 constant; `specs[i]` is `(pool, priority, retries, delay, backoff, max_delay, jitter)`.
-    #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (graph, calls, specs, config, meta, fail_fast = false))]
+    /// 3 all parents, 4 constant; `specs[i]` is
+    /// `(pool, priority, retries, delay, backoff, max_delay, jitter, timeout)`. `observer` is
+    /// `(callback, mask)`: `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is
+    /// called for the event kinds whose bit is set in `mask` (see `EVENT_KINDS`).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    #[pyo3(signature = (graph, calls, specs, config, meta, fail_fast = false, timeout = None, observer = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -229,10 +303,12 @@ impl PyEngine {
             Option<Py<PyAny>>,
             Option<Py<PyAny>>,
         )>,
-        specs: Vec<(usize, i32, u32, f64, f64, Option<f64>, f64)>,
+        specs: Vec<(usize, i32, u32, f64, f64, Option<f64>, f64, Option<f64>)>,
         config: Py<PyAny>,
         meta: Py<PyAny>,
         fail_fast: bool,
+        timeout: Option<f64>,
+        observer: Option<(Py<PyAny>, u32)>,
     ) -> PyResult<PyRunHandle> {
         let plan = graph.get().plan();
         if calls.len() != plan.len() || specs.len() != plan.len() {
@@ -253,16 +329,22 @@ impl PyEngine {
                 };
                 ps.push((name, source));
             }
+            let interrupt_hook = func
+                .bind(py)
+                .getattr_opt("_tm_interrupt")?
+                .map(Bound::unbind);
             nodes.push(NodeCall {
                 func,
                 params: ps,
                 args,
                 retry_on,
                 give_up_on,
+                interrupt_hook,
+                live: LiveCall::default(),
             });
         }
         let mut task_specs = Vec::with_capacity(specs.len());
-        for (pool, priority, retries, delay, backoff, max_delay, jitter) in specs {
+        for (pool, priority, retries, delay, backoff, max_delay, jitter, task_timeout) in specs {
             if !(0.0..=1.0).contains(&jitter) || backoff < 0.0 {
                 return Err(PyValueError::new_err(
                     "jitter must be in [0, 1] and backoff non-negative",
@@ -275,10 +357,12 @@ impl PyEngine {
                 max_delay: max_delay.map(|m| secs(m, "max_delay")).transpose()?,
                 jitter,
             };
+            let timeout = task_timeout.map(|t| secs(t, "timeout")).transpose()?;
             task_specs.push(TaskSpec {
                 pool,
                 priority,
                 retry,
+                timeout,
             });
         }
         let names = (0..plan.len() as NodeId)
@@ -290,11 +374,21 @@ impl PyEngine {
             config,
             meta,
         });
+        let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if let Some((callback, mask)) = observer {
+            observers.push(Arc::new(PyObserver { callback, mask }));
+        }
+        let timeout = timeout.map(|t| secs(t, "timeout")).transpose()?;
+        let options = RunOptions {
+            fail_fast,
+            timeout,
+            observers,
+        };
         let sub = Submission {
             plan,
             specs: Arc::new(task_specs),
             body,
-            options: RunOptions { fail_fast },
+            options,
         };
         let exec = self.exec.clone();
         let run = py
@@ -384,14 +478,15 @@ impl PyRunHandle {
                 };
             }
             if let Err(e) = py.check_signals() {
+                let (exec, run) = (self.exec.clone(), self.run.clone());
                 if !e.is_instance_of::<PyKeyboardInterrupt>(py) || interrupted.is_some() {
-                    let exec = self.exec.clone();
-                    let run = self.run.clone();
-                    py.detach(move || exec.cancel(&run));
+                    // Second Ctrl-C (or another exception from a signal handler): interrupt the
+                    // running tasks and stop waiting.
+                    py.detach(move || exec.cancel(&run, CancelMode::Interrupt));
                     return Err(e);
                 }
-                let (exec, run) = (self.exec.clone(), self.run.clone());
-                py.detach(move || exec.cancel(&run));
+                // First Ctrl-C: start nothing new, let running tasks finish.
+                py.detach(move || exec.cancel(&run, CancelMode::Drain));
                 interrupted = Some(e);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) && interrupted.is_none() {
@@ -400,10 +495,17 @@ impl PyRunHandle {
         }
     }
 
-    /// Cancels the tasks that have not started; the run ends `cancelled`. Harmless to repeat.
-    fn cancel(&self, py: Python<'_>) {
+    /// Cancels the run: tasks not started end `cancelled`; running ones are interrupted (or, with
+    /// `interrupt=False`, allowed to finish). The run ends `cancelled`. Harmless to repeat.
+    #[pyo3(signature = (interrupt = true))]
+    fn cancel(&self, py: Python<'_>, interrupt: bool) {
         let (exec, run) = (self.exec.clone(), self.run.clone());
-        py.detach(move || exec.cancel(&run));
+        let mode = if interrupt {
+            CancelMode::Interrupt
+        } else {
+            CancelMode::Drain
+        };
+        py.detach(move || exec.cancel(&run, mode));
     }
 
     /// Cancels task `node` and its descendants.
@@ -560,6 +662,69 @@ impl PyTaskContext {
             self.task.bind(py).to_str()?,
             self.attempt
         ))
+    }
+}
+
+/// Event kinds by bit position in an observer mask (must match `tm/executor.py`).
+const EVENT_KINDS: [&str; 7] = [
+    "started",
+    "completed",
+    "retrying",
+    "failed",
+    "skipped",
+    "cancelled",
+    "run_finished",
+];
+
+/// Forwards engine events to a Python callback (hooks and the `tm` logger).
+struct PyObserver {
+    callback: Py<PyAny>,
+    mask: u32,
+}
+
+impl Observer for PyObserver {
+    fn event(&self, run_id: u64, ev: &Event) {
+        let (bit, error, retry_at, extra) = match &ev.kind {
+            EventKind::Started => (0, None, None, None),
+            EventKind::Completed => (1, None, None, None),
+            EventKind::Retrying { error, retry_at_us } => {
+                (2, Some(error), Some(*retry_at_us), None)
+            }
+            EventKind::Failed { error } => (3, Some(error), None, None),
+            EventKind::Skipped { cause } => (4, None, None, Some(*cause as i64)),
+            EventKind::Cancelled => (5, None, None, None),
+            EventKind::RunFinished { state } => (6, None, None, Some(*state as i64)),
+        };
+        if self.mask & (1 << bit) == 0 {
+            return;
+        }
+        Python::attach(|py| {
+            let err = match error.map(|e| error_object(py, e)).transpose() {
+                Ok(e) => e,
+                Err(e) => {
+                    e.write_unraisable(py, None);
+                    return;
+                }
+            };
+            let state = match &ev.kind {
+                EventKind::RunFinished { state } => Some(state.as_str()),
+                _ => None,
+            };
+            let args = (
+                run_id,
+                ev.node,
+                ev.attempt,
+                ev.at_us,
+                EVENT_KINDS[bit],
+                err,
+                retry_at.or(extra),
+                state,
+            );
+            if let Err(e) = self.callback.bind(py).call1(args) {
+                // A failing hook must not break the run; report it like an exception in __del__.
+                e.write_unraisable(py, Some(self.callback.bind(py)));
+            }
+        });
     }
 }
 

@@ -6,6 +6,7 @@ mod cron;
 mod engine;
 mod errors;
 mod graph;
+mod queue;
 
 /// The extension module `tm._tm`. Registering classes starts nothing: no thread, no runtime, no file.
 #[pymodule(gil_used = false)]
@@ -13,5 +14,6 @@ fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     cron::register(m)?;
     engine::register(m)?;
+    queue::register(m)?;
     Ok(())
 }

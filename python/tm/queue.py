@@ -1,0 +1,313 @@
+"""The agent queue of seed 001: many processes claim, complete and release typed tasks.
+
+``TaskManager`` keeps the seed's API, arguments, defaults and return shapes::
+
+    from pathlib import Path
+    from tm.queue import TaskManager, TaskStatus
+
+    tm = TaskManager(Path("states/my_workflow.json"), lock_timeout=5, task_timeout_hours=24)
+    task_id = tm.create_task("analyze", {"file": "data.csv"})
+    task = tm.get_next_task("worker-001", ["analyze"])
+    if task:
+        tm.complete_task(task["id"], "worker-001", result_data={"output": "results.json"})
+
+Storage, chosen by ``state_file``:
+
+- a path ending in ``.json`` is the seed's state file, in the seed's format (existing files and the
+  tools that read them keep working). Writers hold an exclusive lock on ``<state_file>.lock`` (for
+  ``states/wf.json`` that is ``states/wf.json.lock``), waiting at most ``lock_timeout`` seconds, and
+  replace the file atomically (``<state_file>.tmp``, fsync, rename). Reads take no lock.
+- any other path, or ``sqlite:///relative.db`` / ``sqlite:////absolute.db``, is an SQLite database
+  (WAL): a claim is one indexed statement, nothing rewrites the whole store, and millions of tasks
+  are fine. ``tm queue migrate a.json b.db`` converts (either direction).
+
+Decisions where the seed is silent:
+
+- ``result_data`` is stored as ``data["result"]`` (the task's own data keys are kept).
+- A finished task keeps ``locked_by``/``locked_at`` of the agent that finished it; a released or
+  recovered task has both cleared.
+- A lease starts at the claim (``locked_at``); an in-progress task whose lease is at least
+  ``task_timeout_hours`` old returns to pending when any agent next claims.
+- Task dicts carry the seed's keys plus ``priority``, ``attempt`` (claims so far: the fencing token
+  of the current lease), ``max_attempts`` and ``wait_for_parent``. In a JSON state file these keys
+  are written only when they differ from their defaults.
+- ``get_status_summary()`` counts only statuses and types that occur (statuses in the order
+  pending, in_progress, completed, failed, cancelled; types in order of first creation).
+
+Beyond the seed, all optional: ``priority`` (higher first, then oldest), ``wait_for_parent`` (not
+claimable before the parent completes; cancelled if the parent fails or is cancelled),
+``max_attempts`` (a task claimed that many times that is then released or abandoned becomes
+``failed``), ``attempt=`` fencing on ``complete_task``/``release_task``/``extend_lease``,
+``cancel_task`` for pending tasks, and ``get_next_task(..., wait=seconds)`` which blocks (without
+holding the GIL; Ctrl-C interrupts it) until a task is available.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from . import _tm
+from .exceptions import TmError
+
+__all__ = [
+    "CorruptStateError",
+    "QueueLockTimeout",
+    "TaskManager",
+    "TaskStatus",
+    "migrate",
+]
+
+
+class TaskStatus(str, Enum):
+    """A task's status. Members are strings, so ``task["status"] == TaskStatus.PENDING`` holds."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class QueueLockTimeout(TmError, TimeoutError):
+    """The state's lock could not be taken within ``lock_timeout`` seconds."""
+
+
+class CorruptStateError(TmError, ValueError):
+    """The JSON state file is not valid (the message says where). The file is left untouched."""
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+_FINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def _data_text(data: Mapping[str, Any] | None, what: str) -> str:
+    if data is None:
+        return "{}"
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{what} must be a dict, got {type(data).__name__}")
+    return _encode(data if isinstance(data, dict) else dict(data))
+
+
+def _types(task_types: Iterable[str] | str | None) -> list[str] | None:
+    if task_types is None:
+        return None
+    if isinstance(task_types, str):
+        return [task_types]
+    return list(task_types)
+
+
+def _target(state_file: str | os.PathLike[str]) -> str:
+    return os.fspath(state_file)
+
+
+class TaskManager:
+    """Tasks shared by many agents (threads or processes) through one state file or database.
+
+    Args:
+        state_file: ``*.json`` for the seed's state file; any other path or ``sqlite:///...`` for
+            SQLite. Created (with its directory) if missing.
+        lock_timeout: Seconds to wait for the exclusive lock before raising
+            :class:`QueueLockTimeout` (a ``TimeoutError``).
+        task_timeout_hours: Lease length: an in-progress task older than this returns to pending.
+        max_attempts: Default ``max_attempts`` of the tasks this manager creates (None: unlimited).
+
+    Raises:
+        CorruptStateError: The JSON state file is not valid JSON in the seed's structure.
+        tm.exceptions.StoreError: The file or database cannot be read or written.
+    """
+
+    def __init__(
+        self,
+        state_file: str | os.PathLike[str],
+        lock_timeout: float = 5,
+        task_timeout_hours: float = 24,
+        *,
+        max_attempts: int | None = None,
+    ) -> None:
+        target = _target(state_file)
+        self.state_file = state_file if target.startswith("sqlite:") else Path(target)
+        self.lock_timeout = lock_timeout
+        self.task_timeout_hours = task_timeout_hours
+        self.max_attempts = max_attempts
+        self._core = _tm.QueueCore(
+            target, float(lock_timeout), float(task_timeout_hours) * 3600.0
+        )
+
+    @property
+    def backend(self) -> str:
+        """``"json"`` or ``"sqlite"``."""
+        return self._core.kind
+
+    def __repr__(self) -> str:
+        return f"TaskManager({str(self.state_file)!r}, backend={self.backend!r})"
+
+    # -- the seed's API ------------------------------------------------------------------------
+
+    def create_task(
+        self,
+        task_type: str,
+        data: Mapping[str, Any] | None,
+        parent_id: str | None = None,
+        *,
+        priority: int = 0,
+        wait_for_parent: bool = False,
+        max_attempts: int | None = None,
+    ) -> str:
+        """Creates a pending task and returns its id, ``<task_type>_<8 hex digits>``.
+
+        Args:
+            task_type: The type agents filter on.
+            data: A JSON-serialisable dict.
+            parent_id: The parent task's id.
+            priority: Higher is claimed first (default 0); equal priorities go oldest first.
+            wait_for_parent: Not claimable until the parent completes (needs ``parent_id``).
+            max_attempts: Claims allowed before an abandoned or released task becomes failed.
+        """
+        return self.create_tasks(
+            [
+                {
+                    "task_type": task_type,
+                    "data": data,
+                    "parent_id": parent_id,
+                    "priority": priority,
+                    "wait_for_parent": wait_for_parent,
+                    "max_attempts": max_attempts,
+                }
+            ]
+        )[0]
+
+    def create_tasks(
+        self, tasks: Iterable[Mapping[str, Any] | tuple[str, Mapping[str, Any]]]
+    ) -> list[str]:
+        """Creates many tasks in one step (all or none) and returns their ids.
+
+        Each item is ``(task_type, data)`` or a dict of :meth:`create_task`'s arguments.
+        """
+        rows = []
+        for t in tasks:
+            if isinstance(t, tuple):
+                t = {"task_type": t[0], "data": t[1]}
+            max_attempts = t.get("max_attempts")
+            if max_attempts is None:
+                max_attempts = self.max_attempts
+            rows.append(
+                (
+                    str(t["task_type"]),
+                    _data_text(t.get("data"), "data"),
+                    t.get("parent_id"),
+                    int(t.get("priority", 0)),
+                    max_attempts,
+                    bool(t.get("wait_for_parent", False)),
+                )
+            )
+        return self._core.create(rows)
+
+    def get_next_task(
+        self,
+        agent_id: str,
+        task_types: Iterable[str] | None = None,
+        *,
+        wait: float | None = None,
+    ) -> dict[str, Any] | None:
+        """Claims the oldest pending task (highest priority first) of ``task_types``.
+
+        Expired leases are recovered first. Returns the task's dict (with ``attempt``, this
+        lease's fencing token), or None when nothing is available.
+
+        Args:
+            agent_id: Who claims.
+            task_types: Types to consider; None or empty means any.
+            wait: Seconds to wait for a task to become available (default: do not wait).
+        """
+        return self._core.claim(agent_id, _types(task_types), wait)
+
+    def complete_task(
+        self,
+        task_id: str,
+        agent_id: str,
+        status: TaskStatus | str = TaskStatus.COMPLETED,
+        result_data: Any = None,
+        *,
+        attempt: int | None = None,
+    ) -> bool:
+        """Finishes a task the agent holds. Returns False if it does not hold it (any more).
+
+        Args:
+            task_id: The task.
+            agent_id: The agent that claimed it.
+            status: ``COMPLETED``, ``FAILED`` or ``CANCELLED``.
+            result_data: Stored as ``data["result"]`` (JSON-serialisable).
+            attempt: The ``attempt`` of the claim; a completion from an older lease is refused.
+        """
+        s = TaskStatus(status).value
+        if s not in _FINAL:
+            raise ValueError(f"status must be completed, failed or cancelled, got {s!r}")
+        result = None if result_data is None else _encode(result_data)
+        return self._core.complete(task_id, agent_id, s, result, attempt)
+
+    def release_task(self, task_id: str, agent_id: str, *, attempt: int | None = None) -> bool:
+        """Returns a task the agent holds to pending (failed if its attempts are used up)."""
+        return self._core.release(task_id, agent_id, attempt)
+
+    def get_task(self, task_id: str) -> dict[str, Any] | None:
+        """The task's dict, or None."""
+        return self._core.get(task_id)
+
+    def get_task_children(self, parent_id: str) -> list[dict[str, Any]]:
+        """The tasks whose ``parent_id`` is ``parent_id``, oldest first."""
+        return self._core.children(parent_id)
+
+    def get_status_summary(self) -> dict[str, Any]:
+        """``total_tasks``, ``status_counts``, ``type_counts`` and the workflow ``metadata``."""
+        return self._core.summary()
+
+    def update_workflow_metadata(self, metadata: Mapping[str, Any]) -> None:
+        """Merges ``metadata`` into the workflow metadata (``last_updated`` is tm's)."""
+        self._core.update_metadata(_data_text(metadata, "metadata"))
+
+    # -- beyond the seed -----------------------------------------------------------------------
+
+    def extend_lease(self, task_id: str, agent_id: str, *, attempt: int | None = None) -> bool:
+        """Restarts the lease of a task the agent holds (a heartbeat). False if not held."""
+        return self._core.extend_lease(task_id, agent_id, attempt)
+
+    def cancel_task(self, task_id: str) -> bool:
+        """Cancels a pending task (and tasks waiting for it). False if it is not pending."""
+        return self._core.cancel(task_id)
+
+    def force_release(self, task_id: str) -> bool:
+        """Returns an in-progress task to pending whoever holds it (an operator's tool)."""
+        return self._core.release(task_id, None, None)
+
+    def list_tasks(
+        self,
+        status: TaskStatus | str | None = None,
+        task_type: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Tasks, oldest first, optionally of one status and/or type, at most ``limit``."""
+        s = None if status is None else str(TaskStatus(status).value)
+        return self._core.list(s, task_type, limit)
+
+    def export(self, path: str | os.PathLike[str] | None = None) -> str | None:
+        """The whole queue in the seed's state-file format: written to ``path``, or returned."""
+        return self._core.export(None if path is None else os.fspath(path))
+
+
+def migrate(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, lock_timeout: float = 5
+) -> int:
+    """Copies every task and the metadata of ``src`` into ``dst`` (a new or empty store).
+
+    Either side may be a JSON state file or an SQLite database. Returns the number of tasks.
+    """
+    return _tm.queue_migrate(_target(src), _target(dst), float(lock_timeout))

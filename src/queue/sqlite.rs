@@ -1,0 +1,993 @@
+//! The agent queue in an SQLite database (WAL), for many processes and millions of tasks.
+//!
+//! Layout: one row per task in `tm_queue_tasks` (`seq`, the rowid, is creation order), the workflow
+//! metadata in `tm_queue_meta`. Partial indexes hold only the rows a hot path looks at, so they stay
+//! small however many finished tasks the table keeps:
+//! - `tm_queue_ready_by_type (type, priority DESC, seq) WHERE status = 'pending' AND blocked = 0` and
+//!   `tm_queue_ready (priority DESC, seq)` with the same condition: a claim is one index probe;
+//! - `tm_queue_leases (lease_us) WHERE status = 'in_progress'`: finding expired leases is a probe;
+//! - `tm_queue_children (parent_id) WHERE parent_id IS NOT NULL`.
+//!
+//! A claim is a single `UPDATE ... WHERE seq = (SELECT ... LIMIT 1) RETURNING ...`: the statement
+//! takes the write lock before it reads, so two processes can never pick the same row. A task that
+//! waits for its parent is `blocked` until the parent completes; the parent's `waiters` flag says
+//! whether a completion must look for such children, so the common completion is one UPDATE.
+//!
+//! Waiting for the write lock uses a busy handler that sleeps in short slices (tens of µs, growing
+//! to 1 ms) up to `lock_timeout`, instead of SQLite's default schedule that sleeps whole
+//! milliseconds from the first retry; under contention from many processes that is most of the
+//! difference in throughput.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+
+use super::jsontext;
+use super::{
+    check_new, metadata_members, new_id, with_result, Backend, Ctx, Holder, ListFilter, NewTask,
+    Options, QueueError, Result, Snapshot, Status, Summary, Task,
+};
+
+/// Version of the tables below; a database with a higher one was written by a newer tm.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tm_queue_tasks (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    status TEXT NOT NULL,
+    parent_id TEXT,
+    locked_by TEXT,
+    locked_at TEXT,
+    lease_us INTEGER,
+    created_at TEXT,
+    completed_at TEXT,
+    data TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER,
+    wait_for_parent INTEGER NOT NULL DEFAULT 0,
+    blocked INTEGER NOT NULL DEFAULT 0,
+    waiters INTEGER NOT NULL DEFAULT 0,
+    updated_us INTEGER NOT NULL,
+    extra TEXT
+);
+CREATE INDEX IF NOT EXISTS tm_queue_ready_by_type ON tm_queue_tasks (type, priority DESC, seq)
+    WHERE status = 'pending' AND blocked = 0;
+CREATE INDEX IF NOT EXISTS tm_queue_ready ON tm_queue_tasks (priority DESC, seq)
+    WHERE status = 'pending' AND blocked = 0;
+CREATE INDEX IF NOT EXISTS tm_queue_leases ON tm_queue_tasks (lease_us)
+    WHERE status = 'in_progress';
+CREATE INDEX IF NOT EXISTS tm_queue_children ON tm_queue_tasks (parent_id)
+    WHERE parent_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS tm_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+";
+
+/// Per-connection settings. `synchronous = NORMAL` in WAL mode survives any process crash or kill
+/// (a commit is in the OS's hands before it returns); only a power loss can drop the last commits.
+/// A larger automatic checkpoint (16 MB of WAL) means fewer checkpoint fsyncs, and pages that
+/// change in many transactions are copied back once per checkpoint instead of many times.
+const PRAGMAS: &str = "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; \
+                       PRAGMA wal_autocheckpoint = 4000; PRAGMA cache_size = -16000;";
+
+/// The columns a [`Task`] is read from, in [`row_task`]'s order.
+const COLS: &str = "id, type, status, parent_id, locked_by, locked_at, created_at, completed_at, \
+                    data, priority, attempt, max_attempts, wait_for_parent, extra";
+
+/// Claims with more types than this scan the any-type index instead of one probe per type.
+const MAX_UNION_TYPES: usize = 16;
+
+fn row_task(r: &Row<'_>) -> rusqlite::Result<Task> {
+    let extra: Option<String> = r.get(13)?;
+    Ok(Task {
+        id: r.get(0)?,
+        task_type: r.get(1)?,
+        status: r.get(2)?,
+        parent_id: r.get(3)?,
+        locked_by: r.get(4)?,
+        locked_at: r.get(5)?,
+        created_at: r.get(6)?,
+        completed_at: r.get(7)?,
+        data: r.get::<_, String>(8)?.into_bytes(),
+        priority: r.get(9)?,
+        attempt: r.get(10)?,
+        max_attempts: r.get(11)?,
+        wait_for_parent: r.get(12)?,
+        extra: extra
+            .and_then(|e| jsontext::object_members(e.as_bytes()).ok())
+            .unwrap_or_default(),
+    })
+}
+
+/// The claim statement for `n` types (0: any type).
+fn claim_sql(n: usize) -> String {
+    let pick = if n == 0 {
+        "SELECT seq FROM tm_queue_tasks WHERE status = 'pending' AND blocked = 0 \
+         ORDER BY priority DESC, seq LIMIT 1"
+            .to_owned()
+    } else if n == 1 {
+        "SELECT seq FROM tm_queue_tasks WHERE status = 'pending' AND blocked = 0 AND type = ?4 \
+         ORDER BY priority DESC, seq LIMIT 1"
+            .to_owned()
+    } else if n <= MAX_UNION_TYPES {
+        let arms: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "SELECT * FROM (SELECT seq, priority FROM tm_queue_tasks \
+                     WHERE status = 'pending' AND blocked = 0 AND type = ?{} \
+                     ORDER BY priority DESC, seq LIMIT 1)",
+                    i + 4
+                )
+            })
+            .collect();
+        format!(
+            "SELECT seq FROM ({}) ORDER BY priority DESC, seq LIMIT 1",
+            arms.join(" UNION ALL ")
+        )
+    } else {
+        let marks: Vec<String> = (0..n).map(|i| format!("?{}", i + 4)).collect();
+        format!(
+            "SELECT seq FROM tm_queue_tasks INDEXED BY tm_queue_ready \
+             WHERE status = 'pending' AND blocked = 0 AND type IN ({}) \
+             ORDER BY priority DESC, seq LIMIT 1",
+            marks.join(", ")
+        )
+    };
+    format!(
+        "UPDATE tm_queue_tasks SET status = 'in_progress', locked_by = ?1, locked_at = ?2, \
+         lease_us = ?3, updated_us = ?3, attempt = attempt + 1 \
+         WHERE seq = ({pick}) RETURNING {COLS}"
+    )
+}
+
+#[cfg(test)]
+pub(crate) fn claim_sql_for_test(n: usize) -> String {
+    claim_sql(n)
+}
+
+/// The queue in an SQLite database.
+pub struct SqliteBackend {
+    path: PathBuf,
+    ctx: Ctx,
+    conn: Connection,
+    /// The process that opened `conn`: a forked child must not use its parent's connection.
+    pid: u32,
+    /// No lease can expire before this time (µs), so claims until then skip looking for one.
+    next_sweep_at: i64,
+}
+
+/// Longest time (µs) a claim trusts [`SqliteBackend::next_sweep_at`] without looking again.
+const SWEEP_RECHECK_US: i64 = 1_000_000;
+
+fn busy_schedule() -> (u64, u64) {
+    static S: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        std::env::var("TM_QUEUE_BUSY")
+            .ok()
+            .and_then(|v| {
+                let (a, b) = v.split_once(',')?;
+                Some((a.parse().ok()?, b.parse().ok()?))
+            })
+            .unwrap_or((25, 1000))
+    })
+}
+
+fn sqlite_err(path: &Path, timeout: Duration, e: rusqlite::Error) -> QueueError {
+    if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) {
+        QueueError::LockTimeout {
+            path: path.to_owned(),
+            timeout,
+        }
+    } else {
+        QueueError::Sqlite {
+            path: path.to_owned(),
+            source: e,
+        }
+    }
+}
+
+/// Runs a cached statement that returns no rows.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction: committed if `f` succeeds, rolled back otherwise.
+fn in_tx<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> std::result::Result<R, TxError>,
+) -> std::result::Result<R, TxError> {
+    exec(conn, "BEGIN IMMEDIATE")?;
+    match f(conn) {
+        Ok(r) => match exec(conn, "COMMIT") {
+            Ok(()) => Ok(r),
+            Err(e) => {
+                let _ = exec(conn, "ROLLBACK");
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            let _ = exec(conn, "ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+/// An error inside a transaction: SQLite's, or the queue's own.
+enum TxError {
+    Db(rusqlite::Error),
+    Queue(QueueError),
+}
+
+impl From<rusqlite::Error> for TxError {
+    fn from(e: rusqlite::Error) -> Self {
+        TxError::Db(e)
+    }
+}
+
+impl From<QueueError> for TxError {
+    fn from(e: QueueError) -> Self {
+        TxError::Queue(e)
+    }
+}
+
+type TxResult<T> = std::result::Result<T, TxError>;
+
+/// Cancels the pending tasks that wait (transitively) for `id`.
+fn cancel_waiters(c: &Connection, id: &str, now_iso: &str, now: i64) -> rusqlite::Result<()> {
+    let mut stack = vec![id.to_owned()];
+    let mut stmt = c.prepare_cached(
+        "UPDATE tm_queue_tasks SET status = 'cancelled', blocked = 0, completed_at = ?2, \
+         updated_us = ?3 WHERE parent_id = ?1 AND status = 'pending' AND blocked = 1 \
+         RETURNING id, waiters",
+    )?;
+    while let Some(parent) = stack.pop() {
+        let rows = stmt.query_map(params![parent, now_iso, now], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+        })?;
+        for row in rows {
+            let (child, waiters) = row?;
+            if waiters {
+                stack.push(child);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After task `id` reached final `status`: its waiting children become claimable (completed) or
+/// are cancelled (failed, cancelled).
+fn settle_waiters(
+    c: &Connection,
+    id: &str,
+    status: &str,
+    now_iso: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    if status == Status::Completed.as_str() {
+        c.prepare_cached(
+            "UPDATE tm_queue_tasks SET blocked = 0, updated_us = ?2 \
+             WHERE parent_id = ?1 AND status = 'pending' AND blocked = 1",
+        )?
+        .execute(params![id, now])?;
+        Ok(())
+    } else {
+        cancel_waiters(c, id, now_iso, now)
+    }
+}
+
+impl SqliteBackend {
+    /// Opens (creating if needed) the database and its tables.
+    pub fn open(path: &Path, opts: Options) -> Result<SqliteBackend> {
+        let ctx = Ctx::new(&opts);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| QueueError::Io {
+                op: "create directory",
+                path: dir.to_owned(),
+                source: e,
+            })?;
+        }
+        let conn = Self::connect(path, &ctx)?;
+        Ok(SqliteBackend {
+            path: path.to_owned(),
+            ctx,
+            conn,
+            pid: std::process::id(),
+            next_sweep_at: i64::MIN,
+        })
+    }
+
+    fn connect(path: &Path, ctx: &Ctx) -> Result<Connection> {
+        let err = |e| sqlite_err(path, ctx.lock_timeout, e);
+        let mut conn = Connection::open(path).map_err(err)?;
+        let timeout = ctx.lock_timeout;
+        let mut started = Instant::now();
+        conn.busy_handler(Some(move |count: i32| {
+            if count == 0 {
+                started = Instant::now();
+            }
+            let waited = started.elapsed();
+            if waited >= timeout {
+                return false;
+            }
+            let (lo, hi) = busy_schedule();
+            let pause = Duration::from_micros(lo << count.clamp(0, 10) as u32)
+                .min(Duration::from_micros(hi));
+            std::thread::sleep(pause.min(timeout - waited));
+            true
+        }))
+        .map_err(err)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(QueueError::Invalid(format!(
+                "{}: cannot switch the database to WAL mode (got {mode:?})",
+                path.display()
+            )));
+        }
+        conn.execute_batch(PRAGMAS).map_err(err)?;
+        let now = ctx.now();
+        let init = || -> TxResult<()> {
+            in_tx(&conn, |c| {
+                c.execute_batch(SCHEMA)?;
+                let version: Option<String> = c
+                    .query_row(
+                        "SELECT value FROM tm_queue_meta WHERE key = 'schema'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                match version.as_deref().map(str::parse::<i64>) {
+                    None => {
+                        let ts = String::from_utf8(jsontext::str_text(&ctx.iso(now)))
+                            .unwrap_or_default();
+                        c.execute(
+                            "INSERT INTO tm_queue_meta (key, value) VALUES \
+                             ('schema', ?1), ('top', '{\"workflow_type\":\"generic\"}'), \
+                             ('metadata', ?2), ('updated_us', ?3)",
+                            params![
+                                SCHEMA_VERSION.to_string(),
+                                format!("{{\"initialized_at\":{ts},\"last_updated\":{ts}}}"),
+                                now.to_string()
+                            ],
+                        )?;
+                    }
+                    Some(Ok(v)) if v <= SCHEMA_VERSION => {}
+                    Some(_) => {
+                        return Err(QueueError::Invalid(format!(
+                            "{}: the queue tables were written by a newer tm (schema {})",
+                            path.display(),
+                            version.unwrap_or_default()
+                        ))
+                        .into())
+                    }
+                }
+                Ok(())
+            })
+        };
+        match init() {
+            Ok(()) => Ok(conn),
+            Err(TxError::Db(e)) => Err(err(e)),
+            Err(TxError::Queue(e)) => Err(e),
+        }
+    }
+
+    /// The connection for this process (a forked child opens its own).
+    fn conn(&mut self) -> Result<&Connection> {
+        let pid = std::process::id();
+        if pid != self.pid {
+            let fresh = Self::connect(&self.path, &self.ctx)?;
+            // The parent's connection must not be closed here: closing it could touch the
+            // parent's locks and WAL state. Its memory is the child's to lose.
+            std::mem::forget(std::mem::replace(&mut self.conn, fresh));
+            self.pid = pid;
+        }
+        Ok(&self.conn)
+    }
+
+    fn err(&self, e: rusqlite::Error) -> QueueError {
+        sqlite_err(&self.path, self.ctx.lock_timeout, e)
+    }
+
+    fn tx_err(&self, e: TxError) -> QueueError {
+        match e {
+            TxError::Db(e) => self.err(e),
+            TxError::Queue(e) => e,
+        }
+    }
+
+    /// Runs `f` in an immediate transaction on this process's connection.
+    fn tx<R>(&mut self, f: impl FnOnce(&Connection, &Ctx) -> TxResult<R>) -> Result<R> {
+        self.conn()?;
+        let r = in_tx(&self.conn, |c| f(c, &self.ctx));
+        r.map_err(|e| self.tx_err(e))
+    }
+
+    /// Runs a read or single-statement `f` on this process's connection.
+    fn run<R>(&mut self, f: impl FnOnce(&Connection, &Ctx) -> rusqlite::Result<R>) -> Result<R> {
+        self.conn()?;
+        let r = f(&self.conn, &self.ctx);
+        r.map_err(|e| self.err(e))
+    }
+
+    /// Recovers expired leases (inside a transaction).
+    fn sweep(c: &Connection, ctx: &Ctx, now: i64) -> rusqlite::Result<()> {
+        let now_iso = ctx.iso(now);
+        let failed: Vec<String> = c
+            .prepare_cached(
+                "UPDATE tm_queue_tasks SET \
+                 status = CASE WHEN max_attempts IS NOT NULL AND attempt >= max_attempts \
+                          THEN 'failed' ELSE 'pending' END, \
+                 completed_at = CASE WHEN max_attempts IS NOT NULL AND attempt >= max_attempts \
+                          THEN ?2 ELSE completed_at END, \
+                 locked_by = NULL, locked_at = NULL, lease_us = NULL, updated_us = ?3 \
+                 WHERE status = 'in_progress' AND lease_us <= ?1 \
+                 RETURNING id, status, waiters",
+            )?
+            .query_map(
+                params![now.saturating_sub(ctx.lease_us), now_iso, now],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                },
+            )?
+            .filter_map(|row| match row {
+                Ok((id, status, true)) if status == "failed" => Some(Ok(id)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<rusqlite::Result<_>>()?;
+        for id in failed {
+            cancel_waiters(c, &id, &now_iso, now)?;
+        }
+        Ok(())
+    }
+
+    fn claim_in(
+        c: &Connection,
+        ctx: &Ctx,
+        now: i64,
+        agent: &str,
+        types: &[&str],
+    ) -> rusqlite::Result<Option<Task>> {
+        let sql = claim_sql(types.len());
+        let mut stmt = c.prepare_cached(&sql)?;
+        let now_iso = ctx.iso(now);
+        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&agent, &now_iso, &now];
+        for t in types {
+            args.push(t);
+        }
+        stmt.query_row(args.as_slice(), row_task).optional()
+    }
+
+    fn insert(c: &Connection, ctx: &Ctx, now: i64, t: &NewTask) -> TxResult<String> {
+        let data = check_new(t)?;
+        let now_iso = ctx.iso(now);
+        let mut status = Status::Pending;
+        let mut blocked = false;
+        let mut completed_at = None;
+        if t.wait_for_parent {
+            let parent = t.parent_id.as_deref().unwrap_or_default();
+            let p: Option<String> = c
+                .prepare_cached("SELECT status FROM tm_queue_tasks WHERE id = ?1")?
+                .query_row([parent], |r| r.get(0))
+                .optional()?;
+            match p.as_deref() {
+                None => {
+                    return Err(QueueError::Invalid(format!(
+                        "wait_for_parent: parent task {parent:?} does not exist"
+                    ))
+                    .into())
+                }
+                Some("completed") => {}
+                Some("failed" | "cancelled") => {
+                    status = Status::Cancelled;
+                    completed_at = Some(now_iso.clone());
+                }
+                Some(_) => {
+                    blocked = true;
+                    c.prepare_cached(
+                        "UPDATE tm_queue_tasks SET waiters = 1 WHERE id = ?1 AND waiters = 0",
+                    )?
+                    .execute([parent])?;
+                }
+            }
+        }
+        let data = String::from_utf8(data).unwrap_or_default();
+        let mut stmt = c.prepare_cached(
+            "INSERT INTO tm_queue_tasks (id, type, status, parent_id, created_at, completed_at, \
+             data, priority, max_attempts, wait_for_parent, blocked, updated_us) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (id) DO NOTHING",
+        )?;
+        loop {
+            let id = new_id(&t.task_type);
+            let n = stmt.execute(params![
+                id,
+                t.task_type,
+                status.as_str(),
+                t.parent_id,
+                now_iso,
+                completed_at,
+                data,
+                t.priority,
+                t.max_attempts,
+                t.wait_for_parent,
+                blocked,
+                now
+            ])?;
+            if n == 1 {
+                return Ok(id);
+            }
+        }
+    }
+
+    fn select_tasks(
+        c: &Connection,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> rusqlite::Result<Vec<Task>> {
+        c.prepare_cached(sql)?.query_map(args, row_task)?.collect()
+    }
+
+    /// The stored metadata with `last_updated` set to the latest change of anything.
+    fn metadata(
+        c: &Connection,
+        ctx: &Ctx,
+        tasks_updated: Option<i64>,
+    ) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+        let meta: String = c
+            .prepare_cached("SELECT value FROM tm_queue_meta WHERE key = 'metadata'")?
+            .query_row([], |r| r.get(0))
+            .optional()?
+            .unwrap_or_else(|| "{}".into());
+        let meta_us: i64 = c
+            .prepare_cached("SELECT value FROM tm_queue_meta WHERE key = 'updated_us'")?
+            .query_row([], |r| r.get::<_, String>(0))
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut members = jsontext::object_members(meta.as_bytes()).unwrap_or_default();
+        let last = tasks_updated.unwrap_or(0).max(meta_us);
+        if last > 0 {
+            jsontext::set_member(
+                &mut members,
+                "last_updated",
+                jsontext::str_text(&ctx.iso(last)),
+            );
+        }
+        Ok(members)
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn create(&mut self, tasks: &[NewTask]) -> Result<Vec<String>> {
+        self.tx(|c, ctx| {
+            let now = ctx.now();
+            tasks.iter().map(|t| Self::insert(c, ctx, now, t)).collect()
+        })
+    }
+
+    fn claim(&mut self, agent: &str, types: Option<&[String]>) -> Result<Option<Task>> {
+        let mut seen = HashSet::new();
+        let types: Vec<&str> = types
+            .unwrap_or_default()
+            .iter()
+            .map(String::as_str)
+            .filter(|t| seen.insert(*t))
+            .collect();
+        let now = self.ctx.now();
+        let mut expired = false;
+        if now >= self.next_sweep_at {
+            // The earliest lease start bounds every expiry: leases taken later expire later.
+            let first: Option<i64> = self.run(|c, _| {
+                c.prepare_cached(
+                    "SELECT min(lease_us) FROM tm_queue_tasks WHERE status = 'in_progress'",
+                )?
+                .query_row([], |r| r.get(0))
+            })?;
+            let lease = self.ctx.lease_us;
+            match first {
+                Some(t) if self.ctx.expired(Some(t), now) => expired = true,
+                _ => {
+                    let next = first.map_or(now, |t| t).saturating_add(lease);
+                    self.next_sweep_at = next.min(now.saturating_add(SWEEP_RECHECK_US));
+                }
+            }
+        }
+        if expired {
+            self.tx(|c, ctx| {
+                Self::sweep(c, ctx, now)?;
+                Ok(Self::claim_in(c, ctx, now, agent, &types)?)
+            })
+        } else {
+            self.run(|c, ctx| Self::claim_in(c, ctx, now, agent, &types))
+        }
+    }
+
+    fn complete(
+        &mut self,
+        id: &str,
+        agent: &str,
+        attempt: Option<u32>,
+        status: Status,
+        result: Option<&[u8]>,
+    ) -> Result<bool> {
+        if !status.is_final() {
+            return Err(QueueError::Invalid(format!(
+                "a task cannot be completed with status {:?}",
+                status.as_str()
+            )));
+        }
+        self.tx(|c, ctx| {
+            let now = ctx.now();
+            let now_iso = ctx.iso(now);
+            let data = match result {
+                None => None,
+                Some(r) => {
+                    let old: Option<String> = c
+                        .prepare_cached(
+                            "SELECT data FROM tm_queue_tasks WHERE id = ?1 \
+                             AND status = 'in_progress' AND locked_by = ?2 \
+                             AND (?3 IS NULL OR attempt = ?3)",
+                        )?
+                        .query_row(params![id, agent, attempt], |r| r.get(0))
+                        .optional()?;
+                    let Some(old) = old else {
+                        return Ok(false);
+                    };
+                    Some(String::from_utf8(with_result(id, old.as_bytes(), r)?).unwrap_or_default())
+                }
+            };
+            let waiters: Option<bool> = c
+                .prepare_cached(
+                    "UPDATE tm_queue_tasks SET status = ?4, completed_at = ?5, lease_us = NULL, \
+                     updated_us = ?6, data = coalesce(?7, data) \
+                     WHERE id = ?1 AND status = 'in_progress' AND locked_by = ?2 \
+                     AND (?3 IS NULL OR attempt = ?3) RETURNING waiters",
+                )?
+                .query_row(
+                    params![id, agent, attempt, status.as_str(), now_iso, now, data],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match waiters {
+                None => Ok(false),
+                Some(w) => {
+                    if w {
+                        settle_waiters(c, id, status.as_str(), &now_iso, now)?;
+                    }
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    fn release(&mut self, id: &str, holder: Holder<'_>) -> Result<bool> {
+        let (agent, attempt) = match holder {
+            Holder::Agent { agent, attempt } => (Some(agent), attempt),
+            Holder::Anyone => (None, None),
+        };
+        self.tx(|c, ctx| {
+            let now = ctx.now();
+            let now_iso = ctx.iso(now);
+            let row: Option<(String, bool)> = c
+                .prepare_cached(
+                    "UPDATE tm_queue_tasks SET \
+                     status = CASE WHEN max_attempts IS NOT NULL AND attempt >= max_attempts \
+                              THEN 'failed' ELSE 'pending' END, \
+                     completed_at = CASE WHEN max_attempts IS NOT NULL AND attempt >= max_attempts \
+                              THEN ?4 ELSE completed_at END, \
+                     locked_by = NULL, locked_at = NULL, lease_us = NULL, updated_us = ?5 \
+                     WHERE id = ?1 AND status = 'in_progress' \
+                     AND (?2 IS NULL OR locked_by = ?2) AND (?3 IS NULL OR attempt = ?3) \
+                     RETURNING status, waiters",
+                )?
+                .query_row(params![id, agent, attempt, now_iso, now], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            match row {
+                None => Ok(false),
+                Some((status, waiters)) => {
+                    if waiters && status == "failed" {
+                        cancel_waiters(c, id, &now_iso, now)?;
+                    }
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    fn extend_lease(&mut self, id: &str, agent: &str, attempt: Option<u32>) -> Result<bool> {
+        self.run(|c, ctx| {
+            let now = ctx.now();
+            let n = c
+                .prepare_cached(
+                    "UPDATE tm_queue_tasks SET locked_at = ?4, lease_us = ?5, updated_us = ?5 \
+                     WHERE id = ?1 AND status = 'in_progress' AND locked_by = ?2 \
+                     AND (?3 IS NULL OR attempt = ?3)",
+                )?
+                .execute(params![id, agent, attempt, ctx.iso(now), now])?;
+            Ok(n == 1)
+        })
+    }
+
+    fn cancel(&mut self, id: &str) -> Result<bool> {
+        self.tx(|c, ctx| {
+            let now = ctx.now();
+            let now_iso = ctx.iso(now);
+            let waiters: Option<bool> = c
+                .prepare_cached(
+                    "UPDATE tm_queue_tasks SET status = 'cancelled', blocked = 0, \
+                     completed_at = ?2, updated_us = ?3 \
+                     WHERE id = ?1 AND status = 'pending' RETURNING waiters",
+                )?
+                .query_row(params![id, now_iso, now], |r| r.get(0))
+                .optional()?;
+            match waiters {
+                None => Ok(false),
+                Some(w) => {
+                    if w {
+                        cancel_waiters(c, id, &now_iso, now)?;
+                    }
+                    Ok(true)
+                }
+            }
+        })
+    }
+
+    fn get(&mut self, id: &str) -> Result<Option<Task>> {
+        self.run(|c, _| {
+            c.prepare_cached(&format!("SELECT {COLS} FROM tm_queue_tasks WHERE id = ?1"))?
+                .query_row([id], row_task)
+                .optional()
+        })
+    }
+
+    fn children(&mut self, id: &str) -> Result<Vec<Task>> {
+        self.run(|c, _| {
+            Self::select_tasks(
+                c,
+                &format!("SELECT {COLS} FROM tm_queue_tasks WHERE parent_id = ?1 ORDER BY seq"),
+                &[&id],
+            )
+        })
+    }
+
+    fn list(&mut self, filter: &ListFilter) -> Result<Vec<Task>> {
+        let limit = filter
+            .limit
+            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.run(|c, _| {
+            Self::select_tasks(
+                c,
+                &format!(
+                    "SELECT {COLS} FROM tm_queue_tasks \
+                     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR type = ?2) \
+                     ORDER BY seq LIMIT ?3"
+                ),
+                &[&filter.status, &filter.task_type, &limit],
+            )
+        })
+    }
+
+    fn summary(&mut self) -> Result<Summary> {
+        self.run(|c, ctx| {
+            let mut stmt = c.prepare_cached(
+                "SELECT type, status, count(*), min(seq), max(updated_us) FROM tm_queue_tasks \
+                 GROUP BY type, status",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?;
+            let mut total = 0u64;
+            let mut statuses: HashMap<String, (u64, i64)> = HashMap::new();
+            let mut types: HashMap<String, (u64, i64)> = HashMap::new();
+            let mut updated: Option<i64> = None;
+            for row in rows {
+                let (ty, status, n, first, up) = row?;
+                let n = n as u64;
+                total += n;
+                let s = statuses.entry(status).or_insert((0, i64::MAX));
+                s.0 += n;
+                s.1 = s.1.min(first);
+                let t = types.entry(ty).or_insert((0, i64::MAX));
+                t.0 += n;
+                t.1 = t.1.min(first);
+                updated = Some(updated.map_or(up, |u| u.max(up)));
+            }
+            let rank = |s: &str| Status::parse(s).map_or(Status::ALL.len(), |k| k as usize);
+            let mut status_counts: Vec<(String, (u64, i64))> = statuses.into_iter().collect();
+            status_counts.sort_by_key(|(s, (_, first))| (rank(s), *first));
+            let mut type_counts: Vec<(String, (u64, i64))> = types.into_iter().collect();
+            type_counts.sort_by_key(|(_, (_, first))| *first);
+            let metadata = Self::metadata(c, ctx, updated)?;
+            Ok(Summary {
+                total,
+                status_counts: status_counts
+                    .into_iter()
+                    .map(|(s, (n, _))| (s, n))
+                    .collect(),
+                type_counts: type_counts.into_iter().map(|(t, (n, _))| (t, n)).collect(),
+                metadata: jsontext::object_text(&metadata),
+            })
+        })
+    }
+
+    fn update_metadata(&mut self, members: &[u8]) -> Result<()> {
+        let update = metadata_members(members)?;
+        self.tx(|c, ctx| {
+            let now = ctx.now();
+            let mut meta = Self::metadata(c, ctx, None)?;
+            for (k, v) in update {
+                jsontext::set_member(&mut meta, &k, v);
+            }
+            jsontext::set_member(&mut meta, "last_updated", jsontext::str_text(&ctx.iso(now)));
+            let text = String::from_utf8(jsontext::object_text(&meta)).unwrap_or_default();
+            c.prepare_cached(
+                "INSERT OR REPLACE INTO tm_queue_meta (key, value) VALUES ('metadata', ?1), \
+                 ('updated_us', ?2)",
+            )?
+            .execute(params![text, now.to_string()])?;
+            Ok(())
+        })
+    }
+
+    fn version(&mut self) -> Result<u64> {
+        self.run(|c, _| {
+            c.prepare_cached("PRAGMA data_version")?
+                .query_row([], |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+        })
+    }
+
+    fn next_expiry(&mut self) -> Result<Option<i64>> {
+        self.run(|c, ctx| {
+            let min: Option<i64> = c
+                .prepare_cached(
+                    "SELECT min(lease_us) FROM tm_queue_tasks WHERE status = 'in_progress'",
+                )?
+                .query_row([], |r| r.get(0))?;
+            Ok(min.map(|m| m.saturating_add(ctx.lease_us)))
+        })
+    }
+
+    fn snapshot(&mut self) -> Result<Snapshot> {
+        self.tx(|c, ctx| {
+            let tasks = Self::select_tasks(
+                c,
+                &format!("SELECT {COLS} FROM tm_queue_tasks ORDER BY seq"),
+                &[],
+            )?;
+            let top: String = c
+                .query_row(
+                    "SELECT value FROM tm_queue_meta WHERE key = 'top'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or_else(|| "{}".into());
+            let updated: Option<i64> =
+                c.query_row("SELECT max(updated_us) FROM tm_queue_tasks", [], |r| {
+                    r.get(0)
+                })?;
+            Ok(Snapshot {
+                top: jsontext::object_members(top.as_bytes()).unwrap_or_default(),
+                metadata: Self::metadata(c, ctx, updated)?,
+                tasks,
+            })
+        })
+    }
+
+    fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.tx(|c, ctx| {
+            let n: i64 = c.query_row("SELECT count(*) FROM tm_queue_tasks", [], |r| r.get(0))?;
+            if n > 0 {
+                return Err(QueueError::Invalid(format!(
+                    "the destination already holds {n} tasks"
+                ))
+                .into());
+            }
+            let now = ctx.now();
+            let status_of: HashMap<&str, &str> = snapshot
+                .tasks
+                .iter()
+                .map(|t| (t.id.as_str(), t.status.as_str()))
+                .collect();
+            if status_of.len() != snapshot.tasks.len() {
+                return Err(QueueError::Invalid("the source repeats a task id".into()).into());
+            }
+            let with_waiters: HashSet<&str> = snapshot
+                .tasks
+                .iter()
+                .filter(|t| t.wait_for_parent && t.status == "pending")
+                .filter_map(|t| t.parent_id.as_deref())
+                .collect();
+            let mut stmt = c.prepare(
+                "INSERT INTO tm_queue_tasks (id, type, status, parent_id, locked_by, locked_at, \
+                 lease_us, created_at, completed_at, data, priority, attempt, max_attempts, \
+                 wait_for_parent, blocked, waiters, updated_us, extra) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17, ?18)",
+            )?;
+            for t in &snapshot.tasks {
+                let lease = (t.status == "in_progress").then(|| {
+                    t.locked_at
+                        .as_deref()
+                        .and_then(|s| ctx.parse_iso(s))
+                        .unwrap_or(0)
+                });
+                let blocked = t.wait_for_parent
+                    && t.status == "pending"
+                    && t.parent_id
+                        .as_deref()
+                        .and_then(|p| status_of.get(p))
+                        .is_some_and(|s| *s != "completed");
+                let updated = [&t.completed_at, &t.locked_at, &t.created_at]
+                    .into_iter()
+                    .filter_map(|s| s.as_deref().and_then(|s| ctx.parse_iso(s)))
+                    .max()
+                    .unwrap_or(now);
+                let extra = (!t.extra.is_empty()).then(|| {
+                    String::from_utf8(jsontext::object_text(&t.extra)).unwrap_or_default()
+                });
+                let data = String::from_utf8_lossy(&t.data);
+                stmt.execute(params![
+                    t.id,
+                    t.task_type,
+                    t.status,
+                    t.parent_id,
+                    t.locked_by,
+                    t.locked_at,
+                    lease,
+                    t.created_at,
+                    t.completed_at,
+                    data,
+                    t.priority,
+                    t.attempt,
+                    t.max_attempts,
+                    t.wait_for_parent,
+                    blocked,
+                    with_waiters.contains(t.id.as_str()),
+                    updated,
+                    extra
+                ])?;
+            }
+            let top = String::from_utf8(jsontext::object_text(&snapshot.top)).unwrap_or_default();
+            let mut metadata = snapshot.metadata.clone();
+            let last = metadata
+                .iter()
+                .find(|(k, _)| k == "last_updated")
+                .and_then(|(_, v)| jsontext::decode_string(v))
+                .and_then(|s| ctx.parse_iso(&s))
+                .unwrap_or(now);
+            jsontext::set_member(
+                &mut metadata,
+                "last_updated",
+                jsontext::str_text(&ctx.iso(last)),
+            );
+            let meta = String::from_utf8(jsontext::object_text(&metadata)).unwrap_or_default();
+            c.execute(
+                "INSERT OR REPLACE INTO tm_queue_meta (key, value) VALUES ('top', ?1), \
+                 ('metadata', ?2), ('updated_us', ?3)",
+                params![top, meta, last.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+}

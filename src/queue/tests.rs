@@ -1,0 +1,850 @@
+//! The queue's behaviour, checked on both backends with a hand-driven clock.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::*;
+
+/// A fresh directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "tm-queue-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+const T0: i64 = 1_750_000_000_000_000;
+
+fn opts(clock: &Clock) -> Options {
+    Options {
+        lock_timeout: Duration::from_secs(5),
+        lease: Duration::from_secs(3600),
+        clock: clock.clone(),
+    }
+}
+
+/// Runs `f` against a JSON and an SQLite store in `dir`.
+fn both(f: impl Fn(&mut dyn Backend, &Clock, &Path)) {
+    for name in ["state.json", "state.db"] {
+        let dir = TempDir::new();
+        let clock = Clock::manual(T0);
+        let path = dir.join(name);
+        let mut b = open(path.to_str().unwrap(), opts(&clock)).unwrap();
+        f(b.as_mut(), &clock, &path);
+    }
+}
+
+fn task(ty: &str, data: &str) -> NewTask {
+    NewTask::new(ty, data.as_bytes().to_vec())
+}
+
+fn create1(b: &mut dyn Backend, t: NewTask) -> String {
+    b.create(&[t]).unwrap().remove(0)
+}
+
+fn agent<'a>(agent: &'a str) -> Holder<'a> {
+    Holder::Agent {
+        agent,
+        attempt: None,
+    }
+}
+
+#[test]
+fn ids_have_the_seed_form_and_tasks_start_pending() {
+    both(|b, _, _| {
+        let id = create1(b, task("analyze", r#"{"file": "data.csv"}"#));
+        let (ty, hex) = id.rsplit_once('_').unwrap();
+        assert_eq!(ty, "analyze");
+        assert_eq!(hex.len(), 8);
+        assert!(hex
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        let t = b.get(&id).unwrap().unwrap();
+        assert_eq!(t.status, "pending");
+        assert_eq!(t.data, br#"{"file":"data.csv"}"#);
+        assert_eq!(t.created_at.as_deref().map(str::len), Some(19));
+        assert_eq!(t.locked_by, None);
+        assert_eq!(t.attempt, 0);
+        assert!(b.get("nope_00000000").unwrap().is_none());
+    });
+}
+
+#[test]
+fn claims_take_the_oldest_matching_task_once() {
+    both(|b, _, _| {
+        let a1 = create1(b, task("a", "{}"));
+        let b1 = create1(b, task("b", "{}"));
+        let a2 = create1(b, task("a", "{}"));
+        let t = b.claim("w1", Some(&["b".to_owned()])).unwrap().unwrap();
+        assert_eq!(t.id, b1);
+        assert_eq!((t.status.as_str(), t.attempt), ("in_progress", 1));
+        assert_eq!(t.locked_by.as_deref(), Some("w1"));
+        assert!(b.claim("w1", Some(&["b".to_owned()])).unwrap().is_none());
+        assert_eq!(b.claim("w2", None).unwrap().unwrap().id, a1);
+        let both_types = ["a".to_owned(), "b".to_owned()];
+        assert_eq!(b.claim("w3", Some(&both_types)).unwrap().unwrap().id, a2);
+        assert!(b.claim("w4", None).unwrap().is_none());
+    });
+}
+
+#[test]
+fn priority_orders_claims_then_age() {
+    both(|b, _, _| {
+        let low = create1(b, task("t", "{}"));
+        let mut hi = task("t", "{}");
+        hi.priority = 5;
+        let hi1 = create1(b, hi.clone());
+        let hi2 = create1(b, hi);
+        let other = create1(
+            b,
+            NewTask {
+                priority: 9,
+                ..task("u", "{}")
+            },
+        );
+        let ts = ["t".to_owned()];
+        let order: Vec<String> = (0..3)
+            .map(|_| b.claim("w", Some(&ts)).unwrap().unwrap().id)
+            .collect();
+        assert_eq!(order, [hi1, hi2, low]);
+        assert_eq!(b.claim("w", None).unwrap().unwrap().id, other);
+    });
+}
+
+#[test]
+fn only_the_holder_completes_or_releases() {
+    both(|b, _, _| {
+        let id = create1(b, task("t", r#"{"x": 1}"#));
+        assert!(!b
+            .complete(&id, "w1", None, Status::Completed, None)
+            .unwrap());
+        b.claim("w1", None).unwrap().unwrap();
+        assert!(!b
+            .complete(&id, "w2", None, Status::Completed, None)
+            .unwrap());
+        assert!(!b.release(&id, agent("w2")).unwrap());
+        assert!(!b
+            .complete(&id, "w1", Some(7), Status::Completed, None)
+            .unwrap());
+        assert!(b
+            .complete(
+                &id,
+                "w1",
+                Some(1),
+                Status::Completed,
+                Some(br#"{"out": [1, 2]}"#)
+            )
+            .unwrap());
+        assert!(!b
+            .complete(&id, "w1", None, Status::Completed, None)
+            .unwrap());
+        let t = b.get(&id).unwrap().unwrap();
+        assert_eq!(t.status, "completed");
+        assert_eq!(t.data, br#"{"x":1,"result":{"out":[1,2]}}"#);
+        assert!(t.completed_at.is_some());
+        assert_eq!(
+            t.locked_by.as_deref(),
+            Some("w1"),
+            "the last holder is kept"
+        );
+        assert!(matches!(
+            b.complete(&id, "w1", None, Status::Pending, None),
+            Err(QueueError::Invalid(_))
+        ));
+    });
+}
+
+#[test]
+fn release_returns_the_task_to_pending() {
+    both(|b, _, _| {
+        let id = create1(b, task("t", "{}"));
+        b.claim("w1", None).unwrap().unwrap();
+        assert!(b.release(&id, agent("w1")).unwrap());
+        let t = b.get(&id).unwrap().unwrap();
+        assert_eq!(
+            (t.status.as_str(), t.locked_by, t.locked_at),
+            ("pending", None, None)
+        );
+        let again = b.claim("w2", None).unwrap().unwrap();
+        assert_eq!((again.id.as_str(), again.attempt), (id.as_str(), 2));
+        assert!(b.release(&id, Holder::Anyone).unwrap());
+        assert!(!b.release(&id, Holder::Anyone).unwrap());
+    });
+}
+
+#[test]
+fn expired_leases_come_back_and_stale_holders_are_fenced() {
+    both(|b, clock, _| {
+        let id = create1(b, task("t", "{}"));
+        let first = b.claim("w", None).unwrap().unwrap();
+        clock.set_micros(T0 + HOUR_US - 1);
+        assert!(b.claim("x", None).unwrap().is_none(), "lease still valid");
+        clock.set_micros(T0 + HOUR_US);
+        // The same agent id claims again (a restarted worker): only the new attempt may finish.
+        let second = b.claim("w", None).unwrap().unwrap();
+        assert_eq!(
+            (second.id.as_str(), first.attempt, second.attempt),
+            (id.as_str(), 1, 2)
+        );
+        assert!(!b
+            .complete(&id, "w", Some(1), Status::Completed, None)
+            .unwrap());
+        assert!(!b.extend_lease(&id, "w", Some(1)).unwrap());
+        assert!(b
+            .complete(&id, "w", Some(2), Status::Completed, None)
+            .unwrap());
+    });
+}
+
+#[test]
+fn an_expired_lease_is_swept_even_when_another_task_is_claimed() {
+    both(|b, clock, _| {
+        let a = create1(b, task("a", "{}"));
+        let c = create1(b, task("c", "{}"));
+        b.claim("w", Some(&["a".to_owned()])).unwrap().unwrap();
+        clock.set_micros(T0 + 2 * HOUR_US);
+        assert_eq!(
+            b.claim("w", Some(&["c".to_owned()])).unwrap().unwrap().id,
+            c
+        );
+        let t = b.get(&a).unwrap().unwrap();
+        assert_eq!((t.status.as_str(), t.locked_by), ("pending", None));
+        assert!(!b.complete(&a, "w", None, Status::Completed, None).unwrap());
+    });
+}
+
+#[test]
+fn extend_lease_keeps_a_task() {
+    both(|b, clock, _| {
+        let id = create1(b, task("t", "{}"));
+        b.claim("w", None).unwrap().unwrap();
+        clock.set_micros(T0 + HOUR_US / 2);
+        assert!(b.extend_lease(&id, "w", Some(1)).unwrap());
+        assert!(!b.extend_lease(&id, "other", None).unwrap());
+        clock.set_micros(T0 + HOUR_US + 1);
+        assert!(b.claim("x", None).unwrap().is_none());
+        assert_eq!(b.next_expiry().unwrap(), Some(T0 + HOUR_US / 2 + HOUR_US));
+        clock.set_micros(T0 + HOUR_US / 2 + HOUR_US);
+        assert_eq!(b.claim("x", None).unwrap().unwrap().attempt, 2);
+    });
+}
+
+#[test]
+fn max_attempts_fails_an_abandoned_task() {
+    both(|b, clock, _| {
+        let id = create1(
+            b,
+            NewTask {
+                max_attempts: Some(2),
+                ..task("t", "{}")
+            },
+        );
+        b.claim("w", None).unwrap().unwrap();
+        clock.set_micros(T0 + HOUR_US);
+        assert_eq!(b.claim("w", None).unwrap().unwrap().attempt, 2);
+        clock.set_micros(T0 + 2 * HOUR_US);
+        assert!(b.claim("w", None).unwrap().is_none());
+        let t = b.get(&id).unwrap().unwrap();
+        assert_eq!(t.status, "failed");
+        assert!(t.completed_at.is_some());
+        assert_eq!(t.max_attempts, Some(2));
+        // An explicit release counts too.
+        let r = create1(
+            b,
+            NewTask {
+                max_attempts: Some(1),
+                ..task("t", "{}")
+            },
+        );
+        b.claim("w", None).unwrap().unwrap();
+        assert!(b.release(&r, agent("w")).unwrap());
+        assert_eq!(b.get(&r).unwrap().unwrap().status, "failed");
+    });
+}
+
+#[test]
+fn children_wait_for_their_parent() {
+    both(|b, _, _| {
+        let p = create1(b, task("p", "{}"));
+        let waiting = NewTask {
+            parent_id: Some(p.clone()),
+            wait_for_parent: true,
+            ..task("c", "{}")
+        };
+        let c1 = create1(b, waiting.clone());
+        let free = create1(
+            b,
+            NewTask {
+                parent_id: Some(p.clone()),
+                ..task("c", "{}")
+            },
+        );
+        let ts = ["c".to_owned()];
+        assert_eq!(b.claim("w", Some(&ts)).unwrap().unwrap().id, free);
+        assert!(b.claim("w", Some(&ts)).unwrap().is_none(), "c1 waits");
+        assert_eq!(b.claim("w", None).unwrap().unwrap().id, p);
+        assert!(b.claim("w", Some(&ts)).unwrap().is_none());
+        assert!(b.complete(&p, "w", None, Status::Completed, None).unwrap());
+        assert_eq!(b.claim("w", Some(&ts)).unwrap().unwrap().id, c1);
+        // Created after the parent completed: claimable at once.
+        let c2 = create1(b, waiting);
+        assert_eq!(b.claim("w", Some(&ts)).unwrap().unwrap().id, c2);
+        let kids: Vec<String> = b.children(&p).unwrap().into_iter().map(|t| t.id).collect();
+        assert_eq!(kids, [c1, free, c2]);
+        assert!(matches!(
+            b.create(&[NewTask {
+                parent_id: Some("ghost_00000000".into()),
+                wait_for_parent: true,
+                ..task("c", "{}")
+            }]),
+            Err(QueueError::Invalid(_))
+        ));
+    });
+}
+
+#[test]
+fn a_failed_parent_cancels_the_tasks_waiting_below_it() {
+    both(|b, _, _| {
+        let p = create1(b, task("p", "{}"));
+        let wait = |parent: &str| NewTask {
+            parent_id: Some(parent.to_owned()),
+            wait_for_parent: true,
+            ..task("c", "{}")
+        };
+        let c = create1(b, wait(&p));
+        let g = create1(b, wait(&c));
+        let loose = create1(
+            b,
+            NewTask {
+                parent_id: Some(p.clone()),
+                ..task("c", "{}")
+            },
+        );
+        b.claim("w", Some(&["p".to_owned()])).unwrap().unwrap();
+        assert!(b.complete(&p, "w", None, Status::Failed, None).unwrap());
+        for id in [&c, &g] {
+            assert_eq!(b.get(id).unwrap().unwrap().status, "cancelled");
+        }
+        assert_eq!(b.get(&loose).unwrap().unwrap().status, "pending");
+        // Creating a waiter under a failed parent cancels it at once.
+        let late = create1(b, wait(&p));
+        assert_eq!(b.get(&late).unwrap().unwrap().status, "cancelled");
+    });
+}
+
+#[test]
+fn cancel_applies_to_pending_tasks_only() {
+    both(|b, _, _| {
+        let a = create1(b, task("t", "{}"));
+        let w = create1(
+            b,
+            NewTask {
+                parent_id: Some(a.clone()),
+                wait_for_parent: true,
+                ..task("t", "{}")
+            },
+        );
+        let c = create1(b, task("t", "{}"));
+        assert!(b.cancel(&a).unwrap());
+        assert_eq!(b.get(&w).unwrap().unwrap().status, "cancelled");
+        assert!(!b.cancel(&a).unwrap());
+        assert_eq!(b.claim("w", None).unwrap().unwrap().id, c);
+        assert!(!b.cancel(&c).unwrap());
+        assert!(!b.cancel("missing_00000000").unwrap());
+    });
+}
+
+#[test]
+fn summary_counts_and_metadata() {
+    both(|b, clock, _| {
+        for ty in ["x", "y", "x"] {
+            create1(b, task(ty, "{}"));
+        }
+        b.claim("w", None).unwrap().unwrap();
+        clock.set_micros(T0 + 5_000_000);
+        b.update_metadata(br#"{"version": "2.0", "n": [1]}"#)
+            .unwrap();
+        b.update_metadata(br#"{"version": "2.1"}"#).unwrap();
+        let s = b.summary().unwrap();
+        assert_eq!(s.total, 3);
+        assert_eq!(
+            s.status_counts,
+            [("pending".to_owned(), 2), ("in_progress".to_owned(), 1)]
+        );
+        assert_eq!(s.type_counts, [("x".to_owned(), 2), ("y".to_owned(), 1)]);
+        let meta = jsontext::object_members(&s.metadata).unwrap();
+        let keys: Vec<&str> = meta.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["initialized_at", "last_updated", "version", "n"]);
+        assert_eq!(meta[2].1, br#""2.1""#);
+        let ctx = Ctx::new(&opts(clock));
+        let last = jsontext::decode_string(&meta[1].1).unwrap();
+        assert_eq!(ctx.parse_iso(&last), Some(T0 + 5_000_000));
+        assert!(matches!(
+            b.update_metadata(b"[1]"),
+            Err(QueueError::Invalid(_))
+        ));
+    });
+}
+
+#[test]
+fn list_filters_and_limits() {
+    both(|b, _, _| {
+        let ids: Vec<String> = (0..5)
+            .map(|i| create1(b, task(if i % 2 == 0 { "e" } else { "o" }, "{}")))
+            .collect();
+        b.claim("w", None).unwrap().unwrap();
+        let all = b.list(&ListFilter::default()).unwrap();
+        assert_eq!(
+            all.iter().map(|t| &t.id).collect::<Vec<_>>(),
+            ids.iter().collect::<Vec<_>>()
+        );
+        let evens = b
+            .list(&ListFilter {
+                task_type: Some("e".into()),
+                status: Some("pending".into()),
+                limit: Some(1),
+            })
+            .unwrap();
+        assert_eq!(evens.len(), 1);
+        assert_eq!(evens[0].id, ids[2]);
+    });
+}
+
+#[test]
+fn invalid_new_tasks_are_refused_and_nothing_is_created() {
+    both(|b, _, _| {
+        for bad in [task("", "{}"), task("t", "[1]"), task("t", "{oops")] {
+            assert!(matches!(
+                b.create(&[task("t", "{}"), bad]),
+                Err(QueueError::Invalid(_))
+            ));
+        }
+        assert_eq!(b.summary().unwrap().total, 0);
+    });
+}
+
+#[test]
+fn version_changes_when_another_handle_writes() {
+    both(|b, clock, path| {
+        let v0 = b.version().unwrap();
+        let mut other = open(path.to_str().unwrap(), opts(clock)).unwrap();
+        other.create(&[task("t", "{}")]).unwrap();
+        assert_ne!(b.version().unwrap(), v0);
+        assert_eq!(b.claim("w", None).unwrap().unwrap().task_type, "t");
+    });
+}
+
+#[test]
+fn migration_round_trips_json_sqlite_json() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let src = dir.join("a.json");
+    {
+        let mut b = open(src.to_str().unwrap(), opts(&clock)).unwrap();
+        let p = create1(b.as_mut(), task("p", r#"{"k": "v", "n": 1.50}"#));
+        create1(
+            b.as_mut(),
+            NewTask {
+                parent_id: Some(p.clone()),
+                wait_for_parent: true,
+                priority: 3,
+                max_attempts: Some(4),
+                ..task("c", "{}")
+            },
+        );
+        b.claim("w", Some(&["p".to_owned()])).unwrap().unwrap();
+        b.update_metadata(br#"{"owner": "me"}"#).unwrap();
+    }
+    let db = dir.join("b.db");
+    let back = dir.join("c.json");
+    let s = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    assert_eq!(migrate(&s(&src), &s(&db), opts(&clock)).unwrap(), 2);
+    assert_eq!(migrate(&s(&db), &s(&back), opts(&clock)).unwrap(), 2);
+    let a = open(&s(&src), opts(&clock)).unwrap().snapshot().unwrap();
+    let c = open(&s(&back), opts(&clock)).unwrap().snapshot().unwrap();
+    assert_eq!(a, c);
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&back).unwrap());
+    // The migrated database behaves: the child waits for the in-progress parent.
+    let mut d = open(&s(&db), opts(&clock)).unwrap();
+    assert!(d.claim("x", Some(&["c".to_owned()])).unwrap().is_none());
+    let parent = &a.tasks[0];
+    assert!(d
+        .complete(&parent.id, "w", Some(1), Status::Completed, None)
+        .unwrap());
+    assert_eq!(d.claim("x", None).unwrap().unwrap().priority, 3);
+    // A destination with tasks is refused.
+    assert!(matches!(
+        migrate(&s(&src), &s(&db), opts(&clock)),
+        Err(QueueError::Invalid(_))
+    ));
+}
+
+// ---- JSON state file specifics ----
+
+/// A state file as the seed writes it: `json.dump(state, f, indent=2)` from CPython.
+const SEED_FILE: &str = r#"{
+  "workflow_type": "generic",
+  "metadata": {
+    "initialized_at": "2024-01-01T10:00:00",
+    "last_updated": "2024-01-01T12:00:00.250000",
+    "custom_field": "custom_value"
+  },
+  "tasks": {
+    "analyze_1a2b3c4d": {
+      "type": "analyze",
+      "status": "pending",
+      "parent_id": null,
+      "locked_by": null,
+      "locked_at": null,
+      "created_at": "2024-01-01T10:00:00",
+      "completed_at": null,
+      "data": {
+        "file": "data.csv",
+        "params": {
+          "threshold": 0.8,
+          "tags": [],
+          "nested": {}
+        },
+        "caf\u00e9": "\u20ac"
+      }
+    },
+    "validate_00ff00ff": {
+      "type": "validate",
+      "status": "in_progress",
+      "parent_id": "analyze_1a2b3c4d",
+      "locked_by": "worker-001",
+      "locked_at": "2024-01-01T11:00:00.123456",
+      "created_at": "2024-01-01T10:00:01",
+      "completed_at": null,
+      "data": {
+        "validation_type": "schema"
+      },
+      "note": "kept"
+    }
+  }
+}"#;
+
+#[test]
+fn a_seed_file_renders_back_byte_for_byte() {
+    assert_eq!(
+        String::from_utf8(json::render_doc_for_test(SEED_FILE.as_bytes())).unwrap(),
+        SEED_FILE
+    );
+    let snap = json::parse_for_test(SEED_FILE.as_bytes()).unwrap();
+    assert_eq!(snap.tasks.len(), 2);
+    assert_eq!(
+        snap.tasks[1].extra,
+        [("note".to_owned(), br#""kept""#.to_vec())]
+    );
+    assert_eq!(
+        snap.tasks[0].data,
+        br#"{"file":"data.csv","params":{"threshold":0.8,"tags":[],"nested":{}},"caf\u00e9":"\u20ac"}"#
+    );
+    // Rendering from scratch (every entry re-rendered) gives the same text.
+    assert_eq!(String::from_utf8(export_json(&snap)).unwrap(), SEED_FILE);
+}
+
+#[test]
+fn changes_to_a_seed_file_touch_only_the_changed_entry() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let path = dir.join("s.json");
+    std::fs::write(&path, SEED_FILE).unwrap();
+    let mut b = JsonBackend::open(&path, opts(&clock)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        SEED_FILE,
+        "open does not rewrite"
+    );
+    let t = b
+        .claim("w2", Some(&["validate".to_owned()]))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        t.id, "validate_00ff00ff",
+        "its lease from 2024 has long expired"
+    );
+    assert_eq!(t.attempt, 1);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let ctx = Ctx::new(&opts(&clock));
+    let expected = SEED_FILE
+        .replace(
+            "\"last_updated\": \"2024-01-01T12:00:00.250000\"",
+            &format!("\"last_updated\": \"{}\"", ctx.iso(T0)),
+        )
+        .replace("\"worker-001\"", "\"w2\"")
+        .replace(
+            "\"2024-01-01T11:00:00.123456\"",
+            &format!("\"{}\"", ctx.iso(T0)),
+        )
+        .replace(
+            "\"data\": {\n        \"validation_type\": \"schema\"\n      },",
+            "\"data\": {\n        \"validation_type\": \"schema\"\n      },\n      \"attempt\": 1,",
+        );
+    assert_eq!(text, expected);
+    assert!(!dir.join("s.json.tmp").exists());
+}
+
+#[test]
+fn a_corrupt_state_file_is_reported_and_left_alone() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let path = dir.join("bad.json");
+    let cases: [&[u8]; 5] = [
+        b"{\"tasks\": {\"a_1\": {\"type\": \"a\", \"status\": \"pending\",}}}",
+        b"",
+        b"[1, 2]",
+        b"{\"tasks\": {\"a_1\": {\"type\": 3, \"status\": \"pending\"}}}",
+        b"{\"tasks\": []}",
+    ];
+    for bytes in cases {
+        std::fs::write(&path, bytes).unwrap();
+        let err = match JsonBackend::open(&path, opts(&clock)) {
+            Err(e) => e,
+            Ok(_) => panic!("{:?} accepted", String::from_utf8_lossy(bytes)),
+        };
+        let QueueError::Corrupt { message, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(!message.is_empty());
+        assert!(err.to_string().contains("left untouched"));
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+    // Corruption after opening is reported by the next operation, still without writing.
+    std::fs::write(&path, SEED_FILE).unwrap();
+    let mut b = JsonBackend::open(&path, opts(&clock)).unwrap();
+    std::fs::write(&path, b"{\"tasks\": {").unwrap();
+    let e = b.create(&[task("t", "{}")]).unwrap_err();
+    assert!(e.to_string().contains("line 1 column 12"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"tasks\": {");
+}
+
+#[test]
+fn a_held_lock_times_out() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let path = dir.join("l.json");
+    let mut o = opts(&clock);
+    o.lock_timeout = Duration::from_millis(30);
+    let mut b = JsonBackend::open(&path, o).unwrap();
+    let holder = std::fs::File::create(b.lock_path()).unwrap();
+    holder.lock().unwrap();
+    let e = b.create(&[task("t", "{}")]).unwrap_err();
+    assert!(matches!(e, QueueError::LockTimeout { .. }), "{e:?}");
+    assert!(e.to_string().contains("l.json.lock"));
+    // Reads need no lock.
+    assert_eq!(b.summary().unwrap().total, 0);
+    holder.unlock().unwrap();
+    assert_eq!(b.create(&[task("t", "{}")]).unwrap().len(), 1);
+}
+
+#[test]
+fn a_missing_state_file_is_created_with_the_seed_structure() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let path = dir.join("states").join("wf.json");
+    JsonBackend::open(&path, opts(&clock)).unwrap();
+    let ctx = Ctx::new(&opts(&clock));
+    let ts = ctx.iso(T0);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        format!(
+            "{{\n  \"workflow_type\": \"generic\",\n  \"metadata\": {{\n    \"initialized_at\": \
+             \"{ts}\",\n    \"last_updated\": \"{ts}\"\n  }},\n  \"tasks\": {{}}\n}}"
+        )
+    );
+}
+
+#[test]
+fn iso_timestamps_match_python_isoformat() {
+    let ctx = Ctx {
+        clock: Clock::manual(0),
+        tz: jiff::tz::TimeZone::UTC,
+        lease_us: 0,
+        lock_timeout: Duration::ZERO,
+    };
+    assert_eq!(ctx.iso(1_704_103_200_000_000), "2024-01-01T10:00:00");
+    assert_eq!(ctx.iso(1_704_103_200_000_042), "2024-01-01T10:00:00.000042");
+    assert_eq!(
+        ctx.parse_iso("2024-01-01T10:00:00.000042"),
+        Some(1_704_103_200_000_042)
+    );
+    assert_eq!(
+        ctx.parse_iso("2024-01-01T11:00:00+01:00"),
+        Some(1_704_103_200_000_000)
+    );
+    assert_eq!(ctx.parse_iso("yesterday"), None);
+}
+
+#[test]
+fn targets_pick_the_backend() {
+    assert_eq!(
+        Target::parse("a/b.json").unwrap(),
+        Target::Json("a/b.json".into())
+    );
+    assert_eq!(
+        Target::parse("a/B.JSON").unwrap(),
+        Target::Json("a/B.JSON".into())
+    );
+    assert_eq!(
+        Target::parse("a/b.db").unwrap(),
+        Target::Sqlite("a/b.db".into())
+    );
+    assert_eq!(
+        Target::parse("sqlite:///rel.db").unwrap(),
+        Target::Sqlite("rel.db".into())
+    );
+    assert_eq!(
+        Target::parse("sqlite:////abs/x.db").unwrap(),
+        Target::Sqlite("/abs/x.db".into())
+    );
+    assert!(Target::parse("sqlite://").is_err());
+    assert!(Target::parse("").is_err());
+}
+
+// ---- SQLite specifics ----
+
+#[test]
+fn claims_use_the_partial_indexes() {
+    let dir = TempDir::new();
+    let path = dir.join("q.db");
+    SqliteBackend::open(&path, Options::default()).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let plan = |sql: &str, n: usize| -> String {
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let args: Vec<String> = (0..3 + n).map(|i| format!("v{i}")).collect();
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                r.get::<_, String>(3)
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join(" | ")
+    };
+    for n in [0, 1, 3, 20] {
+        let p = plan(&sqlite::claim_sql_for_test(n), n);
+        eprintln!("{n}: {p}");
+        for step in p.split(" | ").filter(|s| s.contains("tm_queue_tasks")) {
+            assert!(
+                step.contains("INDEX tm_queue_ready") || step.contains("PRIMARY KEY"),
+                "{n}: {p}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sqlite_lock_timeout_is_a_lock_timeout() {
+    let dir = TempDir::new();
+    let path = dir.join("busy.db");
+    let mut o = Options::default();
+    o.lock_timeout = Duration::from_millis(30);
+    let mut b = SqliteBackend::open(&path, o).unwrap();
+    let holder = rusqlite::Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let e = b.create(&[task("t", "{}")]).unwrap_err();
+    assert!(matches!(e, QueueError::LockTimeout { .. }), "{e:?}");
+    holder.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(b.create(&[task("t", "{}")]).unwrap().len(), 1);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_an_error() {
+    let dir = TempDir::new();
+    let path = dir.join("text.db");
+    std::fs::write(
+        &path,
+        "hello, I am not a database, just a line of text...........",
+    )
+    .unwrap();
+    let e = match SqliteBackend::open(&path, Options::default()) {
+        Err(e) => e,
+        Ok(_) => panic!("opened"),
+    };
+    assert!(matches!(e, QueueError::Sqlite { .. }), "{e:?}");
+}
+
+#[test]
+#[ignore = "timing probe, run by hand with --release"]
+fn probe_sqlite_throughput() {
+    let dir = TempDir::new();
+    let path = dir.join("p.db");
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let n = 4000;
+    let tasks: Vec<NewTask> = (0..n)
+        .map(|i| task("job", &format!("{{\"n\":{i}}}")))
+        .collect();
+    b.create(&tasks).unwrap();
+    let t0 = std::time::Instant::now();
+    for _ in 0..n {
+        let t = b.claim("w", None).unwrap().unwrap();
+        assert!(b
+            .complete(&t.id, "w", None, Status::Completed, None)
+            .unwrap());
+    }
+    eprintln!(
+        "sqlite core: {:.0}/s",
+        n as f64 / t0.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+#[ignore = "timing probe, run by hand with --release"]
+fn probe_json_costs() {
+    let dir = TempDir::new();
+    let path = dir.join("p.json");
+    let mut b = JsonBackend::open(&path, Options::default()).unwrap();
+    let n = 20_000;
+    let tasks: Vec<NewTask> = (0..n)
+        .map(|i| task("job", &format!("{{\"n\":{i}}}")))
+        .collect();
+    b.create(&tasks).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    eprintln!("file: {} bytes", bytes.len());
+    let t0 = std::time::Instant::now();
+    for _ in 0..10 {
+        json::parse_for_test(&bytes).unwrap();
+    }
+    eprintln!("parse+snapshot: {:?}", t0.elapsed() / 10);
+    let t0 = std::time::Instant::now();
+    for _ in 0..10 {
+        json::render_doc_for_test(&bytes);
+    }
+    eprintln!("parse+render: {:?}", t0.elapsed() / 10);
+    let t0 = std::time::Instant::now();
+    for _ in 0..20 {
+        let t = b.claim("w", None).unwrap().unwrap();
+        b.complete(&t.id, "w", None, Status::Completed, None)
+            .unwrap();
+    }
+    eprintln!("cached claim+complete: {:?}", t0.elapsed() / 20);
+    let mut other = JsonBackend::open(&path, Options::default()).unwrap();
+    let t0 = std::time::Instant::now();
+    for i in 0..20 {
+        let b: &mut JsonBackend = if i % 2 == 0 { &mut b } else { &mut other };
+        let t = b.claim("w", None).unwrap().unwrap();
+        b.complete(&t.id, "w", None, Status::Completed, None)
+            .unwrap();
+    }
+    eprintln!("alternating claim+complete: {:?}", t0.elapsed() / 20);
+}

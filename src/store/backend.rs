@@ -1,0 +1,325 @@
+//! The boundary between [`Store`](super::Store) and a database engine. `Store` talks only to
+//! [`Backend`]; SQLite is the one implementation today, and PostgreSQL is added by implementing
+//! the trait and one arm in [`open`], without touching the store's callers.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::error::StoreError;
+use super::model::{
+    AttemptRow, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary, TaskRef, Write,
+};
+use super::read::Readers;
+use super::url::{DbUrl, SqliteTarget};
+use super::writer::Writer;
+
+/// A database engine behind the store: queued writes with group commit, and blocking reads.
+pub(crate) trait Backend: Send + Sync {
+    /// Where the data lives, for messages.
+    fn location(&self) -> &str;
+    /// Queues a write without blocking.
+    fn submit(&self, w: Write) -> Result<(), StoreError>;
+    /// Waits until every queued write is committed; the first error since the last flush.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Flushes, then releases every thread and connection. Idempotent.
+    fn close(&self) -> Result<(), StoreError>;
+    /// The latest write error.
+    fn last_error(&self) -> Option<StoreError>;
+    /// See [`Store::list_runs`](super::Store::list_runs).
+    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
+    /// See [`Store::get_run`](super::Store::get_run).
+    fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError>;
+    /// See [`Store::attempts`](super::Store::attempts).
+    fn attempts(&self, run_id: &str, task: TaskRef<'_>) -> Result<Vec<AttemptRow>, StoreError>;
+    /// See [`Store::logs`](super::Store::logs).
+    fn logs(&self, run_id: &str, task: Option<TaskRef<'_>>) -> Result<Vec<LogRow>, StoreError>;
+    /// See [`Store::results`](super::Store::results).
+    fn results(&self, run_id: &str) -> Result<Vec<(u32, String, Vec<u8>)>, StoreError>;
+    /// See [`Store::result`](super::Store::result).
+    fn result(&self, run_id: &str, node: u32) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+    /// See [`Store::unfinished_runs`](super::Store::unfinished_runs).
+    fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError>;
+    /// See [`Store::graph`](super::Store::graph).
+    fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError>;
+    /// See [`Store::graphs`](super::Store::graphs).
+    fn graphs(&self) -> Result<Vec<GraphRecord>, StoreError>;
+    /// See [`Store::events`](super::Store::events).
+    fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError>;
+}
+
+/// Opens the backend that `url` names.
+pub(crate) fn open(url: &str) -> Result<Box<dyn Backend>, StoreError> {
+    match DbUrl::parse(url)? {
+        DbUrl::Sqlite(target) => Ok(Box::new(Sqlite::open(target)?)),
+        DbUrl::Postgres(url) => Err(StoreError::Unsupported {
+            scheme: "postgresql".into(),
+            url,
+        }),
+    }
+}
+
+/// How to reach one SQLite database.
+pub(crate) struct SqlitePlace {
+    /// The absolute path, or `:memory:`: what messages show.
+    pub(crate) name: String,
+    /// What to open: the file path, or a memory URI.
+    pub(crate) path: PathBuf,
+    /// Whether `path` is a memory URI (opened with `SQLITE_OPEN_URI`).
+    pub(crate) memory: bool,
+}
+
+impl SqlitePlace {
+    fn resolve(target: SqliteTarget) -> Result<SqlitePlace, StoreError> {
+        match target {
+            SqliteTarget::Memory => {
+                // A name per Store: its writer and readers share it, other Stores do not. The memdb
+                // VFS rather than `mode=memory&cache=shared`: shared-cache table locks return
+                // SQLITE_LOCKED, which busy_timeout does not wait for, and a busy reader could
+                // starve the writer; memdb locks like a file (the pending lock lets the writer in).
+                static NEXT: AtomicU64 = AtomicU64::new(0);
+                let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                let uri = format!("file:/tm-memory-{}-{n}?vfs=memdb", std::process::id());
+                Ok(SqlitePlace {
+                    name: ":memory:".into(),
+                    path: PathBuf::from(uri),
+                    memory: true,
+                })
+            }
+            SqliteTarget::File(path) => {
+                let path = std::path::absolute(&path).unwrap_or(path);
+                let name = path.display().to_string();
+                if path.is_dir() {
+                    return Err(StoreError::Open {
+                        path: name,
+                        detail: "it is a directory".into(),
+                        source: None,
+                    });
+                }
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    create_dir(&path, dir)?;
+                }
+                Ok(SqlitePlace {
+                    name,
+                    path,
+                    memory: false,
+                })
+            }
+        }
+    }
+}
+
+fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        // "File exists" would puzzle: say that the existing thing is not a directory.
+        let e = if dir.exists() && !dir.is_dir() {
+            std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a directory")
+        } else {
+            e
+        };
+        StoreError::CreateDir {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            source: Arc::new(e),
+        }
+    })
+}
+
+/// The embedded SQLite backend: one writer thread and a pool of read connections.
+struct Sqlite {
+    place: Arc<SqlitePlace>,
+    writer: Writer,
+    readers: Readers,
+}
+
+impl Sqlite {
+    fn open(target: SqliteTarget) -> Result<Sqlite, StoreError> {
+        let place = Arc::new(SqlitePlace::resolve(target)?);
+        let writer = Writer::start(&place)?;
+        let readers = Readers::new(place.clone());
+        Ok(Sqlite {
+            place,
+            writer,
+            readers,
+        })
+    }
+}
+
+impl Backend for Sqlite {
+    fn location(&self) -> &str {
+        &self.place.name
+    }
+    fn submit(&self, w: Write) -> Result<(), StoreError> {
+        self.writer.submit(w)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.writer.flush()
+    }
+    fn close(&self) -> Result<(), StoreError> {
+        // Readers first, so the writer's connection is the last one and checkpoints the WAL.
+        self.readers.close();
+        self.writer.close()
+    }
+    fn last_error(&self) -> Option<StoreError> {
+        self.writer.last_error()
+    }
+    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        self.readers.list_runs(filter)
+    }
+    fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+        self.readers.get_run(run_id)
+    }
+    fn attempts(&self, run_id: &str, task: TaskRef<'_>) -> Result<Vec<AttemptRow>, StoreError> {
+        self.readers.attempts(run_id, task)
+    }
+    fn logs(&self, run_id: &str, task: Option<TaskRef<'_>>) -> Result<Vec<LogRow>, StoreError> {
+        self.readers.logs(run_id, task)
+    }
+    fn results(&self, run_id: &str) -> Result<Vec<(u32, String, Vec<u8>)>, StoreError> {
+        self.readers.results(run_id)
+    }
+    fn result(&self, run_id: &str, node: u32) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.readers.result(run_id, node)
+    }
+    fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        self.readers.unfinished_runs()
+    }
+    fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError> {
+        self.readers.graph(name)
+    }
+    fn graphs(&self) -> Result<Vec<GraphRecord>, StoreError> {
+        self.readers.graphs()
+    }
+    fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        self.readers.events(limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Opening: what is refused, and that a refused file is left as it was.
+
+    use crate::store::tests::{ok, open, run, TempDb};
+    use crate::store::{Store, StoreError};
+
+    fn expect_open_error(url: &str, needle: &str) -> StoreError {
+        match Store::open(url) {
+            Ok(_) => panic!("{url} opened"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(needle), "{msg:?} does not mention {needle:?}");
+                e
+            }
+        }
+    }
+
+    #[test]
+    fn random_bytes_are_refused_and_left_untouched() {
+        let tmp = TempDb::new("junk");
+        let path = tmp.path();
+        std::fs::create_dir_all(tmp.dir.join("sub")).expect("mkdir");
+        let mut x: u32 = 0x1234_5678;
+        let junk: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&path, &junk).expect("write junk");
+        let e = expect_open_error(path.to_str().expect("utf-8"), "not a SQLite database");
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        assert!(matches!(e, StoreError::Open { .. }));
+        assert_eq!(std::fs::read(&path).expect("read back"), junk);
+    }
+
+    #[test]
+    fn a_truncated_database_is_refused() {
+        let tmp = TempDb::new("trunc");
+        {
+            let store = open(&tmp.url());
+            for i in 0..200 {
+                ok(store.begin_run(run(&format!("r{i}"), "g", i, &["a", "b", "c", "d"])));
+            }
+            ok(store.close());
+        }
+        let full = std::fs::read(tmp.path()).expect("read");
+        assert!(
+            full.len() > 16 * 4096,
+            "database too small to truncate: {}",
+            full.len()
+        );
+        for cut in [50, 4096, full.len() / 2] {
+            std::fs::write(tmp.path(), &full[..cut]).expect("truncate");
+            let e = expect_open_error(&tmp.url(), &tmp.path().display().to_string());
+            assert!(matches!(e, StoreError::Open { .. }), "{cut}: {e:?}");
+            assert_eq!(std::fs::read(tmp.path()).expect("read").len(), cut);
+        }
+    }
+
+    #[test]
+    fn a_foreign_sqlite_file_is_refused() {
+        let tmp = TempDb::new("foreign");
+        std::fs::create_dir_all(tmp.dir.join("sub")).expect("mkdir");
+        rusqlite::Connection::open(tmp.path())
+            .and_then(|c| c.execute_batch("CREATE TABLE invoices (id INTEGER)"))
+            .expect("foreign db");
+        expect_open_error(&tmp.url(), "invoices");
+    }
+
+    #[test]
+    fn a_directory_is_refused() {
+        let tmp = TempDb::new("dir");
+        std::fs::create_dir_all(tmp.path()).expect("mkdir");
+        let e = expect_open_error(&tmp.url(), "is a directory");
+        assert!(e.to_string().contains(&tmp.path().display().to_string()));
+    }
+
+    #[test]
+    fn unwritable_locations_are_refused_even_for_root() {
+        // A regular file where a directory should be: no user can create a directory under it.
+        let tmp = TempDb::new("notdir");
+        std::fs::create_dir_all(&tmp.dir).expect("mkdir");
+        let file = tmp.dir.join("plain");
+        std::fs::write(&file, b"x").expect("write");
+        let e = expect_open_error(
+            &file.join("x").join("tm.db").display().to_string(),
+            "cannot create directory",
+        );
+        assert!(matches!(e, StoreError::CreateDir { .. }));
+        let e = expect_open_error(&file.join("tm.db").display().to_string(), "not a directory");
+        assert!(matches!(e, StoreError::CreateDir { .. }), "{e:?}");
+        // procfs refuses new files to root as well.
+        if std::path::Path::new("/proc/self").exists() {
+            expect_open_error(
+                "sqlite:////proc/tm-no-such-dir/tm.db",
+                "/proc/tm-no-such-dir",
+            );
+            let e = expect_open_error("/proc/tm-store-test.db", "/proc/tm-store-test.db");
+            assert!(matches!(e, StoreError::Open { .. }), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn postgres_and_bad_urls_are_clear_errors() {
+        assert!(matches!(
+            Store::open("postgresql://u@localhost/tm"),
+            Err(StoreError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            Store::open("sqlite://host/x.db"),
+            Err(StoreError::InvalidUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let tmp = TempDb::new("newer");
+        drop(open(&tmp.url()));
+        rusqlite::Connection::open(tmp.path())
+            .and_then(|c| c.pragma_update(None, "user_version", 99))
+            .expect("bump");
+        expect_open_error(&tmp.url(), "schema version 99");
+    }
+}

@@ -1,0 +1,144 @@
+//! The store's error type.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why the store could not do what was asked.
+///
+/// Sources sit behind `Arc` so an error can be cloned: one batch failure is reported to every
+/// `flush` waiting on that batch and kept for [`Store::last_error`](super::Store::last_error).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database URL could not be understood.
+    #[error("invalid database URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The URL names a backend that this build does not provide (PostgreSQL, for now).
+    #[error("{scheme} databases are not supported yet (URL {url:?}); use sqlite:///path/to/tm.db")]
+    Unsupported {
+        /// The URL scheme, such as `postgresql`.
+        scheme: String,
+        /// The URL as given.
+        url: String,
+    },
+
+    /// The directory that should hold the database could not be created.
+    #[error("cannot create directory {} for database {}: {source}", dir.display(), path.display())]
+    CreateDir {
+        /// The database file.
+        path: PathBuf,
+        /// The directory that could not be created.
+        dir: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// The database could not be opened: missing permission, a directory, not a SQLite file,
+    /// a corrupt file, or a SQLite file that tm did not create. The file is left untouched.
+    #[error("cannot open database {path}: {detail}")]
+    Open {
+        /// Where the database is (a file path, or `:memory:`).
+        path: String,
+        /// What went wrong, in words.
+        detail: String,
+        /// SQLite's error, when it reported one.
+        #[source]
+        source: Option<Arc<rusqlite::Error>>,
+    },
+
+    /// The database was written by a newer tm whose schema this version does not know.
+    #[error(
+        "database {path} has schema version {found}, newer than the {supported} this tm knows; \
+         upgrade tm"
+    )]
+    SchemaTooNew {
+        /// Where the database is.
+        path: String,
+        /// The database's `user_version`.
+        found: u32,
+        /// The newest migration this build has.
+        supported: u32,
+    },
+
+    /// A schema migration failed; the database stays at the previous version.
+    #[error("database {path}: migration {version} failed: {source}")]
+    Migration {
+        /// Where the database is.
+        path: String,
+        /// The migration's number.
+        version: u32,
+        /// SQLite's error.
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+
+    /// A batch of writes could not be committed (disk full, database locked for too long, I/O
+    /// error) even after retries; `lost` writes are not stored.
+    #[error("{lost} write(s) to database {path} were not stored: {source}")]
+    WriteFailed {
+        /// Where the database is.
+        path: String,
+        /// How many queued writes were dropped.
+        lost: usize,
+        /// SQLite's error from the last try.
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+
+    /// One queued write was refused (an unknown run or task, a duplicate run id); the other
+    /// writes of its batch were stored.
+    #[error("{op} for run {run_id:?} was not stored: {reason}")]
+    Rejected {
+        /// The verb, such as `task_ended`.
+        op: &'static str,
+        /// The run it was about, if any.
+        run_id: Option<String>,
+        /// Why, in words.
+        reason: String,
+    },
+
+    /// A read query failed.
+    #[error("database {path}: {source}")]
+    Query {
+        /// Where the database is.
+        path: String,
+        /// SQLite's error.
+        #[source]
+        source: Arc<rusqlite::Error>,
+    },
+
+    /// The store was closed; nothing more can be written or read through it.
+    #[error("the store is closed")]
+    Closed,
+
+    /// The writer thread ended unexpectedly; writes queued since the last flush may be lost.
+    #[error("the store's writer thread stopped unexpectedly: {0}")]
+    WriterStopped(String),
+}
+
+/// An open-time SQLite error as a [`StoreError::Open`] naming `path`, in words a user can act on.
+pub(crate) fn open_error(path: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let hint = match e.sqlite_error_code() {
+        Some(C::NotADatabase) => "it is not a SQLite database (or it is encrypted)",
+        Some(C::DatabaseCorrupt) => "the database file is corrupt",
+        Some(C::CannotOpen) => "the file cannot be opened (no permission, or not a regular file)",
+        Some(C::PermissionDenied) | Some(C::ReadOnly) => "no permission to write it (read-only)",
+        Some(C::DiskFull) => "the disk is full",
+        Some(C::DatabaseBusy) | Some(C::DatabaseLocked) => "another process kept it locked",
+        Some(C::SystemIoFailure) => "an I/O error occurred",
+        _ => "SQLite refused it",
+    };
+    StoreError::Open {
+        path: path.to_string(),
+        detail: format!("{hint} ({e})"),
+        source: Some(std::sync::Arc::new(e)),
+    }
+}

@@ -1,0 +1,315 @@
+//! Embedded state: every run, task transition, attempt, result and log line, in one database.
+//!
+//! [`Store`] exposes verbs, not SQL. Writes are queued without blocking and committed by one
+//! writer thread in batches (group commit), so recording a transition costs microseconds; reads
+//! run on their own connections and never wait for the writer. The database is SQLite (WAL, a busy
+//! timeout, numbered migrations); the backend sits behind a trait so PostgreSQL can follow.
+//!
+//! ```no_run
+//! use tm::store::{RunRecord, Store, TaskFact};
+//! # fn main() -> Result<(), tm::store::StoreError> {
+//! let store = Store::open("sqlite:///.tm/tm.db")?;
+//! store.begin_run(RunRecord {
+//!     run_id: "r1".into(),
+//!     graph: "etl".into(),
+//!     state: "running".into(),
+//!     trigger: "manual".into(),
+//!     created_us: 1,
+//!     tasks: vec![TaskFact { node: 0, name: "extract".into(), ..Default::default() }],
+//!     ..Default::default()
+//! })?;
+//! store.task_started("r1", 0, 1, 2)?;
+//! store.task_ended("r1", 0, 1, 3, "completed", None, None)?;
+//! store.finish_run("r1", "completed", 4)?;
+//! store.flush()?;
+//! assert_eq!(store.get_run("r1")?.map(|r| r.tasks.len()), Some(1));
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod error;
+mod migrations;
+mod model;
+mod read;
+mod url;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::StoreError;
+pub use model::{
+    AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunRecord,
+    RunSummary, TaskFact, TaskRef, TaskRow, TERMINAL_TASK_STATUSES, UNFINISHED_RUN_STATES,
+};
+pub use url::{DbUrl, SqliteTarget};
+
+use backend::Backend;
+use model::Write;
+
+/// A handle to the state database. `Send + Sync`: share it with `Arc`.
+///
+/// Write verbs queue their write and return at once; they fail only when the store is closed.
+/// Failures while committing are reported by the next [`flush`](Store::flush) or
+/// [`close`](Store::close) and by [`last_error`](Store::last_error). Read verbs block.
+pub struct Store {
+    backend: Box<dyn Backend>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("location", &self.backend.location())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed, with its parent directory) and migrates the database at `url`:
+    /// `sqlite:///relative.db`, `sqlite:////absolute.db`, a bare path, `:memory:` or
+    /// `sqlite://:memory:`. A file that is not a tm database is refused and left untouched.
+    pub fn open(url: &str) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: backend::open(url)?,
+        })
+    }
+
+    /// Where the data lives: the database file's absolute path, or `:memory:`.
+    pub fn location(&self) -> &str {
+        self.backend.location()
+    }
+
+    /// Records a new run with its tasks' facts, every task `pending` at attempt 0.
+    pub fn begin_run(&self, run: RunRecord) -> Result<(), StoreError> {
+        self.backend.submit(Write::BeginRun(run))
+    }
+
+    /// Records that attempt `attempt` (1-based) of task `node` started: the task is `running`.
+    pub fn task_started(
+        &self,
+        run_id: &str,
+        node: u32,
+        attempt: u32,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        self.backend.submit(Write::TaskStarted {
+            run_id: run_id.to_string(),
+            node,
+            attempt,
+            at_us,
+        })
+    }
+
+    /// Records the end of an attempt with its `status` (`completed`, `failed`, `cancelled`, ...)
+    /// and error. With `retry_at_us`, another attempt follows: the attempt keeps `status` and the
+    /// task becomes `retrying`; otherwise the task takes `status` and ends at `at_us`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn task_ended(
+        &self,
+        run_id: &str,
+        node: u32,
+        attempt: u32,
+        at_us: i64,
+        status: &str,
+        error: Option<ErrorInfo>,
+        retry_at_us: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.backend.submit(Write::TaskEnded {
+            run_id: run_id.to_string(),
+            node,
+            attempt,
+            at_us,
+            status: status.to_string(),
+            error,
+            retry_at_us,
+        })
+    }
+
+    /// Sets a task's status without an attempt (`skipped`, `cancelled`, or back to `pending` on
+    /// resume). A terminal status (see [`TERMINAL_TASK_STATUSES`]) sets `ended_us`; another
+    /// clears it.
+    pub fn task_status(
+        &self,
+        run_id: &str,
+        node: u32,
+        status: &str,
+        at_us: i64,
+    ) -> Result<(), StoreError> {
+        self.backend.submit(Write::TaskStatus {
+            run_id: run_id.to_string(),
+            node,
+            status: status.to_string(),
+            at_us,
+        })
+    }
+
+    /// Stores (or replaces) a task's serialized result; `format` says how to read `data` back.
+    pub fn save_result(
+        &self,
+        run_id: &str,
+        node: u32,
+        format: &str,
+        data: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.backend.submit(Write::SaveResult {
+            run_id: run_id.to_string(),
+            node,
+            format: format.to_string(),
+            data,
+        })
+    }
+
+    /// Appends a log line of a task (or of the run itself, with `node` `None`).
+    pub fn append_log(
+        &self,
+        run_id: &str,
+        node: Option<u32>,
+        at_us: i64,
+        level: &str,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.backend.submit(Write::AppendLog {
+            run_id: run_id.to_string(),
+            node,
+            at_us,
+            level: level.to_string(),
+            message: message.to_string(),
+        })
+    }
+
+    /// Records the end of a run in `state`.
+    pub fn finish_run(&self, run_id: &str, state: &str, ended_us: i64) -> Result<(), StoreError> {
+        self.backend.submit(Write::FinishRun {
+            run_id: run_id.to_string(),
+            state: state.to_string(),
+            ended_us,
+        })
+    }
+
+    /// Sets a run's state (e.g. back to `running` on resume). An unfinished state (see
+    /// [`UNFINISHED_RUN_STATES`]) clears `ended_us`.
+    pub fn set_run_state(&self, run_id: &str, state: &str) -> Result<(), StoreError> {
+        self.backend.submit(Write::SetRunState {
+            run_id: run_id.to_string(),
+            state: state.to_string(),
+        })
+    }
+
+    /// Inserts or updates a graph; an update keeps `created_us`, and keeps `last_fire_us` when
+    /// the new record has none.
+    pub fn upsert_graph(&self, graph: GraphRecord) -> Result<(), StoreError> {
+        self.backend.submit(Write::UpsertGraph(graph))
+    }
+
+    /// Records a scheduler event, optionally about a run.
+    pub fn record_event(
+        &self,
+        run_id: Option<&str>,
+        at_us: i64,
+        kind: &str,
+        detail_json: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.backend.submit(Write::RecordEvent {
+            run_id: run_id.map(str::to_string),
+            at_us,
+            kind: kind.to_string(),
+            detail_json: detail_json.map(str::to_string),
+        })
+    }
+
+    /// Deletes finished runs, with everything recorded under them, that are either beyond the
+    /// newest `keep_runs` of their graph or ended more than `keep_days` before `now_us`; also
+    /// run-less events older than `keep_days`. Unfinished runs are always kept.
+    pub fn prune(
+        &self,
+        keep_runs: Option<usize>,
+        keep_days: Option<u32>,
+        now_us: i64,
+    ) -> Result<(), StoreError> {
+        self.backend.submit(Write::Prune {
+            keep_runs,
+            keep_days,
+            now_us,
+        })
+    }
+
+    /// Blocks until every write queued before it is committed; returns the first error reported
+    /// since the previous flush.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.backend.flush()
+    }
+
+    /// Flushes, stops the writer thread and closes every connection. Idempotent (a second call
+    /// returns `Ok`); dropping the store closes it too. Later verbs fail with
+    /// [`StoreError::Closed`].
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.backend.close()
+    }
+
+    /// The most recent write error since the store was opened, if any.
+    pub fn last_error(&self) -> Option<StoreError> {
+        self.backend.last_error()
+    }
+
+    /// Runs, newest first, filtered by graph and state.
+    pub fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        self.backend.list_runs(filter)
+    }
+
+    /// A run with its config and every task's facts and state, or `None` if unknown.
+    pub fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+        self.backend.get_run(run_id)
+    }
+
+    /// The attempts of one task (by node or name), oldest first.
+    pub fn attempts<'a>(
+        &self,
+        run_id: &str,
+        task: impl Into<TaskRef<'a>>,
+    ) -> Result<Vec<AttemptRow>, StoreError> {
+        self.backend.attempts(run_id, task.into())
+    }
+
+    /// The log lines of a run, of one task if `task` is given, in order.
+    pub fn logs(&self, run_id: &str, task: Option<TaskRef<'_>>) -> Result<Vec<LogRow>, StoreError> {
+        self.backend.logs(run_id, task)
+    }
+
+    /// Every stored result of a run as `(node, format, bytes)`, by node.
+    pub fn results(&self, run_id: &str) -> Result<Vec<(u32, String, Vec<u8>)>, StoreError> {
+        self.backend.results(run_id)
+    }
+
+    /// One task's stored result as `(format, bytes)`.
+    pub fn result(&self, run_id: &str, node: u32) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.backend.result(run_id, node)
+    }
+
+    /// Runs in an unfinished state (see [`UNFINISHED_RUN_STATES`]), oldest first: the ones to
+    /// resume after a crash.
+    pub fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        self.backend.unfinished_runs()
+    }
+
+    /// One graph by name.
+    pub fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError> {
+        self.backend.graph(name)
+    }
+
+    /// Every graph, by name.
+    pub fn graphs(&self) -> Result<Vec<GraphRecord>, StoreError> {
+        self.backend.graphs()
+    }
+
+    /// The newest `limit` events, newest first.
+    pub fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        self.backend.events(limit)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // A destructor cannot report: callers who care call close() and look at its result.
+        let _ = self.backend.close();
+    }
+}

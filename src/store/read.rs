@@ -1,0 +1,375 @@
+//! Read queries, on connections of their own (a small pool) so that they never wait for the writer:
+//! in WAL mode a reader sees the last committed batch while the next one is being written.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
+
+use super::backend::SqlitePlace;
+use super::error::{open_error, StoreError};
+use super::model::{
+    AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary,
+    TaskFact, TaskRef, TaskRow, UNFINISHED_RUN_STATES,
+};
+use super::writer::BUSY_TIMEOUT;
+
+/// Idle connections kept for reuse; more may exist while many threads read at once.
+const POOL_SIZE: usize = 4;
+
+/// The read side of one SQLite store.
+pub(crate) struct Readers {
+    place: Arc<SqlitePlace>,
+    pool: Mutex<Vec<Connection>>,
+    closed: AtomicBool,
+}
+
+const RUN_COLS: &str =
+    "run_id, graph, state, trigger, scheduled_us, created_us, started_us, ended_us";
+
+fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
+    Ok(RunSummary {
+        run_id: r.get(0)?,
+        graph: r.get(1)?,
+        state: r.get(2)?,
+        trigger: r.get(3)?,
+        scheduled_us: r.get(4)?,
+        created_us: r.get(5)?,
+        started_us: r.get(6)?,
+        ended_us: r.get(7)?,
+    })
+}
+
+/// An error from columns `i, i+1, i+2` (type, message, traceback); `None` when the type is NULL.
+fn error_at(r: &Row<'_>, i: usize) -> rusqlite::Result<Option<ErrorInfo>> {
+    let type_name: Option<String> = r.get(i)?;
+    Ok(match type_name {
+        None => None,
+        Some(type_name) => Some(ErrorInfo {
+            type_name,
+            message: r.get::<_, Option<String>>(i + 1)?.unwrap_or_default(),
+            traceback: r.get(i + 2)?,
+        }),
+    })
+}
+
+fn graph_record(r: &Row<'_>) -> rusqlite::Result<GraphRecord> {
+    Ok(GraphRecord {
+        name: r.get(0)?,
+        schedule: r.get(1)?,
+        tz: r.get(2)?,
+        created_us: r.get(3)?,
+        updated_us: r.get(4)?,
+        last_fire_us: r.get(5)?,
+        meta_json: r.get(6)?,
+    })
+}
+
+const GRAPH_COLS: &str = "name, schedule, tz, created_us, updated_us, last_fire_us, meta_json";
+
+/// The SQL condition selecting one task of run `?1` by `?2`, on a table aliased `f` (task_facts).
+fn task_cond(task: TaskRef<'_>) -> &'static str {
+    match task {
+        TaskRef::Node(_) => "f.node = ?2",
+        TaskRef::Name(_) => "f.name = ?2",
+    }
+}
+
+fn task_param(task: TaskRef<'_>) -> rusqlite::types::Value {
+    match task {
+        TaskRef::Node(n) => rusqlite::types::Value::Integer(i64::from(n)),
+        TaskRef::Name(s) => rusqlite::types::Value::Text(s.to_string()),
+    }
+}
+
+fn unfinished_list() -> String {
+    UNFINISHED_RUN_STATES.map(|s| format!("'{s}'")).join(", ")
+}
+
+impl Readers {
+    /// A pool for `place`; connections open on first use.
+    pub(crate) fn new(place: Arc<SqlitePlace>) -> Readers {
+        Readers {
+            place,
+            pool: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Closes the idle connections; later reads fail with [`StoreError::Closed`].
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let name = self.place.name.as_str();
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if self.place.memory {
+            flags |= OpenFlags::SQLITE_OPEN_URI;
+        }
+        let conn = Connection::open_with_flags(&self.place.path, flags)
+            .map_err(|e| open_error(name, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .and_then(|_| conn.pragma_update(None, "query_only", true))
+            .map_err(|e| open_error(name, e))?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection. Retries while the database is busy or locked: WAL readers
+    /// rarely are, but an in-memory database has no WAL, so a commit briefly excludes readers.
+    fn with<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let deadline = Instant::now() + BUSY_TIMEOUT;
+        let mut pause = Duration::from_micros(200);
+        let result = loop {
+            match f(&mut conn) {
+                Err(e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                    ) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                other => break other,
+            }
+        };
+        if !self.closed.load(Ordering::SeqCst) {
+            let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            if pool.len() < POOL_SIZE {
+                pool.push(conn);
+            }
+        }
+        result.map_err(|e| StoreError::Query {
+            path: self.place.name.clone(),
+            source: Arc::new(e),
+        })
+    }
+
+    /// Runs newest first, filtered.
+    pub(crate) fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE 1");
+        if filter.graph.is_some() {
+            sql.push_str(" AND graph = ?1");
+        }
+        if filter.state.is_some() {
+            sql.push_str(" AND state = ?2");
+        }
+        sql.push_str(" ORDER BY created_us DESC, run_id DESC LIMIT ?3");
+        let limit = filter
+            .limit
+            .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![filter.graph, filter.state, limit], run_summary)?;
+            rows.collect()
+        })
+    }
+
+    /// One run with its tasks, read from one snapshot.
+    pub(crate) fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction()?;
+            let head = tx
+                .prepare_cached(&format!(
+                    "SELECT {RUN_COLS}, config_json, meta_json FROM runs WHERE run_id = ?1"
+                ))?
+                .query_row([run_id], |r| Ok((run_summary(r)?, r.get(8)?, r.get(9)?)))
+                .optional()?;
+            let Some((run, config_json, meta_json)) = head else {
+                return Ok(None);
+            };
+            let mut stmt = tx.prepare_cached(
+                "SELECT f.node, f.name, f.task_key, f.inputs_digest, f.seed, f.code_version, \
+                 s.status, s.attempt, s.started_us, s.ended_us, s.error_type, s.error_message, \
+                 s.traceback FROM task_facts f LEFT JOIN task_state s \
+                 ON s.run_id = f.run_id AND s.node = f.node WHERE f.run_id = ?1 ORDER BY f.node",
+            )?;
+            let tasks = stmt
+                .query_map([run_id], |r| {
+                    Ok(TaskRow {
+                        fact: TaskFact {
+                            node: r.get(0)?,
+                            name: r.get(1)?,
+                            task_key: r.get(2)?,
+                            inputs_digest: r.get(3)?,
+                            seed: r.get(4)?,
+                            code_version: r.get(5)?,
+                        },
+                        status: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                        attempt: r.get::<_, Option<u32>>(7)?.unwrap_or(0),
+                        started_us: r.get(8)?,
+                        ended_us: r.get(9)?,
+                        error: error_at(r, 10)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(RunDetail {
+                run,
+                config_json,
+                meta_json,
+                tasks,
+            }))
+        })
+    }
+
+    /// A task's attempts, oldest first.
+    pub(crate) fn attempts(
+        &self,
+        run_id: &str,
+        task: TaskRef<'_>,
+    ) -> Result<Vec<AttemptRow>, StoreError> {
+        let sql = format!(
+            "SELECT a.node, a.attempt, a.started_us, a.ended_us, a.status, a.error_type, \
+             a.error_message, a.traceback, a.retry_at_us FROM attempts a JOIN task_facts f \
+             ON f.run_id = a.run_id AND f.node = a.node WHERE a.run_id = ?1 AND {} \
+             ORDER BY a.node, a.attempt",
+            task_cond(task)
+        );
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![run_id, task_param(task)], |r| {
+                Ok(AttemptRow {
+                    node: r.get(0)?,
+                    attempt: r.get(1)?,
+                    started_us: r.get(2)?,
+                    ended_us: r.get(3)?,
+                    status: r.get(4)?,
+                    error: error_at(r, 5)?,
+                    retry_at_us: r.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// A run's log lines (of one task, or all), in order.
+    pub(crate) fn logs(
+        &self,
+        run_id: &str,
+        task: Option<TaskRef<'_>>,
+    ) -> Result<Vec<LogRow>, StoreError> {
+        let cond = task.map_or("1", task_cond);
+        let sql = format!(
+            "SELECT l.node, f.name, l.at_us, l.level, l.message FROM task_logs l \
+             LEFT JOIN task_facts f ON f.run_id = l.run_id AND f.node = l.node \
+             WHERE l.run_id = ?1 AND {cond} ORDER BY l.at_us, l.rowid"
+        );
+        let param = task.map(task_param);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let map = |r: &Row<'_>| {
+                Ok(LogRow {
+                    node: r.get(0)?,
+                    task: r.get(1)?,
+                    at_us: r.get(2)?,
+                    level: r.get(3)?,
+                    message: r.get(4)?,
+                })
+            };
+            let rows = match &param {
+                Some(p) => stmt.query_map(params![run_id, p], map)?,
+                None => stmt.query_map(params![run_id], map)?,
+            };
+            rows.collect()
+        })
+    }
+
+    /// Every stored result of a run: (node, format, bytes), by node.
+    pub(crate) fn results(&self, run_id: &str) -> Result<Vec<(u32, String, Vec<u8>)>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT node, format, data FROM task_results WHERE run_id = ?1 ORDER BY node",
+            )?;
+            let rows = stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect()
+        })
+    }
+
+    /// One task's stored result: (format, bytes).
+    pub(crate) fn result(
+        &self,
+        run_id: &str,
+        node: u32,
+    ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(
+                "SELECT format, data FROM task_results WHERE run_id = ?1 AND node = ?2",
+            )?
+            .query_row(params![run_id, node], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+        })
+    }
+
+    /// Runs that have not finished, oldest first.
+    pub(crate) fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE state IN ({}) ORDER BY created_us, run_id",
+            unfinished_list()
+        );
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], run_summary)?;
+            rows.collect()
+        })
+    }
+
+    /// One graph by name.
+    pub(crate) fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(&format!("SELECT {GRAPH_COLS} FROM graphs WHERE name = ?1"))?
+                .query_row([name], graph_record)
+                .optional()
+        })
+    }
+
+    /// Every graph, by name.
+    pub(crate) fn graphs(&self) -> Result<Vec<GraphRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare_cached(&format!("SELECT {GRAPH_COLS} FROM graphs ORDER BY name"))?;
+            let rows = stmt.query_map([], graph_record)?;
+            rows.collect()
+        })
+    }
+
+    /// The newest `limit` events, newest first.
+    pub(crate) fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, run_id, at_us, kind, detail_json FROM events ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(EventRow {
+                    id: r.get(0)?,
+                    run_id: r.get(1)?,
+                    at_us: r.get(2)?,
+                    kind: r.get(3)?,
+                    detail_json: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+}

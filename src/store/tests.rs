@@ -1,0 +1,563 @@
+//! Tests of the store through its public verbs, on real files and in memory.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::*;
+
+/// A fresh path under the temp dir; the directory is removed when the value drops.
+pub(super) struct TempDb {
+    pub(super) dir: PathBuf,
+}
+
+impl TempDb {
+    pub(super) fn new(tag: &str) -> TempDb {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tm-store-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDb { dir }
+    }
+    pub(super) fn path(&self) -> PathBuf {
+        self.dir.join("sub").join("tm.db")
+    }
+    pub(super) fn url(&self) -> String {
+        format!("sqlite:///{}", self.path().display())
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub(super) fn open(url: &str) -> Store {
+    match Store::open(url) {
+        Ok(s) => s,
+        Err(e) => panic!("open {url}: {e}"),
+    }
+}
+
+pub(super) fn run(id: &str, graph: &str, created_us: i64, tasks: &[&str]) -> RunRecord {
+    RunRecord {
+        run_id: id.into(),
+        graph: graph.into(),
+        state: "running".into(),
+        trigger: "manual".into(),
+        scheduled_us: Some(created_us - 1),
+        created_us,
+        started_us: Some(created_us),
+        config_json: Some(r#"{"k": 1}"#.into()),
+        meta_json: None,
+        tasks: tasks
+            .iter()
+            .enumerate()
+            .map(|(i, name)| TaskFact {
+                node: i as u32,
+                name: name.to_string(),
+                task_key: Some(format!("key-{name}")),
+                inputs_digest: Some("d".into()),
+                seed: Some(42),
+                code_version: Some("v1".into()),
+            })
+            .collect(),
+    }
+}
+
+pub(super) fn ok<T>(r: Result<T, StoreError>) -> T {
+    r.unwrap_or_else(|e| panic!("store error: {e}"))
+}
+
+fn every_verb(store: &Store) {
+    ok(store.begin_run(run("r1", "etl", 100, &["extract", "load", "report"])));
+    ok(store.task_started("r1", 0, 1, 110));
+    let boom = ErrorInfo {
+        type_name: "ValueError".into(),
+        message: "boom".into(),
+        traceback: Some("Traceback ...".into()),
+    };
+    ok(store.task_ended("r1", 0, 1, 120, "failed", Some(boom.clone()), Some(150)));
+    ok(store.task_started("r1", 0, 2, 150));
+    ok(store.append_log("r1", Some(0), 151, "INFO", "extracting"));
+    ok(store.task_ended("r1", 0, 2, 160, "completed", None, None));
+    ok(store.save_result("r1", 0, "pickle", vec![1, 2, 3]));
+    ok(store.task_started("r1", 1, 1, 170));
+    ok(store.task_ended("r1", 1, 1, 180, "failed", Some(boom.clone()), None));
+    ok(store.task_status("r1", 2, "skipped", 181));
+    ok(store.append_log("r1", None, 182, "WARNING", "run failed"));
+    ok(store.finish_run("r1", "failed", 190));
+    ok(store.upsert_graph(GraphRecord {
+        name: "etl".into(),
+        schedule: Some("0 * * * *".into()),
+        tz: Some("UTC".into()),
+        created_us: 1,
+        updated_us: 1,
+        last_fire_us: Some(99),
+        meta_json: None,
+    }));
+    ok(store.upsert_graph(GraphRecord {
+        name: "etl".into(),
+        schedule: Some("*/5 * * * *".into()),
+        created_us: 50,
+        updated_us: 50,
+        ..Default::default()
+    }));
+    ok(store.record_event(Some("r1"), 191, "missed_fire", Some(r#"{"n": 2}"#)));
+    ok(store.record_event(None, 192, "scheduler_started", None));
+    ok(store.flush());
+
+    let d = ok(store.get_run("r1")).expect("run r1");
+    assert_eq!(d.run.state, "failed");
+    assert_eq!(d.run.ended_us, Some(190));
+    assert_eq!(d.run.scheduled_us, Some(99));
+    assert_eq!(d.config_json.as_deref(), Some(r#"{"k": 1}"#));
+    assert_eq!(d.tasks.len(), 3);
+    let t0 = &d.tasks[0];
+    assert_eq!(t0.fact.name, "extract");
+    assert_eq!(t0.fact.task_key.as_deref(), Some("key-extract"));
+    assert_eq!(t0.fact.seed, Some(42));
+    assert_eq!(
+        (t0.status.as_str(), t0.attempt, t0.started_us, t0.ended_us),
+        ("completed", 2, Some(110), Some(160))
+    );
+    assert_eq!(t0.error, None);
+    assert_eq!(d.tasks[1].status, "failed");
+    assert_eq!(d.tasks[1].error.as_ref(), Some(&boom));
+    assert_eq!(
+        (d.tasks[2].status.as_str(), d.tasks[2].ended_us),
+        ("skipped", Some(181))
+    );
+
+    let by_name = ok(store.attempts("r1", "extract"));
+    assert_eq!(by_name, ok(store.attempts("r1", 0u32)));
+    assert_eq!(by_name.len(), 2);
+    assert_eq!(by_name[0].status, "failed");
+    assert_eq!(by_name[0].retry_at_us, Some(150));
+    assert_eq!(by_name[0].error.as_ref(), Some(&boom));
+    assert_eq!(
+        (by_name[1].started_us, by_name[1].ended_us),
+        (Some(150), Some(160))
+    );
+    assert!(ok(store.attempts("r1", "nope")).is_empty());
+
+    let logs = ok(store.logs("r1", None));
+    assert_eq!(logs.len(), 2);
+    assert_eq!(logs[0].task.as_deref(), Some("extract"));
+    assert_eq!(logs[1].node, None);
+    assert_eq!(
+        ok(store.logs("r1", Some(TaskRef::Name("extract")))).len(),
+        1
+    );
+    assert_eq!(ok(store.logs("r1", Some(TaskRef::Node(1)))).len(), 0);
+
+    assert_eq!(
+        ok(store.results("r1")),
+        vec![(0, "pickle".to_string(), vec![1, 2, 3])]
+    );
+    assert_eq!(
+        ok(store.result("r1", 0)),
+        Some(("pickle".to_string(), vec![1, 2, 3]))
+    );
+    assert_eq!(ok(store.result("r1", 1)), None);
+
+    let g = ok(store.graph("etl")).expect("graph");
+    assert_eq!(g.schedule.as_deref(), Some("*/5 * * * *"));
+    assert_eq!(
+        (g.created_us, g.updated_us, g.last_fire_us),
+        (1, 50, Some(99))
+    );
+    assert_eq!(g.tz, None);
+    assert_eq!(ok(store.graphs()).len(), 1);
+    assert_eq!(ok(store.graph("other")), None);
+
+    let ev = ok(store.events(10));
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[0].kind, "scheduler_started");
+    assert_eq!(ev[1].run_id.as_deref(), Some("r1"));
+    assert_eq!(ok(store.events(1)).len(), 1);
+    assert_eq!(ok(store.get_run("missing")), None);
+}
+
+#[test]
+fn every_verb_round_trips_in_memory() {
+    let store = open(":memory:");
+    assert_eq!(store.location(), ":memory:");
+    every_verb(&store);
+    ok(store.close());
+}
+
+#[test]
+fn every_verb_round_trips_on_disk_and_survives_reopen() {
+    let tmp = TempDb::new("disk");
+    {
+        let store = open(&tmp.url());
+        assert_eq!(store.location(), tmp.path().display().to_string());
+        every_verb(&store);
+    }
+    let store = open(tmp.path().to_str().expect("utf-8 path"));
+    assert_eq!(ok(store.get_run("r1")).map(|r| r.tasks.len()), Some(3));
+    let mode: String = rusqlite::Connection::open(tmp.path())
+        .and_then(|c| c.query_row("PRAGMA journal_mode", [], |r| r.get(0)))
+        .expect("journal mode");
+    assert_eq!(mode, "wal");
+}
+
+#[test]
+fn memory_stores_are_private() {
+    let a = open("sqlite://:memory:");
+    let b = open(":memory:");
+    ok(a.begin_run(run("only-a", "g", 1, &["t"])));
+    ok(a.flush());
+    ok(b.flush());
+    assert_eq!(ok(a.list_runs(&RunFilter::default())).len(), 1);
+    assert!(ok(b.list_runs(&RunFilter::default())).is_empty());
+}
+
+#[test]
+fn list_runs_filters_newest_first_and_unfinished() {
+    let store = open(":memory:");
+    for i in 0..6 {
+        let graph = if i % 2 == 0 { "even" } else { "odd" };
+        ok(store.begin_run(run(&format!("r{i}"), graph, 10 + i, &["t"])));
+    }
+    ok(store.finish_run("r0", "completed", 50));
+    ok(store.finish_run("r1", "failed", 50));
+    ok(store.flush());
+    let ids = |f: RunFilter| -> Vec<String> {
+        ok(store.list_runs(&f))
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect()
+    };
+    assert_eq!(
+        ids(RunFilter::default()),
+        ["r5", "r4", "r3", "r2", "r1", "r0"]
+    );
+    let even = RunFilter {
+        graph: Some("even".into()),
+        limit: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(ids(even), ["r4", "r2"]);
+    let failed = RunFilter {
+        state: Some("failed".into()),
+        ..Default::default()
+    };
+    assert_eq!(ids(failed), ["r1"]);
+    let both = RunFilter {
+        graph: Some("odd".into()),
+        state: Some("running".into()),
+        limit: None,
+    };
+    assert_eq!(ids(both), ["r5", "r3"]);
+    let unfinished: Vec<_> = ok(store.unfinished_runs())
+        .into_iter()
+        .map(|r| r.run_id)
+        .collect();
+    assert_eq!(unfinished, ["r2", "r3", "r4", "r5"]);
+}
+
+#[test]
+fn group_commit_stores_everything_enqueued_before_one_flush() {
+    let tmp = TempDb::new("group");
+    let store = open(&tmp.url());
+    let n = 3_000u32;
+    let names: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    ok(store.begin_run(run("big", "g", 1, &refs)));
+    for node in 0..n {
+        ok(store.task_started("big", node, 1, 10));
+        ok(store.task_ended("big", node, 1, 20, "completed", None, None));
+        ok(store.append_log("big", Some(node), 15, "INFO", "x"));
+    }
+    ok(store.flush());
+    let d = ok(store.get_run("big")).expect("run");
+    assert_eq!(d.tasks.len(), n as usize);
+    assert!(d
+        .tasks
+        .iter()
+        .all(|t| t.status == "completed" && t.attempt == 1));
+    assert_eq!(ok(store.logs("big", None)).len(), n as usize);
+}
+
+#[test]
+fn a_refused_write_is_reported_and_the_rest_of_its_batch_kept() {
+    let store = open(":memory:");
+    ok(store.begin_run(run("r", "g", 1, &["a", "b"])));
+    ok(store.task_started("ghost", 0, 1, 5));
+    ok(store.task_started("r", 0, 1, 5));
+    ok(store.finish_run("ghost", "completed", 6));
+    ok(store.begin_run(run("r", "g", 1, &["a"])));
+    ok(store.task_started("r", 1, 1, 7));
+    match store.flush() {
+        Err(StoreError::Rejected { op, run_id, reason }) => {
+            assert_eq!((op, run_id.as_deref()), ("task_started", Some("ghost")));
+            assert!(reason.contains("no such run"), "{reason}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    // The latest error stays visible; the next flush starts clean.
+    match store.last_error() {
+        Some(StoreError::Rejected { op, .. }) => assert_eq!(op, "begin_run"),
+        other => panic!("expected the duplicate begin_run, got {other:?}"),
+    }
+    ok(store.flush());
+    let d = ok(store.get_run("r")).expect("run");
+    assert_eq!(d.tasks.len(), 2);
+    assert_eq!(d.tasks[0].status, "running");
+    assert_eq!(d.tasks[1].status, "running");
+}
+
+#[test]
+fn a_batch_that_cannot_be_written_is_reported_with_its_size_and_the_store_recovers() {
+    let tmp = TempDb::new("full");
+    let store = open(&tmp.url());
+    ok(store.begin_run(run("r", "g", 1, &["a"])));
+    ok(store.flush());
+    let pages: i64 = rusqlite::Connection::open(tmp.path())
+        .and_then(|c| c.query_row("PRAGMA page_count", [], |r| r.get(0)))
+        .expect("page count");
+    // A database that may not grow behaves as a full disk would (SQLITE_FULL).
+    ok(store
+        .backend
+        .submit(Write::Raw(format!("PRAGMA max_page_count = {pages}"))));
+    ok(store.flush());
+    ok(store.save_result("r", 0, "bytes", vec![7; 64 * 1024]));
+    ok(store.append_log("r", Some(0), 2, "INFO", "after"));
+    match store.flush() {
+        Err(StoreError::WriteFailed { lost, source, .. }) => {
+            // 2 if both writes were in one batch, 1 if the log line got a batch of its own.
+            assert!(lost >= 1);
+            assert_eq!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DiskFull)
+            );
+        }
+        other => panic!("expected WriteFailed, got {other:?}"),
+    }
+    assert!(matches!(
+        store.last_error(),
+        Some(StoreError::WriteFailed { .. })
+    ));
+    assert_eq!(ok(store.results("r")), vec![]);
+    ok(store
+        .backend
+        .submit(Write::Raw("PRAGMA max_page_count = 1073741823".into())));
+    ok(store.save_result("r", 0, "bytes", vec![7; 64 * 1024]));
+    ok(store.flush());
+    assert_eq!(ok(store.results("r")).len(), 1);
+}
+
+#[test]
+fn two_stores_on_one_file_write_concurrently_without_locked_errors() {
+    let tmp = TempDb::new("two");
+    let url = tmp.url();
+    // Both open at once too: the migration must happen exactly once.
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let url = url.clone();
+            std::thread::spawn(move || -> Result<(), StoreError> {
+                let store = Store::open(&url)?;
+                for r in 0..40 {
+                    let id = format!("w{w}-r{r}");
+                    store.begin_run(run(&id, "g", r, &["a", "b", "c"]))?;
+                    for node in 0..3 {
+                        store.task_started(&id, node, 1, r)?;
+                        store.task_ended(&id, node, 1, r + 1, "completed", None, None)?;
+                    }
+                    store.finish_run(&id, "completed", r + 2)?;
+                    // Many small batches: maximal contention for the write lock.
+                    store.flush()?;
+                }
+                store.close()
+            })
+        })
+        .collect();
+    for w in writers {
+        match w.join() {
+            Ok(result) => ok(result),
+            Err(_) => panic!("writer thread panicked"),
+        }
+    }
+    let store = open(&url);
+    let runs = ok(store.list_runs(&RunFilter::default()));
+    assert_eq!(runs.len(), 80);
+    assert!(runs.iter().all(|r| r.state == "completed"));
+}
+
+#[test]
+fn readers_read_while_the_writer_writes() {
+    let tmp = TempDb::new("rw");
+    read_while_writing(open(&tmp.url()));
+}
+
+#[test]
+fn readers_read_while_the_writer_writes_in_memory() {
+    // An in-memory database has no WAL: a commit briefly excludes readers, and both sides wait.
+    read_while_writing(open(":memory:"));
+}
+
+fn read_while_writing(store: Store) {
+    let store = Arc::new(store);
+    ok(store.begin_run(run("r", "g", 1, &["a"])));
+    ok(store.flush());
+    let writer = {
+        let store = store.clone();
+        std::thread::spawn(move || -> Result<(), StoreError> {
+            // Many commits, so the reader meets the writer mid-way.
+            for chunk in 0..40 {
+                for i in 0..500 {
+                    store.append_log("r", Some(0), chunk * 500 + i, "INFO", "line")?;
+                }
+                store.flush()?;
+            }
+            Ok(())
+        })
+    };
+    // Each read sees a committed prefix of the log, growing over time.
+    let mut seen = 0;
+    let mut reads = 0;
+    while !writer.is_finished() || reads == 0 {
+        let n = ok(store.logs("r", None)).len();
+        assert!(n >= seen, "a reader went back in time: {n} < {seen}");
+        seen = n;
+        reads += 1;
+    }
+    match writer.join() {
+        Ok(result) => ok(result),
+        Err(_) => panic!("writer panicked"),
+    }
+    assert_eq!(ok(store.logs("r", None)).len(), 20_000);
+}
+
+#[test]
+fn prune_keeps_recent_and_unfinished_runs() {
+    let store = open(":memory:");
+    const DAY: i64 = 86_400_000_000;
+    let now = 100 * DAY;
+    for i in 0..5i64 {
+        let id = format!("a{i}");
+        ok(store.begin_run(run(&id, "a", now - (10 - i) * DAY, &["t"])));
+        ok(store.save_result(&id, 0, "bytes", vec![0; 10]));
+        ok(store.append_log(&id, Some(0), 1, "INFO", "x"));
+        ok(store.task_started(&id, 0, 1, 1));
+        ok(store.finish_run(&id, "completed", now - (10 - i) * DAY));
+        ok(store.record_event(Some(&id), 1, "fired", None));
+    }
+    ok(store.begin_run(run("b-old", "b", now - 30 * DAY, &["t"])));
+    ok(store.finish_run("b-old", "failed", now - 30 * DAY));
+    ok(store.begin_run(run("b-running", "b", now - 40 * DAY, &["t"])));
+    ok(store.record_event(None, now - 40 * DAY, "old", None));
+    ok(store.record_event(None, now, "new", None));
+    ok(store.flush());
+
+    // Keep the newest 3 finished runs of each graph: a0 and a1 go.
+    ok(store.prune(Some(3), None, now));
+    ok(store.flush());
+    let ids = || -> Vec<String> {
+        let mut v: Vec<_> = ok(store.list_runs(&RunFilter::default()))
+            .into_iter()
+            .map(|r| r.run_id)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(ids(), ["a2", "a3", "a4", "b-old", "b-running"]);
+    assert_eq!(ok(store.results("a0")), vec![]);
+    assert_eq!(ok(store.logs("a1", None)), vec![]);
+    assert_eq!(ok(store.events(100)).len(), 5);
+
+    // Then drop what ended more than 7 days ago: a2 (8 days) and b-old; the running one stays.
+    ok(store.prune(None, Some(7), now));
+    ok(store.flush());
+    assert_eq!(ids(), ["a3", "a4", "b-running"]);
+    let kinds: Vec<_> = ok(store.events(100)).into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["new", "fired", "fired"]);
+    ok(store.prune(None, None, now));
+    ok(store.flush());
+    assert_eq!(ids().len(), 3);
+}
+
+#[test]
+fn close_is_idempotent_and_later_verbs_fail() {
+    let tmp = TempDb::new("close");
+    let store = open(&tmp.url());
+    ok(store.begin_run(run("r", "g", 1, &["a"])));
+    ok(store.close());
+    ok(store.close());
+    assert!(matches!(
+        store.task_started("r", 0, 1, 1),
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(store.flush(), Err(StoreError::Closed)));
+    assert!(matches!(store.get_run("r"), Err(StoreError::Closed)));
+    // Close committed the queued write and released the file: the WAL is checkpointed away.
+    assert!(!tmp.path().with_extension("db-wal").exists());
+    drop(store);
+    let again = open(&tmp.url());
+    assert!(ok(again.get_run("r")).is_some());
+}
+
+#[test]
+fn close_reports_the_first_unflushed_error() {
+    let store = open(":memory:");
+    ok(store.finish_run("ghost", "completed", 1));
+    assert!(matches!(store.close(), Err(StoreError::Rejected { .. })));
+    ok(store.close());
+}
+
+fn transitions(store: &Store, pairs: u32, tasks_per_run: u32) -> f64 {
+    let runs = pairs / tasks_per_run;
+    let names: Vec<String> = (0..tasks_per_run).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for r in 0..runs {
+        ok(store.begin_run(run(&format!("bench-{r}"), "bench", i64::from(r), &refs)));
+    }
+    ok(store.flush());
+    let start = Instant::now();
+    for r in 0..runs {
+        let id = format!("bench-{r}");
+        for node in 0..tasks_per_run {
+            ok(store.task_started(&id, node, 1, 1));
+            ok(store.task_ended(&id, node, 1, 2, "completed", None, None));
+        }
+    }
+    ok(store.flush());
+    f64::from(2 * runs * tasks_per_run) / start.elapsed().as_secs_f64()
+}
+
+#[test]
+fn many_transitions_commit() {
+    let tmp = TempDb::new("smoke");
+    let store = open(&tmp.url());
+    let rate = transitions(&store, 5_000, 100);
+    assert!(rate > 0.0);
+    let d = ok(store.get_run("bench-49")).expect("run");
+    assert!(d.tasks.iter().all(|t| t.status == "completed"));
+}
+
+/// `cargo test --release --no-default-features --lib store::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_transitions_per_second() {
+    let tmp = TempDb::new("bench");
+    let store = open(&tmp.url());
+    let rate = transitions(&store, 100_000, 1_000);
+    println!("file: {rate:.0} transitions committed per second (100k started+ended pairs)");
+    let mem = open(":memory:");
+    let rate = transitions(&mem, 100_000, 1_000);
+    println!("memory: {rate:.0} transitions committed per second");
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Store>();
+    shared::<StoreError>();
+}

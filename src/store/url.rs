@@ -1,0 +1,198 @@
+//! Database URLs: which backend, and where.
+//!
+//! SQLite URLs follow SQLAlchemy: `sqlite:///relative/path.db` (three slashes) is relative to the
+//! working directory, `sqlite:////absolute/path.db` (four) is absolute, and `sqlite://` or
+//! `sqlite://:memory:` is an in-memory database. A bare filesystem path and `:memory:` are accepted
+//! too. `postgresql://...` is recognised so that it can be refused with a clear message.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::error::StoreError;
+
+/// Where a SQLite database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqliteTarget {
+    /// A private in-memory database, shared by the writer and the readers of one `Store`.
+    Memory,
+    /// A database file.
+    File(PathBuf),
+}
+
+/// A parsed database URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbUrl {
+    /// An embedded SQLite database.
+    Sqlite(SqliteTarget),
+    /// A PostgreSQL server (recognised, not supported yet); holds the URL as given.
+    Postgres(String),
+}
+
+impl DbUrl {
+    /// Parses `url`; see the module documentation for the accepted forms.
+    pub fn parse(url: &str) -> Result<DbUrl, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidUrl {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        if url.trim().is_empty() {
+            return Err(invalid("it is empty"));
+        }
+        if url == ":memory:" {
+            return Ok(DbUrl::Sqlite(SqliteTarget::Memory));
+        }
+        let Some((scheme, rest)) = split_scheme(url) else {
+            return Ok(DbUrl::Sqlite(SqliteTarget::File(PathBuf::from(url))));
+        };
+        // SQLAlchemy spells drivers as `dialect+driver`: `sqlite+pysqlite`, `postgresql+psycopg`.
+        let dialect = scheme
+            .split('+')
+            .next()
+            .unwrap_or(scheme)
+            .to_ascii_lowercase();
+        match dialect.as_str() {
+            "sqlite" => {}
+            "postgresql" | "postgres" => return Ok(DbUrl::Postgres(url.to_string())),
+            _ => {
+                return Err(StoreError::Unsupported {
+                    scheme: scheme.to_string(),
+                    url: url.to_string(),
+                })
+            }
+        }
+        let Some(rest) = rest.strip_prefix("//") else {
+            return Err(invalid(
+                "a sqlite URL starts with sqlite:// (sqlite:///relative.db, sqlite:////absolute.db)",
+            ));
+        };
+        if rest.contains('?') {
+            return Err(invalid("query parameters are not supported"));
+        }
+        let path = match rest {
+            "" | ":memory:" | "/" | "/:memory:" => return Ok(DbUrl::Sqlite(SqliteTarget::Memory)),
+            _ => match rest.strip_prefix('/') {
+                Some(p) => p,
+                None => {
+                    return Err(invalid(
+                        "a sqlite URL has no host: use sqlite:///relative.db or \
+                         sqlite:////absolute.db",
+                    ))
+                }
+            },
+        };
+        Ok(DbUrl::Sqlite(SqliteTarget::File(PathBuf::from(path))))
+    }
+}
+
+/// Splits `scheme://rest` (or `scheme:rest` for a known scheme); `None` for a plain path. A
+/// Windows drive (`C:\x`) has a one-letter "scheme" and stays a path.
+fn split_scheme(url: &str) -> Option<(&str, &str)> {
+    let colon = url.find(':')?;
+    let (scheme, rest) = (&url[..colon], &url[colon + 1..]);
+    let well_formed = scheme.len() > 1
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !well_formed {
+        return None;
+    }
+    let known = scheme.to_ascii_lowercase().starts_with("sqlite")
+        || scheme.to_ascii_lowercase().starts_with("postgres");
+    (rest.starts_with("//") || known).then_some((scheme, rest))
+}
+
+impl fmt::Display for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DbUrl::Sqlite(SqliteTarget::Memory) => f.write_str(":memory:"),
+            DbUrl::Sqlite(SqliteTarget::File(p)) => write!(f, "{}", p.display()),
+            DbUrl::Postgres(u) => f.write_str(u),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(p: &str) -> DbUrl {
+        DbUrl::Sqlite(SqliteTarget::File(PathBuf::from(p)))
+    }
+
+    const MEM: DbUrl = DbUrl::Sqlite(SqliteTarget::Memory);
+
+    #[test]
+    fn sqlalchemy_forms() {
+        assert_eq!(
+            DbUrl::parse("sqlite:///rel/tm.db").ok(),
+            Some(file("rel/tm.db"))
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite:////abs/tm.db").ok(),
+            Some(file("/abs/tm.db"))
+        );
+        assert_eq!(
+            DbUrl::parse("sqlite+pysqlite:///x.db").ok(),
+            Some(file("x.db"))
+        );
+        assert_eq!(DbUrl::parse("SQLite:///x.db").ok(), Some(file("x.db")));
+    }
+
+    #[test]
+    fn memory_forms() {
+        for u in [
+            ":memory:",
+            "sqlite://",
+            "sqlite://:memory:",
+            "sqlite:///:memory:",
+        ] {
+            assert_eq!(DbUrl::parse(u).ok(), Some(MEM), "{u}");
+        }
+    }
+
+    #[test]
+    fn bare_paths() {
+        assert_eq!(DbUrl::parse("tm.db").ok(), Some(file("tm.db")));
+        assert_eq!(
+            DbUrl::parse("/var/x/tm.db").ok(),
+            Some(file("/var/x/tm.db"))
+        );
+        assert_eq!(DbUrl::parse("./.tm/tm.db").ok(), Some(file("./.tm/tm.db")));
+        assert_eq!(
+            DbUrl::parse(r"C:\tm\tm.db").ok(),
+            Some(file(r"C:\tm\tm.db"))
+        );
+        assert_eq!(DbUrl::parse("odd:name.db").ok(), Some(file("odd:name.db")));
+    }
+
+    #[test]
+    fn postgres_is_recognised() {
+        for u in [
+            "postgresql://u@h/db",
+            "postgres://h/db",
+            "postgresql+psycopg://h/db",
+        ] {
+            assert_eq!(DbUrl::parse(u).ok(), Some(DbUrl::Postgres(u.to_string())));
+        }
+    }
+
+    #[test]
+    fn bad_urls_say_why() {
+        let msg = |u: &str| match DbUrl::parse(u) {
+            Err(e) => e.to_string(),
+            Ok(v) => panic!("{u} parsed as {v:?}"),
+        };
+        assert!(msg("").contains("empty"));
+        assert!(msg("sqlite://host/x.db").contains("no host"));
+        assert!(msg("sqlite:x.db").contains("sqlite://"));
+        assert!(msg("sqlite:///x.db?mode=ro").contains("query"));
+        assert!(msg("mysql://h/db").contains("not supported"));
+    }
+
+    #[test]
+    fn display_names_the_place() {
+        assert_eq!(MEM.to_string(), ":memory:");
+        assert_eq!(file("/a/b.db").to_string(), "/a/b.db");
+    }
+}
