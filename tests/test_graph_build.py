@@ -45,7 +45,8 @@ def test_bare_decorator_keeps_the_function_callable() -> None:
     assert double.task_name == "double"
     assert double.__name__ == "double"
     assert double.__doc__ == "Doubles."
-    assert double.__tm_options__.retries == 0
+    assert double.__tm_options__.name is None
+    assert double.__tm_options__.priority == 0
 
 
 def test_decorator_with_options() -> None:

@@ -397,6 +397,7 @@ def test_descendants_skipped_unrelated_branches_complete(ex: Executor) -> None:
 
 def test_fail_fast_cancels_pending_work() -> None:
     slow_started = threading.Event()
+    slow_stopped = threading.Event()
     observed = []
 
     def bad():
@@ -405,11 +406,17 @@ def test_fail_fast_cancels_pending_work() -> None:
 
     def slow(context):
         slow_started.set()
-        deadline = time.monotonic() + WAIT
-        while not context.cancelled and time.monotonic() < deadline:
-            time.sleep(0.005)  # polling a condition, not synchronising on time
-        observed.append(context.cancelled)
-        return "slow"
+        try:
+            deadline = time.monotonic() + WAIT
+            while not context.cancelled and time.monotonic() < deadline:
+                time.sleep(0.005)  # polling a condition, not synchronising on time
+            observed.append(f"slow saw cancelled={context.cancelled}")
+            return "slow"
+        except tm.TaskCancelled:
+            observed.append("slow interrupted")
+            raise
+        finally:
+            slow_stopped.set()
 
     def after_slow(slow):
         observed.append("after_slow ran")
@@ -419,11 +426,13 @@ def test_fail_fast_cancels_pending_work() -> None:
     g.add_edges(slow, after_slow)
     with Executor(workers=4, fail_fast=True) as ff:
         run = ff.run(g)
+        assert slow_stopped.wait(WAIT)
     assert run.state == "failed"
-    assert observed == [True]  # the running task was told to stop; its child never started
+    # The running task was stopped (interrupted, or it saw the flag); its child never started.
+    assert observed in (["slow interrupted"], ["slow saw cancelled=True"])
     states = run.states()
     assert states["bad"] == "failed"
-    assert states["slow"] == "completed"
+    assert states["slow"] in ("cancelled", "completed")
     assert states["after_slow"] in ("cancelled", "skipped")
     assert isinstance(run.error, Boom)
 
@@ -605,7 +614,7 @@ def test_retry_jitter_stays_in_range(ex: Executor) -> None:
 
 def test_retrying_task_does_not_block_a_worker() -> None:
     # One worker. `flaky` fails and must wait a minute before its retry; meanwhile `other` runs on
-    # the same worker, sees `flaky` retrying, and cancels the run (which drops the pending retry).
+    # the same worker, sees `flaky` retrying, and cancels it (which drops the pending retry).
     order: list[str] = []
     seen: dict[str, Any] = {}
     submitted = threading.Event()
@@ -619,7 +628,8 @@ def test_retrying_task_does_not_block_a_worker() -> None:
         order.append("other")
         run = seen["run"]
         seen["flaky"] = run.tasks["flaky"]
-        run.cancel()
+        run.cancel("flaky")
+        return "other done"
 
     g = Graph("retry-frees-worker")
     g.add(task(flaky, retries=1, retry_delay=60, priority=10))
@@ -635,8 +645,8 @@ def test_retrying_task_does_not_block_a_worker() -> None:
     assert seen["flaky"].next_attempt_at - seen["flaky"].attempts[0].ended_at == timedelta(
         seconds=60
     )
-    assert run.state == "cancelled"
     assert run.states() == {"flaky": "cancelled", "other": "completed"}
+    assert run.result("other") == "other done"
 
 
 # -- priorities ------------------------------------------------------------------------------------
@@ -891,15 +901,24 @@ def test_sub_graphs_called_concurrently_from_several_tasks() -> None:
 
 
 def blocked_graph(name: str = "blocked"):
+    """blocker -> dependent -> grandchild; blocker waits for `release` and sets `stopped` when its
+    code ends, however it ends (``ran`` records how)."""
     started = threading.Event()
     release = threading.Event()
+    stopped = threading.Event()
     ran: list[str] = []
 
     def blocker(context):
         started.set()
-        release.wait(WAIT)
-        ran.append("blocker")
-        return context.cancelled
+        try:
+            release.wait(WAIT)
+            ran.append("blocker")
+            return context.cancelled
+        except BaseException as e:
+            ran.append(f"blocker raised {type(e).__name__}")
+            raise
+        finally:
+            stopped.set()
 
     def dependent(blocker):
         ran.append("dependent")
@@ -910,11 +929,11 @@ def blocked_graph(name: str = "blocked"):
     g = Graph(name)
     g.add_edges(blocker, dependent)
     g.add_edges(dependent, grandchild)
-    return g, started, release, ran
+    return g, started, release, stopped, ran
 
 
 def test_submit_wait_done(ex: Executor) -> None:
-    g, started, release, ran = blocked_graph()
+    g, started, release, _, ran = blocked_graph()
     run = ex.submit(g)
     try:
         assert started.wait(WAIT)
@@ -935,7 +954,8 @@ def test_submit_wait_done(ex: Executor) -> None:
 
 
 def test_cancel_a_running_run(ex: Executor) -> None:
-    g, started, release, ran = blocked_graph()
+    # Run.cancel(): "tasks not started end cancelled at once and running ones are interrupted".
+    g, started, release, stopped, ran = blocked_graph()
     run = ex.submit(g)
     try:
         assert started.wait(WAIT)
@@ -947,22 +967,55 @@ def test_cancel_a_running_run(ex: Executor) -> None:
     finally:
         release.set()
     assert run.wait(WAIT)
+    assert stopped.wait(WAIT)
     assert run.state == "cancelled"
-    assert ran == ["blocker"]  # the running task finished, nothing after it started
-    assert run.result("blocker") is True  # it saw context.cancelled
+    # The blocked task was interrupted when its wait returned: it did not go on to finish.
+    assert ran == ["blocker raised TaskCancelled"]
     assert run.states() == {
-        "blocker": "completed",
+        "blocker": "cancelled",
         "dependent": "cancelled",
         "grandchild": "cancelled",
     }
+    with pytest.raises(KeyError):
+        run.result("blocker")
     run.cancel()  # after the end: harmless
     assert run.state == "cancelled"
+    assert run.states()["blocker"] == "cancelled"
     with pytest.raises(tm.TaskCancelled):
         run.raise_for_state()
 
 
+def test_cancelled_task_that_polls_context_stops(ex: Executor) -> None:
+    started = threading.Event()
+    stopped = threading.Event()
+    how: list[str] = []
+
+    def poller(context):
+        started.set()
+        try:
+            deadline = time.monotonic() + WAIT
+            while not context.cancelled and time.monotonic() < deadline:
+                time.sleep(0.001)  # polling a condition
+            how.append(f"saw cancelled={context.cancelled}")
+        except tm.TaskCancelled:
+            how.append("interrupted")
+            raise
+        finally:
+            stopped.set()
+
+    g = Graph("poller")
+    g.add(poller)
+    run = ex.submit(g)
+    assert started.wait(WAIT)
+    run.cancel()
+    assert run.wait(WAIT)
+    assert stopped.wait(WAIT)
+    assert how in (["interrupted"], ["saw cancelled=True"])
+    assert run.states() == {"poller": "cancelled"}
+
+
 def test_cancel_one_pending_task(ex: Executor) -> None:
-    g, started, release, ran = blocked_graph()
+    g, started, release, _, ran = blocked_graph()
 
     def side():
         ran.append("side")
@@ -991,7 +1044,7 @@ def test_cancel_one_pending_task(ex: Executor) -> None:
 
 def test_cancelling_a_task_cancels_its_descendants(ex: Executor) -> None:
     # Run.cancel(task): "Cancels ... one task and its descendants."
-    g, started, release, _ = blocked_graph()
+    g, started, release, _, _ = blocked_graph()
     run = ex.submit(g)
     try:
         assert started.wait(WAIT)
@@ -1272,15 +1325,19 @@ mode = sys.argv[2]
 
 def waiter(context):
     (d / "started").touch()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if context.cancelled and not (d / "saw_cancel").exists():
-            (d / "saw_cancel").touch()
-            if mode == "once":
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if context.cancelled and not (d / "saw_cancel").exists():
+                (d / "saw_cancel").touch()
+                if mode == "once":
+                    break
+            if (d / "release").exists():
                 break
-        if (d / "release").exists():
-            break
-        time.sleep(0.01)
+            time.sleep(0.01)
+    except tm.TaskCancelled:
+        (d / "waiter_interrupted").touch()
+        raise
     (d / "waiter_done").touch()
     return 1
 
@@ -1339,10 +1396,15 @@ def test_ctrl_c(mode: str, tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 0, err
     if mode == "once":
-        # The first Ctrl-C waits for the running task, then raises.
+        # The first Ctrl-C lets the running task finish (it sees context.cancelled), then raises.
         assert out.splitlines() == ["KeyboardInterrupt after running task"], (out, err)
+        assert (work / "waiter_done").exists()
+        assert not (work / "waiter_interrupted").exists()
     else:
+        # The second stops waiting at once and interrupts the running task.
         assert out.splitlines() == ["KeyboardInterrupt while task running"], (out, err)
+        assert (work / "waiter_interrupted").exists()
+        assert not (work / "waiter_done").exists()
     assert (work / "saw_cancel").exists()
     assert not (work / "pending_ran").exists()
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from . import cron as cron
 from ._decorators import TaskFunction as TaskFunction
 from ._decorators import task as task
+from ._runners import ProcessPool as ProcessPool
+from ._runners import WorkerCrashed as WorkerCrashed
 from .exceptions import CronError as CronError
 from .exceptions import CycleError as CycleError
 from .exceptions import ExecutorError as ExecutorError
@@ -18,8 +20,6 @@ from .exceptions import TaskCancelled as TaskCancelled
 from .exceptions import TaskFailed as TaskFailed
 from .exceptions import TaskTimeout as TaskTimeout
 from .exceptions import TmError as TmError
-from ._runners import ProcessPool as ProcessPool
-from ._runners import WorkerCrashed as WorkerCrashed
 from .executor import Attempt as Attempt
 from .executor import Event as Event
 from .executor import Executor as Executor
@@ -38,8 +38,8 @@ __all__ = [
     "ExecutorError",
     "Graph",
     "GraphError",
-    "RetriesExhausted",
     "ProcessPool",
+    "RetriesExhausted",
     "Run",
     "StoreError",
     "Task",

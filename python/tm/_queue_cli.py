@@ -47,7 +47,9 @@ def _store_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="counts by status and type, and the workflow metadata")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     ls = sub.add_parser("list", help="tasks, oldest first")
-    ls.add_argument("--status", choices=["pending", "in_progress", "completed", "failed", "cancelled"])
+    ls.add_argument(
+        "--status", choices=["pending", "in_progress", "completed", "failed", "cancelled"]
+    )
     ls.add_argument("--type", dest="task_type")
     ls.add_argument("--limit", type=int)
     ls.add_argument("--json", action="store_true", help="one JSON object per line")

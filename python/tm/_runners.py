@@ -10,6 +10,7 @@ the attempt times out or is cancelled: the coroutine is cancelled, or the worker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import multiprocessing
@@ -123,7 +124,9 @@ def _worker_main(conn: Any) -> None:
 class _Worker:
     def __init__(self, ctx: Any) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="tm-process-worker")
+        self.proc = ctx.Process(
+            target=_worker_main, args=(child,), daemon=True, name="tm-process-worker"
+        )
         self.proc.start()
         child.close()
 
@@ -147,7 +150,9 @@ class ProcessPool:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"ProcessPool size must be a positive int, got {size!r}")
         self.size = size
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        method = (
+            "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        )
         self._ctx = multiprocessing.get_context(method)
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
@@ -203,10 +208,8 @@ class ProcessPool:
             idle, self._idle = self._idle, []
             running = list(self._running.values())
         for w in idle:
-            try:
+            with contextlib.suppress(OSError):
                 w.conn.send(None)
-            except OSError:
-                pass
             w.proc.join(timeout=5)
             w.kill()
         for w in running:

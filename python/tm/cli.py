@@ -194,12 +194,103 @@ def _run_cron(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_object(target: str) -> object:
+    """Loads ``module:attr``, ``path/to/file.py:attr`` or ``module.attr`` (for ``tm graph``, ``tm start``).
+
+    Args:
+        target: Where the object lives.
+
+    Returns:
+        The object.
+
+    Raises:
+        CommandError: The module cannot be imported or has no such attribute.
+    """
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    module_part, sep, attr = target.rpartition(":")
+    if not sep:
+        module_part, _, attr = target.rpartition(".")
+    if not module_part or not attr:
+        raise CommandError(f"expected MODULE:ATTR or FILE.py:ATTR, got {target!r}")
+    try:
+        if module_part.endswith(".py"):
+            path = Path(module_part).resolve()
+            if not path.exists():
+                raise CommandError(f"no such file: {module_part}")
+            sys.path.insert(0, str(path.parent))
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                raise CommandError(f"cannot load {module_part}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(module_part)
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError(f"cannot import {module_part!r}: {type(exc).__name__}: {exc}") from exc
+    obj: object = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise CommandError(f"{module_part!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _configure_graph(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        help="the graph: MODULE:ATTR, FILE.py:ATTR, or a JSON/YAML graph file",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("mermaid", "dot", "text"),
+        default="mermaid",
+        help="output format (default: mermaid)",
+    )
+
+
+def _run_graph(args: argparse.Namespace) -> int:
+    from .exceptions import TmError
+    from .graph import Graph
+
+    target: str = args.target
+    try:
+        if target.lower().endswith((".json", ".yaml", ".yml")):
+            graph: object = Graph.from_file(target)
+        else:
+            graph = load_object(target)
+    except TmError as exc:
+        raise CommandError(str(exc)) from exc
+    if not isinstance(graph, Graph):
+        raise CommandError(f"{target!r} is a {type(graph).__name__}, not a tm.Graph")
+    if args.format == "mermaid":
+        sys.stdout.write(graph.to_mermaid())
+    elif args.format == "dot":
+        sys.stdout.write(graph.to_dot())
+    else:
+        for name in graph.topological_order():
+            parents = graph.parents_of(name)
+            print(f"{name} <- {', '.join(parents)}" if parents else name)
+    return 0
+
+
 #: The subcommands of ``tm``, by name. Others register theirs here.
 COMMANDS: dict[str, Command] = {
     "cron": Command(
         help="print the next fire times of a cron expression",
         configure=_configure_cron,
         run=_run_cron,
+    ),
+    "graph": Command(
+        help="print a graph as Mermaid, Graphviz DOT or text",
+        configure=_configure_graph,
+        run=_run_graph,
     ),
 }
 

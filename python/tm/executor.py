@@ -165,7 +165,12 @@ class Run:
             Attempt(n, _dt(s), _dt(e), err, _dt(r)) for n, s, e, err, r in self._handle.attempts(i)
         )
         cause = self._handle.skip_cause(i)
-        return TaskRun(name, self._handle.task_state(i), attempts, None if cause is None else self._names[cause])
+        return TaskRun(
+            name,
+            self._handle.task_state(i),
+            attempts,
+            None if cause is None else self._names[cause],
+        )
 
     @property
     def tasks(self) -> dict[str, TaskRun]:
@@ -174,7 +179,7 @@ class Run:
 
     def states(self) -> dict[str, str]:
         """Every task's state name (cheaper than :attr:`tasks`)."""
-        return dict(zip(self._names, self._handle.task_states()))
+        return dict(zip(self._names, self._handle.task_states(), strict=True))
 
     def result(self, task: str | None = None) -> Any:
         """A task's return value; without a name, the single leaf's (or a dict of leaf results)."""
@@ -324,13 +329,29 @@ class _Dispatch:
             if task is None:
                 _log.log(level, "run %d of %s %s", run_id, self.graph, state)
             elif kind == "retrying":
-                _log.log(level, "%s.%s attempt %d failed (%r); retrying at %s", self.graph, task, attempt,
-                         error, ev.retry_at)
+                _log.log(
+                    level,
+                    "%s.%s attempt %d failed (%r); retrying at %s",
+                    self.graph,
+                    task,
+                    attempt,
+                    error,
+                    ev.retry_at,
+                )
             elif kind == "failed":
-                _log.log(level, "%s.%s failed after %d attempt(s): %r", self.graph, task, attempt + 1, error,
-                         exc_info=error)
+                _log.log(
+                    level,
+                    "%s.%s failed after %d attempt(s): %r",
+                    self.graph,
+                    task,
+                    attempt + 1,
+                    error,
+                    exc_info=error,
+                )
             elif kind == "skipped":
-                _log.log(level, "%s.%s skipped: upstream %s failed", self.graph, task, ev.skipped_because)
+                _log.log(
+                    level, "%s.%s skipped: upstream %s failed", self.graph, task, ev.skipped_because
+                )
             else:
                 _log.log(level, "%s.%s %s (attempt %d)", self.graph, task, kind, attempt)
         ex = self.ex
@@ -405,19 +426,30 @@ class Executor:
             if isinstance(n, ProcessPool):
                 continue
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ValueError(f"pool {tag!r} must have a positive int size or a ProcessPool, got {n!r}")
-        for name, hook in (("on_task_start", on_task_start), ("on_task_end", on_task_end),
-                           ("on_run_end", on_run_end)):
+                raise ValueError(
+                    f"pool {tag!r} must have a positive int size or a ProcessPool, got {n!r}"
+                )
+        for name, hook in (
+            ("on_task_start", on_task_start),
+            ("on_task_end", on_task_end),
+            ("on_run_end", on_run_end),
+        ):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable, got {hook!r}")
         self.workers = workers or workers_per_tag or _default_workers()
         self.workers_per_tag = workers_per_tag
         self.fail_fast = fail_fast
         opts = _options(
-            retries=retries, retry_delay=retry_delay, backoff=backoff, max_delay=max_delay,
-            jitter=jitter, timeout=timeout,
+            retries=retries,
+            retry_delay=retry_delay,
+            backoff=backoff,
+            max_delay=max_delay,
+            jitter=jitter,
+            timeout=timeout,
         )
-        self._defaults = {k: getattr(opts, k) for k in _DEFAULT_KEYS if getattr(opts, k) is not None}
+        self._defaults = {
+            k: getattr(opts, k) for k in _DEFAULT_KEYS if getattr(opts, k) is not None
+        }
         self.on_task_start = on_task_start
         self.on_task_end = on_task_end
         self.on_run_end = on_run_end
@@ -487,8 +519,12 @@ class Executor:
             raise TypeError(f"expected a tm.Graph, got {type(graph).__name__}")
         engine = self._get_engine()
         calls, specs = graph._compile(
-            self._pool_of(engine), tuple(args), dict(kwargs or {}), cache_key=id(self),
-            defaults=self._defaults, wrap=self._wrap,
+            self._pool_of(engine),
+            tuple(args),
+            dict(kwargs or {}),
+            cache_key=id(self),
+            defaults=self._defaults,
+            wrap=self._wrap,
         )
         cfg = graph.load_config() if config is None else config
         info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
@@ -498,7 +534,13 @@ class Executor:
         limit = _seconds(timeout, "timeout")
         try:
             handle = engine.submit(
-                graph._core, calls, specs, cfg, info, self.fail_fast, limit,
+                graph._core,
+                calls,
+                specs,
+                cfg,
+                info,
+                self.fail_fast,
+                limit,
                 (dispatch, mask) if mask else None,
             )
         except ValueError as e:

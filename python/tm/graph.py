@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -26,7 +27,7 @@ _P = inspect.Parameter
 class _Sig:
     """What a callable's signature needs, computed once per callable."""
 
-    __slots__ = ("params", "positional", "var_positional", "var_keyword")
+    __slots__ = ("params", "positional", "var_keyword", "var_positional")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         try:
@@ -40,7 +41,9 @@ class _Sig:
             return
         self.params = [(p.name, p.kind, p.default is not _P.empty) for p in sig.parameters.values()]
         self.positional = [
-            p.name for p in sig.parameters.values() if p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
+            p.name
+            for p in sig.parameters.values()
+            if p.kind in (_P.POSITIONAL_ONLY, _P.POSITIONAL_OR_KEYWORD)
         ]
         self.var_positional = any(p.kind is _P.VAR_POSITIONAL for p in sig.parameters.values())
         self.var_keyword = any(p.kind is _P.VAR_KEYWORD for p in sig.parameters.values())
@@ -57,10 +60,8 @@ def _sig_of(fn: Callable[..., Any]) -> _Sig:
         return _Sig(fn)
     if sig is None:
         sig = _Sig(fn)
-        try:
+        with contextlib.suppress(TypeError):
             _SIGS[fn] = sig
-        except TypeError:
-            pass
     return sig
 
 
@@ -166,7 +167,9 @@ class Graph:
         elif isinstance(schedule, str):
             self.schedule = Expression(schedule)
         else:
-            raise TypeError(f"schedule must be 'manual', a cron string or an Expression, got {schedule!r}")
+            raise TypeError(
+                f"schedule must be 'manual', a cron string or an Expression, got {schedule!r}"
+            )
         self.tz = tz
         self._core = GraphCore()
         self._nodes: list[_Node] = []
@@ -266,7 +269,9 @@ class Graph:
         return g
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str], name: str | None = None, **kwargs: Any) -> Graph:
+    def from_file(
+        cls, path: str | os.PathLike[str], name: str | None = None, **kwargs: Any
+    ) -> Graph:
         """A graph defined in JSON or YAML::
 
             {"tasks": [{"name": "fetch", "function": "pkg.mod.fetch", "depends_on": []}, ...]}
@@ -356,7 +361,9 @@ class Graph:
         names = self._core.names()
         lines = [f'digraph "{_escape(self.name)}" {{', "    rankdir=LR;"]
         lines += [f'    "{_escape(n)}";' for n in names]
-        lines += [f'    "{_escape(names[p])}" -> "{_escape(names[c])}";' for p, c in self._core.edges()]
+        lines += [
+            f'    "{_escape(names[p])}" -> "{_escape(names[c])}";' for p, c in self._core.edges()
+        ]
         return "\n".join(lines) + "\n}\n"
 
     def __repr__(self) -> str:
@@ -370,7 +377,10 @@ class Graph:
         self._compile(None, (), {}, check_roots=False)
 
     def _compile(
-        self, pool_of: Callable[[str | None], int] | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+        self,
+        pool_of: Callable[[str | None], int] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         check_roots: bool = True,
         cache_key: Any = None,
         defaults: dict[str, Any] | None = None,
@@ -396,7 +406,9 @@ class Graph:
             parents = self._core.parents(i)
             by_name = {names[p]: p for p in parents}
             is_root = not parents
-            params, call_args = _bind(names[i], node.sig, by_name, is_root, args, kwargs, check_roots)
+            params, call_args = _bind(
+                names[i], node.sig, by_name, is_root, args, kwargs, check_roots
+            )
             if is_root:
                 used_kwargs.update(name for name, kind, _ in params if kind == _VALUE)
                 if node.sig.var_keyword:
@@ -424,7 +436,9 @@ class Graph:
             )
         unused = set(kwargs) - used_kwargs
         if unused and check_roots:
-            raise TypeError(f"graph {self.name!r}: no root task accepts argument(s) {', '.join(sorted(unused))}")
+            raise TypeError(
+                f"graph {self.name!r}: no root task accepts argument(s) {', '.join(sorted(unused))}"
+            )
         if cacheable:
             self._compiled = (self._version, cache_key, calls, specs)
         return calls, specs
@@ -473,7 +487,9 @@ def _bind(
         if kind is _P.POSITIONAL_ONLY:
             if has_default:
                 continue
-            raise GraphError(f"task {name!r}: positional-only parameter {pname!r} cannot be filled by name")
+            raise GraphError(
+                f"task {name!r}: positional-only parameter {pname!r} cannot be filled by name"
+            )
         if pname in parents:
             params.append((pname, _PARENT, parents[pname]))
         elif pname == "config":
@@ -485,7 +501,9 @@ def _bind(
         elif has_default or (is_root and not check_roots):
             continue
         else:
-            where = "a parent task" if not is_root else "a parent task or an argument of the graph call"
+            where = (
+                "a parent task" if not is_root else "a parent task or an argument of the graph call"
+            )
             raise GraphError(
                 f"task {name!r}: required parameter {pname!r} cannot be filled "
                 f"(it is not {where}, 'config' or 'context')"
@@ -520,7 +538,9 @@ def _import_function(spec: Any, where: str) -> Callable[..., Any]:
     if not sep:
         module_name, _, attr = spec.rpartition(".")
     if not module_name or not attr:
-        raise GraphError(f"{where}: 'function' must be a dotted path like 'pkg.module.func', got {spec!r}")
+        raise GraphError(
+            f"{where}: 'function' must be a dotted path like 'pkg.module.func', got {spec!r}"
+        )
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -138,9 +138,7 @@ class TaskManager:
         self.lock_timeout = lock_timeout
         self.task_timeout_hours = task_timeout_hours
         self.max_attempts = max_attempts
-        self._core = _tm.QueueCore(
-            target, float(lock_timeout), float(task_timeout_hours) * 3600.0
-        )
+        self._core = _tm.QueueCore(target, float(lock_timeout), float(task_timeout_hours) * 3600.0)
 
     @property
     def backend(self) -> str:

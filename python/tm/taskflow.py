@@ -162,7 +162,9 @@ class Task:
         call.__name__ = self.task_id
         return call
 
-    def _tm_invoke(self, execute: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _tm_invoke(
+        self, execute: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if self._cancel_requested:
             raise TaskCancelled(f"task {self.task_id!r} was cancelled")
         self.status = TaskStatus.RUNNING
@@ -239,7 +241,9 @@ class Executor:
         from .executor import Executor as Engine
 
         self.scheduler = scheduler
-        self._engine = Engine(workers=workers or workers_per_tag, workers_per_tag=workers_per_tag, fail_fast=fail_fast)
+        self._engine = Engine(
+            workers=workers or workers_per_tag, workers_per_tag=workers_per_tag, fail_fast=fail_fast
+        )
         self.run_record: Any = None
 
     def run(self) -> Any:

@@ -258,7 +258,11 @@ impl Doc {
     }
 
     /// Parses a state file. The error is a message for [`QueueError::Corrupt`].
-    fn parse(src: Vec<u8>, ctx: &Ctx) -> Result<Doc, String> {
+    ///
+    /// `prev` is the previous version's parse: an entry whose text is byte-for-byte the text of
+    /// the same id in `prev` is taken over without parsing it again (between two versions only the
+    /// entries an operation changed differ).
+    fn parse(src: Vec<u8>, ctx: &Ctx, prev: Option<Doc>) -> Result<Doc, String> {
         if let Err(e) = std::str::from_utf8(&src) {
             return Err(format!("not UTF-8 text (byte {})", e.valid_up_to()));
         }
@@ -267,6 +271,10 @@ impl Doc {
         let mut entries: Vec<Entry> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut field_error: Option<String> = None;
+        let mut old = prev.map(|p| {
+            let slots: Vec<Option<Entry>> = p.entries.into_iter().map(Some).collect();
+            (p.src, slots, p.index)
+        });
         let mut r = Reader::new(&src);
         let parsed = (|| -> Result<(), SyntaxError> {
             if r.peek_kind()? != jsontext::Kind::Object {
@@ -302,6 +310,11 @@ impl Doc {
                         entries.clear();
                         index.clear();
                         r.members(|r, id, start| {
+                            if let Some(e) = reuse(r, &src, start, &id, &mut old)? {
+                                index.insert(e.id.clone(), entries.len());
+                                entries.push(e);
+                                return Ok(());
+                            }
                             match parse_entry(r, id, start, ctx)? {
                                 Ok(e) => match index.get(&e.id) {
                                     // A repeated key: the last value wins, in the first one's place.
@@ -676,6 +689,38 @@ impl Doc {
     }
 }
 
+/// The previous version of a document, taken apart for [`reuse`].
+type Prev = Option<(Vec<u8>, Vec<Option<Entry>>, HashMap<String, usize>)>;
+
+/// Takes over the previous version's entry `id` if its text is unchanged (the reader is then past
+/// the value); otherwise leaves the reader where it was.
+fn reuse(
+    r: &mut Reader<'_>,
+    src: &[u8],
+    start: usize,
+    id: &str,
+    prev: &mut Prev,
+) -> Result<Option<Entry>, SyntaxError> {
+    let Some((old_src, slots, old_index)) = prev else {
+        return Ok(None);
+    };
+    let Some(slot) = old_index.get(id).and_then(|&i| slots.get_mut(i)) else {
+        return Ok(None);
+    };
+    let Some(Text::Src(a, b)) = slot.as_ref().map(|e| e.text) else {
+        return Ok(None);
+    };
+    let save = r.pos;
+    if r.skip_unchecked().is_ok() && src.get(start..r.pos) == old_src.get(a..b) {
+        if let Some(mut e) = slot.take() {
+            e.text = Text::Src(start, r.pos);
+            return Ok(Some(e));
+        }
+    }
+    r.pos = save;
+    Ok(None)
+}
+
 /// Parses one task entry. The outer error is a syntax error; the inner one a structural problem.
 fn parse_entry(
     r: &mut Reader<'_>,
@@ -956,7 +1001,7 @@ impl JsonBackend {
             None => None,
         };
         if !cache.as_ref().is_some_and(|c| c.ident == ident) {
-            *cache = None;
+            let prev = cache.take().map(|c| c.doc);
             let doc = match &file {
                 Some(f) => {
                     let size = ident.map_or(0, |i| i.size) as usize;
@@ -971,7 +1016,7 @@ impl JsonBackend {
                             message: "the file is empty".into(),
                         });
                     }
-                    Doc::parse(bytes, ctx).map_err(|message| QueueError::Corrupt {
+                    Doc::parse(bytes, ctx, prev).map_err(|message| QueueError::Corrupt {
                         path: files.path.clone(),
                         message,
                     })?
@@ -1246,13 +1291,13 @@ impl Backend for JsonBackend {
 #[cfg(test)]
 pub(crate) fn parse_for_test(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
     let ctx = Ctx::new(&Options::default());
-    Doc::parse(bytes.to_vec(), &ctx).map(|d| d.to_snapshot())
+    Doc::parse(bytes.to_vec(), &ctx, None).map(|d| d.to_snapshot())
 }
 
 #[cfg(test)]
 pub(crate) fn render_doc_for_test(bytes: &[u8]) -> Vec<u8> {
     let ctx = Ctx::new(&Options::default());
-    let mut d = Doc::parse(bytes.to_vec(), &ctx).expect("valid");
+    let mut d = Doc::parse(bytes.to_vec(), &ctx, None).expect("valid");
     let mut out = Vec::new();
     d.render(&mut out);
     out

@@ -412,19 +412,41 @@ impl<'a> Reader<'a> {
             }
             Kind::Null => self.copy_word(b"null", out),
             Kind::Object => {
+                self.pos += 1;
                 out.push(b'{');
-                let mut first = true;
-                self.object(|r, key| {
-                    if !first {
-                        out.push(b',');
+                self.ws();
+                if self.b.get(self.pos) == Some(&b'}') {
+                    self.pos += 1;
+                    out.push(b'}');
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    if self.b.get(self.pos) != Some(&b'"') {
+                        return self.unexpected("a string key");
                     }
-                    first = false;
-                    write_str(out, &key);
+                    self.copy_string(out)?;
+                    self.ws();
+                    if self.b.get(self.pos) != Some(&b':') {
+                        return self.unexpected("':'");
+                    }
+                    self.pos += 1;
                     out.push(b':');
-                    r.value_at_depth(out, depth + 1)
-                })?;
-                out.push(b'}');
-                Ok(())
+                    self.value_at_depth(out, depth + 1)?;
+                    self.ws();
+                    match self.b.get(self.pos) {
+                        Some(b',') => {
+                            self.pos += 1;
+                            out.push(b',');
+                        }
+                        Some(b'}') => {
+                            self.pos += 1;
+                            out.push(b'}');
+                            return Ok(());
+                        }
+                        _ => return self.unexpected("',' or '}'"),
+                    }
+                }
             }
             Kind::Array => {
                 self.pos += 1;
@@ -453,6 +475,61 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+    }
+
+    /// Moves past one value *without validating it*: only for text that will be compared byte
+    /// for byte with text already validated. Fails only if the input ends first.
+    pub fn skip_unchecked(&mut self) -> Result<()> {
+        self.ws();
+        let b = self.b;
+        let mut i = self.pos;
+        let mut depth = 0usize;
+        loop {
+            match b.get(i) {
+                None => {
+                    self.pos = i;
+                    return self.err("unexpected end of input");
+                }
+                Some(b'"') => {
+                    i += 1;
+                    loop {
+                        match b.get(i) {
+                            None => break,
+                            Some(b'"') => {
+                                i += 1;
+                                break;
+                            }
+                            Some(b'\\') => i += 2,
+                            Some(_) => i += 1,
+                        }
+                    }
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Some(b'{' | b'[') => {
+                    depth += 1;
+                    i += 1;
+                }
+                Some(b'}' | b']') => {
+                    i += 1;
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Some(_) if depth > 0 => i += 1,
+                Some(_) => {
+                    while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+                    {
+                        i += 1;
+                    }
+                    break;
+                }
+            }
+        }
+        self.pos = i.min(b.len());
+        Ok(())
     }
 
     /// Reads `null` (returning None) or a string.
