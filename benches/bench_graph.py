@@ -33,10 +33,11 @@ collected before each timed step. ``stdlib`` and ``dask`` cache nothing between 
 first run and run are two samples of the same work; above 10k tasks they run once and that one
 run fills both columns. Memory is resident-set growth over the warmed-up interpreter, per task:
 "graph" after building, "run peak" the peak during the runs above the built graph
-(``/proc/self/clear_refs`` resets the peak); results are the small int 1, shared, so the figures
-are all engine overhead. Above 10k tasks a configuration whose figures at the next smaller size
-project (linearly) past the budget (60 s) is skipped, and one that runs past a generous timeout is
-stopped and reported as such.
+(``/proc/self/clear_refs`` resets the peak), "kept" what is still resident above the built
+graph after the runs, their outputs dropped and a garbage collection. Results are the small int
+1, shared, so the figures are all engine overhead. Above 10k tasks a configuration whose figures
+at the next smaller size project (linearly) past the budget (60 s) is skipped, and one that runs
+past a generous timeout is stopped and reported as such.
 
 Parallel efficiency: 200 tasks of ``time.sleep(0.01)``, all independent, on 8 workers;
 efficiency = ideal (200 * 0.01 / 8 s) / measured wall time (best of 3; tm on a compiled graph).
@@ -300,7 +301,7 @@ def measure(engine_name: str, shape: str, n: int, repeats: int) -> dict[str, Any
         build_s, first_s, run_s = [], [], []
         # A peer caches nothing between runs: above ONE_RUN_ABOVE tasks one run stands for both.
         rerun = engine.cached or n <= ONE_RUN_ABOVE
-        graph_b = run_b = total_b = None
+        graph_b = run_b = total_b = kept_b = None
         started = time.perf_counter()
         for rep in range(repeats):
             dt, graph = timed(lambda: engine.build(parents))
@@ -319,6 +320,9 @@ def measure(engine_name: str, shape: str, n: int, repeats: int) -> dict[str, Any
             if rep == 0 and base is not None and built is not None:
                 peak = peak_bytes()
                 graph_b = (built - base) / n
+                gc.collect()
+                after = rss_bytes()
+                kept_b = None if after is None else (after - built) / n
                 if peak is not None:
                     total_b = (max(peak, built) - base) / n
                     if can_reset:
@@ -339,6 +343,7 @@ def measure(engine_name: str, shape: str, n: int, repeats: int) -> dict[str, Any
         "graph_b": graph_b,
         "run_b": run_b,
         "total_b": total_b,
+        "kept_b": kept_b,
         "wall_s": wall,
     }
 
@@ -409,9 +414,9 @@ def report(
     w("")
     w(
         "| shape | tasks | engine | build us/task | first run us/task | run us/task "
-        "| graph RSS B/task | run peak RSS B/task |"
+        "| graph RSS B/task | run peak RSS B/task | kept after runs B/task |"
     )
-    w("|---|---:|---|---:|---:|---:|---:|---:|")
+    w("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for n in sizes:
         for shape in SHAPES:
             for engine in ENGINES:
@@ -419,9 +424,10 @@ def report(
                 if isinstance(r, dict):
                     cells = [fmt_us(r["build_us"]), fmt_us(r["first_us"]), fmt_us(r["run_us"])]
                     # --quick measures in one process: memory figures are not attributable.
-                    cells += ["-", "-"] if quick else [fmt_b(r["graph_b"]), fmt_b(r["run_b"])]
+                    mem = [fmt_b(r["graph_b"]), fmt_b(r["run_b"]), fmt_b(r["kept_b"])]
+                    cells += ["-"] * len(mem) if quick else mem
                 else:
-                    cells = [r or "not run", "", "", "", ""]
+                    cells = [r or "not run", "", "", "", "", ""]
                 w(f"| {shape} | {n} | {engine} | " + " | ".join(cells) + " |")
     w("")
     views: dict[str, Callable[[dict[str, Any]], float]] = {
@@ -507,7 +513,10 @@ def report(
     w("")
     w(
         "RSS columns: growth of the resident set per task over the warmed-up worker process; "
-        "run peak is above the built graph and includes tm's cached compile. "
+        "run peak is above the built graph and includes tm's cached compile; kept after runs is "
+        "what is still resident, above the built graph, once the runs' results are dropped and "
+        "the garbage collector has run (allocator caching shows here too, a leak shows as a "
+        "large figure). "
         f"stdlib and dask above {ONE_RUN_ABOVE} tasks: one run fills both run columns. "
         "Skipped configurations were projected from the next smaller size to exceed "
         f"{BUDGET_S:.0f} s."

@@ -71,7 +71,7 @@ class SeedTaskManager:
 
         class _Lock:
             def __enter__(self) -> None:
-                self.f = open(manager.lock_file, "w")  # noqa: SIM115
+                self.f = open(manager.lock_file, "w")
                 fcntl.flock(self.f, fcntl.LOCK_EX)
 
             def __exit__(self, *exc: object) -> None:
@@ -96,9 +96,12 @@ class SeedTaskManager:
             state = self._read()
             now = datetime.now()
             for task in state["tasks"].values():
-                if task["status"] == "in_progress" and task["locked_at"]:
-                    if now - datetime.fromisoformat(task["locked_at"]) > self.task_timeout:
-                        task.update(status="pending", locked_by=None, locked_at=None)
+                if (
+                    task["status"] == "in_progress"
+                    and task["locked_at"]
+                    and now - datetime.fromisoformat(task["locked_at"]) > self.task_timeout
+                ):
+                    task.update(status="pending", locked_by=None, locked_at=None)
             for task_id, task in state["tasks"].items():
                 if task["status"] != "pending":
                     continue

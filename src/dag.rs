@@ -165,6 +165,38 @@ impl<N> DagBuilder<N> {
         }
     }
 
+    /// Removes every node with index `len` or above, and their edges: undoes a partly applied
+    /// change (nodes are only ever appended, so the newest are last).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.names.len() {
+            return;
+        }
+        for n in len..self.names.len() {
+            let name = std::mem::take(&mut self.names[n]);
+            self.index.remove(&name);
+        }
+        self.names.truncate(len);
+        self.payloads.truncate(len);
+        self.parents.truncate(len);
+        self.children.truncate(len);
+        let keep = len as NodeId;
+        for list in self.children.iter_mut() {
+            list.retain(|c| *c < keep);
+        }
+        for list in self.parents.iter_mut() {
+            list.retain(|p| *p < keep);
+        }
+        // Edges whose parent was removed are gone with its children list.
+        self.edges = self.children.iter().map(Vec::len).sum();
+        // Positions may now have gaps; compact them so `ord` stays a permutation of 0..len.
+        let mut by_ord: Vec<NodeId> = (0..keep).collect();
+        by_ord.sort_unstable_by_key(|n| self.ord[*n as usize]);
+        self.ord.truncate(len);
+        for (pos, n) in by_ord.into_iter().enumerate() {
+            self.ord[n as usize] = pos as u32;
+        }
+    }
+
     /// Pearce–Kelly: restore a topological order for the new edge `x -> y` where ord[y] < ord[x].
     fn reorder(&mut self, x: NodeId, y: NodeId, lb: u32, ub: u32) -> Result<(), DagError> {
         // Forward from y over nodes ordered at most ub; reaching x means a cycle.
@@ -431,6 +463,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn truncate_removes_new_nodes_and_their_edges() {
+        let mut b = build(&[("a", "b"), ("b", "c")]).unwrap();
+        let d = b.add_node("d", (), |_, _| true).unwrap();
+        let a = b.find("a").unwrap();
+        b.add_edge(d, a).unwrap();
+        b.truncate(3);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.find("d"), None);
+        assert!(b.parents(a).is_empty());
+        assert_eq!(b.edge_count(), 2);
+        assert!(is_topological(&b));
+        // The builder stays usable: the name is free again and ordering still works.
+        let d2 = b.add_node("d", (), |_, _| true).unwrap();
+        let c = b.find("c").unwrap();
+        b.add_edge(c, d2).unwrap();
+        assert!(is_topological(&b));
     }
 
     #[test]

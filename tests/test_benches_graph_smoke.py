@@ -12,7 +12,7 @@ BENCH = Path(__file__).resolve().parent.parent / "benches" / "bench_graph.py"
 
 HEADER = (
     "| shape | tasks | engine | build us/task | first run us/task | run us/task "
-    "| graph RSS B/task | run peak RSS B/task |"
+    "| graph RSS B/task | run peak RSS B/task | kept after runs B/task |"
 )
 
 

@@ -3,6 +3,7 @@ sub-graphs, submit/cancel, threads, a differential test against plain Python, an
 
 from __future__ import annotations
 
+import gc
 import graphlib
 import inspect
 import itertools
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -1123,6 +1125,40 @@ def test_graphs_run_concurrently_from_many_threads(ex: Executor) -> None:
     assert results == {
         i * 100 + j: (i * 100 + j) ** 2 + i * 100 + j for i in range(n) for j in range(20)
     }
+
+
+def test_finished_runs_do_not_keep_results_alive(ex: Executor) -> None:
+    # Once nobody holds a Run any more, its task results (and the Run) must be freeable;
+    # a long-lived process running a graph every minute must not grow without bound.
+    class Payload:
+        pass
+
+    refs: list[weakref.ref[Payload]] = []
+
+    def make():
+        p = Payload()
+        refs.append(weakref.ref(p))
+        return p
+
+    def fails(make):
+        raise Boom("also after a failure")
+
+    g = Graph("leak")
+    g.add(make)
+    g2 = Graph("leak-failed")
+    g2.add_edges(make, fails)
+    for graph in (g, g2):
+        for _ in range(5):
+            run = ex.run(graph)
+            assert isinstance(run.result("make"), Payload)
+            run_ref = weakref.ref(run)
+            del run
+    with Executor(workers=1) as own:
+        own.run(g)
+    g()
+    gc.collect()
+    assert run_ref() is None
+    assert [r() is None for r in refs] == [True] * len(refs)
 
 
 def test_fresh_executors_with_different_pools_run_a_tagged_graph() -> None:

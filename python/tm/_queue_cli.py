@@ -104,9 +104,9 @@ def _print_table(tasks: list[dict[str, Any]]) -> None:
     cols = ("id", "type", "status", "locked_by", "attempt", "created_at")
     rows = [[("" if t.get(c) is None else str(t.get(c))) for c in cols] for t in tasks]
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths)).rstrip())
+    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
     for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
 
 
 def _run_store(target: str, args: argparse.Namespace) -> int:

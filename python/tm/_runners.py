@@ -129,12 +129,21 @@ class _Worker:
         )
         self.proc.start()
         child.close()
+        self._lock = threading.Lock()
+        self._dead = False
 
     def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join()
-        self.conn.close()
+        """Kills the process and closes the pipe; safe to call from two threads at once."""
+        with self._lock:
+            if self._dead:
+                return
+            self._dead = True
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join()
+        with contextlib.suppress(OSError):
+            self.conn.close()
 
 
 class ProcessPool:
@@ -157,6 +166,7 @@ class ProcessPool:
         self._idle: list[_Worker] = []
         self._lock = threading.Lock()
         self._running: dict[int, _Worker] = {}
+        self._stopped: dict[int, str] = {}
 
     def _acquire(self) -> _Worker:
         with self._lock:
@@ -174,10 +184,18 @@ class ProcessPool:
                 payload = pickle.dumps((fn, args, kwargs))
             except Exception as e:
                 raise TypeError(f"task arguments cannot be sent to a worker process: {e}") from e
-            w = self._acquire()
             me = threading.get_ident()
             with self._lock:
-                self._running[me] = w
+                self._stopped.pop(me, None)
+            w = self._acquire()
+            with self._lock:
+                # An interrupt that came while the worker was starting left a mark instead.
+                stopped = self._stopped.pop(me, None)
+                if stopped is None:
+                    self._running[me] = w
+            if stopped is not None:
+                w.kill()
+                raise _reason_error(stopped)
             try:
                 w.conn.send_bytes(payload)
                 ok, value = w.conn.recv()
@@ -196,6 +214,8 @@ class ProcessPool:
         def interrupt(thread_ident: int, reason: str) -> None:
             with self._lock:
                 w = self._running.pop(thread_ident, None)
+                if w is None:
+                    self._stopped[thread_ident] = reason
             if w is not None:
                 w.kill()
 

@@ -280,12 +280,27 @@ def _run_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_queue(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="PATH summary|list|show ID|release ID|cancel ID|export, or migrate SRC DST")
+
+
+def _run_queue(args: argparse.Namespace) -> int:
+    from ._queue_cli import queue_main
+
+    return queue_main(list(args.args))
+
+
 #: The subcommands of ``tm``, by name. Others register theirs here.
 COMMANDS: dict[str, Command] = {
     "cron": Command(
         help="print the next fire times of a cron expression",
         configure=_configure_cron,
         run=_run_cron,
+    ),
+    "queue": Command(
+        help="inspect and manage an agent queue (tm.queue.TaskManager)",
+        configure=_configure_queue,
+        run=_run_queue,
     ),
     "graph": Command(
         help="print a graph as Mermaid, Graphviz DOT or text",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import itertools
+import sys
 import logging
 import os
 import threading
@@ -103,11 +105,28 @@ class Run:
     def __init__(self, handle: RunHandle, graph: Graph) -> None:
         self._handle = handle
         self.graph = graph.name
-        self._names = handle.names()
-        self._index = {n: i for i, n in enumerate(self._names)}
-        self._leaves = graph.leaves()
+        self._graph_obj = graph
+        self._names_cache: list[str] | None = None
+        self._index_cache: dict[str, int] | None = None
         self.reverts: dict[str, str] = {}
         self.revert_errors: dict[str, BaseException] = {}
+
+    # Names, the name index and the leaves are built on first use, not per run.
+    @property
+    def _names(self) -> list[str]:
+        if self._names_cache is None:
+            self._names_cache = self._handle.names()
+        return self._names_cache
+
+    @property
+    def _index(self) -> dict[str, int]:
+        if self._index_cache is None:
+            self._index_cache = {n: i for i, n in enumerate(self._names)}
+        return self._index_cache
+
+    @property
+    def _leaves(self) -> list[str]:
+        return self._graph_obj.leaves()
 
     @property
     def id(self) -> int:
@@ -236,6 +255,7 @@ class Run:
 
 
 _executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+_tokens = itertools.count(1)
 _log = logging.getLogger("tm")
 _log.addHandler(logging.NullHandler())
 
@@ -269,6 +289,17 @@ class Event:
     state: str | None = None
 
 
+@dataclass
+class _Unraisable:
+    """The argument ``sys.unraisablehook`` expects."""
+
+    exc_type: type[BaseException]
+    exc_value: BaseException
+    exc_traceback: Any
+    err_msg: str | None
+    object: Any
+
+
 @atexit.register
 def _shutdown_all() -> None:
     # Worker threads must leave the interpreter before it finalizes.
@@ -279,10 +310,11 @@ def _shutdown_all() -> None:
 class _Dispatch:
     """Turns engine events of one run into hook calls and ``tm`` log records."""
 
-    def __init__(self, ex: Executor, graph: Graph, names: list[str]) -> None:
+    def __init__(self, ex: Executor, graph: Graph) -> None:
         self.ex = ex
         self.graph = graph.name
-        self.names = names
+        self._core = graph._core
+        self._names: list[str] | None = None
         self.run: Run | None = None
         self.finished_early = False
         self.lock = threading.Lock()
@@ -311,7 +343,10 @@ class _Dispatch:
         extra: int | None,
         state: str | None,
     ) -> None:
-        task = None if node is None else self.names[node]
+        if self._names is None:
+            self._names = self._core.names()
+        names = self._names
+        task = None if node is None else names[node]
         ev = Event(
             run_id,
             self.graph,
@@ -321,7 +356,7 @@ class _Dispatch:
             _dt(at_us),
             error,
             _dt(extra) if kind == "retrying" else None,
-            self.names[extra] if kind == "skipped" and extra is not None else None,
+            names[extra] if kind == "skipped" and extra is not None else None,
             state,
         )
         level = _LEVELS[kind]
@@ -359,30 +394,37 @@ class _Dispatch:
             if ex.on_task_start is not None:
                 ex.on_task_start(ev)
         elif kind == "run_finished":
-            if ex.on_run_end is not None:
-                with self.lock:
-                    run = self.run
-                    if run is None:
-                        self.finished_early = True
-                if run is not None:
-                    ex.on_run_end(run)
+            # Drop the Run here: the engine keeps this dispatcher as long as the run exists, and a
+            # reference back to the Run would make a cycle through Rust that no GC can collect.
+            with self.lock:
+                run, self.run = self.run, None
+                if run is None:
+                    self.finished_early = True
+            if run is not None and ex.on_run_end is not None:
+                ex.on_run_end(run)
         elif ex.on_task_end is not None:
             ex.on_task_end(ev)
 
     def attach(self, run: Run) -> None:
         """Hands over the Run object; fires on_run_end now if the run ended before it existed."""
         with self.lock:
-            self.run = run
             early = self.finished_early
+            if not early and self.ex.on_run_end is not None:
+                self.run = run
         if early and self.ex.on_run_end is not None:
-            self.ex.on_run_end(run)
+            # Same contract as hooks called from the engine: a failing hook never escapes.
+            try:
+                self.ex.on_run_end(run)
+            except Exception as e:
+                sys.unraisablehook(_Unraisable(type(e), e, e.__traceback__, None, self.ex.on_run_end))
 
 
 class Executor:
     """Runs graphs on bounded worker pools: one per task tag, plus a default pool.
 
     Args:
-        workers: size of the default pool (untagged tasks). Default: ``min(32, cpus + 4)``.
+        workers: size of the default pool (untagged tasks). Default: ``workers_per_tag`` if
+            given, else ``min(32, cpus + 4)``.
         workers_per_tag: size of each tag's pool unless ``pools`` names it.
         pools: ``{tag: size}`` for specific tags, or ``{tag: tm.ProcessPool(n)}`` to run a tag's
             tasks in worker processes.
@@ -454,6 +496,8 @@ class Executor:
         self.on_task_end = on_task_end
         self.on_run_end = on_run_end
         self._engine: Engine | None = None
+        # Compiled graphs are cached per executor under this token (never reused, unlike id()).
+        self._token = next(_tokens)
         self._async = AsyncRunner()
         self._lock = threading.Lock()
         self._closed = False
@@ -522,16 +566,19 @@ class Executor:
             self._pool_of(engine),
             tuple(args),
             dict(kwargs or {}),
-            cache_key=id(self),
+            cache_key=self._token,
             defaults=self._defaults,
             wrap=self._wrap,
         )
         cfg = graph.load_config() if config is None else config
         info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
         info.update(meta or {})
-        dispatch = _Dispatch(self, graph, graph._core.names())
+        dispatch = _Dispatch(self, graph)
         mask = dispatch.mask()
         limit = _seconds(timeout, "timeout")
+        # The engine also puts the handle here before returning, so a Ctrl-C that lands between
+        # the run starting and this frame seeing the handle can still cancel the run.
+        started: list[RunHandle] = []
         try:
             handle = engine.submit(
                 graph._core,
@@ -542,11 +589,14 @@ class Executor:
                 self.fail_fast,
                 limit,
                 (dispatch, mask) if mask else None,
+                started,
             )
-        except ValueError as e:
-            raise GraphError(str(e)) from e
-        run = Run(handle, graph)
-        dispatch.attach(run)
+            run = Run(handle, graph)
+            dispatch.attach(run)
+        except BaseException:
+            for h in started:
+                h.cancel(False)
+            raise
         return run
 
     def run(

@@ -15,7 +15,7 @@ from typing import Any
 from ._decorators import TaskFunction, TaskOptions, as_task, task
 from ._tm import GraphCore
 from .cron import Expression
-from .exceptions import GraphError
+from .exceptions import GraphError, TaskTimeout
 from .taskflow import Task as _ClassTask
 
 __all__ = ["Graph"]
@@ -235,15 +235,35 @@ class Graph:
             return idx
         return self._node_for(item)
 
+    def _atomically(self, change: Callable[[], None]) -> None:
+        """Applies ``change``; if it raises, every task it added is removed again."""
+        mark = len(self._nodes)
+        try:
+            change()
+        except BaseException:
+            if len(self._nodes) > mark:
+                self._core.truncate(mark)
+                for node in self._nodes[mark:]:
+                    self._by_source.pop(id(node.source), None)
+                del self._nodes[mark:]
+                self._version += 1
+            raise
+
     def add(self, t: Any, depends_on: Iterable[Any] = ()) -> Any:
         """Adds task ``t`` (a task, a callable or a ``tm.Task``) after ``depends_on`` (tasks or names).
 
+        All or nothing: if a dependency is unknown or would close a cycle, the graph is unchanged.
         Returns ``t`` so it can be used as a decorator: ``@graph.add``.
         """
         if isinstance(depends_on, (str, bytes)) or callable(depends_on):
             depends_on = [depends_on]
-        child = self._node_for(t)
-        self._edges([self._resolve(d) for d in depends_on], [child])
+        deps = list(depends_on)
+
+        def change() -> None:
+            parents = [self._resolve(d) for d in deps]
+            self._edges(parents, [self._node_for(t)])
+
+        self._atomically(change)
         return t
 
     def add_edges(self, parents: Iterable[Any], children: Iterable[Any] | None = None) -> None:
@@ -256,9 +276,14 @@ class Graph:
             parents = [parents]
         if children is not None and (callable(children) or isinstance(children, str)):
             children = [children]
-        ps = [self._resolve(p) for p in parents]
-        cs = [self._resolve(c) for c in (children or [])]
-        self._edges(ps, cs)
+        parent_list, child_list = list(parents), list(children or [])
+
+        def change() -> None:
+            ps = [self._resolve(p) for p in parent_list]
+            cs = [self._resolve(c) for c in child_list]
+            self._edges(ps, cs)
+
+        self._atomically(change)
 
     @classmethod
     def from_tasks(cls, tasks: Iterable[Any], name: str = "graph", **kwargs: Any) -> Graph:
@@ -341,8 +366,14 @@ class Graph:
         return [names[i] for i in self._core.topological_order()]
 
     def leaves(self) -> list[str]:
+        """Tasks without children (cached until the graph changes)."""
+        cached = getattr(self, "_leaves_cache", None)
+        if cached is not None and cached[0] == self._version:
+            return list(cached[1])
         names = self._core.names()
-        return [names[i] for i in range(len(names)) if not self._core.children(i)]
+        leaves = [names[i] for i in range(len(names)) if not self._core.children(i)]
+        self._leaves_cache = (self._version, leaves)
+        return list(leaves)
 
     def roots(self) -> list[str]:
         names = self._core.names()
@@ -432,6 +463,7 @@ class Graph:
                     pick("max_delay", o.max_delay, None),
                     pick("jitter", o.jitter, 0.0),
                     pick("timeout", o.timeout, None),
+                    issubclass(TaskTimeout, o.retry_on) and not issubclass(TaskTimeout, o.give_up_on),
                 )
             )
         unused = set(kwargs) - used_kwargs

@@ -21,6 +21,11 @@ Storage, chosen by ``state_file``:
   (WAL): a claim is one indexed statement, nothing rewrites the whole store, and millions of tasks
   are fine. ``tm queue migrate a.json b.db`` converts (either direction).
 
+Processes on one machine share a store; threads may share one ``TaskManager``. Do not open an
+SQLite queue with Python's ``sqlite3`` module *in a process that also uses it through tm*: the two
+SQLite libraries do not see each other's locks within one process (other processes are fine).
+A database tm creates uses 1 KiB pages, which makes each commit write less.
+
 Decisions where the seed is silent:
 
 - ``result_data`` is stored as ``data["result"]`` (the task's own data keys are kept).
@@ -294,7 +299,7 @@ class TaskManager:
     ) -> list[dict[str, Any]]:
         """Tasks, oldest first, optionally of one status and/or type, at most ``limit``."""
         s = None if status is None else str(TaskStatus(status).value)
-        return self._core.list(s, task_type, limit)
+        return self._core.list_tasks(s, task_type, limit)
 
     def export(self, path: str | os.PathLike[str] | None = None) -> str | None:
         """The whole queue in the seed's state-file format: written to ``path``, or returned."""

@@ -50,6 +50,8 @@ pub struct TaskSpec {
     pub retry: RetryPolicy,
     /// Longest an attempt may run; past it the attempt fails with [`TaskError::Timeout`].
     pub timeout: Option<Duration>,
+    /// Whether a timed-out attempt may be retried (the task's retry filters accept timeouts).
+    pub retry_timeouts: bool,
 }
 
 /// Something that happened in a run, delivered to [`Observer`]s outside every engine lock.

@@ -140,6 +140,8 @@ pub(crate) struct RunInner<V> {
     pub started_us: i64,
     pub ended_us: AtomicI64,
     pub done: Mutex<Option<RunState>>,
+    /// The run ended and its observers have been told; waiters return only then.
+    pub settled: AtomicBool,
     pub done_cv: Condvar,
     pub clock: Clock,
 }
@@ -181,6 +183,7 @@ impl<V> RunInner<V> {
             started_us: clock.now_micros(),
             ended_us: AtomicI64::new(0),
             done: Mutex::new(None),
+            settled: AtomicBool::new(false),
             done_cv: Condvar::new(),
             clock,
         }
@@ -221,9 +224,34 @@ impl<V> RunInner<V> {
         }
     }
 
-    /// Marks the run finished and wakes its waiters. Called once, when `remaining` reaches zero.
-    pub fn finish(&self) {
-        let state = if self.timed_out.load(Ordering::Acquire) {
+    /// Records the final state (visible to `outcome()` at once) without waking waiters, so the
+    /// run's last events can be delivered before anyone waiting on it returns.
+    pub fn record_outcome(&self) {
+        let state = self.final_state();
+        self.ended_us
+            .store(self.clock.now_micros(), Ordering::Release);
+        if let Ok(mut d) = self.done.lock() {
+            *d = Some(state);
+        }
+    }
+
+    /// Wakes threads waiting for the run to end (after its last events were delivered).
+    pub fn wake_waiters(&self) {
+        // Setting the flag under the lock orders it with any waiter's check.
+        let guard = self.done.lock();
+        self.settled.store(true, Ordering::Release);
+        drop(guard);
+        self.done_cv.notify_all();
+    }
+
+    /// Whether the run ended and its last events were delivered.
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// The state the run ends in, given what happened so far.
+    pub fn final_state(&self) -> RunState {
+        if self.timed_out.load(Ordering::Acquire) {
             RunState::Failed
         } else if self.cancelled.load(Ordering::Acquire) {
             RunState::Cancelled
@@ -233,13 +261,7 @@ impl<V> RunInner<V> {
             RunState::Cancelled
         } else {
             RunState::Completed
-        };
-        self.ended_us
-            .store(self.clock.now_micros(), Ordering::Release);
-        if let Ok(mut d) = self.done.lock() {
-            *d = Some(state);
         }
-        self.done_cv.notify_all();
     }
 
     pub fn outcome(&self) -> Option<RunState> {
@@ -252,7 +274,9 @@ impl<V> RunInner<V> {
         let mut guard = self.done.lock().ok()?;
         loop {
             if let Some(s) = *guard {
-                return Some(s);
+                if self.settled.load(Ordering::Acquire) {
+                    return Some(s);
+                }
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             guard = self.done_cv.wait_timeout(guard, left).ok()?.0;
@@ -292,6 +316,11 @@ impl<V> Run<V> {
     /// Whether the run has ended.
     pub fn is_done(&self) -> bool {
         self.inner.outcome().is_some()
+    }
+
+    /// Whether the run has ended and its observers have seen its last event.
+    pub fn is_settled(&self) -> bool {
+        self.inner.is_settled()
     }
 
     /// Waits up to `timeout` for the run to end (without helping); returns the final state if it did.

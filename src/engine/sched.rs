@@ -106,9 +106,14 @@ impl<V> Ord for Timer<V> {
 enum After<V> {
     Emit(Arc<RunInner<V>>, Option<NodeId>, u32, EventKind),
     Interrupt(Arc<RunInner<V>>, NodeId, u32, TaskError),
+    /// Marks a run finished: after its last events, so observers have seen everything by the
+    /// time a waiter wakes.
+    Finish(Arc<RunInner<V>>),
     SpawnThread,
     NotifyOne,
     NotifyAll,
+    /// A timer was added: the timer thread must recompute its wait.
+    NotifyTimer,
 }
 
 struct Pool<V> {
@@ -133,10 +138,14 @@ struct Sched<V> {
 struct Shared<V> {
     sched: Mutex<Sched<V>>,
     work: Condvar,
+    /// Wakes the timer thread (retries, attempt and run deadlines fire there, so they fire even
+    /// when every worker is busy or stuck).
+    timer_cv: Condvar,
     host: Arc<dyn Host>,
     clock: Clock,
     next_run_id: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    timer: Mutex<Option<JoinHandle<()>>>,
     retired: AtomicUsize,
 }
 
@@ -183,10 +192,12 @@ impl<V: Send + Sync + 'static> Executor<V> {
             shared: Arc::new(Shared {
                 sched: Mutex::new(sched),
                 work: Condvar::new(),
+                timer_cv: Condvar::new(),
                 host,
                 clock,
                 next_run_id: AtomicU64::new(1),
                 threads: Mutex::new(Vec::new()),
+                timer: Mutex::new(None),
                 retired: AtomicUsize::new(0),
             }),
             pools: Mutex::new(pools),
@@ -224,6 +235,24 @@ impl<V: Send + Sync + 'static> Executor<V> {
     }
 
     fn ensure_threads(&self) -> Result<(), String> {
+        {
+            let mut timer = self
+                .shared
+                .timer
+                .lock()
+                .map_err(|_| "executor state poisoned".to_string())?;
+            if timer.is_none() {
+                let s2 = self.shared.clone();
+                let handle = std::thread::Builder::new()
+                    .name("tm-timer".into())
+                    .spawn(move || {
+                        let host = s2.host.clone();
+                        host.worker_main(&mut || timer_loop(&s2));
+                    })
+                    .map_err(|e| format!("cannot start the timer thread: {e}"))?;
+                *timer = Some(handle);
+            }
+        }
         let want: usize = self
             .pools()
             .iter()
@@ -267,14 +296,10 @@ impl<V: Send + Sync + 'static> Executor<V> {
             self.shared.clock.clone(),
         ));
         if run.plan.is_empty() {
-            run.finish();
-            run.emit(
-                None,
-                0,
-                EventKind::RunFinished {
-                    state: run.outcome().unwrap_or(super::RunState::Completed),
-                },
-            );
+            run.record_outcome();
+            let state = run.final_state();
+            run.emit(None, 0, EventKind::RunFinished { state });
+            run.wake_waiters();
             return Ok(Run { inner: run });
         }
         let mut s = self.shared.lock();
@@ -293,6 +318,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
                     limit,
                 },
             }));
+            s.after.push(After::NotifyTimer);
         }
         let roots: Vec<NodeId> = run.plan.roots().collect();
         for &n in &roots {
@@ -322,7 +348,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
                     release(&self.shared, s);
                 }
                 CURRENT.with(|c| c.set(None));
-                while !run.is_done() {
+                while !run.is_settled() {
                     help_once(&self.shared, &run.inner, slice);
                 }
                 CURRENT.with(|c| c.set(Some((exec, pool))));
@@ -367,8 +393,14 @@ impl<V: Send + Sync + 'static> Executor<V> {
             return;
         }
         r.partly_cancelled.store(true, Ordering::Release);
-        for n in std::iter::once(node).chain(r.plan.descendants(node)) {
+        let affected: Vec<NodeId> = std::iter::once(node)
+            .chain(r.plan.descendants(node))
+            .collect();
+        // Flag them all first, so settling a running one cancels (not skips) the rest.
+        for &n in &affected {
             r.nodes[n as usize].cancel.store(true, Ordering::Release);
+        }
+        for n in affected {
             if r.state_of(n) == TaskState::Running {
                 s.abandon(r, n, TaskError::Cancelled, false);
             } else {
@@ -383,6 +415,13 @@ impl<V: Send + Sync + 'static> Executor<V> {
     pub fn shutdown(&self) {
         self.shared.lock().shutdown = true;
         self.shared.work.notify_all();
+        self.shared.timer_cv.notify_all();
+        let timer = self.shared.timer.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = timer {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
         let handles: Vec<JoinHandle<()>> = match self.shared.threads.lock() {
             Ok(mut t) => t.drain(..).collect(),
             Err(_) => Vec::new(),
@@ -454,11 +493,13 @@ fn release<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, mut s: MutexGuard<
             After::Interrupt(run, node, attempt, reason) => {
                 run.body.interrupt(node, attempt, &reason)
             }
+            After::Finish(run) => run.wake_waiters(),
             After::SpawnThread => {
                 let _ = spawn_worker(shared);
             }
             After::NotifyOne => shared.work.notify_one(),
             After::NotifyAll => shared.work.notify_all(),
+            After::NotifyTimer => shared.timer_cv.notify_one(),
         }
     }
 }
@@ -527,6 +568,7 @@ impl<V: Send + Sync + 'static> Sched<V> {
                         job.run.set_state(job.node, TaskState::Scheduled);
                         let pool = job.run.specs[job.node as usize].pool;
                         self.pools[pool].ready.push(job);
+                        self.after.push(After::NotifyOne);
                     }
                 }
                 TimerKind::Deadline {
@@ -538,7 +580,8 @@ impl<V: Send + Sync + 'static> Sched<V> {
                     let live =
                         run.nodes[node as usize].generation.load(Ordering::Acquire) == generation;
                     if live && run.state_of(node) == TaskState::Running {
-                        self.abandon(&run, node, TaskError::Timeout(limit), true);
+                        let retry = run.specs[node as usize].retry_timeouts;
+                        self.abandon(&run, node, TaskError::Timeout(limit), retry);
                     }
                 }
                 TimerKind::RunDeadline { run, limit } => {
@@ -617,8 +660,7 @@ impl<V: Send + Sync + 'static> Sched<V> {
                 seq,
                 kind: TimerKind::Retry(job),
             }));
-            // A waiting worker must recompute its timeout to include this timer.
-            self.after.push(After::NotifyOne);
+            self.after.push(After::NotifyTimer);
             self.after.push(After::Emit(
                 run.clone(),
                 Some(n),
@@ -699,8 +741,11 @@ impl<V: Send + Sync + 'static> Sched<V> {
         if st.is_terminal() || st == TaskState::Running {
             return;
         }
+        // Skipped means "a parent failed" in a run that is otherwise going on; a run that was
+        // cancelled or hit its deadline cancels what it did not start.
         let skipped = cause != u32::MAX
             && !run.cancelled.load(Ordering::Acquire)
+            && !run.timed_out.load(Ordering::Acquire)
             && !run.is_cancel_requested(n);
         run.set_state(
             n,
@@ -722,14 +767,15 @@ impl<V: Send + Sync + 'static> Sched<V> {
 
     fn node_done(&mut self, run: &Arc<RunInner<V>>) {
         if run.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            run.finish();
-            let state = run.outcome().unwrap_or(super::RunState::Completed);
+            run.record_outcome();
+            let state = run.final_state();
             self.after.push(After::Emit(
                 run.clone(),
                 None,
                 0,
                 EventKind::RunFinished { state },
             ));
+            self.after.push(After::Finish(run.clone()));
             // Threads helping with this run (nested waits) must notice it ended.
             self.after.push(After::NotifyAll);
         }
@@ -796,7 +842,7 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, job: Job<V>) -> Ex
             seq,
             kind,
         }));
-        s.after.push(After::NotifyOne);
+        s.after.push(After::NotifyTimer);
         release(shared, s);
     }
     run.emit(Some(n), attempt, EventKind::Started);
@@ -886,24 +932,11 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
                 if s.shutdown {
                     return;
                 }
-                let wait = s.fire_timers(Instant::now());
-                if !s.after.is_empty() {
-                    release(shared, s);
-                    s = shared.lock();
-                    continue;
-                }
                 if let Some(job) = s.take() {
                     break job;
                 }
                 s.idle += 1;
-                s = match wait {
-                    Some(d) => shared
-                        .work
-                        .wait_timeout(s, d)
-                        .map(|r| r.0)
-                        .unwrap_or_else(|p| p.into_inner().0),
-                    None => shared.work.wait(s).unwrap_or_else(|p| p.into_inner()),
-                };
+                s = shared.work.wait(s).unwrap_or_else(|p| p.into_inner());
                 s.idle -= 1;
             }
         };
@@ -911,6 +944,30 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
             shared.retired.fetch_add(1, Ordering::AcqRel);
             return;
         }
+    }
+}
+
+/// The timer thread: fires retries and deadlines when due, whatever the workers are doing.
+fn timer_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
+    let mut s = shared.lock();
+    loop {
+        if s.shutdown {
+            return;
+        }
+        let wait = s.fire_timers(Instant::now());
+        if !s.after.is_empty() {
+            release(shared, s);
+            s = shared.lock();
+            continue;
+        }
+        s = match wait {
+            Some(d) => shared
+                .timer_cv
+                .wait_timeout(s, d)
+                .map(|r| r.0)
+                .unwrap_or_else(|p| p.into_inner().0),
+            None => shared.timer_cv.wait(s).unwrap_or_else(|p| p.into_inner()),
+        };
     }
 }
 
@@ -922,11 +979,6 @@ fn help_once<V: Send + Sync + 'static>(
     slice: Duration,
 ) {
     let mut s = shared.lock();
-    let wait = s.fire_timers(Instant::now());
-    if !s.after.is_empty() {
-        release(shared, s);
-        return;
-    }
     if let Some(job) = s.take() {
         drop(s);
         // A helper is not a pool worker: if its job is abandoned it simply goes back to waiting.
@@ -937,10 +989,9 @@ fn help_once<V: Send + Sync + 'static>(
         return;
     }
     s.idle += 1;
-    let d = wait.map_or(slice, |w| w.min(slice));
     s = shared
         .work
-        .wait_timeout(s, d)
+        .wait_timeout(s, slice)
         .map(|r| r.0)
         .unwrap_or_else(|p| p.into_inner().0);
     s.idle -= 1;

@@ -379,6 +379,7 @@ fn timed_out_attempt_frees_its_slot_and_is_retried() {
         retries: 1,
         ..Default::default()
     };
+    specs[slow].retry_timeouts = true;
     let run = ex
         .submit(Submission {
             plan: p.clone(),

@@ -287,11 +287,11 @@ impl PyEngine {
     /// Starts a run. `calls[i]` is `(func, params, args, retry_on, give_up_on)` for node i, where
     /// params are `(name, kind, payload)` with kind 0 parent index, 1 config, 2 context,
     /// 3 all parents, 4 constant; `specs[i]` is
-    /// `(pool, priority, retries, delay, backoff, max_delay, jitter, timeout)`. `observer` is
+    /// `(pool, priority, retries, delay, backoff, max_delay, jitter, timeout, retry_timeouts)`. `observer` is
     /// `(callback, mask)`: `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is
     /// called for the event kinds whose bit is set in `mask` (see `EVENT_KINDS`).
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    #[pyo3(signature = (graph, calls, specs, config, meta, fail_fast = false, timeout = None, observer = None))]
+    #[pyo3(signature = (graph, calls, specs, config, meta, fail_fast = false, timeout = None, observer = None, started = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -303,13 +303,24 @@ impl PyEngine {
             Option<Py<PyAny>>,
             Option<Py<PyAny>>,
         )>,
-        specs: Vec<(usize, i32, u32, f64, f64, Option<f64>, f64, Option<f64>)>,
+        specs: Vec<(
+            usize,
+            i32,
+            u32,
+            f64,
+            f64,
+            Option<f64>,
+            f64,
+            Option<f64>,
+            bool,
+        )>,
         config: Py<PyAny>,
         meta: Py<PyAny>,
         fail_fast: bool,
         timeout: Option<f64>,
         observer: Option<(Py<PyAny>, u32)>,
-    ) -> PyResult<PyRunHandle> {
+        started: Option<Bound<'_, pyo3::types::PyList>>,
+    ) -> PyResult<Py<PyRunHandle>> {
         let plan = graph.get().plan();
         if calls.len() != plan.len() || specs.len() != plan.len() {
             return Err(PyValueError::new_err(
@@ -344,7 +355,18 @@ impl PyEngine {
             });
         }
         let mut task_specs = Vec::with_capacity(specs.len());
-        for (pool, priority, retries, delay, backoff, max_delay, jitter, task_timeout) in specs {
+        for (
+            pool,
+            priority,
+            retries,
+            delay,
+            backoff,
+            max_delay,
+            jitter,
+            task_timeout,
+            retry_timeouts,
+        ) in specs
+        {
             if !(0.0..=1.0).contains(&jitter) || backoff < 0.0 {
                 return Err(PyValueError::new_err(
                     "jitter must be in [0, 1] and backoff non-negative",
@@ -363,6 +385,7 @@ impl PyEngine {
                 priority,
                 retry,
                 timeout,
+                retry_timeouts,
             });
         }
         let names = (0..plan.len() as NodeId)
@@ -394,10 +417,17 @@ impl PyEngine {
         let run = py
             .detach(move || exec.submit(sub))
             .map_err(exc::ExecutorError::new_err)?;
-        Ok(PyRunHandle {
-            run,
-            exec: self.exec.clone(),
-        })
+        let handle = Py::new(
+            py,
+            PyRunHandle {
+                run,
+                exec: self.exec.clone(),
+            },
+        )?;
+        if let Some(list) = started {
+            list.append(handle.clone_ref(py))?;
+        }
+        Ok(handle)
     }
 
     /// Stops the worker threads after their current tasks (waits detached). Idempotent.
@@ -423,6 +453,15 @@ fn error_object(py: Python<'_>, e: &TaskError) -> PyResult<Py<PyAny>> {
         TaskError::Cancelled => exc::TaskCancelled::new_err("task cancelled")
             .into_value(py)
             .into_py_any(py),
+    }
+}
+
+impl Drop for PyEngine {
+    fn drop(&mut self) {
+        // Dropped by the garbage collector while attached: stop the workers detached, or a worker
+        // waiting to attach for its next task would wait forever for this thread.
+        let exec = self.exec.clone();
+        Python::attach(|py| py.detach(move || exec.shutdown()));
     }
 }
 

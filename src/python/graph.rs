@@ -82,6 +82,13 @@ impl PyGraphCore {
         Ok(())
     }
 
+    /// Removes nodes with index `len` or above and their edges (undoes a failed change).
+    fn truncate(&self, len: usize) {
+        let mut core = self.lock();
+        core.builder.truncate(len);
+        core.plan = None;
+    }
+
     /// The index of `name`, or None.
     fn find(&self, name: &str) -> Option<u32> {
         self.lock().builder.find(name)

@@ -7,6 +7,7 @@ mod engine;
 mod errors;
 mod graph;
 mod queue;
+mod store;
 
 /// The extension module `tm._tm`. Registering classes starts nothing: no thread, no runtime, no file.
 #[pymodule(gil_used = false)]
@@ -15,5 +16,6 @@ fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cron::register(m)?;
     engine::register(m)?;
     queue::register(m)?;
+    store::register(m)?;
     Ok(())
 }

@@ -226,8 +226,11 @@ impl PyQueueCore {
             // Wake for a change by another process, a lease that expires, or the deadline.
             let mut wake = deadline;
             if let Some(at) = expiry {
+                // At least one poll interval ahead: a lease the store reports as expired but a
+                // claim did not recover yet must not turn this into a busy loop.
                 let ahead = at.saturating_sub(Clock::System.now_micros()).max(0) as u64;
-                wake = wake.min(Instant::now() + Duration::from_micros(ahead));
+                let ahead = Duration::from_micros(ahead).max(POLL);
+                wake = wake.min(Instant::now() + ahead);
             }
             loop {
                 let slice_end = wake.min(Instant::now() + SLICE);
@@ -319,7 +322,7 @@ impl PyQueueCore {
 
     /// Tasks, oldest first, optionally filtered.
     #[pyo3(signature = (status = None, task_type = None, limit = None))]
-    fn list<'py>(
+    fn list_tasks<'py>(
         &self,
         py: Python<'py>,
         status: Option<String>,

@@ -2,7 +2,9 @@
 //!
 //! Writers take an exclusive `flock` on `<state>.lock` (waiting at most `lock_timeout`), read the
 //! file, change it, write `<state>.tmp`, fsync it and rename it over the state file. Readers need no
-//! lock: a rename replaces the whole file at once, so every open sees one complete version.
+//! lock: a rename replaces the whole file at once, so every open sees one complete version. The
+//! directory is not fsynced after the rename: after a power loss the state file is the new version
+//! or the previous one, never a mix.
 //!
 //! Speed comes from not redoing work:
 //! - the parsed file is cached with the identity of the version it came from (device, inode, size,
@@ -269,8 +271,8 @@ impl Doc {
         let mut top = Vec::new();
         let mut metadata = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
         let mut field_error: Option<String> = None;
+        let mut same_places = false;
         let mut old = prev.map(|p| {
             let slots: Vec<Option<Entry>> = p.entries.into_iter().map(Some).collect();
             (p.src, slots, p.index)
@@ -308,22 +310,17 @@ impl Doc {
                             return Ok(());
                         }
                         entries.clear();
-                        index.clear();
+                        same_places = true;
                         r.members(|r, id, start| {
+                            let at = entries.len();
+                            let was_at = old.as_ref().and_then(|o| o.2.get(&id).copied());
+                            same_places &= was_at == Some(at);
                             if let Some(e) = reuse(r, &src, start, &id, &mut old)? {
-                                index.insert(e.id.clone(), entries.len());
                                 entries.push(e);
                                 return Ok(());
                             }
                             match parse_entry(r, id, start, ctx)? {
-                                Ok(e) => match index.get(&e.id) {
-                                    // A repeated key: the last value wins, in the first one's place.
-                                    Some(&i) => entries[i] = e,
-                                    None => {
-                                        index.insert(e.id.clone(), entries.len());
-                                        entries.push(e);
-                                    }
-                                },
+                                Ok(e) => entries.push(e),
                                 Err(msg) => {
                                     field_error.get_or_insert(msg);
                                 }
@@ -363,6 +360,11 @@ impl Doc {
                 top.push(t);
             }
         }
+        // The same ids at the same places as before: the previous index still holds.
+        let index = match old {
+            Some((_, _, old_index)) if same_places && old_index.len() == entries.len() => old_index,
+            _ => index_entries(&mut entries),
+        };
         Ok(Doc {
             src,
             top,
@@ -564,7 +566,7 @@ impl Doc {
                 continue;
             }
             if let Some(ts) = types {
-                if !ts.iter().any(|t| *t == e.ty) {
+                if !ts.contains(&e.ty) {
                     continue;
                 }
             }
@@ -687,6 +689,36 @@ impl Doc {
             metadata: jsontext::object_text(&self.metadata),
         }
     }
+}
+
+/// Indexes entries by id. A repeated id (a JSON object may repeat a key) keeps the last value in
+/// the first one's place, as Python's `json.load` does.
+fn index_entries(entries: &mut Vec<Entry>) -> HashMap<String, usize> {
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+    let mut repeated = false;
+    for i in 0..entries.len() {
+        match index.get(&entries[i].id) {
+            Some(&first) => {
+                entries.swap(first, i);
+                repeated = true;
+            }
+            None => {
+                index.insert(entries[i].id.clone(), i);
+            }
+        }
+    }
+    if repeated {
+        let mut i = 0;
+        entries.retain(|e| {
+            let keep = index.get(&e.id) == Some(&i);
+            i += 1;
+            keep
+        });
+        for (i, e) in entries.iter().enumerate() {
+            index.insert(e.id.clone(), i);
+        }
+    }
+    index
 }
 
 /// The previous version of a document, taken apart for [`reuse`].
@@ -942,8 +974,13 @@ impl JsonBackend {
             ctx: Ctx::new(&opts),
             cache: None,
         };
-        // Validates an existing file, or writes the initial state.
-        b.write(|_, _, _| Ok(((), false)))?;
+        // Validates an existing file (reading needs no lock), or writes the initial state.
+        let exists = Self::refresh(&b.files, &b.ctx, &mut b.cache)?
+            .ident
+            .is_some();
+        if !exists {
+            b.write(|_, _, _| Ok(((), false)))?;
+        }
         Ok(b)
     }
 
@@ -963,7 +1000,10 @@ impl JsonBackend {
         let start = Instant::now();
         let mut pause = Duration::from_micros(50);
         loop {
-            match f.try_lock() {
+            // `File::try_lock` is std since Rust 1.89; the crate's declared MSRV predates it.
+            #[allow(clippy::incompatible_msrv)]
+            let attempt = f.try_lock();
+            match attempt {
                 Ok(()) => return Ok(f),
                 Err(TryLockError::WouldBlock) => {
                     let waited = start.elapsed();
@@ -1026,7 +1066,7 @@ impl JsonBackend {
             *cache = Some(Loaded {
                 doc,
                 ident,
-                _hold: file,
+                _hold: file.filter(|_| cfg!(unix)),
             });
         }
         cache
@@ -1060,7 +1100,9 @@ impl JsonBackend {
         }
         let meta = f.metadata().map_err(|e| files.io("stat", &files.path, e))?;
         loaded.ident = Some(Ident::of(&meta));
-        loaded._hold = Some(f);
+        // Holding the version open pins its inode (see `Ident`). Windows cannot rename over a
+        // file that is open, and identifies versions without inodes, so it holds nothing.
+        loaded._hold = cfg!(unix).then_some(f);
         loaded.doc.src = buf;
         Ok(())
     }

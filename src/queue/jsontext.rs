@@ -520,7 +520,8 @@ impl<'a> Reader<'a> {
                 }
                 Some(_) if depth > 0 => i += 1,
                 Some(_) => {
-                    while i < b.len() && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
+                    while i < b.len()
+                        && !matches!(b[i], b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t')
                     {
                         i += 1;
                     }

@@ -450,7 +450,10 @@ fn version_changes_when_another_handle_writes() {
         let v0 = b.version().unwrap();
         let mut other = open(path.to_str().unwrap(), opts(clock)).unwrap();
         other.create(&[task("t", "{}")]).unwrap();
-        assert_ne!(b.version().unwrap(), v0);
+        let v1 = b.version().unwrap();
+        assert_ne!(v1, v0);
+        b.create(&[task("t", "{}")]).unwrap();
+        assert_ne!(b.version().unwrap(), v1, "our own writes count too");
         assert_eq!(b.claim("w", None).unwrap().unwrap().task_type, "t");
     });
 }
@@ -607,6 +610,62 @@ fn changes_to_a_seed_file_touch_only_the_changed_entry() {
 }
 
 #[test]
+fn a_repeated_task_id_keeps_the_last_value_in_the_first_place() {
+    let text = br#"{"tasks": {
+        "a_1": {"type": "a", "status": "pending", "data": {"v": 1}},
+        "b_2": {"type": "b", "status": "pending", "data": {}},
+        "a_1": {"type": "a", "status": "failed", "data": {"v": 2}}
+    }}"#;
+    let snap = json::parse_for_test(text).unwrap();
+    let got: Vec<(&str, &str)> = snap
+        .tasks
+        .iter()
+        .map(|t| (t.id.as_str(), t.status.as_str()))
+        .collect();
+    assert_eq!(got, [("a_1", "failed"), ("b_2", "pending")]);
+    assert_eq!(snap.tasks[0].data, br#"{"v":2}"#);
+}
+
+#[test]
+fn handles_that_take_turns_always_see_the_file() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let path = dir.join("turns.json");
+    let mut a = JsonBackend::open(&path, opts(&clock)).unwrap();
+    let mut b = JsonBackend::open(&path, opts(&clock)).unwrap();
+    let tasks: Vec<NewTask> = (0..50)
+        .map(|i| task("t", &format!("{{\"i\":{i}}}")))
+        .collect();
+    a.create(&tasks).unwrap();
+    for i in 0..60 {
+        let (x, y): (&mut JsonBackend, &mut JsonBackend) = if i % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        clock.set_micros(T0 + i);
+        if let Some(t) = x.claim("w", None).unwrap() {
+            assert!(y
+                .complete(&t.id, "w", Some(t.attempt), Status::Completed, None)
+                .unwrap());
+        }
+        if i % 7 == 0 {
+            y.create(&[task("u", "{}")]).unwrap();
+        }
+        // The cached state of both handles equals a fresh parse of the file.
+        let fresh = json::parse_for_test(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(x.snapshot().unwrap(), fresh);
+        assert_eq!(y.snapshot().unwrap(), fresh);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            export_json(&fresh),
+            "the file is always in the canonical format"
+        );
+    }
+    assert_eq!(a.summary().unwrap().status_counts[0].0, "completed");
+}
+
+#[test]
 fn a_corrupt_state_file_is_reported_and_left_alone() {
     let dir = TempDir::new();
     let clock = Clock::manual(T0);
@@ -757,8 +816,10 @@ fn claims_use_the_partial_indexes() {
 fn sqlite_lock_timeout_is_a_lock_timeout() {
     let dir = TempDir::new();
     let path = dir.join("busy.db");
-    let mut o = Options::default();
-    o.lock_timeout = Duration::from_millis(30);
+    let o = Options {
+        lock_timeout: Duration::from_millis(30),
+        ..Options::default()
+    };
     let mut b = SqliteBackend::open(&path, o).unwrap();
     let holder = rusqlite::Connection::open(&path).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();

@@ -1,0 +1,688 @@
+"""tm.queue.TaskManager: the seed 001 API and tm's additions, on every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tm.exceptions import TmError
+from tm.queue import CorruptStateError, QueueLockTimeout, TaskManager, TaskStatus, migrate
+
+BACKENDS = ["json", "sqlite", "sqlite-url"]
+
+
+def store(tmp_path: Path, kind: str, name: str = "q") -> str | Path:
+    if kind == "json":
+        return tmp_path / f"{name}.json"
+    if kind == "sqlite":
+        return tmp_path / f"{name}.db"
+    return f"sqlite:///{tmp_path / name}.sqlite3"
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tm(tmp_path: Path, kind: str) -> TaskManager:
+    return TaskManager(store(tmp_path, kind))
+
+
+SEED_KEYS = [
+    "id",
+    "type",
+    "status",
+    "parent_id",
+    "locked_by",
+    "locked_at",
+    "created_at",
+    "completed_at",
+    "data",
+]
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?$")
+
+
+def test_backend_follows_the_path(tmp_path: Path, kind: str) -> None:
+    tm = TaskManager(store(tmp_path, kind))
+    assert tm.backend == ("json" if kind == "json" else "sqlite")
+    if kind == "sqlite-url":
+        assert (tmp_path / "q.sqlite3").exists()
+
+
+def test_task_dicts_have_the_seed_shape(tm: TaskManager) -> None:
+    task_id = tm.create_task("analyze", {"file": "data.csv", "params": {"threshold": 0.8}})
+    assert re.fullmatch(r"analyze_[0-9a-f]{8}", task_id)
+    t = tm.get_task(task_id)
+    assert t is not None
+    assert list(t)[: len(SEED_KEYS)] == SEED_KEYS
+    assert t["id"] == task_id and t["type"] == "analyze"
+    assert t["status"] == "pending" == TaskStatus.PENDING
+    assert (t["parent_id"], t["locked_by"], t["locked_at"], t["completed_at"]) == (None,) * 4
+    assert ISO.match(t["created_at"])
+    assert t["data"] == {"file": "data.csv", "params": {"threshold": 0.8}}
+    assert (t["priority"], t["attempt"], t["max_attempts"], t["wait_for_parent"]) == (
+        0,
+        0,
+        None,
+        False,
+    )
+    assert tm.get_task("analyze_00000000") is None
+
+
+def test_task_status_is_a_string_enum() -> None:
+    assert [s.value for s in TaskStatus] == [
+        "pending",
+        "in_progress",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+    assert TaskStatus.COMPLETED == "completed" and str(TaskStatus.FAILED) == "failed"
+    assert isinstance(TaskStatus.PENDING, str)
+
+
+def test_claims_are_oldest_first_and_filtered_by_type(tm: TaskManager) -> None:
+    a1 = tm.create_task("a", {"i": 1})
+    b1 = tm.create_task("b", {"i": 2})
+    a2 = tm.create_task("a", {"i": 3})
+    t = tm.get_next_task("w1", ["b"])
+    assert t is not None and t["id"] == b1
+    assert (t["status"], t["locked_by"], t["attempt"]) == ("in_progress", "w1", 1)
+    assert ISO.match(t["locked_at"])
+    assert tm.get_next_task("w1", ["b"]) is None
+    assert tm.get_next_task("w2", task_types="a")["id"] == a1  # a lone string is one type
+    assert tm.get_next_task("w3", [])["id"] == a2  # empty means any type, as in the seed
+    assert tm.get_next_task("w4") is None
+
+
+def test_complete_and_release_need_the_holder(tm: TaskManager) -> None:
+    task_id = tm.create_task("t", {"x": 1})
+    assert tm.complete_task(task_id, "w1") is False
+    assert tm.release_task(task_id, "w1") is False
+    tm.get_next_task("w1")
+    assert tm.complete_task(task_id, "w2") is False
+    assert tm.release_task(task_id, "w2") is False
+    assert tm.complete_task(task_id, "w1", result_data={"output": "results.json"}) is True
+    assert tm.complete_task(task_id, "w1") is False
+    t = tm.get_task(task_id)
+    assert t["status"] == "completed" and ISO.match(t["completed_at"])
+    assert t["data"] == {"x": 1, "result": {"output": "results.json"}}
+    assert t["locked_by"] == "w1"
+
+
+def test_failed_and_cancelled_completions(tm: TaskManager) -> None:
+    ids = [tm.create_task("t", {}) for _ in range(3)]
+    for _ in ids:
+        tm.get_next_task("w")
+    assert tm.complete_task(ids[0], "w", TaskStatus.FAILED, {"error": "boom"})
+    assert tm.complete_task(ids[1], "w", status="cancelled")
+    with pytest.raises(ValueError, match="completed, failed or cancelled"):
+        tm.complete_task(ids[2], "w", TaskStatus.PENDING)
+    with pytest.raises(ValueError):
+        tm.complete_task(ids[2], "w", "done")
+    assert [tm.get_task(i)["status"] for i in ids] == ["failed", "cancelled", "in_progress"]
+    assert tm.get_task(ids[0])["data"] == {"result": {"error": "boom"}}
+
+
+def test_release_makes_a_task_claimable_again(tm: TaskManager) -> None:
+    task_id = tm.create_task("t", {})
+    tm.get_next_task("w1")
+    assert tm.release_task(task_id, "w1") is True
+    t = tm.get_task(task_id)
+    assert (t["status"], t["locked_by"], t["locked_at"]) == ("pending", None, None)
+    again = tm.get_next_task("w2")
+    assert (again["id"], again["attempt"]) == (task_id, 2)
+
+
+def test_children_and_summary(tm: TaskManager) -> None:
+    parent = tm.create_task("analyze", {"file": "data.csv"})
+    kids = [tm.create_task("validate", {"n": i}, parent_id=parent) for i in range(2)]
+    tm.create_task("analyze", {})
+    assert [c["id"] for c in tm.get_task_children(parent)] == kids
+    assert tm.get_task_children(kids[0]) == []
+    tm.get_next_task("w", ["validate"])
+    tm.update_workflow_metadata({"version": "2.0", "environment": "production"})
+    tm.update_workflow_metadata({"started_by": "scheduler"})
+    s = tm.get_status_summary()
+    assert s["total_tasks"] == 4
+    assert s["status_counts"] == {"pending": 3, "in_progress": 1}
+    assert list(s["status_counts"]) == ["pending", "in_progress"]
+    assert s["type_counts"] == {"analyze": 2, "validate": 2}
+    meta = s["metadata"]
+    assert list(meta)[:2] == ["initialized_at", "last_updated"]
+    assert meta["version"] == "2.0" and meta["started_by"] == "scheduler"
+    assert ISO.match(meta["initialized_at"]) and ISO.match(meta["last_updated"])
+
+
+def test_expired_leases_return_and_old_holders_are_fenced(tmp_path: Path, kind: str) -> None:
+    path = store(tmp_path, kind)
+    patient = TaskManager(path)  # 24 h leases
+    impatient = TaskManager(path, task_timeout_hours=0)  # every lease has expired
+    task_id = patient.create_task("t", {})
+    first = patient.get_next_task("w")
+    assert patient.get_next_task("x") is None
+    second = impatient.get_next_task("w")  # the same agent id, restarted
+    assert (second["id"], first["attempt"], second["attempt"]) == (task_id, 1, 2)
+    assert patient.complete_task(task_id, "w", attempt=first["attempt"]) is False
+    assert patient.extend_lease(task_id, "w", attempt=first["attempt"]) is False
+    assert patient.extend_lease(task_id, "w", attempt=second["attempt"]) is True
+    assert patient.complete_task(task_id, "w", attempt=second["attempt"]) is True
+    assert patient.get_task(task_id)["attempt"] == 2
+
+
+def test_max_attempts_fails_abandoned_tasks(tmp_path: Path, kind: str) -> None:
+    path = store(tmp_path, kind)
+    tm = TaskManager(path, max_attempts=2)
+    reaper = TaskManager(path, task_timeout_hours=0)
+    task_id = tm.create_task("t", {})
+    assert tm.get_task(task_id)["max_attempts"] == 2
+    tm.get_next_task("w")
+    assert reaper.get_next_task("w")["attempt"] == 2
+    assert reaper.get_next_task("w") is None  # second lease expired: attempts used up
+    t = tm.get_task(task_id)
+    assert t["status"] == "failed" and t["completed_at"] is not None
+    once = tm.create_task("t", {}, max_attempts=1)
+    tm.get_next_task("w")
+    assert tm.release_task(once, "w")
+    assert tm.get_task(once)["status"] == "failed"
+
+
+def test_priorities(tm: TaskManager) -> None:
+    low = tm.create_task("t", {})
+    high = tm.create_task("t", {}, priority=10)
+    mid = tm.create_task("t", {}, priority=5)
+    order = [tm.get_next_task("w")["id"] for _ in range(3)]
+    assert order == [high, mid, low]
+
+
+def test_wait_for_parent(tm: TaskManager) -> None:
+    parent = tm.create_task("p", {})
+    child = tm.create_task("c", {}, parent_id=parent, wait_for_parent=True)
+    grandchild = tm.create_task("g", {}, parent_id=child, wait_for_parent=True)
+    assert tm.get_next_task("w", ["c", "g"]) is None
+    assert tm.get_next_task("w", ["p"])["id"] == parent
+    assert tm.complete_task(parent, "w")
+    assert tm.get_next_task("w", ["c", "g"])["id"] == child
+    assert tm.complete_task(child, "w", TaskStatus.FAILED)
+    assert tm.get_task(grandchild)["status"] == "cancelled"
+    with pytest.raises(ValueError, match="parent_id"):
+        tm.create_task("c", {}, wait_for_parent=True)
+    with pytest.raises(ValueError, match="does not exist"):
+        tm.create_task("c", {}, parent_id="p_00000000", wait_for_parent=True)
+
+
+def test_cancel_task(tm: TaskManager) -> None:
+    a = tm.create_task("t", {})
+    b = tm.create_task("t", {})
+    assert tm.cancel_task(a) is True
+    assert tm.cancel_task(a) is False
+    assert tm.get_task(a)["status"] == "cancelled"
+    assert tm.get_next_task("w")["id"] == b
+    assert tm.cancel_task(b) is False  # in progress
+    assert tm.force_release(b) is True
+    assert tm.get_task(b)["status"] == "pending"
+
+
+def test_create_tasks_in_one_step(tm: TaskManager) -> None:
+    ids = tm.create_tasks([("a", {"n": 1}), {"task_type": "b", "data": {"n": 2}, "priority": 3}])
+    assert [tm.get_task(i)["type"] for i in ids] == ["a", "b"]
+    with pytest.raises(TypeError, match="dict"):
+        tm.create_tasks([("a", {}), ("b", [1, 2])])
+    assert tm.get_status_summary()["total_tasks"] == 2  # all or none
+
+
+def test_bad_data_is_refused(tm: TaskManager) -> None:
+    with pytest.raises(TypeError):
+        tm.create_task("t", {"when": object()})
+    with pytest.raises(ValueError, match="empty"):
+        tm.create_task("", {})
+    assert tm.create_task("t", None)  # no data is an empty dict
+    assert tm.get_status_summary()["total_tasks"] == 1
+
+
+def test_data_round_trips_unicode_and_numbers(tm: TaskManager) -> None:
+    data = {"text": 'café € 😀 \n\t"', "big": 2**70, "f": 1e-7, "nan": float("inf"), "l": [None]}
+    t = tm.get_task(tm.create_task("t", data))
+    assert t["data"] == data
+
+
+def test_list_tasks(tm: TaskManager) -> None:
+    ids = [tm.create_task("even" if i % 2 == 0 else "odd", {}) for i in range(5)]
+    tm.get_next_task("w")
+    assert [t["id"] for t in tm.list_tasks()] == ids
+    assert [t["id"] for t in tm.list_tasks(status="pending", task_type="even")] == ids[2::2]
+    assert len(tm.list_tasks(limit=2)) == 2
+
+
+def test_blocking_get_next_task_waits_without_the_gil(tm: TaskManager) -> None:
+    got: list[dict] = []
+    # wait=600 outlasts the test's timeout: the waiter must be woken by the new task.
+    waiter = threading.Thread(target=lambda: got.append(tm.get_next_task("w", wait=600)))
+    waiter.start()
+    # This thread runs Python while the other waits: a wait that held the GIL would hang here.
+    task_id = tm.create_task("t", {"made": "later"})
+    waiter.join()
+    assert got and got[0]["id"] == task_id
+    assert tm.get_next_task("w", wait=0.01) is None
+
+
+def test_blocking_wait_is_interrupted_by_ctrl_c(tmp_path: Path, kind: str) -> None:
+    code = (
+        "import sys\n"
+        "from tm.queue import TaskManager\n"
+        f"tm = TaskManager({str(store(tmp_path, kind))!r})\n"
+        "try:\n"
+        "    print('waiting', flush=True)\n"
+        "    tm.get_next_task('w', wait=600)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(3)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "waiting"
+    p.send_signal(2)  # SIGINT
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 3 and "interrupted" in out
+
+
+def test_migrate_between_backends(tmp_path: Path) -> None:
+    src = TaskManager(tmp_path / "a.json")
+    p = src.create_task("p", {"k": "v"}, priority=2)
+    src.create_task("c", {}, parent_id=p, wait_for_parent=True, max_attempts=3)
+    src.get_next_task("w", ["p"])
+    src.update_workflow_metadata({"owner": "me"})
+    assert migrate(tmp_path / "a.json", tmp_path / "b.db") == 2
+    db = TaskManager(tmp_path / "b.db")
+    for t in src.list_tasks():
+        assert db.get_task(t["id"]) == t
+    assert db.get_status_summary()["metadata"]["owner"] == "me"
+    assert db.get_next_task("x", ["c"]) is None
+    assert db.complete_task(p, "w")
+    assert db.get_next_task("x", ["c"])["parent_id"] == p
+    assert migrate(tmp_path / "b.db", tmp_path / "c.json") == 2
+    with pytest.raises(ValueError, match="already holds"):
+        migrate(tmp_path / "a.json", tmp_path / "c.json")
+
+
+def test_errors_are_tm_errors_with_builtin_bases(tmp_path: Path) -> None:
+    assert issubclass(QueueLockTimeout, TimeoutError) and issubclass(QueueLockTimeout, TmError)
+    assert issubclass(CorruptStateError, ValueError) and issubclass(CorruptStateError, TmError)
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CorruptStateError):
+        TaskManager(tmp_path / "bad.json")
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    from tm.exceptions import StoreError
+
+    path = tmp_path / "notes.txt"
+    path.write_text("x" * 200)
+    with pytest.raises(StoreError, match="not a database"):
+        TaskManager(path)
+    assert path.read_text() == "x" * 200
+
+
+def test_one_manager_from_many_threads(tm: TaskManager) -> None:
+    ids = set(tm.create_tasks([("t", {"n": i}) for i in range(200)]))
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def work(agent: str) -> None:
+        while (t := tm.get_next_task(agent)) is not None:
+            assert tm.complete_task(t["id"], agent, attempt=t["attempt"])
+            with lock:
+                done.append(t["id"])
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(done) == sorted(ids)
+    assert tm.get_status_summary()["status_counts"] == {"completed": 200}
+
+
+def test_json_state_file_is_what_pythons_json_dump_writes(tmp_path: Path) -> None:
+    path = tmp_path / "wf.json"
+    tm = TaskManager(path)
+    p = tm.create_task("analyze", {"file": "data.csv", "unicode": "é€😀", "n": [1.5, 2, {}]})
+    tm.create_task("validate", {"validation_type": "schema"}, parent_id=p, priority=3)
+    tm.get_next_task("worker-001", ["analyze"])
+    tm.complete_task(p, "worker-001", result_data={"output": "results.json"})
+    tm.update_workflow_metadata({"version": "2.0", "nested": {"a": [1, 2]}})
+    text = path.read_text()
+    state = json.loads(text)
+    assert text == json.dumps(state, indent=2)
+    assert list(state) == ["workflow_type", "metadata", "tasks"]
+    assert state["workflow_type"] == "generic"
+    entry = state["tasks"][p]
+    assert list(entry) == [*SEED_KEYS[1:], "attempt"]
+    child = state["tasks"][next(k for k in state["tasks"] if k != p)]
+    assert list(child) == [*SEED_KEYS[1:], "priority"]
+
+
+def test_a_seed_written_state_file_is_used_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "seed.json"
+    state = {
+        "workflow_type": "generic",
+        "metadata": {"initialized_at": "2024-01-01T10:00:00", "custom_field": "custom_value"},
+        "tasks": {
+            "analyze_12345678": {
+                "type": "analyze",
+                "status": "pending",
+                "parent_id": None,
+                "locked_by": None,
+                "locked_at": None,
+                "created_at": "2024-01-01T10:00:00",
+                "completed_at": None,
+                "data": {"custom": "fields", "ratio": 1.0, "inf": float("nan")},
+                "note": "a key tm does not know",
+            },
+            "analyze_9abcdef0": {
+                "type": "analyze",
+                "status": "in_progress",
+                "parent_id": None,
+                "locked_by": "worker-9",
+                "locked_at": "2024-01-01T11:00:00",
+                "created_at": "2024-01-01T10:00:01",
+                "completed_at": None,
+                "data": {},
+            },
+        },
+        "extra_top_level": [1, 2, 3],
+    }
+    original = json.dumps(state, indent=2)
+    path.write_text(original)
+    tm = TaskManager(path)
+    assert path.read_text() == original  # opening does not rewrite
+    t = tm.get_next_task("w")  # the 2024 lease has expired: both are pending now
+    assert t["id"] == "analyze_12345678" and t["note"] == "a key tm does not know"
+    assert tm.complete_task(t["id"], "w", result_data=[1, 2])
+    after = json.loads(path.read_text())
+    assert after["extra_top_level"] == [1, 2, 3]
+    assert after["metadata"]["custom_field"] == "custom_value"
+    entry = after["tasks"]["analyze_12345678"]
+    assert entry["note"] == "a key tm does not know"
+    assert entry["data"]["ratio"] == 1.0 and entry["data"]["result"] == [1, 2]
+    assert '"ratio": 1.0' in path.read_text() and '"inf": NaN' in path.read_text()
+    assert after["tasks"]["analyze_9abcdef0"]["status"] == "pending"
+
+
+def test_corrupt_json_is_reported_and_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "wf.json"
+    tm = TaskManager(path)
+    tm.create_task("t", {})
+    broken = path.read_text()[:-20]
+    path.write_text(broken)
+    for op in (
+        lambda: tm.create_task("t", {}),
+        lambda: tm.get_next_task("w"),
+        tm.get_status_summary,
+        lambda: TaskManager(path),
+    ):
+        with pytest.raises(
+            ValueError, match=r"corrupt state file .*wf\.json: .*line \d+ column \d+"
+        ):
+            op()
+        assert path.read_text() == broken
+    path.write_text('{"tasks": {"x_1": {"type": "x"}}}')
+    with pytest.raises(CorruptStateError, match="status"):
+        TaskManager(path)
+
+
+def test_json_lock_timeout(tmp_path: Path) -> None:
+    import fcntl
+
+    path = tmp_path / "wf.json"
+    tm = TaskManager(path, lock_timeout=0.05)
+    tm.create_task("t", {})
+    with open(f"{path}.lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError, match=r"could not lock .*wf\.json\.lock within"):
+            tm.create_task("t", {})
+        with pytest.raises(QueueLockTimeout):
+            tm.get_next_task("w")
+        assert tm.get_status_summary()["total_tasks"] == 1  # reads take no lock
+        fcntl.flock(holder, fcntl.LOCK_UN)
+    assert tm.get_next_task("w") is not None
+
+
+def test_sqlite_lock_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "q.db"
+    tm = TaskManager(path, lock_timeout=0.05)
+    tm.create_task("t", {})
+    # The write lock is held by another process (within one process, Python's sqlite3 and tm's
+    # own SQLite cannot see each other's locks).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys\n"
+            f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+            "c.execute('BEGIN IMMEDIATE')\n"
+            "print('locked', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "c.execute('ROLLBACK')\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdin is not None
+    assert holder.stdout.readline().strip() == "locked"
+    try:
+        with pytest.raises(TimeoutError, match="could not lock"):
+            tm.create_task("t", {})
+        assert len(tm.list_tasks()) == 1  # WAL readers are not blocked
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert tm.get_next_task("w") is not None
+
+
+def test_bad_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lock_timeout"):
+        TaskManager(tmp_path / "a.json", lock_timeout=-1)
+    with pytest.raises(ValueError, match="task_timeout_hours"):
+        TaskManager(tmp_path / "a.db", task_timeout_hours=float("nan"))
+    with pytest.raises(ValueError, match="database file"):
+        TaskManager("sqlite://")
+    tm = TaskManager(tmp_path / "a.db")
+    with pytest.raises(ValueError, match="wait"):
+        tm.get_next_task("w", wait=-1)
+    with pytest.raises(ValueError, match="max_attempts"):
+        tm.create_task("t", {}, max_attempts=0)
+
+
+# The seed README's examples, as written there (with the tm import). Names the README leaves to
+# the reader (dataset, extract_data, ...) are defined first.
+README_PRELUDE = """
+dataset = ["a.csv", "b.csv"]
+def extract_data(data): return {"rows": 3, "source": data["source"]}
+def transform_data(data): return data["data"]["rows"] * 2
+error_occurred = False
+"""
+
+README_BLOCKS = [
+    """
+from tm.queue import TaskManager, TaskStatus
+""",
+    """
+from pathlib import Path
+from tm.queue import TaskManager
+
+# Each workflow gets its own state file
+tm = TaskManager(
+    state_file=Path("states/my_workflow.json"),
+    lock_timeout=5,        # seconds to wait for lock
+    task_timeout_hours=24  # hours before auto-releasing tasks
+)
+""",
+    """
+# Create a root task
+task_id = tm.create_task(
+    task_type="analyze",
+    data={"file": "data.csv", "params": {"threshold": 0.8}}
+)
+
+# Create a child task
+child_id = tm.create_task(
+    task_type="validate",
+    data={"validation_type": "schema"},
+    parent_id=task_id
+)
+""",
+    """
+# Agent requests next available task
+task = tm.get_next_task(
+    agent_id="worker-001",
+    task_types=["analyze", "validate"]  # optional filter
+)
+
+if task:
+    print(f"Processing task {task['id']} of type {task['type']}")
+    # Do work...
+
+    # Complete the task
+    success = tm.complete_task(
+        task_id=task["id"],
+        agent_id="worker-001",
+        status=TaskStatus.COMPLETED,
+        result_data={"output": "results.json"}  # optional
+    )
+""",
+    """
+# Get specific task
+task = tm.get_task("analyze_12345678")
+
+# Get all children of a task
+children = tm.get_task_children("analyze_12345678")
+
+# Get status summary
+summary = tm.get_status_summary()
+print(f"Total tasks: {summary['total_tasks']}")
+print(f"By status: {summary['status_counts']}")
+print(f"By type: {summary['type_counts']}")
+""",
+    """
+# Data processing workflow
+data_tm = TaskManager(Path("states/data_processing.json"))
+
+# Code review workflow
+review_tm = TaskManager(Path("states/code_review.json"))
+
+# Testing workflow
+test_tm = TaskManager(Path("states/test_execution.json"))
+""",
+    """
+tm.release_task(task_id="analyze_12345678", agent_id="worker-001")
+""",
+    """
+tm.update_workflow_metadata({
+    "version": "2.0",
+    "environment": "production",
+    "started_by": "scheduler"
+})
+""",
+    # (setup for the next block, which uses a claimed `task`)
+    """
+task = tm.get_next_task("worker-001")
+""",
+    """
+try:
+    # Process task...
+    if error_occurred:
+        tm.complete_task(
+            task_id=task["id"],
+            agent_id="worker-001",
+            status=TaskStatus.FAILED,
+            result_data={"error": str(error)}
+        )
+except Exception as e:
+    # Release task for retry
+    tm.release_task(task["id"], "worker-001")
+    raise
+""",
+    """
+# Stage 1: Create initial tasks
+for item in dataset:
+    tm.create_task("extract", {"source": item})
+
+# Stage 2: Workers process extraction
+while True:
+    task = tm.get_next_task("extractor-1", ["extract"])
+    if not task:
+        break
+
+    # Process and create transform tasks
+    result = extract_data(task["data"])
+    tm.create_task("transform", {"data": result}, parent_id=task["id"])
+    tm.complete_task(task["id"], "extractor-1")
+
+# Stage 3: Different workers do transformation
+while True:
+    task = tm.get_next_task("transformer-1", ["transform"])
+    if not task:
+        break
+
+    result = transform_data(task["data"])
+    tm.complete_task(task["id"], "transformer-1",
+                    result_data={"output": result})
+""",
+]
+
+
+def test_seed_readme_examples_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ns: dict[str, object] = {}
+    exec(README_PRELUDE, ns)
+    for block in README_BLOCKS:
+        exec(block, ns)
+    out = capsys.readouterr().out
+    assert "Processing task analyze_" in out and "Total tasks: 2" in out
+    tm = ns["tm"]
+    assert isinstance(tm, TaskManager)
+    s = tm.get_status_summary()
+    assert s["type_counts"] == {"analyze": 1, "validate": 1, "extract": 2, "transform": 2}
+    assert s["metadata"]["environment"] == "production"
+    transforms = tm.list_tasks(task_type="transform")
+    assert [t["data"]["result"] for t in transforms] == [{"output": 6}, {"output": 6}]
+    assert all(t["status"] == "completed" for t in transforms)
+    for name in ("my_workflow", "data_processing", "code_review", "test_execution"):
+        assert json.loads((tmp_path / "states" / f"{name}.json").read_text())["tasks"] is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path, kind: str) -> None:
+    tm = TaskManager(store(tmp_path, kind))
+    parent_task = tm.create_task("t", {"by": "parent"})
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child uses the parent's TaskManager object
+        code = 1
+        try:
+            t = tm.get_next_task("child")
+            ok = t is not None and tm.complete_task(t["id"], "child")
+            child_task = tm.create_task("t", {"by": "child"})
+            os.write(w, f"{int(ok)} {child_task}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        ok, child_task = f.read().split()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and ok == "1"
+    assert tm.get_task(parent_task)["status"] == "completed"
+    assert tm.get_task(child_task)["data"] == {"by": "child"}
+    assert tm.get_next_task("parent")["id"] == child_task
