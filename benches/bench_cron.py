@@ -37,6 +37,7 @@ from importlib.metadata import version
 
 from croniter import croniter
 from cronsim import CronSim
+
 from tm.cron import Expression
 
 # Typical schedules, plus a few with the day-of-month/day-of-week OR rule, names, steps and leap

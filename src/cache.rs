@@ -365,7 +365,7 @@ mod tests {
             x ^= x << 17;
             let key = (x % 20) as u32;
             let size = (x >> 8) as usize % 12;
-            if x % 3 == 0 {
+            if x.is_multiple_of(3) {
                 let got = c.get(&key).copied();
                 let pos = model.iter().position(|(k, _)| *k == key);
                 assert_eq!(got.is_some(), pos.is_some());

@@ -237,7 +237,7 @@ def test_async_cancel_cancels_the_coroutine(how: str, ex_async: Executor) -> Non
     assert run.wait(WAIT)
     assert run.state == "cancelled"
     assert run.task("hangs").state == "cancelled"
-    assert run.task("after").state in ("cancelled", "skipped")  # see test_resilience for which
+    assert run.task("after").state == "cancelled"
     assert hanger.finished.wait(WAIT)
     assert hanger.how == ["CancelledError"]
     # The loop thread is still serving other coroutines.

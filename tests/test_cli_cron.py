@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+
 from tm.cli import COMMANDS, main
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "tm"

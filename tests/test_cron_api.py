@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 import pytest
+
 from tm.cron import CronError, Expression
 from tm.exceptions import TmError
 

@@ -45,6 +45,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from croniter import croniter
+
 from tm.cron import CronError, Expression
 
 SEED = 20240131

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from tm.cron import Expression
 
 UTC = timezone.utc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from tm.cron import CronError, Expression
 from tm.exceptions import TmError
 

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from tm._tm import StoreCore
 from tm.exceptions import StoreError, TmError
 

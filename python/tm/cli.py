@@ -281,7 +281,11 @@ def _run_graph(args: argparse.Namespace) -> int:
 
 
 def _configure_queue(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="PATH summary|list|show ID|release ID|cancel ID|export, or migrate SRC DST")
+    parser.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="PATH summary|list|show ID|release ID|cancel ID|export, or migrate SRC DST",
+    )
 
 
 def _run_queue(args: argparse.Namespace) -> int:

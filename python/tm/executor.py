@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import sys
 import logging
 import os
+import sys
 import threading
 import traceback as _traceback
 import weakref
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._decorators import TaskOptions, _options, _seconds
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
-from .exceptions import ExecutorError, GraphError, TaskFailed
+from .exceptions import ExecutorError, TaskFailed
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -416,7 +416,9 @@ class _Dispatch:
             try:
                 self.ex.on_run_end(run)
             except Exception as e:
-                sys.unraisablehook(_Unraisable(type(e), e, e.__traceback__, None, self.ex.on_run_end))
+                sys.unraisablehook(
+                    _Unraisable(type(e), e, e.__traceback__, None, self.ex.on_run_end)
+                )
 
 
 class Executor:

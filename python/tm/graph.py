@@ -463,7 +463,8 @@ class Graph:
                     pick("max_delay", o.max_delay, None),
                     pick("jitter", o.jitter, 0.0),
                     pick("timeout", o.timeout, None),
-                    issubclass(TaskTimeout, o.retry_on) and not issubclass(TaskTimeout, o.give_up_on),
+                    issubclass(TaskTimeout, o.retry_on)
+                    and not issubclass(TaskTimeout, o.give_up_on),
                 )
             )
         unused = set(kwargs) - used_kwargs

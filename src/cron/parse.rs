@@ -456,8 +456,8 @@ mon 0 * * *         => minute field: day name "mon" is only allowed in the day-o
 0 0 * * 1#          => day-of-week field: invalid occurrence "" after "#" in "1#"
 0 0 * * 9#1         => day-of-week field: value 9 out of range 0-7 in "9#1"
 0 0 * * 9L          => day-of-week field: value 9 out of range 0-7 in "9L"
-0 0 30 2 *          => expression "0 0 30 2 *" can never fire
-0  0 31 4,6,9,11  * => expression "0 0 31 4,6,9,11 *" can never fire
+0 0 30 2 *          => day-of-month field: "30" never falls in month field "2" (day-of-week "*"), so expression "0 0 30 2 *" can never fire
+0  0 31 4,6,9,11  * => day-of-month field: "31" never falls in month field "4,6,9,11" (day-of-week "*"), so expression "0 0 31 4,6,9,11 *" can never fire
 "##;
 
     #[test]
