@@ -26,7 +26,13 @@ def run_example(name: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_every_example_is_tested() -> None:
-    tested = {"seed004_dag.py", "seed004_config.py", "seed003_files.py", "demo.py"}
+    tested = {
+        "seed004_dag.py",
+        "seed004_config.py",
+        "seed003_files.py",
+        "demo.py",
+        "retry.py",
+    }  # retry.py: tests/test_resilience.py
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 

@@ -431,6 +431,9 @@ class Graph:
         calls: list[Any] = []
         specs: list[Any] = []
         used_kwargs: set[str] = set()
+        wrapped: dict[tuple[int, str | None], Callable[..., Any]] = {}
+        spec_for: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        d = defaults or {}
         for i, node in enumerate(self._nodes):
             if node.sig is None:
                 node.sig = _sig_of(node.call)
@@ -445,28 +448,30 @@ class Graph:
                 if node.sig.var_keyword:
                     used_kwargs.update(kwargs)
             o = node.options
-            fn = wrap(node.call, o) if wrap is not None else node.call
+            # Many tasks share a function and their options differ only by name: wrap and derive
+            # the scheduling spec once per distinct (function, tag) and option set.
+            wkey = (id(node.call), o.tag)
+            fn = wrapped.get(wkey)
+            if fn is None:
+                fn = wrap(node.call, o) if wrap is not None else node.call
+                wrapped[wkey] = fn
             calls.append((fn, params, call_args, o.retry_on, o.give_up_on or None))
-            pool = pool_of(o.tag) if pool_of is not None else 0
-            d = defaults or {}
-
-            def pick(key: str, value: Any, fallback: Any, d: dict[str, Any] = d) -> Any:
-                return value if value is not None else d.get(key, fallback)
-
-            specs.append(
-                (
-                    pool,
-                    o.priority,
-                    pick("retries", o.retries, 0),
-                    pick("retry_delay", o.retry_delay, 0.0),
-                    pick("backoff", o.backoff, 0.0),
-                    pick("max_delay", o.max_delay, None),
-                    pick("jitter", o.jitter, 0.0),
-                    pick("timeout", o.timeout, None),
-                    issubclass(TaskTimeout, o.retry_on)
-                    and not issubclass(TaskTimeout, o.give_up_on),
-                )
+            skey = (
+                o.tag,
+                o.priority,
+                o.retries,
+                o.retry_delay,
+                o.backoff,
+                o.max_delay,
+                o.jitter,
+                o.timeout,
+                o.retry_on,
+                o.give_up_on,
             )
+            spec = spec_for.get(skey)
+            if spec is None:
+                spec = spec_for[skey] = _spec(o, pool_of(o.tag) if pool_of is not None else 0, d)
+            specs.append(spec)
         unused = set(kwargs) - used_kwargs
         if unused and check_roots:
             raise TypeError(
@@ -488,6 +493,25 @@ class Graph:
         run = default_executor().run(self, args=args, kwargs=kwargs)
         run.raise_for_state()
         return run.result()
+
+
+def _spec(o: TaskOptions, pool: int, d: dict[str, Any]) -> tuple[Any, ...]:
+    """The engine's scheduling spec for options ``o``; unset values take the executor's defaults."""
+
+    def pick(key: str, value: Any, fallback: Any) -> Any:
+        return value if value is not None else d.get(key, fallback)
+
+    return (
+        pool,
+        o.priority,
+        pick("retries", o.retries, 0),
+        pick("retry_delay", o.retry_delay, 0.0),
+        pick("backoff", o.backoff, 0.0),
+        pick("max_delay", o.max_delay, None),
+        pick("jitter", o.jitter, 0.0),
+        pick("timeout", o.timeout, None),
+        issubclass(TaskTimeout, o.retry_on) and not issubclass(TaskTimeout, o.give_up_on),
+    )
 
 
 def _bind(

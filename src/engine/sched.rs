@@ -954,6 +954,8 @@ fn timer_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
         if s.shutdown {
             return;
         }
+        // The guard may come back from a long wait: refresh the time attempts are closed with.
+        s.now_us = shared.clock.now_micros();
         let wait = s.fire_timers(Instant::now());
         if !s.after.is_empty() {
             release(shared, s);

@@ -135,20 +135,25 @@ impl Body<Value> for PyBody {
                 };
                 // Both the interrupter and this thread change `state` only while attached, so with the
                 // GIL an asynchronous exception is either raised inside this call or cleared below.
-                call.live.thread.store(
-                    unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64,
-                    Ordering::Release,
-                );
+                let me = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64;
+                call.live.thread.store(me, Ordering::Release);
                 call.live.attempt.store(cx.attempt, Ordering::Release);
                 call.live.state.store(RUNNING, Ordering::Release);
                 let out = call.func.bind(py).call(args, Some(&kw));
-                if call.live.state.swap(IDLE, Ordering::AcqRel) == INTERRUPTED
-                    && call.interrupt_hook.is_none()
-                {
-                    // An interrupt that arrived as the call returned must not hit the next task.
+                // A later attempt (timed out meanwhile, retried on another thread) may own the
+                // record now: leave it alone. Either way, an interrupt aimed at this call must not
+                // hit the next task this thread runs.
+                let mine = call.live.attempt.load(Ordering::Acquire) == cx.attempt
+                    && call.live.thread.load(Ordering::Acquire) == me;
+                let interrupted = if mine {
+                    call.live.state.swap(IDLE, Ordering::AcqRel) == INTERRUPTED
+                } else {
+                    true
+                };
+                if interrupted && call.interrupt_hook.is_none() {
                     unsafe {
                         pyo3::ffi::PyThreadState_SetAsyncExc(
-                            call.live.thread.load(Ordering::Acquire) as std::ffi::c_ulong as _,
+                            me as std::ffi::c_ulong as _,
                             std::ptr::null_mut(),
                         );
                     }
