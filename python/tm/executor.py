@@ -503,6 +503,9 @@ class Executor:
         self._async = AsyncRunner()
         self._lock = threading.Lock()
         self._closed = False
+        self._scheduled: dict[str, Graph] = {}
+        self._wake = threading.Event()
+        self._stopping = False
         _executors.add(self)
 
     def _get_engine(self) -> Engine:
@@ -625,6 +628,101 @@ class Executor:
         if rollback and run.state == "failed":
             run._rollback(graph)
         return run
+
+    # -- schedules ---------------------------------------------------------------------------------
+
+    def add(self, graph: Graph) -> None:
+        """Keeps ``graph`` on its cron schedule while :meth:`start` runs.
+
+        Raises:
+            TypeError: the graph is manual (``schedule="manual"``): run it with :meth:`run` or
+                by calling it.
+        """
+        from .graph import Graph
+
+        if not isinstance(graph, Graph):
+            raise TypeError(f"expected a tm.Graph, got {type(graph).__name__}")
+        if graph.schedule is None:
+            raise TypeError(
+                f"graph {graph.name!r} has no schedule (schedule='manual'): "
+                "run it with executor.run(graph) or graph()"
+            )
+        with self._lock:
+            self._scheduled[graph.name] = graph
+            self._wake.set()
+
+    def remove(self, name: str) -> None:
+        """Stops scheduling the graph called ``name`` (its running run finishes)."""
+        with self._lock:
+            if self._scheduled.pop(name, None) is None:
+                raise KeyError(f"no scheduled graph named {name!r}")
+            self._wake.set()
+
+    def start(self) -> None:
+        """Fires the added graphs on their schedules until :meth:`stop` (from any thread) or Ctrl-C.
+
+        Each run's logical time is in ``context.scheduled_at`` and its trigger is ``"schedule"``.
+        A fire that comes while the graph's previous run is still going is skipped and logged
+        (one active run per graph). Ctrl-C stops firing and waits for running runs (a second
+        Ctrl-C cancels them), then :meth:`start` returns.
+        """
+        import zoneinfo
+
+        self._stopping = False
+        active: dict[str, Run] = {}
+        next_fire: dict[str, datetime] = {}
+        try:
+            while not self._stopping:
+                with self._lock:
+                    graphs = dict(self._scheduled)
+                    self._wake.clear()
+                now = datetime.now(timezone.utc)
+                for name in list(next_fire):
+                    if name not in graphs:
+                        del next_fire[name]
+                for name, g in graphs.items():
+                    if name not in next_fire:
+                        tz = zoneinfo.ZoneInfo(g.tz) if g.tz else timezone.utc
+                        assert g.schedule is not None
+                        next_fire[name] = g.schedule.next(now.astimezone(tz))
+                if not next_fire:
+                    self._wake.wait(1.0)
+                    continue
+                name, due = min(next_fire.items(), key=lambda kv: kv[1])
+                delay = (due - datetime.now(timezone.utc)).total_seconds()
+                if delay > 0:
+                    # Wakes early for stop(), add() and remove(); Ctrl-C interrupts the wait.
+                    self._wake.wait(min(delay, 60.0))
+                    continue
+                g = graphs[name]
+                assert g.schedule is not None
+                next_fire[name] = g.schedule.next(due)
+                prev = active.get(name)
+                if prev is not None and not prev.done():
+                    _log.warning(
+                        "%s: skipped the fire at %s: the previous run is still going", name, due
+                    )
+                    continue
+                _log.info("%s: firing the run scheduled at %s", name, due)
+                active[name] = self.submit(g, meta={"scheduled_at": due, "trigger": "schedule"})
+        except KeyboardInterrupt:
+            _log.info(
+                "stopping: waiting for %d running run(s)",
+                sum(not r.done() for r in active.values()),
+            )
+        finally:
+            self._stopping = True
+        try:
+            for run in active.values():
+                run.wait()
+        except KeyboardInterrupt:
+            for run in active.values():
+                run.cancel()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Makes :meth:`start` stop firing and return once running runs end. Safe from any thread."""
+        self._stopping = True
+        self._wake.set()
 
     def shutdown(self) -> None:
         """Stops the worker threads after their current tasks. Idempotent."""
