@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from datetime import timedelta
@@ -42,7 +43,7 @@ def test_start_fires_the_seed_graph_on_schedule_until_stopped() -> None:
     assert all(s[2] == "schedule" for s in seen)
     times = [s[1] for s in seen]
     assert all(t.microsecond == 0 and t.tzinfo is not None for t in times)
-    assert [b - a for a, b in zip(times, times[1:], strict=False)] == [timedelta(seconds=1)] * 2
+    assert [b - a for a, b in itertools.pairwise(times)] == [timedelta(seconds=1)] * 2
 
 
 def test_manual_graphs_cannot_be_scheduled() -> None:
