@@ -26,6 +26,7 @@ from .executor import Executor as Executor
 from .executor import Run as Run
 from .executor import TaskRun as TaskRun
 from .graph import Graph as Graph
+from .store import Store as Store
 from .taskflow import Task as Task
 from .taskflow import TaskStatus as TaskStatus
 
@@ -41,6 +42,7 @@ __all__ = [
     "ProcessPool",
     "RetriesExhausted",
     "Run",
+    "Store",
     "StoreError",
     "Task",
     "TaskCancelled",

@@ -65,6 +65,7 @@ class Engine:
         timeout: float | None = None,
         observer: tuple[Callable[..., Any], int] | None = None,
         started: list[RunHandle] | None = None,
+        record: tuple[StoreCore, str] | None = None,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
 

@@ -294,6 +294,87 @@ def _run_queue(args: argparse.Namespace) -> int:
     return queue_main(list(args.args))
 
 
+def _when(us: int | None) -> str:
+    if not us:
+        return "-"
+    return datetime.fromtimestamp(us / 1e6).isoformat(sep=" ", timespec="seconds")
+
+
+def _duration(start: int | None, end: int | None) -> str:
+    if not start or not end:
+        return "-"
+    return f"{(end - start) / 1e6:.3f}s"
+
+
+def _open_store(url: str | None) -> object:
+    from .exceptions import StoreError
+    from .store import Store
+
+    store = Store(url)
+    try:
+        store.core  # noqa: B018 - opening reports a missing or corrupt database now
+    except StoreError as exc:
+        raise CommandError(str(exc), EXIT_FAILURE) from exc
+    return store
+
+
+def _configure_runs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--graph", help="only runs of this graph")
+    parser.add_argument(
+        "--state", help="only runs in this state (running, completed, failed, cancelled)"
+    )
+    parser.add_argument("-n", type=_non_negative_int, default=20, help="how many (default: 20)")
+    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_runs(args: argparse.Namespace) -> int:
+    import json
+
+    store = _open_store(args.db)
+    rows = store.runs(graph=args.graph, state=args.state, limit=args.n)  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'run id':<32}  {'graph':<20} {'state':<10} {'trigger':<9} {'started':<19}  duration")
+    for r in rows:
+        print(
+            f"{r['run_id']:<32}  {r['graph']:<20} {r['state']:<10} {r['trigger']:<9} "
+            f"{_when(r['started_us']):<19}  {_duration(r['started_us'], r['ended_us'])}"
+        )
+    return 0
+
+
+def _configure_show(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="the run's id (see tm runs)")
+    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    import json
+
+    store = _open_store(args.db)
+    run = store.run(args.run_id)  # type: ignore[attr-defined]
+    if run is None:
+        raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps(run, indent=2))
+        return 0
+    print(f"run {run['run_id']} of {run['graph']}: {run['state']} ({run['trigger']})")
+    print(
+        f"started {_when(run['started_us'])}, took {_duration(run['started_us'], run['ended_us'])}"
+    )
+    print(f"{'task':<24} {'state':<10} {'attempts':>8}  {'duration':>9}  error")
+    for t in run["tasks"]:
+        err = f"{t['error_type']}: {t['error_message']}" if t.get("error_type") else ""
+        print(
+            f"{t['name']:<24} {t['status']:<10} {t['attempt'] or 0:>8}  "
+            f"{_duration(t['started_us'], t['ended_us']):>9}  {err}"
+        )
+    return 0
+
+
 #: The subcommands of ``tm``, by name. Others register theirs here.
 COMMANDS: dict[str, Command] = {
     "cron": Command(
@@ -305,6 +386,16 @@ COMMANDS: dict[str, Command] = {
         help="inspect and manage an agent queue (tm.queue.TaskManager)",
         configure=_configure_queue,
         run=_run_queue,
+    ),
+    "runs": Command(
+        help="list recorded runs, newest first",
+        configure=_configure_runs,
+        run=_run_runs,
+    ),
+    "show": Command(
+        help="show one recorded run: its tasks, states, attempts and errors",
+        configure=_configure_show,
+        run=_run_show,
     ),
     "graph": Command(
         help="print a graph as Mermaid, Graphviz DOT or text",

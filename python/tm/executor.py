@@ -8,7 +8,9 @@ import logging
 import os
 import sys
 import threading
+import time
 import traceback as _traceback
+import uuid
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from ._decorators import TaskOptions, _options, _seconds
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
 from .exceptions import ExecutorError, TaskFailed
+from .store import Store
 
 if TYPE_CHECKING:
     from .graph import Graph
@@ -110,6 +113,8 @@ class Run:
         self._index_cache: dict[str, int] | None = None
         self.reverts: dict[str, str] = {}
         self.revert_errors: dict[str, BaseException] = {}
+        #: The run's id in the executor's store (None when not recorded).
+        self.run_id: str | None = None
 
     # Names, the name index and the leaves are built on first use, not per run.
     @property
@@ -438,6 +443,8 @@ class Executor:
         on_task_end: called with an :class:`Event` when an attempt ends (completed, retrying,
             failed) or a task is skipped or cancelled.
         on_run_end: called with the :class:`Run` when a run ends.
+        store: a :class:`tm.Store` (or database URL) where every run and task transition is
+            recorded; None (the default) keeps runs in memory only.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -461,6 +468,7 @@ class Executor:
         on_task_start: Callable[[Event], Any] | None = None,
         on_task_end: Callable[[Event], Any] | None = None,
         on_run_end: Callable[[Run], Any] | None = None,
+        store: Store | str | None = None,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -503,6 +511,11 @@ class Executor:
         self._async = AsyncRunner()
         self._lock = threading.Lock()
         self._closed = False
+        if isinstance(store, str):
+            store = Store(store)
+        if store is not None and not isinstance(store, Store):
+            raise TypeError(f"store must be a tm.Store, a database URL or None, got {store!r}")
+        self.store = store
         self._scheduled: dict[str, Graph] = {}
         self._wake = threading.Event()
         self._stopping = False
@@ -584,6 +597,7 @@ class Executor:
         # The engine also puts the handle here before returning, so a Ctrl-C that lands between
         # the run starting and this frame seeing the handle can still cancel the run.
         started: list[RunHandle] = []
+        record = self._begin_record(graph, info) if self.store is not None else None
         try:
             handle = engine.submit(
                 graph._core,
@@ -595,14 +609,37 @@ class Executor:
                 limit,
                 (dispatch, mask) if mask else None,
                 started,
+                record,
             )
             run = Run(handle, graph)
+            run.run_id = record[1] if record is not None else None
             dispatch.attach(run)
         except BaseException:
             for h in started:
                 h.cancel(False)
             raise
         return run
+
+    def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
+        """Records a new run and its tasks; returns what the engine's recorder needs."""
+        assert self.store is not None
+        core = self.store.core
+        run_id = uuid.uuid4().hex
+        now = int(time.time() * 1e6)
+        scheduled = info.get("scheduled_at")
+        scheduled_us = int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
+        tasks = [(i, name, None, None, None, None) for i, name in enumerate(graph._core.names())]
+        core.begin_run(
+            run_id,
+            graph.name,
+            "running",
+            str(info.get("trigger", "manual")),
+            now,
+            tasks,
+            scheduled_us=scheduled_us,
+            started_us=now,
+        )
+        return core, run_id
 
     def run(
         self,

@@ -14,6 +14,7 @@ use pyo3::IntoPyObjectExt;
 
 use super::errors::exc;
 use super::graph::PyGraphCore;
+use super::store::PyStoreCore;
 use crate::clock::Clock;
 use crate::dag::NodeId;
 use crate::engine::{
@@ -21,6 +22,7 @@ use crate::engine::{
     RunOptions, Submission, TaskError, TaskSpec,
 };
 use crate::retry::RetryPolicy;
+use crate::store::{ErrorInfo, Store};
 
 type Value = Py<PyAny>;
 
@@ -296,7 +298,7 @@ impl PyEngine {
     /// `(callback, mask)`: `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is
     /// called for the event kinds whose bit is set in `mask` (see `EVENT_KINDS`).
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    #[pyo3(signature = (graph, calls, specs, config, meta, fail_fast = false, timeout = None, observer = None, started = None))]
+    #[pyo3(signature = (graph, calls, specs, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -325,6 +327,7 @@ impl PyEngine {
         timeout: Option<f64>,
         observer: Option<(Py<PyAny>, u32)>,
         started: Option<Bound<'_, pyo3::types::PyList>>,
+        record: Option<(Bound<'_, PyStoreCore>, String)>,
     ) -> PyResult<Py<PyRunHandle>> {
         let plan = graph.get().plan();
         if calls.len() != plan.len() || specs.len() != plan.len() {
@@ -403,6 +406,13 @@ impl PyEngine {
             meta,
         });
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
+        if let Some((store, run_id)) = record {
+            // Recorded in Rust: every transition is one queued write, batched by the writer thread.
+            observers.push(Arc::new(StoreRecorder {
+                store: store.get().shared(),
+                run_id,
+            }));
+        }
         if let Some((callback, mask)) = observer {
             observers.push(Arc::new(PyObserver { callback, mask }));
         }
@@ -769,6 +779,109 @@ impl Observer for PyObserver {
                 e.write_unraisable(py, Some(self.callback.bind(py)));
             }
         });
+    }
+}
+
+/// Records a run's transitions in the store (attempts are 1-based there).
+struct StoreRecorder {
+    store: Arc<Store>,
+    run_id: String,
+}
+
+/// The type, message and traceback of a task error, for the store.
+fn error_info(e: &TaskError) -> ErrorInfo {
+    match e {
+        TaskError::Timeout(d) => ErrorInfo {
+            type_name: "TaskTimeout".into(),
+            message: format!("task timed out after {:.3}s", d.as_secs_f64()),
+            traceback: None,
+        },
+        TaskError::Cancelled => ErrorInfo {
+            type_name: "TaskCancelled".into(),
+            message: "task cancelled".into(),
+            traceback: None,
+        },
+        TaskError::Raised { source } => match source.downcast_ref::<PyErr>() {
+            Some(err) => Python::attach(|py| {
+                let type_name = err
+                    .get_type(py)
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
+                let message = err
+                    .value(py)
+                    .str()
+                    .map(|m| m.to_string())
+                    .unwrap_or_default();
+                let traceback = py
+                    .import("traceback")
+                    .and_then(|tb| {
+                        // The traceback lives in the PyErr, not necessarily on the value yet.
+                        let trace = err
+                            .traceback(py)
+                            .map(|t| t.into_any())
+                            .unwrap_or_else(|| py.None().into_bound(py));
+                        tb.call_method1(
+                            "format_exception",
+                            (err.get_type(py), err.value(py), trace),
+                        )
+                    })
+                    .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)))
+                    .and_then(|t| t.extract::<String>())
+                    .ok();
+                ErrorInfo {
+                    type_name,
+                    message,
+                    traceback,
+                }
+            }),
+            None => ErrorInfo {
+                type_name: "Error".into(),
+                message: source.to_string(),
+                traceback: None,
+            },
+        },
+    }
+}
+
+impl Observer for StoreRecorder {
+    fn event(&self, _run_id: u64, ev: &Event) {
+        let id = &self.run_id;
+        let attempt = ev.attempt + 1;
+        // Writes only fail once the store is closed; the run itself must go on regardless.
+        let _ = match (&ev.kind, ev.node) {
+            (EventKind::Started, Some(n)) => self.store.task_started(id, n, attempt, ev.at_us),
+            (EventKind::Completed, Some(n)) => {
+                self.store
+                    .task_ended(id, n, attempt, ev.at_us, "completed", None, None)
+            }
+            (EventKind::Retrying { error, retry_at_us }, Some(n)) => self.store.task_ended(
+                id,
+                n,
+                attempt,
+                ev.at_us,
+                "failed",
+                Some(error_info(error)),
+                Some(*retry_at_us),
+            ),
+            (EventKind::Failed { error }, Some(n)) => self.store.task_ended(
+                id,
+                n,
+                attempt,
+                ev.at_us,
+                "failed",
+                Some(error_info(error)),
+                None,
+            ),
+            (EventKind::Skipped { .. }, Some(n)) => {
+                self.store.task_status(id, n, "skipped", ev.at_us)
+            }
+            (EventKind::Cancelled, Some(n)) => self.store.task_status(id, n, "cancelled", ev.at_us),
+            (EventKind::RunFinished { state }, _) => {
+                self.store.finish_run(id, state.as_str(), ev.at_us)
+            }
+            _ => Ok(()),
+        };
     }
 }
 

@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use pyo3::PyErr;
+use std::sync::Arc;
 
 use crate::store::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunFilter, RunRecord, RunSummary, Store,
@@ -155,7 +156,14 @@ fn dicts<'py, T>(
 /// The run and task history database: queued writes, blocking reads.
 #[pyclass(name = "StoreCore", module = "tm._tm", frozen)]
 pub struct PyStoreCore {
-    store: Store,
+    store: Arc<Store>,
+}
+
+impl PyStoreCore {
+    /// The store, shared with the engine's recorder.
+    pub(crate) fn shared(&self) -> Arc<Store> {
+        self.store.clone()
+    }
 }
 
 #[pymethods]
@@ -164,7 +172,9 @@ impl PyStoreCore {
     #[new]
     fn new(py: Python<'_>, url: &str) -> PyResult<Self> {
         let store = py.detach(|| Store::open(url))?;
-        Ok(PyStoreCore { store })
+        Ok(PyStoreCore {
+            store: Arc::new(store),
+        })
     }
 
     /// The database file's absolute path, or ":memory:".
