@@ -52,13 +52,17 @@ class Engine:
     def add_pool(self, tag: str, capacity: int) -> int: ...
     @property
     def thread_count(self) -> int: ...
-    def submit(
+    def prepare(
         self,
         graph: GraphCore,
         calls: list[
             tuple[Callable[..., Any], list[tuple[str, int, Any]], tuple[Any, ...] | None, Any, Any]
         ],
         specs: list[tuple[int, int, int, float, float, float | None, float, float | None, bool]],
+    ) -> Program: ...
+    def submit(
+        self,
+        program: Program,
         config: Any,
         meta: Any,
         fail_fast: bool = False,
@@ -68,6 +72,12 @@ class Engine:
         record: tuple[StoreCore, str] | None = None,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
+
+@final
+class Program:
+    """A graph compiled for the engine, reused by every run."""
+
+    def __len__(self) -> int: ...
 
 @final
 class RunHandle:

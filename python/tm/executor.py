@@ -580,13 +580,14 @@ class Executor:
         if not isinstance(graph, Graph):
             raise TypeError(f"expected a tm.Graph, got {type(graph).__name__}")
         engine = self._get_engine()
-        calls, specs = graph._compile(
+        program = graph._compile(
             self._pool_of(engine),
             tuple(args),
             dict(kwargs or {}),
             cache_key=self._token,
             defaults=self._defaults,
             wrap=self._wrap,
+            prepare=engine.prepare,
         )
         cfg = graph.load_config() if config is None else config
         info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
@@ -600,9 +601,7 @@ class Executor:
         record = self._begin_record(graph, info) if self.store is not None else None
         try:
             handle = engine.submit(
-                graph._core,
-                calls,
-                specs,
+                program,
                 cfg,
                 info,
                 self.fail_fast,

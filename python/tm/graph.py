@@ -175,7 +175,7 @@ class Graph:
         self._nodes: list[_Node] = []
         self._by_source: dict[int, int] = {}
         self._version = 0
-        self._compiled: tuple[int, Any, list[Any], list[Any]] | None = None
+        self._compiled: tuple[int, Any, Any] | None = None
         self._config_base = _caller_dir()
         self._config: Any = None
         self.config = config
@@ -416,7 +416,8 @@ class Graph:
         cache_key: Any = None,
         defaults: dict[str, Any] | None = None,
         wrap: Callable[[Callable[..., Any], TaskOptions], Callable[..., Any]] | None = None,
-    ) -> tuple[list[Any], list[Any]]:
+        prepare: Callable[[Any, list[Any], list[Any]], Any] | None = None,
+    ) -> Any:
         """Per-node call descriptions and scheduling specs for the engine.
 
         Without root arguments the result depends only on the graph and the executor's pools, so it
@@ -424,9 +425,9 @@ class Graph:
         """
         cacheable = cache_key is not None and not args and not kwargs
         if cacheable and self._compiled is not None:
-            version, key, calls, specs = self._compiled
+            version, key, compiled = self._compiled
             if version == self._version and key == cache_key:
-                return calls, specs
+                return compiled
         names = self._core.names()
         calls: list[Any] = []
         specs: list[Any] = []
@@ -477,9 +478,11 @@ class Graph:
             raise TypeError(
                 f"graph {self.name!r}: no root task accepts argument(s) {', '.join(sorted(unused))}"
             )
+        # The engine keeps its own compiled form; the lists are not kept once it has it.
+        compiled = prepare(self._core, calls, specs) if prepare is not None else (calls, specs)
         if cacheable:
-            self._compiled = (self._version, cache_key, calls, specs)
-        return calls, specs
+            self._compiled = (self._version, cache_key, compiled)
+        return compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Runs the graph now on the default executor and returns its result.

@@ -817,6 +817,8 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, job: Job<V>) -> Ex
     let attempt = {
         let mut log = node.log.lock().unwrap_or_else(|p| p.into_inner());
         let number = log.len() as u32;
+        // Most tasks run once: don't let the first push reserve room for four attempts.
+        log.reserve_exact(1);
         log.push(Attempt {
             number,
             started_us: started,

@@ -56,7 +56,6 @@ struct NodeCall {
     /// Tasks that do not run Python code on the calling thread (async, process pool) stop through
     /// their own hook: `hook(attempt, "timeout" | "cancelled")`.
     interrupt_hook: Option<Py<PyAny>>,
-    live: LiveCall,
 }
 
 const IDLE: u8 = 0;
@@ -73,10 +72,33 @@ struct LiveCall {
 
 /// The Python side of a run: the callables and how to fill their parameters.
 struct PyBody {
-    nodes: Vec<NodeCall>,
-    names: Vec<Py<PyString>>,
+    program: Arc<Program>,
+    /// One per node, for this run only.
+    live: Vec<LiveCall>,
     config: Py<PyAny>,
     meta: Py<PyAny>,
+}
+
+/// A graph compiled for the engine once and reused by every run: the callables, how to fill their
+/// parameters, the scheduling specs and the task names.
+struct Program {
+    plan: Arc<crate::dag::Plan>,
+    nodes: Vec<NodeCall>,
+    specs: Arc<Vec<TaskSpec>>,
+    names: Vec<Py<PyString>>,
+}
+
+/// A compiled graph (see `Engine.prepare`).
+#[pyclass(name = "Program", module = "tm._tm", frozen)]
+pub struct PyProgram {
+    inner: Arc<Program>,
+}
+
+#[pymethods]
+impl PyProgram {
+    fn __len__(&self) -> usize {
+        self.inner.nodes.len()
+    }
 }
 
 impl PyBody {
@@ -102,14 +124,14 @@ impl PyBody {
                         run: cx.run(),
                         node: cx.node,
                         attempt: cx.attempt,
-                        task: self.names[cx.node as usize].clone_ref(py),
+                        task: self.program.names[cx.node as usize].clone_ref(py),
                         meta: self.meta.clone_ref(py),
                     };
                     kw.set_item(name.bind(py), Py::new(py, ctx)?)?;
                 }
                 Source::AllParents => {
                     for &p in cx.plan().parents(cx.node) {
-                        let key = self.names[p as usize].bind(py);
+                        let key = self.program.names[p as usize].bind(py);
                         if !kw.contains(key)? {
                             let v = cx
                                 .value(p)
@@ -129,7 +151,8 @@ impl PyBody {
 impl Body<Value> for PyBody {
     fn call(&self, cx: &CallContext<'_, Value>) -> Result<Value, TaskError> {
         Python::attach(|py| {
-            let call = &self.nodes[cx.node as usize];
+            let call = &self.program.nodes[cx.node as usize];
+            let live = &self.live[cx.node as usize];
             let result = self.kwargs(py, cx, call).and_then(|kw| {
                 let args = match &call.args {
                     Some(a) => a.bind(py).clone(),
@@ -138,17 +161,17 @@ impl Body<Value> for PyBody {
                 // Both the interrupter and this thread change `state` only while attached, so with the
                 // GIL an asynchronous exception is either raised inside this call or cleared below.
                 let me = unsafe { pyo3::ffi::PyThread_get_thread_ident() } as u64;
-                call.live.thread.store(me, Ordering::Release);
-                call.live.attempt.store(cx.attempt, Ordering::Release);
-                call.live.state.store(RUNNING, Ordering::Release);
+                live.thread.store(me, Ordering::Release);
+                live.attempt.store(cx.attempt, Ordering::Release);
+                live.state.store(RUNNING, Ordering::Release);
                 let out = call.func.bind(py).call(args, Some(&kw));
                 // A later attempt (timed out meanwhile, retried on another thread) may own the
                 // record now: leave it alone. Either way, an interrupt aimed at this call must not
                 // hit the next task this thread runs.
-                let mine = call.live.attempt.load(Ordering::Acquire) == cx.attempt
-                    && call.live.thread.load(Ordering::Acquire) == me;
+                let mine = live.attempt.load(Ordering::Acquire) == cx.attempt
+                    && live.thread.load(Ordering::Acquire) == me;
                 let interrupted = if mine {
-                    call.live.state.swap(IDLE, Ordering::AcqRel) == INTERRUPTED
+                    live.state.swap(IDLE, Ordering::AcqRel) == INTERRUPTED
                 } else {
                     true
                 };
@@ -175,10 +198,10 @@ impl Body<Value> for PyBody {
     }
 
     fn interrupt(&self, node: NodeId, attempt: u32, reason: &TaskError) {
-        let call = &self.nodes[node as usize];
+        let call = &self.program.nodes[node as usize];
         let timeout = matches!(reason, TaskError::Timeout(_));
+        let live = &self.live[node as usize];
         Python::attach(|py| {
-            let live = &call.live;
             if live.attempt.load(Ordering::Acquire) != attempt
                 || live
                     .state
@@ -208,7 +231,7 @@ impl Body<Value> for PyBody {
     }
 
     fn retryable(&self, node: NodeId, error: &TaskError) -> bool {
-        let call = &self.nodes[node as usize];
+        let call = &self.program.nodes[node as usize];
         let TaskError::Raised { source } = error else {
             return true;
         };
@@ -291,15 +314,13 @@ impl PyEngine {
         self.exec.thread_count()
     }
 
-    /// Starts a run. `calls[i]` is `(func, params, args, retry_on, give_up_on)` for node i, where
-    /// params are `(name, kind, payload)` with kind 0 parent index, 1 config, 2 context,
-    /// 3 all parents, 4 constant; `specs[i]` is
-    /// `(pool, priority, retries, delay, backoff, max_delay, jitter, timeout, retry_timeouts)`. `observer` is
-    /// `(callback, mask)`: `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is
-    /// called for the event kinds whose bit is set in `mask` (see `EVENT_KINDS`).
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-    #[pyo3(signature = (graph, calls, specs, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None))]
-    fn submit(
+    /// Compiles a graph for the engine; the result is reused by every run of the graph.
+    /// `calls[i]` is `(func, params, args, retry_on, give_up_on)` for node i, where params are
+    /// `(name, kind, payload)` with kind 0 parent index, 1 config, 2 context, 3 all parents,
+    /// 4 constant; `specs[i]` is
+    /// `(pool, priority, retries, delay, backoff, max_delay, jitter, timeout, retry_timeouts)`.
+    #[allow(clippy::type_complexity)]
+    fn prepare(
         &self,
         py: Python<'_>,
         graph: &Bound<'_, PyGraphCore>,
@@ -321,14 +342,7 @@ impl PyEngine {
             Option<f64>,
             bool,
         )>,
-        config: Py<PyAny>,
-        meta: Py<PyAny>,
-        fail_fast: bool,
-        timeout: Option<f64>,
-        observer: Option<(Py<PyAny>, u32)>,
-        started: Option<Bound<'_, pyo3::types::PyList>>,
-        record: Option<(Bound<'_, PyStoreCore>, String)>,
-    ) -> PyResult<Py<PyRunHandle>> {
+    ) -> PyResult<PyProgram> {
         let plan = graph.get().plan();
         if calls.len() != plan.len() || specs.len() != plan.len() {
             return Err(PyValueError::new_err(
@@ -359,7 +373,6 @@ impl PyEngine {
                 retry_on,
                 give_up_on,
                 interrupt_hook,
-                live: LiveCall::default(),
             });
         }
         let mut task_specs = Vec::with_capacity(specs.len());
@@ -399,9 +412,43 @@ impl PyEngine {
         let names = (0..plan.len() as NodeId)
             .map(|i| PyString::new(py, plan.name(i)).unbind())
             .collect();
-        let body = Arc::new(PyBody {
+        let program = Program {
+            plan,
             nodes,
+            specs: Arc::new(task_specs),
             names,
+        };
+        Ok(PyProgram {
+            inner: Arc::new(program),
+        })
+    }
+
+    /// Starts a run of a compiled graph. `observer` is `(callback, mask)`:
+    /// `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is called for the event
+    /// kinds whose bit is set in `mask` (see `EVENT_KINDS`); `record` is `(store, run_id)`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None))]
+    fn submit(
+        &self,
+        py: Python<'_>,
+        program: &Bound<'_, PyProgram>,
+        config: Py<PyAny>,
+        meta: Py<PyAny>,
+        fail_fast: bool,
+        timeout: Option<f64>,
+        observer: Option<(Py<PyAny>, u32)>,
+        started: Option<Bound<'_, pyo3::types::PyList>>,
+        record: Option<(Bound<'_, PyStoreCore>, String)>,
+    ) -> PyResult<Py<PyRunHandle>> {
+        let program = program.get().inner.clone();
+        let live = (0..program.nodes.len())
+            .map(|_| LiveCall::default())
+            .collect();
+        let plan = program.plan.clone();
+        let specs = program.specs.clone();
+        let body = Arc::new(PyBody {
+            program,
+            live,
             config,
             meta,
         });
@@ -424,7 +471,7 @@ impl PyEngine {
         };
         let sub = Submission {
             plan,
-            specs: Arc::new(task_specs),
+            specs,
             body,
             options,
         };
@@ -888,6 +935,7 @@ impl Observer for StoreRecorder {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGraphCore>()?;
     m.add_class::<PyEngine>()?;
+    m.add_class::<PyProgram>()?;
     m.add_class::<PyRunHandle>()?;
     m.add_class::<PyTaskContext>()?;
     Ok(())
