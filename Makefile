@@ -62,4 +62,5 @@ wheel: $(STAMP) ## build the abi3 release wheel into target/wheels
 
 .PHONY: bench
 bench: install ## run the benchmarks against the peers and print tables
+	cargo test -q --release --no-default-features --lib cron::tests::timing -- --ignored --nocapture
 	for b in benches/bench_*.py; do $(PY) $$b || exit 1; done
