@@ -44,6 +44,7 @@ class TaskOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     give_up_on: tuple[type[BaseException], ...] = ()
     revert: Callable[[Any], Any] | None = None
+    persist: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TaskOptions:
@@ -141,7 +142,8 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
             ``min(max_delay, retry_delay * (1 + backoff) ** i)``), ``max_delay``, ``jitter`` (0..1),
             ``retry_on`` and ``give_up_on`` (exception classes), ``timeout`` (seconds or
             timedelta per attempt), ``revert`` (called with the task's result when a run started
-            with ``rollback=True`` fails).
+            with ``rollback=True`` fails), ``persist`` (keep the pickled result in the executor's
+            store so a resumed run can feed it to the children).
 
     Returns:
         A :class:`TaskFunction` that calls ``fn`` unchanged, or a decorator making one.

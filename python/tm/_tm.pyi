@@ -70,6 +70,7 @@ class Engine:
         observer: tuple[Callable[..., Any], int] | None = None,
         started: list[RunHandle] | None = None,
         record: tuple[StoreCore, str] | None = None,
+        done: list[tuple[int, Any]] | None = None,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
 

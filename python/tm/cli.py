@@ -375,6 +375,34 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_resume(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="the run to continue (see tm runs)")
+    parser.add_argument(
+        "--graph", required=True, help="the run's graph: MODULE:ATTR or FILE.py:ATTR"
+    )
+    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
+    parser.add_argument("--workers", type=int, default=None, help="size of the default pool")
+
+
+def _run_resume(args: argparse.Namespace) -> int:
+    from .exceptions import TmError
+    from .executor import Executor
+    from .graph import Graph
+
+    graph = load_object(args.graph)
+    if not isinstance(graph, Graph):
+        raise CommandError(f"{args.graph!r} is a {type(graph).__name__}, not a tm.Graph")
+    store = _open_store(args.db)
+    with Executor(workers=args.workers, store=store, persist=True) as ex:  # type: ignore[arg-type]
+        try:
+            run = ex.resume(args.run_id, graph)
+        except (KeyError, TmError) as exc:
+            raise CommandError(str(exc).strip("'\""), EXIT_FAILURE) from exc
+    store.close()  # type: ignore[attr-defined]
+    print(f"run {args.run_id} of {graph.name}: {run.state}")
+    return 0 if run.state == "completed" else EXIT_FAILURE
+
+
 #: The subcommands of ``tm``, by name. Others register theirs here.
 COMMANDS: dict[str, Command] = {
     "cron": Command(
@@ -396,6 +424,11 @@ COMMANDS: dict[str, Command] = {
         help="show one recorded run: its tasks, states, attempts and errors",
         configure=_configure_show,
         run=_run_show,
+    ),
+    "resume": Command(
+        help="continue an interrupted run without redoing completed tasks",
+        configure=_configure_resume,
+        run=_run_resume,
     ),
     "graph": Command(
         help="print a graph as Mermaid, Graphviz DOT or text",

@@ -6,6 +6,7 @@ import atexit
 import itertools
 import logging
 import os
+import pickle
 import sys
 import threading
 import time
@@ -445,6 +446,8 @@ class Executor:
         on_run_end: called with the :class:`Run` when a run ends.
         store: a :class:`tm.Store` (or database URL) where every run and task transition is
             recorded; None (the default) keeps runs in memory only.
+        persist: keep every task's pickled result in the store (tasks can also set
+            ``persist=``), so :meth:`resume` can continue a run without re-running them.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -469,6 +472,7 @@ class Executor:
         on_task_end: Callable[[Event], Any] | None = None,
         on_run_end: Callable[[Run], Any] | None = None,
         store: Store | str | None = None,
+        persist: bool = False,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -502,6 +506,7 @@ class Executor:
         self._defaults = {
             k: getattr(opts, k) for k in _DEFAULT_KEYS if getattr(opts, k) is not None
         }
+        self._defaults["persist"] = bool(persist)
         self.on_task_start = on_task_start
         self.on_task_end = on_task_end
         self.on_run_end = on_run_end
@@ -563,6 +568,7 @@ class Executor:
         kwargs: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | timedelta | None = None,
+        _resume: tuple[str, list[tuple[int, Any]]] | None = None,
     ) -> Run:
         """Starts a run of ``graph`` and returns it at once (see :meth:`Run.wait`).
 
@@ -598,7 +604,13 @@ class Executor:
         # The engine also puts the handle here before returning, so a Ctrl-C that lands between
         # the run starting and this frame seeing the handle can still cancel the run.
         started: list[RunHandle] = []
-        record = self._begin_record(graph, info) if self.store is not None else None
+        if _resume is not None:
+            assert self.store is not None
+            record: tuple[Any, str] | None = (self.store.core, _resume[0])
+            done: list[tuple[int, Any]] | None = _resume[1]
+        else:
+            record = self._begin_record(graph, info) if self.store is not None else None
+            done = None
         try:
             handle = engine.submit(
                 program,
@@ -609,6 +621,7 @@ class Executor:
                 (dispatch, mask) if mask else None,
                 started,
                 record,
+                done,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
@@ -617,6 +630,62 @@ class Executor:
             for h in started:
                 h.cancel(False)
             raise
+        return run
+
+    def resume(
+        self, run_id: str, graph: Graph, config: Any = None, timeout: float | None = None
+    ) -> Run:
+        """Continues a run recorded in this executor's store (after a crash, a kill or a reboot).
+
+        Tasks that completed are not run again: those with a persisted result feed it to their
+        children, and the others are kept when none of their children needs to run. Everything
+        else (including tasks that were running) runs again, as new attempts. Returns the
+        :class:`Run` once it ends; its ``run_id`` is the same.
+
+        Raises:
+            ExecutorError: the executor has no store.
+            KeyError: no run ``run_id`` in the store.
+            GraphError: ``graph`` is not the graph the run was started with.
+        """
+        from .exceptions import GraphError
+
+        if self.store is None:
+            raise ExecutorError("resume needs an executor with a store: Executor(store=...)")
+        core = self.store.core
+        detail = core.get_run(run_id)
+        if detail is None:
+            raise KeyError(f"no run {run_id!r} in {self.store.location}")
+        names = graph._core.names()
+        recorded = {t["name"]: t for t in detail["tasks"]}
+        if detail["graph"] != graph.name or set(recorded) != set(names):
+            raise GraphError(
+                f"run {run_id} was a run of graph {detail['graph']!r} with tasks "
+                f"{sorted(recorded)}; graph {graph.name!r} has {sorted(names)}"
+            )
+        by_recorded_node = {t["node"]: t["name"] for t in recorded.values()}
+        results: dict[str, Any] = {}
+        for node, fmt, data in core.results(run_id):
+            if fmt == "pickle" and node in by_recorded_node:
+                # Written by tm itself into its own database for this run.
+                results[by_recorded_node[node]] = pickle.loads(data)
+        done: dict[int, Any] = {}
+        for name in reversed(graph.topological_order()):
+            if recorded[name]["status"] != "completed":
+                continue
+            idx = names.index(name)
+            if name in results:
+                done[idx] = results[name]
+            elif all(c in done for c in graph._core.children(idx)):
+                done[idx] = None
+        core.set_run_state(run_id, "running")
+        run = self.submit(
+            graph,
+            config,
+            meta={"trigger": "resume"},
+            timeout=timeout,
+            _resume=(run_id, sorted(done.items())),
+        )
+        run.wait()
         return run
 
     def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
@@ -638,6 +707,8 @@ class Executor:
             scheduled_us=scheduled_us,
             started_us=now,
         )
+        # Durable before any task runs, so a crash at any later moment leaves a resumable run.
+        core.flush()
         return core, run_id
 
     def run(

@@ -456,7 +456,8 @@ class Graph:
             if fn is None:
                 fn = wrap(node.call, o) if wrap is not None else node.call
                 wrapped[wkey] = fn
-            calls.append((fn, params, call_args, o.retry_on, o.give_up_on or None))
+            persist = o.persist if o.persist is not None else bool(d.get("persist", False))
+            calls.append((fn, params, call_args, o.retry_on, o.give_up_on or None, persist))
             skey = (
                 o.tag,
                 o.priority,

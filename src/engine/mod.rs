@@ -202,6 +202,9 @@ pub struct Submission<V> {
     pub body: Arc<dyn Body<V>>,
     /// Run options.
     pub options: RunOptions,
+    /// Nodes that completed in an earlier life of this run (resume), with their results when
+    /// kept: they start `completed` and are not run again.
+    pub done: Vec<(NodeId, Option<V>)>,
 }
 
 #[cfg(test)]

@@ -320,7 +320,38 @@ impl<V: Send + Sync + 'static> Executor<V> {
             }));
             s.after.push(After::NotifyTimer);
         }
-        let roots: Vec<NodeId> = run.plan.roots().collect();
+        // A resumed run: what completed before starts completed, and its children count it done.
+        for (n, value) in sub.done {
+            if (n as usize) < run.nodes.len() && run.state_of(n) == TaskState::Pending {
+                run.set_state(n, TaskState::Completed);
+                if let Some(v) = value {
+                    let _ = run.nodes[n as usize].result.set(v);
+                }
+                for &c in run.plan.children(n) {
+                    run.nodes[c as usize]
+                        .pending_parents
+                        .fetch_sub(1, Ordering::AcqRel);
+                }
+                run.remaining.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let roots: Vec<NodeId> = (0..run.plan.len() as NodeId)
+            .filter(|&n| {
+                run.state_of(n) == TaskState::Pending
+                    && run.nodes[n as usize]
+                        .pending_parents
+                        .load(Ordering::Acquire)
+                        == 0
+            })
+            .collect();
+        if roots.is_empty() && run.remaining.load(Ordering::Acquire) == 0 {
+            drop(s);
+            run.record_outcome();
+            let state = run.final_state();
+            run.emit(None, 0, EventKind::RunFinished { state });
+            run.wake_waiters();
+            return Ok(Run { inner: run });
+        }
         for &n in &roots {
             s.make_ready(&run, n);
         }

@@ -98,6 +98,7 @@ fn submit(
         specs,
         body,
         options: RunOptions::default(),
+        done: Vec::new(),
     })
     .unwrap()
 }
@@ -307,6 +308,7 @@ fn pool_capacity_bounds_concurrency() {
             specs,
             body: gauge.clone(),
             options: RunOptions::default(),
+            done: Vec::new(),
         })
         .unwrap();
     assert_eq!(wait(&ex, &run), RunState::Completed);
@@ -386,6 +388,7 @@ fn timed_out_attempt_frees_its_slot_and_is_retried() {
             specs: Arc::new(specs),
             body: body.clone(),
             options: RunOptions::default(),
+            done: Vec::new(),
         })
         .unwrap();
     // With one worker stuck in `slow`, `fast` can only complete if the timeout freed the slot.
@@ -434,6 +437,7 @@ fn run_deadline_fails_the_run() {
             specs,
             body: body.clone(),
             options,
+            done: Vec::new(),
         })
         .unwrap();
     assert_eq!(wait(&ex, &run), RunState::Failed);
@@ -487,6 +491,7 @@ fn observers_see_every_transition_in_order() {
             specs,
             body: Arc::new(SumBody::new(&["b"], 5)),
             options,
+            done: Vec::new(),
         })
         .unwrap();
     assert_eq!(wait(&ex, &run), RunState::Failed);

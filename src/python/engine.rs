@@ -56,6 +56,8 @@ struct NodeCall {
     /// Tasks that do not run Python code on the calling thread (async, process pool) stop through
     /// their own hook: `hook(attempt, "timeout" | "cancelled")`.
     interrupt_hook: Option<Py<PyAny>>,
+    /// Keep the result in the store (pickled) so a resumed run can feed it to the children.
+    persist: bool,
 }
 
 const IDLE: u8 = 0;
@@ -73,6 +75,8 @@ struct LiveCall {
 /// The Python side of a run: the callables and how to fill their parameters.
 struct PyBody {
     program: Arc<Program>,
+    /// Where persisted results go: (store, run id).
+    persist_to: Option<(Arc<Store>, String)>,
     /// One per node, for this run only.
     live: Vec<LiveCall>,
     config: Py<PyAny>,
@@ -102,6 +106,28 @@ impl PyProgram {
 }
 
 impl PyBody {
+    /// Pickles a result into the store; a result that cannot be pickled fails the task clearly.
+    fn persist(&self, py: Python<'_>, node: NodeId, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some((store, run_id)) = &self.persist_to else {
+            return Ok(());
+        };
+        let pickled = py
+            .import("pickle")?
+            .call_method1("dumps", (value,))
+            .map_err(|e| {
+                let name = self.program.names[node as usize].bind(py).to_string();
+                let err = pyo3::exceptions::PyTypeError::new_err(format!(
+                    "task {name:?} has persist=True but its result cannot be pickled: {e}"
+                ));
+                err.set_cause(py, Some(e));
+                err
+            })?;
+        let bytes: Vec<u8> = pickled.extract()?;
+        store
+            .save_result(run_id, node, "pickle", bytes)
+            .map_err(PyErr::from)
+    }
+
     fn kwargs<'py>(
         &self,
         py: Python<'py>,
@@ -184,6 +210,12 @@ impl Body<Value> for PyBody {
                     }
                 }
                 out
+            });
+            let result = result.and_then(|v| {
+                if call.persist {
+                    self.persist(py, cx.node, &v)?;
+                }
+                Ok(v)
             });
             result.map(Bound::unbind).map_err(|e| {
                 if e.is_instance_of::<exc::TaskCancelled>(py) {
@@ -315,7 +347,7 @@ impl PyEngine {
     }
 
     /// Compiles a graph for the engine; the result is reused by every run of the graph.
-    /// `calls[i]` is `(func, params, args, retry_on, give_up_on)` for node i, where params are
+    /// `calls[i]` is `(func, params, args, retry_on, give_up_on, persist)` for node i, where params are
     /// `(name, kind, payload)` with kind 0 parent index, 1 config, 2 context, 3 all parents,
     /// 4 constant; `specs[i]` is
     /// `(pool, priority, retries, delay, backoff, max_delay, jitter, timeout, retry_timeouts)`.
@@ -330,6 +362,7 @@ impl PyEngine {
             Option<Py<PyTuple>>,
             Option<Py<PyAny>>,
             Option<Py<PyAny>>,
+            bool,
         )>,
         specs: Vec<(
             usize,
@@ -350,7 +383,7 @@ impl PyEngine {
             ));
         }
         let mut nodes = Vec::with_capacity(calls.len());
-        for (func, params, args, retry_on, give_up_on) in calls {
+        for (func, params, args, retry_on, give_up_on, persist) in calls {
             let mut ps = Vec::with_capacity(params.len());
             for (name, kind, payload) in params {
                 let source = match kind {
@@ -373,6 +406,7 @@ impl PyEngine {
                 retry_on,
                 give_up_on,
                 interrupt_hook,
+                persist,
             });
         }
         let mut task_specs = Vec::with_capacity(specs.len());
@@ -427,7 +461,7 @@ impl PyEngine {
     /// `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is called for the event
     /// kinds whose bit is set in `mask` (see `EVENT_KINDS`); `record` is `(store, run_id)`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None))]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -439,8 +473,13 @@ impl PyEngine {
         observer: Option<(Py<PyAny>, u32)>,
         started: Option<Bound<'_, pyo3::types::PyList>>,
         record: Option<(Bound<'_, PyStoreCore>, String)>,
+        done: Option<Vec<(u32, Option<Py<PyAny>>)>>,
     ) -> PyResult<Py<PyRunHandle>> {
         let program = program.get().inner.clone();
+        let done = done.unwrap_or_default();
+        let persist_to = record
+            .as_ref()
+            .map(|(store, id)| (store.get().shared(), id.clone()));
         let live = (0..program.nodes.len())
             .map(|_| LiveCall::default())
             .collect();
@@ -448,6 +487,7 @@ impl PyEngine {
         let specs = program.specs.clone();
         let body = Arc::new(PyBody {
             program,
+            persist_to,
             live,
             config,
             meta,
@@ -474,6 +514,7 @@ impl PyEngine {
             specs,
             body,
             options,
+            done,
         };
         let exec = self.exec.clone();
         let run = py

@@ -1,0 +1,130 @@
+"""Runs interrupted by SIGKILL resume without redoing completed work."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import tm
+
+GRAPH = textwrap.dedent(
+    """
+    import os, random, sys
+    import tm
+
+    EFFECTS = os.environ["TM_TEST_EFFECTS"]
+
+    def work(**parents):
+        # One line per execution: the side effect that must not repeat once recorded complete.
+        fd = os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        try:
+            os.write(fd, (tm_task_name() + "\\n").encode())
+        finally:
+            os.close(fd)
+        return sum(parents.values()) + 1
+
+    def tm_task_name():
+        return sys._getframe(1).f_locals.get("name", "?")
+
+    def make(name):
+        def fn(**parents):
+            fd = os.open(EFFECTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            try:
+                os.write(fd, (name + "\\n").encode())
+            finally:
+                os.close(fd)
+            return sum(parents.values()) + 1
+        return tm.task(fn, name=name)
+
+    rnd = random.Random(7)
+    graph = tm.Graph("killable")
+    tasks = [make(f"t{i:03d}") for i in range(N)]
+    for i, t in enumerate(tasks):
+        parents = [tasks[p] for p in rnd.sample(range(i), min(i, 3))] if i else []
+        graph.add(t, depends_on=parents)
+
+    if __name__ == "__main__":
+        ex = tm.Executor(workers=4, store=os.environ["TM_DB_URL"], persist=True)
+        run = ex.run(graph)
+        print(run.state, run.run_id)
+    """
+)
+
+
+def effects(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+@pytest.mark.timeout(300)
+def test_sigkill_at_random_moments_then_resume_runs_each_task_once_more_at_most(
+    tmp_path: Path,
+) -> None:
+    n = 300
+    script = tmp_path / "killable.py"
+    script.write_text(GRAPH.replace("range(N)", f"range({n})"))
+    rnd = random.Random(2024)
+    for trial in range(20):
+        db = tmp_path / f"trial{trial}.db"
+        fx = tmp_path / f"effects{trial}.txt"
+        env = {**os.environ, "TM_DB_URL": f"sqlite:///{db}", "TM_TEST_EFFECTS": str(fx)}
+        proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        kill_after = rnd.randrange(1, n)
+        # Kill once the run has done a random amount of work (polling the side effects).
+        while proc.poll() is None and len(effects(fx)) < kill_after:
+            pass
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        con = sqlite3.connect(db)
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        con.close()
+        store = tm.Store(f"sqlite:///{db}")
+        [row] = store.runs()
+        run_id = row["run_id"]
+        done_before = {t["name"] for t in store.run(run_id)["tasks"] if t["status"] == "completed"}
+        store.close()
+        before = effects(fx)
+        resumed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tm",
+                "resume",
+                run_id,
+                "--graph",
+                f"{script}:graph",
+                "--db",
+                f"sqlite:///{db}",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert resumed.returncode == 0, resumed.stderr
+        after = effects(fx)[len(before) :]
+        # Nothing recorded complete ran again; everything else ran exactly once more.
+        assert not done_before & set(after), (trial, sorted(done_before & set(after))[:5])
+        assert sorted(after) == sorted(
+            f"t{i:03d}" for i in range(n) if f"t{i:03d}" not in done_before
+        )
+        store = tm.Store(f"sqlite:///{db}")
+        final = store.run(run_id)
+        store.close()
+        assert final["state"] == "completed"
+        assert {t["status"] for t in final["tasks"]} == {"completed"}
