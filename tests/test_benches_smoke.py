@@ -21,3 +21,13 @@ def test_bench_cron_quick() -> None:
     assert "| benchmark (us per call) | tm | croniter | cronsim | best peer / tm |" in r.stdout
     for line in ("chained next", "next from arbitrary start", "construction"):
         assert line in r.stdout
+
+
+def test_bench_store_quick() -> None:
+    bench = BENCH.parent / "bench_store.py"
+    r = subprocess.run(
+        [sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert "| shape | tasks | store off us/task | store on us/task |" in r.stdout
+    assert r.stdout.count("| wide |") == 1 and r.stdout.count("| chain |") == 1
