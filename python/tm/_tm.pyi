@@ -71,6 +71,7 @@ class Engine:
         started: list[RunHandle] | None = None,
         record: tuple[StoreCore, str] | None = None,
         done: list[tuple[int, Any]] | None = None,
+        keep: tuple[int | None, int | None] | None = None,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
 

@@ -375,6 +375,28 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_id", help="the run (see tm runs)")
+    parser.add_argument("task", nargs="?", help="only this task's records")
+    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _run_logs(args: argparse.Namespace) -> int:
+    import json
+
+    store = _open_store(args.db)
+    if store.run(args.run_id) is None:  # type: ignore[attr-defined]
+        raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
+    rows = store.core.logs(args.run_id, args.task)  # type: ignore[attr-defined]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{_when(r['at_us'])} {r['level']:<8} {r.get('task') or '-'}: {r['message']}")
+    return 0
+
+
 def _configure_resume(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", help="the run to continue (see tm runs)")
     parser.add_argument(
@@ -424,6 +446,11 @@ COMMANDS: dict[str, Command] = {
         help="show one recorded run: its tasks, states, attempts and errors",
         configure=_configure_show,
         run=_run_show,
+    ),
+    "logs": Command(
+        help="print the log records tasks wrote through context.logger",
+        configure=_configure_logs,
+        run=_run_logs,
     ),
     "resume": Command(
         help="continue an interrupted run without redoing completed tasks",

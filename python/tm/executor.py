@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -279,6 +280,39 @@ _LEVELS = {
 _DEFAULT_KEYS = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "timeout")
 
 
+# Engine run id -> (store, store run id) for runs being recorded, so task loggers can keep their
+# records with the run. Entries go when the Run object does.
+_recorded: dict[int, tuple[Any, str]] = {}
+
+
+class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A task's logger: logs as usual, and keeps INFO and above with the run in the store."""
+
+    def __init__(self, logger: logging.Logger, record: tuple[Any, str], node: int) -> None:
+        super().__init__(logger, {})
+        self._record = record
+        self._node = node
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.INFO:
+            core, run_id = self._record
+            text = str(msg) % args if args else str(msg)
+            with contextlib.suppress(Exception):  # a closed store must not break the task
+                core.append_log(
+                    run_id, self._node, int(time.time() * 1e6), logging.getLevelName(level), text
+                )
+        super().log(level, msg, *args, **kwargs)
+
+
+def _task_logger(
+    engine_run_id: int, task: str, node: int
+) -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
+    """The logger a task gets from ``context.logger`` (called by the engine)."""
+    logger = logging.getLogger(f"tm.task.{task}")
+    record = _recorded.get(engine_run_id)
+    return logger if record is None else _TaskLogger(logger, record, node)
+
+
 @dataclass(frozen=True)
 class Event:
     """A task or run transition, passed to ``on_task_start``/``on_task_end`` hooks."""
@@ -448,6 +482,8 @@ class Executor:
             recorded; None (the default) keeps runs in memory only.
         persist: keep every task's pickled result in the store (tasks can also set
             ``persist=``), so :meth:`resume` can continue a run without re-running them.
+        keep_runs, keep_days: retention in the store: keep at most this many finished runs per
+            graph and none older than this many days (pruned as each run ends).
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -473,6 +509,8 @@ class Executor:
         on_run_end: Callable[[Run], Any] | None = None,
         store: Store | str | None = None,
         persist: bool = False,
+        keep_runs: int | None = None,
+        keep_days: int | None = None,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -521,6 +559,11 @@ class Executor:
         if store is not None and not isinstance(store, Store):
             raise TypeError(f"store must be a tm.Store, a database URL or None, got {store!r}")
         self.store = store
+        for what, n in (("keep_runs", keep_runs), ("keep_days", keep_days)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                raise ValueError(f"{what} must be a non-negative int, got {n!r}")
+        self.keep_runs = keep_runs
+        self.keep_days = keep_days
         self._scheduled: dict[str, Graph] = {}
         self._wake = threading.Event()
         self._stopping = False
@@ -622,9 +665,15 @@ class Executor:
                 started,
                 record,
                 done,
+                (self.keep_runs, self.keep_days)
+                if record is not None and (self.keep_runs is not None or self.keep_days is not None)
+                else None,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
+            if record is not None:
+                _recorded[handle.id] = record
+                weakref.finalize(run, _recorded.pop, handle.id, None)
             dispatch.attach(run)
         except BaseException:
             for h in started:
@@ -709,6 +758,7 @@ class Executor:
         )
         # Durable before any task runs, so a crash at any later moment leaves a resumable run.
         core.flush()
+
         return core, run_id
 
     def run(

@@ -461,7 +461,7 @@ impl PyEngine {
     /// `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is called for the event
     /// kinds whose bit is set in `mask` (see `EVENT_KINDS`); `record` is `(store, run_id)`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None))]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -474,6 +474,7 @@ impl PyEngine {
         started: Option<Bound<'_, pyo3::types::PyList>>,
         record: Option<(Bound<'_, PyStoreCore>, String)>,
         done: Option<Vec<(u32, Option<Py<PyAny>>)>>,
+        keep: Option<(Option<usize>, Option<u32>)>,
     ) -> PyResult<Py<PyRunHandle>> {
         let program = program.get().inner.clone();
         let done = done.unwrap_or_default();
@@ -498,6 +499,7 @@ impl PyEngine {
             observers.push(Arc::new(StoreRecorder {
                 store: store.get().shared(),
                 run_id,
+                keep,
             }));
         }
         if let Some((callback, mask)) = observer {
@@ -790,11 +792,14 @@ impl PyTaskContext {
         Ok(self.meta.bind(py).get_item("scheduled_at")?.unbind())
     }
 
-    /// A logger named `tm.task.<task>`.
+    /// A logger for this task (logger name `tm.task.<task>`); with a store, INFO and above are
+    /// also kept with the run (`tm logs RUN_ID TASK`).
     #[getter]
     fn logger<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let name = format!("tm.task.{}", self.task.bind(py).to_str()?);
-        py.import("logging")?.call_method1("getLogger", (name,))
+        py.import("tm.executor")?.call_method1(
+            "_task_logger",
+            (self.run.id(), self.task.bind(py), self.node),
+        )
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -874,6 +879,8 @@ impl Observer for PyObserver {
 struct StoreRecorder {
     store: Arc<Store>,
     run_id: String,
+    /// Retention applied when the run ends: (keep_runs per graph, keep_days).
+    keep: Option<(Option<usize>, Option<u32>)>,
 }
 
 /// The type, message and traceback of a task error, for the store.
@@ -966,7 +973,12 @@ impl Observer for StoreRecorder {
             }
             (EventKind::Cancelled, Some(n)) => self.store.task_status(id, n, "cancelled", ev.at_us),
             (EventKind::RunFinished { state }, _) => {
-                self.store.finish_run(id, state.as_str(), ev.at_us)
+                let done = self.store.finish_run(id, state.as_str(), ev.at_us);
+                if let Some((runs, days)) = self.keep {
+                    // Queued after the run's end, so this run counts as finished when pruning.
+                    let _ = self.store.prune(runs, days, ev.at_us);
+                }
+                done
             }
             _ => Ok(()),
         };
