@@ -137,6 +137,9 @@ pub(crate) struct RunInner<V> {
     /// The run hit its deadline.
     pub timed_out: AtomicBool,
     pub observers: Vec<Arc<dyn Observer>>,
+    /// Events not yet delivered, in order, and the lock of the one thread delivering them.
+    pub events: Mutex<std::collections::VecDeque<Event>>,
+    pub delivering: Mutex<()>,
     pub started_us: i64,
     pub ended_us: AtomicI64,
     pub done: Mutex<Option<RunState>>,
@@ -180,6 +183,8 @@ impl<V> RunInner<V> {
             fail_fast,
             timed_out: AtomicBool::new(false),
             observers,
+            events: Mutex::new(std::collections::VecDeque::new()),
+            delivering: Mutex::new(()),
             started_us: clock.now_micros(),
             ended_us: AtomicI64::new(0),
             done: Mutex::new(None),
@@ -210,7 +215,15 @@ impl<V> RunInner<V> {
 
     /// Delivers an event to the run's observers (never under an engine lock).
     pub fn emit(&self, node: Option<NodeId>, attempt: u32, kind: EventKind) {
-        if self.observers.is_empty() {
+        self.queue_event(node, attempt, kind);
+        self.deliver_events();
+    }
+
+    /// Appends an event to the run's queue. Called under the scheduler lock (or by the only thread
+    /// touching the run), so the queue's order is the order in which things happened.
+    pub fn queue_event(&self, node: Option<NodeId>, attempt: u32, kind: EventKind) {
+        let ends_run = matches!(kind, EventKind::RunFinished { .. });
+        if self.observers.is_empty() && !ends_run {
             return;
         }
         let ev = Event {
@@ -219,8 +232,47 @@ impl<V> RunInner<V> {
             at_us: self.clock.now_micros(),
             kind,
         };
-        for o in &self.observers {
-            o.event(self.id, &ev);
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(ev);
+    }
+
+    /// Delivers queued events in order, one deliverer at a time; the end of the run also wakes
+    /// its waiters, after every earlier event. Never blocks: if another thread is delivering (it
+    /// may be waiting to attach to the interpreter while this one is attached), that thread takes
+    /// these events too.
+    pub fn deliver_events(&self) {
+        loop {
+            let guard = match self.delivering.try_lock() {
+                Ok(g) => g,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                let next = self
+                    .events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .pop_front();
+                let Some(ev) = next else { break };
+                for o in &self.observers {
+                    o.event(self.id, &ev);
+                }
+                if matches!(ev.kind, EventKind::RunFinished { .. }) {
+                    self.wake_waiters();
+                }
+            }
+            drop(guard);
+            // An event queued while we were finishing would otherwise wait for the next one.
+            if self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                return;
+            }
         }
     }
 

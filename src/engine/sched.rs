@@ -106,9 +106,8 @@ impl<V> Ord for Timer<V> {
 enum After<V> {
     Emit(Arc<RunInner<V>>, Option<NodeId>, u32, EventKind),
     Interrupt(Arc<RunInner<V>>, NodeId, u32, TaskError),
-    /// Marks a run finished: after its last events, so observers have seen everything by the
-    /// time a waiter wakes.
-    Finish(Arc<RunInner<V>>),
+    /// Deliver a run's queued events (and, at its end, wake its waiters).
+    Deliver(Arc<RunInner<V>>),
     SpawnThread,
     NotifyOne,
     NotifyAll,
@@ -298,8 +297,8 @@ impl<V: Send + Sync + 'static> Executor<V> {
         if run.plan.is_empty() {
             run.record_outcome();
             let state = run.final_state();
+            // Delivering the run's end also wakes its waiters.
             run.emit(None, 0, EventKind::RunFinished { state });
-            run.wake_waiters();
             return Ok(Run { inner: run });
         }
         let mut s = self.shared.lock();
@@ -348,8 +347,8 @@ impl<V: Send + Sync + 'static> Executor<V> {
             drop(s);
             run.record_outcome();
             let state = run.final_state();
+            // Delivering the run's end also wakes its waiters.
             run.emit(None, 0, EventKind::RunFinished { state });
-            run.wake_waiters();
             return Ok(Run { inner: run });
         }
         for &n in &roots {
@@ -516,15 +515,23 @@ fn release<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, mut s: MutexGuard<
     if s.after.is_empty() {
         return;
     }
-    let after = std::mem::take(&mut s.after);
+    let mut after = std::mem::take(&mut s.after);
+    // Queue events while still holding the lock, so each run's events keep the order in which
+    // things happened even when several threads deliver at once.
+    for a in after.iter_mut() {
+        if let After::Emit(run, node, attempt, kind) = a {
+            let kind = std::mem::replace(kind, EventKind::Cancelled);
+            run.queue_event(*node, *attempt, kind);
+            *a = After::Deliver(run.clone());
+        }
+    }
     drop(s);
     for a in after {
         match a {
-            After::Emit(run, node, attempt, kind) => run.emit(node, attempt, kind),
+            After::Emit(run, ..) | After::Deliver(run) => run.deliver_events(),
             After::Interrupt(run, node, attempt, reason) => {
                 run.body.interrupt(node, attempt, &reason)
             }
-            After::Finish(run) => run.wake_waiters(),
             After::SpawnThread => {
                 let _ = spawn_worker(shared);
             }
@@ -806,7 +813,6 @@ impl<V: Send + Sync + 'static> Sched<V> {
                 0,
                 EventKind::RunFinished { state },
             ));
-            self.after.push(After::Finish(run.clone()));
             // Threads helping with this run (nested waits) must notice it ended.
             self.after.push(After::NotifyAll);
         }
