@@ -67,7 +67,7 @@ def effects(path: Path) -> list[str]:
 def test_sigkill_at_random_moments_then_resume_runs_each_task_once_more_at_most(
     tmp_path: Path,
 ) -> None:
-    n = 300
+    n = 1000
     script = tmp_path / "killable.py"
     script.write_text(GRAPH.replace("range(N)", f"range({n})"))
     rnd = random.Random(2024)
