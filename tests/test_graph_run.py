@@ -1510,3 +1510,33 @@ def test_executor_dropped_without_shutdown_does_not_hang(tmp_path: Path) -> None
         pytest.fail(f"process hung after dropping an Executor; output so far: {out!r}")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["1", "dropped"]
+
+
+def test_a_forked_child_refuses_an_inherited_executor_but_can_make_its_own() -> None:
+    import os
+
+    g = tm.Graph("fork")
+    g.add(tm.task(lambda: 1, name="one"))
+    with tm.Executor(workers=2) as ex:
+        assert ex.run(g).state == "completed"  # the parent's workers are running
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, then leave without cleanup
+            try:
+                try:
+                    ex.run(g)
+                    msg = b"ran"
+                except tm.ExecutorError as e:
+                    msg = b"refused" if b"forked" in str(e).encode() else b"other"
+                with tm.Executor(workers=1) as own:
+                    msg += b" own:" + own.run(g).state.encode()
+            except BaseException:
+                msg = b"crashed"
+            os.write(w, msg)
+            os._exit(0)
+        os.close(w)
+        out = os.read(r, 100)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert out == b"refused own:completed"
+        assert ex.run(g).state == "completed"  # the parent is unaffected

@@ -340,6 +340,23 @@ class _Unraisable:
     object: Any
 
 
+# Engines inherited across fork: never dropped in the child, whose copy of their worker threads
+# does not exist (stopping them there would join threads of the parent).
+_inherited: list[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    # The child has none of the parent's worker threads: using an inherited executor would hang.
+    for ex in list(_executors):
+        ex._forked = True
+        if ex._engine is not None:
+            _inherited.append(ex._engine)
+            ex._engine = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 @atexit.register
 def _shutdown_all() -> None:
     # Worker threads must leave the interpreter before it finalizes.
@@ -554,6 +571,7 @@ class Executor:
         self._async = AsyncRunner()
         self._lock = threading.Lock()
         self._closed = False
+        self._forked = False
         if isinstance(store, str):
             store = Store(store)
         if store is not None and not isinstance(store, Store):
@@ -570,6 +588,11 @@ class Executor:
         _executors.add(self)
 
     def _get_engine(self) -> Engine:
+        if self._forked:
+            raise ExecutorError(
+                "executor was forked: its worker threads live in the parent process; "
+                "create a new tm.Executor in the child"
+            )
         if self._closed:
             raise ExecutorError("executor is shut down")
         with self._lock:
@@ -884,6 +907,8 @@ class Executor:
     def shutdown(self) -> None:
         """Stops the worker threads after their current tasks. Idempotent."""
         self._closed = True
+        if self._forked:
+            return  # nothing of the parent's to stop here
         with self._lock:
             engine, self._engine = self._engine, None
         if engine is not None:

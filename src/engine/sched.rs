@@ -146,6 +146,8 @@ struct Shared<V> {
     threads: Mutex<Vec<JoinHandle<()>>>,
     timer: Mutex<Option<JoinHandle<()>>>,
     retired: AtomicUsize,
+    /// The process that created the executor (its threads exist only there).
+    pid: u32,
 }
 
 thread_local! {
@@ -198,6 +200,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
                 threads: Mutex::new(Vec::new()),
                 timer: Mutex::new(None),
                 retired: AtomicUsize::new(0),
+                pid: std::process::id(),
             }),
             pools: Mutex::new(pools),
         }
@@ -443,6 +446,11 @@ impl<V: Send + Sync + 'static> Executor<V> {
 
     /// Stops the workers after their current tasks; queued work is abandoned. Idempotent.
     pub fn shutdown(&self) {
+        if std::process::id() != self.shared.pid {
+            // A forked child: the worker threads exist only in the parent; there is nothing here
+            // to stop, and joining their handles would be undefined.
+            return;
+        }
         self.shared.lock().shutdown = true;
         self.shared.work.notify_all();
         self.shared.timer_cv.notify_all();
