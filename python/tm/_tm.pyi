@@ -183,6 +183,11 @@ class StoreCore:
         config_json: str | None = None,
         meta_json: str | None = None,
     ) -> None: ...
+    def add_tasks(
+        self,
+        run_id: str,
+        tasks: list[tuple[int, str, str | None, str | None, int | None, str | None]],
+    ) -> None: ...
     def task_started(self, run_id: str, node: int, attempt: int, at_us: int) -> None: ...
     def task_ended(
         self,

@@ -729,7 +729,10 @@ class Executor:
             raise KeyError(f"no run {run_id!r} in {self.store.location}")
         names = graph._core.names()
         recorded = {t["name"]: t for t in detail["tasks"]}
-        if detail["graph"] != graph.name or set(recorded) != set(names):
+        if not recorded and detail["graph"] == graph.name:
+            # Killed before the task rows were committed: nothing had completed; record them now.
+            core.add_tasks(run_id, [(i, n, None, None, None, None) for i, n in enumerate(names)])
+        elif detail["graph"] != graph.name or set(recorded) != set(names):
             raise GraphError(
                 f"run {run_id} was a run of graph {detail['graph']!r} with tasks "
                 f"{sorted(recorded)}; graph {graph.name!r} has {sorted(names)}"
@@ -742,7 +745,7 @@ class Executor:
                 results[by_recorded_node[node]] = pickle.loads(data)
         done: dict[int, Any] = {}
         for name in reversed(graph.topological_order()):
-            if recorded[name]["status"] != "completed":
+            if name not in recorded or recorded[name]["status"] != "completed":
                 continue
             idx = names.index(name)
             if name in results:
@@ -775,12 +778,14 @@ class Executor:
             "running",
             str(info.get("trigger", "manual")),
             now,
-            tasks,
+            [],
             scheduled_us=scheduled_us,
             started_us=now,
         )
-        # Durable before any task runs, so a crash at any later moment leaves a resumable run.
+        # The run itself is durable before any task runs, so a crash at any later moment leaves a
+        # resumable run. Its task rows follow in the writer's queue, ahead of every transition.
         core.flush()
+        core.add_tasks(run_id, tasks)
 
         return core, run_id
 

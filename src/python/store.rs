@@ -227,6 +227,25 @@ impl PyStoreCore {
         })?)
     }
 
+    /// Adds tasks, as (node, name, task_key, inputs_digest, seed, code_version), to a run begun
+    /// without them (queued like every write).
+    fn add_tasks(&self, run_id: &str, tasks: Vec<TaskTuple>) -> PyResult<()> {
+        let tasks = tasks
+            .into_iter()
+            .map(
+                |(node, name, task_key, inputs_digest, seed, code_version)| TaskFact {
+                    node,
+                    name,
+                    task_key,
+                    inputs_digest,
+                    seed,
+                    code_version,
+                },
+            )
+            .collect();
+        Ok(self.store.add_tasks(run_id, tasks)?)
+    }
+
     /// Records the start of an attempt.
     fn task_started(&self, run_id: &str, node: u32, attempt: u32, at_us: i64) -> PyResult<()> {
         Ok(self.store.task_started(run_id, node, attempt, at_us)?)

@@ -84,6 +84,15 @@ impl Store {
         self.backend.submit(Write::BeginRun(run))
     }
 
+    /// Adds tasks to a run begun without them (facts plus a `pending` state row each), so a caller
+    /// can make the run itself durable first and let the task rows follow in the queue.
+    pub fn add_tasks(&self, run_id: &str, tasks: Vec<TaskFact>) -> Result<(), StoreError> {
+        self.backend.submit(Write::AddTasks {
+            run_id: run_id.to_string(),
+            tasks,
+        })
+    }
+
     /// Records that attempt `attempt` (1-based) of task `node` started: the task is `running`.
     pub fn task_started(
         &self,

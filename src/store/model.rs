@@ -218,6 +218,10 @@ impl<'a> From<&'a str> for TaskRef<'a> {
 #[derive(Debug, Clone)]
 pub(crate) enum Write {
     BeginRun(RunRecord),
+    AddTasks {
+        run_id: String,
+        tasks: Vec<TaskFact>,
+    },
     TaskStarted {
         run_id: String,
         node: u32,
@@ -283,6 +287,7 @@ impl Write {
     pub(crate) fn op(&self) -> &'static str {
         match self {
             Write::BeginRun(_) => "begin_run",
+            Write::AddTasks { .. } => "add_tasks",
             Write::TaskStarted { .. } => "task_started",
             Write::TaskEnded { .. } => "task_ended",
             Write::TaskStatus { .. } => "task_status",
@@ -302,7 +307,8 @@ impl Write {
     pub(crate) fn run_id(&self) -> Option<&str> {
         match self {
             Write::BeginRun(r) => Some(&r.run_id),
-            Write::TaskStarted { run_id, .. }
+            Write::AddTasks { run_id, .. }
+            | Write::TaskStarted { run_id, .. }
             | Write::TaskEnded { run_id, .. }
             | Write::TaskStatus { run_id, .. }
             | Write::SaveResult { run_id, .. }

@@ -24,7 +24,7 @@ use rusqlite::{ffi, params, Connection, ErrorCode, OpenFlags, TransactionBehavio
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
 use super::migrations::migrate;
-use super::model::{Write, TERMINAL_TASK_STATUSES, UNFINISHED_RUN_STATES};
+use super::model::{TaskFact, Write, TERMINAL_TASK_STATUSES, UNFINISHED_RUN_STATES};
 
 /// Most writes applied in one transaction; more wait for the next batch.
 pub(crate) const MAX_BATCH: usize = 10_000;
@@ -448,6 +448,25 @@ static PRUNE_RUNS: LazyLock<String> =
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// Inserts tasks' immutable facts and their initial (`pending`) state rows.
+fn insert_tasks(c: &Connection, run_id: &str, tasks: &[TaskFact]) -> Result<(), Fail> {
+    let mut fact = c.prepare_cached(INSERT_FACT)?;
+    let mut state = c.prepare_cached(INSERT_STATE)?;
+    for t in tasks {
+        fact.execute(params![
+            run_id,
+            t.node,
+            t.name,
+            t.task_key,
+            t.inputs_digest,
+            t.seed,
+            t.code_version
+        ])?;
+        state.execute(params![run_id, t.node])?;
+    }
+    Ok(())
+}
+
 /// Applies one write inside the caller's transaction.
 fn apply(c: &Connection, w: &Write) -> Result<(), Fail> {
     match w {
@@ -463,21 +482,9 @@ fn apply(c: &Connection, w: &Write) -> Result<(), Fail> {
                 r.config_json,
                 r.meta_json
             ])?;
-            let mut fact = c.prepare_cached(INSERT_FACT)?;
-            let mut state = c.prepare_cached(INSERT_STATE)?;
-            for t in &r.tasks {
-                fact.execute(params![
-                    r.run_id,
-                    t.node,
-                    t.name,
-                    t.task_key,
-                    t.inputs_digest,
-                    t.seed,
-                    t.code_version
-                ])?;
-                state.execute(params![r.run_id, t.node])?;
-            }
+            insert_tasks(c, &r.run_id, &r.tasks)?;
         }
+        Write::AddTasks { run_id, tasks } => insert_tasks(c, run_id, tasks)?,
         Write::TaskStarted {
             run_id,
             node,
