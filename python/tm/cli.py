@@ -318,14 +318,20 @@ def _open_store(url: str | None) -> object:
     return store
 
 
+def _add_store_options(parser: argparse.ArgumentParser, json: bool = True) -> None:
+    """The options shared by the commands that read the run history."""
+    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
+    if json:
+        parser.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _configure_runs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", help="only runs of this graph")
     parser.add_argument(
         "--state", help="only runs in this state (running, completed, failed, cancelled)"
     )
     parser.add_argument("-n", type=_non_negative_int, default=20, help="how many (default: 20)")
-    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_store_options(parser)
 
 
 def _run_runs(args: argparse.Namespace) -> int:
@@ -347,8 +353,7 @@ def _run_runs(args: argparse.Namespace) -> int:
 
 def _configure_show(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", help="the run's id (see tm runs)")
-    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_store_options(parser)
 
 
 def _run_show(args: argparse.Namespace) -> int:
@@ -378,8 +383,7 @@ def _run_show(args: argparse.Namespace) -> int:
 def _configure_logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", help="the run (see tm runs)")
     parser.add_argument("task", nargs="?", help="only this task's records")
-    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    _add_store_options(parser)
 
 
 def _run_logs(args: argparse.Namespace) -> int:
@@ -402,7 +406,7 @@ def _configure_resume(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--graph", required=True, help="the run's graph: MODULE:ATTR or FILE.py:ATTR"
     )
-    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
+    _add_store_options(parser, json=False)
     parser.add_argument("--workers", type=int, default=None, help="size of the default pool")
 
 

@@ -153,6 +153,23 @@ fn dicts<'py, T>(
     rows.iter().map(|r| f(py, r)).collect()
 }
 
+/// Task tuples from Python, (node, name, task_key, inputs_digest, seed, code_version), as facts.
+fn task_facts(tasks: Vec<TaskTuple>) -> Vec<TaskFact> {
+    tasks
+        .into_iter()
+        .map(
+            |(node, name, task_key, inputs_digest, seed, code_version)| TaskFact {
+                node,
+                name,
+                task_key,
+                inputs_digest,
+                seed,
+                code_version,
+            },
+        )
+        .collect()
+}
+
 /// The run and task history database: queued writes, blocking reads.
 #[pyclass(name = "StoreCore", module = "tm._tm", frozen)]
 pub struct PyStoreCore {
@@ -200,19 +217,7 @@ impl PyStoreCore {
         config_json: Option<String>,
         meta_json: Option<String>,
     ) -> PyResult<()> {
-        let tasks = tasks
-            .into_iter()
-            .map(
-                |(node, name, task_key, inputs_digest, seed, code_version)| TaskFact {
-                    node,
-                    name,
-                    task_key,
-                    inputs_digest,
-                    seed,
-                    code_version,
-                },
-            )
-            .collect();
+        let tasks = task_facts(tasks);
         Ok(self.store.begin_run(RunRecord {
             run_id,
             graph,
@@ -230,19 +235,7 @@ impl PyStoreCore {
     /// Adds tasks, as (node, name, task_key, inputs_digest, seed, code_version), to a run begun
     /// without them (queued like every write).
     fn add_tasks(&self, run_id: &str, tasks: Vec<TaskTuple>) -> PyResult<()> {
-        let tasks = tasks
-            .into_iter()
-            .map(
-                |(node, name, task_key, inputs_digest, seed, code_version)| TaskFact {
-                    node,
-                    name,
-                    task_key,
-                    inputs_digest,
-                    seed,
-                    code_version,
-                },
-            )
-            .collect();
+        let tasks = task_facts(tasks);
         Ok(self.store.add_tasks(run_id, tasks)?)
     }
 
