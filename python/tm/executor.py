@@ -280,8 +280,8 @@ _LEVELS = {
 _DEFAULT_KEYS = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "timeout")
 
 
-# Engine run id -> (store, store run id) for runs being recorded, so task loggers can keep their
-# records with the run. Entries go when the Run object does.
+# Store run id -> (store, store run id) for runs being recorded, so task loggers can keep their
+# records with the run. Registered before the run starts; entries go when the Run object does.
 _recorded: dict[int, tuple[Any, str]] = {}
 
 
@@ -304,12 +304,11 @@ class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().log(level, msg, *args, **kwargs)
 
 
-def _task_logger(
-    engine_run_id: int, task: str, node: int
-) -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
+def _task_logger(meta: Any, task: str, node: int) -> logging.Logger | logging.LoggerAdapter:  # type: ignore[type-arg]
     """The logger a task gets from ``context.logger`` (called by the engine)."""
     logger = logging.getLogger(f"tm.task.{task}")
-    record = _recorded.get(engine_run_id)
+    run_id = meta.get("run_id") if isinstance(meta, dict) else None
+    record = _recorded.get(run_id) if run_id is not None else None
     return logger if record is None else _TaskLogger(logger, record, node)
 
 
@@ -677,6 +676,9 @@ class Executor:
         else:
             record = self._begin_record(graph, info) if self.store is not None else None
             done = None
+        if record is not None:
+            info["run_id"] = record[1]
+            _recorded[record[1]] = record
         try:
             handle = engine.submit(
                 program,
@@ -695,12 +697,13 @@ class Executor:
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
             if record is not None:
-                _recorded[handle.id] = record
-                weakref.finalize(run, _recorded.pop, handle.id, None)
+                weakref.finalize(run, _recorded.pop, record[1], None)
             dispatch.attach(run)
         except BaseException:
             for h in started:
                 h.cancel(False)
+            if record is not None and not started:
+                _recorded.pop(record[1], None)
             raise
         return run
 

@@ -142,13 +142,15 @@ struct Shared<V> {
     timer_cv: Condvar,
     host: Arc<dyn Host>,
     clock: Clock,
-    next_run_id: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
     timer: Mutex<Option<JoinHandle<()>>>,
     retired: AtomicUsize,
     /// The process that created the executor (its threads exist only there).
     pid: u32,
 }
+
+/// Run ids are unique within the process, across executors (callers key per-run state by them).
+static NEXT_RUN_ID: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
     /// (executor identity, pool) of the task this thread is running, if it is a worker mid-task.
@@ -196,7 +198,6 @@ impl<V: Send + Sync + 'static> Executor<V> {
                 timer_cv: Condvar::new(),
                 host,
                 clock,
-                next_run_id: AtomicU64::new(1),
                 threads: Mutex::new(Vec::new()),
                 timer: Mutex::new(None),
                 retired: AtomicUsize::new(0),
@@ -287,7 +288,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
             return Err(format!("unknown pool index {}", bad.pool));
         }
         self.ensure_threads()?;
-        let id = self.shared.next_run_id.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_RUN_ID.fetch_add(1, Ordering::Relaxed);
         let run = Arc::new(RunInner::new(
             id,
             sub.plan,

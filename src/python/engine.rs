@@ -798,7 +798,7 @@ impl PyTaskContext {
     fn logger<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         py.import("tm.executor")?.call_method1(
             "_task_logger",
-            (self.run.id(), self.task.bind(py), self.node),
+            (self.meta.bind(py), self.task.bind(py), self.node),
         )
     }
 
