@@ -72,6 +72,7 @@ class Engine:
         record: tuple[StoreCore, str] | None = None,
         done: list[tuple[int, Any]] | None = None,
         keep: tuple[int | None, int | None] | None = None,
+        add_tasks: bool = False,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
 

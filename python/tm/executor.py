@@ -693,6 +693,7 @@ class Executor:
                 (self.keep_runs, self.keep_days)
                 if record is not None and (self.keep_runs is not None or self.keep_days is not None)
                 else None,
+                add_tasks=record is not None and _resume is None,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
@@ -774,7 +775,6 @@ class Executor:
         now = int(time.time() * 1e6)
         scheduled = info.get("scheduled_at")
         scheduled_us = int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
-        tasks = [(i, name, None, None, None, None) for i, name in enumerate(graph._core.names())]
         core.begin_run(
             run_id,
             graph.name,
@@ -786,10 +786,9 @@ class Executor:
             started_us=now,
         )
         # The run itself is durable before any task runs, so a crash at any later moment leaves a
-        # resumable run. Its task rows follow in the writer's queue, ahead of every transition.
+        # resumable run. Its task rows follow in the writer's queue, ahead of every transition
+        # (the engine queues them: ``submit(..., add_tasks=True)``).
         core.flush()
-        core.add_tasks(run_id, tasks)
-
         return core, run_id
 
     def run(

@@ -105,6 +105,14 @@ pub struct Event {
 pub trait Observer: Send + Sync + 'static {
     /// One event of run `run_id`.
     fn event(&self, run_id: u64, ev: &Event);
+
+    /// Several events of run `run_id`, in order: what was queued since the last delivery. An
+    /// observer that can take them at once (the store: one queued write) overrides this.
+    fn events(&self, run_id: u64, evs: &[Event]) {
+        for ev in evs {
+            self.event(run_id, ev);
+        }
+    }
 }
 
 /// What a run's tasks execute: the seam between the engine and user code.

@@ -250,16 +250,21 @@ impl<V> RunInner<V> {
                 Err(std::sync::TryLockError::WouldBlock) => return,
             };
             loop {
-                let next = self
-                    .events
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pop_front();
-                let Some(ev) = next else { break };
+                // Everything queued so far, taken under one lock and handed over at once.
+                let batch: Vec<Event> = {
+                    let mut q = self.events.lock().unwrap_or_else(|p| p.into_inner());
+                    if q.is_empty() {
+                        break;
+                    }
+                    q.drain(..).collect()
+                };
                 for o in &self.observers {
-                    o.event(self.id, &ev);
+                    o.events(self.id, &batch);
                 }
-                if matches!(ev.kind, EventKind::RunFinished { .. }) {
+                if batch
+                    .iter()
+                    .any(|ev| matches!(ev.kind, EventKind::RunFinished { .. }))
+                {
                     self.wake_waiters();
                 }
             }

@@ -22,7 +22,7 @@ use crate::engine::{
     RunOptions, Submission, TaskError, TaskSpec,
 };
 use crate::retry::RetryPolicy;
-use crate::store::{ErrorInfo, Store};
+use crate::store::{ErrorInfo, Store, TaskFact, Transition};
 
 type Value = Py<PyAny>;
 
@@ -459,9 +459,10 @@ impl PyEngine {
 
     /// Starts a run of a compiled graph. `observer` is `(callback, mask)`:
     /// `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is called for the event
-    /// kinds whose bit is set in `mask` (see `EVENT_KINDS`); `record` is `(store, run_id)`.
+    /// kinds whose bit is set in `mask` (see `EVENT_KINDS`); `record` is `(store, run_id)`; with
+    /// `add_tasks`, the run's task rows are recorded first (a new run).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None))]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -475,8 +476,25 @@ impl PyEngine {
         record: Option<(Bound<'_, PyStoreCore>, String)>,
         done: Option<Vec<(u32, Option<Py<PyAny>>)>>,
         keep: Option<(Option<usize>, Option<u32>)>,
+        add_tasks: bool,
     ) -> PyResult<Py<PyRunHandle>> {
         let program = program.get().inner.clone();
+        if let (true, Some((store, run_id))) = (add_tasks, &record) {
+            // The task rows of a new run, built here rather than as Python objects; queued ahead
+            // of every transition of the run.
+            let store = store.get().shared();
+            let plan = &program.plan;
+            py.detach(|| {
+                let facts = (0..plan.len() as NodeId)
+                    .map(|i| TaskFact {
+                        node: i,
+                        name: plan.name(i).to_string(),
+                        ..TaskFact::default()
+                    })
+                    .collect();
+                store.add_tasks(run_id, facts)
+            })?;
+        }
         let done = done.unwrap_or_default();
         let persist_to = record
             .as_ref()
@@ -940,6 +958,68 @@ fn error_info(e: &TaskError) -> ErrorInfo {
 }
 
 impl Observer for StoreRecorder {
+    /// A delivery's task transitions go to the writer as ONE queued write (one allocation and one
+    /// channel message per batch, not per transition); the run's end follows it.
+    fn events(&self, run_id: u64, evs: &[Event]) {
+        let mut items = Vec::with_capacity(evs.len());
+        for ev in evs {
+            let attempt = ev.attempt + 1;
+            let at_us = ev.at_us;
+            let item = match (&ev.kind, ev.node) {
+                (EventKind::Started, Some(node)) => Transition::Started {
+                    node,
+                    attempt,
+                    at_us,
+                },
+                (EventKind::Completed, Some(node)) => Transition::Ended {
+                    node,
+                    attempt,
+                    at_us,
+                    status: "completed",
+                    error: None,
+                    retry_at_us: None,
+                },
+                (EventKind::Retrying { error, retry_at_us }, Some(node)) => Transition::Ended {
+                    node,
+                    attempt,
+                    at_us,
+                    status: "failed",
+                    error: Some(error_info(error)),
+                    retry_at_us: Some(*retry_at_us),
+                },
+                (EventKind::Failed { error }, Some(node)) => Transition::Ended {
+                    node,
+                    attempt,
+                    at_us,
+                    status: "failed",
+                    error: Some(error_info(error)),
+                    retry_at_us: None,
+                },
+                (EventKind::Skipped { .. }, Some(node)) => Transition::Status {
+                    node,
+                    status: "skipped",
+                    at_us,
+                },
+                (EventKind::Cancelled, Some(node)) => Transition::Status {
+                    node,
+                    status: "cancelled",
+                    at_us,
+                },
+                (EventKind::RunFinished { .. }, _) => {
+                    // Writes only fail once the store is closed; the run must go on regardless.
+                    let _ = self
+                        .store
+                        .transitions(&self.run_id, std::mem::take(&mut items));
+                    self.event(run_id, ev);
+                    continue;
+                }
+                _ => continue,
+            };
+            items.push(item);
+        }
+        let _ = self.store.transitions(&self.run_id, items);
+    }
+
     fn event(&self, _run_id: u64, ev: &Event) {
         let id = &self.run_id;
         let attempt = ev.attempt + 1;

@@ -18,10 +18,16 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order. Append only: a released migration is never edited.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("migrations/0001_init.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/0002_run_keys.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -144,12 +150,12 @@ mod tests {
         conn.pragma_update(None, "foreign_keys", true).expect("fk");
         migrate(&mut conn, ":memory:").expect("migrate");
         conn.execute_batch(
-            "INSERT INTO runs (run_id, graph, state, trigger, created_us) VALUES ('r', 'g', 'completed', 'manual', 1);
-             INSERT INTO task_facts (run_id, node, name) VALUES ('r', 0, 'a');
-             INSERT INTO task_state (run_id, node, status) VALUES ('r', 0, 'completed');
-             INSERT INTO attempts (run_id, node, attempt, status) VALUES ('r', 0, 1, 'completed');
-             INSERT INTO task_results (run_id, node, format, data) VALUES ('r', 0, 'json', x'31');
-             INSERT INTO task_logs (run_id, node, at_us, level, message) VALUES ('r', 0, 1, 'INFO', 'hi');
+            "INSERT INTO runs (rid, run_id, graph, state, trigger, created_us) VALUES (7, 'r', 'g', 'completed', 'manual', 1);
+             INSERT INTO task_facts (rid, node, name) VALUES (7, 0, 'a');
+             INSERT INTO task_state (rid, node, status) VALUES (7, 0, 'completed');
+             INSERT INTO attempts (rid, node, attempt, status) VALUES (7, 0, 1, 'completed');
+             INSERT INTO task_results (rid, node, format, data) VALUES (7, 0, 'json', x'31');
+             INSERT INTO task_logs (rid, node, at_us, level, message) VALUES (7, 0, 1, 'INFO', 'hi');
              DELETE FROM runs WHERE run_id = 'r';",
         )
         .expect("cascade");
@@ -165,6 +171,62 @@ mod tests {
                 .expect("count");
             assert_eq!(n, 0, "{table} kept rows");
         }
+    }
+
+    #[test]
+    fn run_keys_migration_carries_every_row_over() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.pragma_update(None, "foreign_keys", true).expect("fk");
+        conn.execute_batch(MIGRATIONS[0].sql).expect("v1");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO runs (run_id, graph, state, trigger, created_us) VALUES ('old', 'g', 'completed', 'manual', 1);
+             INSERT INTO runs (run_id, graph, state, trigger, created_us) VALUES ('new', 'g', 'running', 'resume', 2);
+             INSERT INTO task_facts (run_id, node, name, seed) VALUES ('old', 0, 'a', 42);
+             INSERT INTO task_facts (run_id, node, name) VALUES ('new', 0, 'a');
+             INSERT INTO task_facts (run_id, node, name) VALUES ('new', 1, 'b');
+             INSERT INTO task_state (run_id, node, status, attempt) VALUES ('old', 0, 'completed', 1);
+             INSERT INTO task_state (run_id, node, status, attempt, error_type) VALUES ('new', 1, 'failed', 2, 'KeyError');
+             INSERT INTO attempts (run_id, node, attempt, status) VALUES ('new', 1, 1, 'failed');
+             INSERT INTO attempts (run_id, node, attempt, status) VALUES ('new', 1, 2, 'failed');
+             INSERT INTO task_results (run_id, node, format, data) VALUES ('old', 0, 'pickle', x'80');
+             INSERT INTO task_logs (run_id, node, at_us, level, message) VALUES ('new', 1, 5, 'ERROR', 'boom');",
+        )
+        .expect("v1 rows");
+        assert_eq!(migrate(&mut conn, ":memory:").ok(), Some(1));
+        let one = |sql: &str| -> String {
+            conn.query_row(sql, [], |r| r.get::<_, String>(0))
+                .expect(sql)
+        };
+        assert_eq!(
+            one("SELECT group_concat(run_id || ':' || rid, ',') FROM (SELECT * FROM runs ORDER BY rid)"),
+            "old:1,new:2"
+        );
+        assert_eq!(
+            one("SELECT group_concat(r.run_id || '/' || f.name || '/' || COALESCE(f.seed, '-'), ',') \
+                 FROM task_facts f JOIN runs r USING (rid) ORDER BY r.rid, f.node"),
+            "old/a/42,new/a/-,new/b/-"
+        );
+        assert_eq!(
+            one("SELECT group_concat(r.run_id || '/' || s.node || '/' || s.status || '/' || s.attempt || '/' || COALESCE(s.error_type, '-'), ',') \
+                 FROM task_state s JOIN runs r USING (rid)"),
+            "old/0/completed/1/-,new/1/failed/2/KeyError"
+        );
+        assert_eq!(
+            one("SELECT group_concat(attempt, ',') FROM attempts WHERE rid = 2 AND node = 1"),
+            "1,2"
+        );
+        assert_eq!(
+            one("SELECT hex(data) FROM task_results WHERE rid = 1"),
+            "80"
+        );
+        assert_eq!(one("SELECT message FROM task_logs WHERE rid = 2"), "boom");
+        // The carried rows still cascade.
+        conn.execute("DELETE FROM runs WHERE run_id = 'new'", [])
+            .expect("delete");
+        assert_eq!(one("SELECT CAST(count(*) AS TEXT) FROM attempts"), "0");
+        assert_eq!(one("SELECT CAST(count(*) AS TEXT) FROM task_facts"), "1");
     }
 
     #[test]

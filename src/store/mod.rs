@@ -28,6 +28,7 @@
 
 mod backend;
 mod error;
+mod fold;
 mod migrations;
 mod model;
 mod read;
@@ -40,7 +41,8 @@ mod tests;
 pub use error::StoreError;
 pub use model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunRecord,
-    RunSummary, TaskFact, TaskRef, TaskRow, TERMINAL_TASK_STATUSES, UNFINISHED_RUN_STATES,
+    RunSummary, TaskFact, TaskRef, TaskRow, Transition, TERMINAL_TASK_STATUSES,
+    UNFINISHED_RUN_STATES,
 };
 pub use url::{DbUrl, SqliteTarget};
 
@@ -149,6 +151,18 @@ impl Store {
             node,
             status: status.to_string(),
             at_us,
+        })
+    }
+
+    /// Records several task transitions of one run as one queued write (what the engine's
+    /// recorder sends for each delivery of a run's events).
+    pub fn transitions(&self, run_id: &str, items: Vec<Transition>) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        self.backend.submit(Write::Transitions {
+            run_id: run_id.to_string(),
+            items,
         })
     }
 

@@ -63,6 +63,29 @@ pub struct ErrorInfo {
     pub traceback: Option<String>,
 }
 
+/// One task transition of a run, for [`Store::transitions`](super::Store::transitions): the same
+/// meaning as the verbs `task_started`, `task_ended` and `task_status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    /// Attempt `attempt` (1-based) of `node` started.
+    Started { node: u32, attempt: u32, at_us: i64 },
+    /// An attempt ended with `status`; with `retry_at_us`, another attempt follows.
+    Ended {
+        node: u32,
+        attempt: u32,
+        at_us: i64,
+        status: &'static str,
+        error: Option<ErrorInfo>,
+        retry_at_us: Option<i64>,
+    },
+    /// A status set without an attempt (`skipped`, `cancelled`).
+    Status {
+        node: u32,
+        status: &'static str,
+        at_us: i64,
+    },
+}
+
 /// A graph known to the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GraphRecord {
@@ -243,6 +266,10 @@ pub(crate) enum Write {
         status: String,
         at_us: i64,
     },
+    Transitions {
+        run_id: String,
+        items: Vec<Transition>,
+    },
     SaveResult {
         run_id: String,
         node: u32,
@@ -291,6 +318,7 @@ impl Write {
             Write::TaskStarted { .. } => "task_started",
             Write::TaskEnded { .. } => "task_ended",
             Write::TaskStatus { .. } => "task_status",
+            Write::Transitions { .. } => "transitions",
             Write::SaveResult { .. } => "save_result",
             Write::AppendLog { .. } => "append_log",
             Write::FinishRun { .. } => "finish_run",
@@ -311,6 +339,7 @@ impl Write {
             | Write::TaskStarted { run_id, .. }
             | Write::TaskEnded { run_id, .. }
             | Write::TaskStatus { run_id, .. }
+            | Write::Transitions { run_id, .. }
             | Write::SaveResult { run_id, .. }
             | Write::AppendLog { run_id, .. }
             | Write::FinishRun { run_id, .. }

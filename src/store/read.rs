@@ -192,21 +192,23 @@ impl Readers {
             let tx = c.transaction()?;
             let head = tx
                 .prepare_cached(&format!(
-                    "SELECT {RUN_COLS}, config_json, meta_json FROM runs WHERE run_id = ?1"
+                    "SELECT {RUN_COLS}, config_json, meta_json, rid FROM runs WHERE run_id = ?1"
                 ))?
-                .query_row([run_id], |r| Ok((run_summary(r)?, r.get(8)?, r.get(9)?)))
+                .query_row([run_id], |r| {
+                    Ok((run_summary(r)?, r.get(8)?, r.get(9)?, r.get::<_, i64>(10)?))
+                })
                 .optional()?;
-            let Some((run, config_json, meta_json)) = head else {
+            let Some((run, config_json, meta_json, rid)) = head else {
                 return Ok(None);
             };
             let mut stmt = tx.prepare_cached(
                 "SELECT f.node, f.name, f.task_key, f.inputs_digest, f.seed, f.code_version, \
                  s.status, s.attempt, s.started_us, s.ended_us, s.error_type, s.error_message, \
                  s.traceback FROM task_facts f LEFT JOIN task_state s \
-                 ON s.run_id = f.run_id AND s.node = f.node WHERE f.run_id = ?1 ORDER BY f.node",
+                 ON s.rid = f.rid AND s.node = f.node WHERE f.rid = ?1 ORDER BY f.node",
             )?;
             let tasks = stmt
-                .query_map([run_id], |r| {
+                .query_map([rid], |r| {
                     Ok(TaskRow {
                         fact: TaskFact {
                             node: r.get(0)?,
@@ -242,7 +244,7 @@ impl Readers {
         let sql = format!(
             "SELECT a.node, a.attempt, a.started_us, a.ended_us, a.status, a.error_type, \
              a.error_message, a.traceback, a.retry_at_us FROM attempts a JOIN task_facts f \
-             ON f.run_id = a.run_id AND f.node = a.node WHERE a.run_id = ?1 AND {} \
+             ON f.rid = a.rid AND f.node = a.node WHERE a.rid = (SELECT rid FROM runs WHERE run_id = ?1) AND {} \
              ORDER BY a.node, a.attempt",
             task_cond(task)
         );
@@ -272,8 +274,8 @@ impl Readers {
         let cond = task.map_or("1", task_cond);
         let sql = format!(
             "SELECT l.node, f.name, l.at_us, l.level, l.message FROM task_logs l \
-             LEFT JOIN task_facts f ON f.run_id = l.run_id AND f.node = l.node \
-             WHERE l.run_id = ?1 AND {cond} ORDER BY l.at_us, l.rowid"
+             LEFT JOIN task_facts f ON f.rid = l.rid AND f.node = l.node \
+             WHERE l.rid = (SELECT rid FROM runs WHERE run_id = ?1) AND {cond} ORDER BY l.at_us, l.rowid"
         );
         let param = task.map(task_param);
         self.with(|c| {
@@ -299,7 +301,8 @@ impl Readers {
     pub(crate) fn results(&self, run_id: &str) -> Result<Vec<(u32, String, Vec<u8>)>, StoreError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT node, format, data FROM task_results WHERE run_id = ?1 ORDER BY node",
+                "SELECT node, format, data FROM task_results WHERE rid = \
+                 (SELECT rid FROM runs WHERE run_id = ?1) ORDER BY node",
             )?;
             let rows = stmt.query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect()
@@ -314,7 +317,8 @@ impl Readers {
     ) -> Result<Option<(String, Vec<u8>)>, StoreError> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT format, data FROM task_results WHERE run_id = ?1 AND node = ?2",
+                "SELECT format, data FROM task_results WHERE rid = \
+                 (SELECT rid FROM runs WHERE run_id = ?1) AND node = ?2",
             )?
             .query_row(params![run_id, node], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()

@@ -553,6 +553,34 @@ fn bench_transitions_per_second() {
     let mem = open(":memory:");
     let rate = transitions(&mem, 100_000, 1_000);
     println!("memory: {rate:.0} transitions committed per second");
+    for _ in 0..3 {
+        let us = whole_runs(&store, 5, 10_000);
+        println!("file: {us:.2} us per task for a whole run (facts, states, attempts, run end)");
+    }
+}
+
+/// Microseconds per task to record `runs` whole runs of `tasks` tasks each (begin, a start and an
+/// end per task, the run's end), committed; run ids are as long as the executor's (UUIDs).
+fn whole_runs(store: &Store, runs: u32, tasks: u32) -> f64 {
+    let names: Vec<String> = (0..tasks).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let start = Instant::now();
+    for r in 0..runs {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{n:08x}-0000-4000-8000-{r:012x}");
+        let mut rec = run(&id, "bench", i64::from(r), &[]);
+        ok(store.begin_run(rec.clone()));
+        rec.tasks = run(&id, "bench", 0, &refs).tasks;
+        ok(store.add_tasks(&id, rec.tasks));
+        for node in 0..tasks {
+            ok(store.task_started(&id, node, 1, 1));
+            ok(store.task_ended(&id, node, 1, 2, "completed", None, None));
+        }
+        ok(store.finish_run(&id, "completed", 3));
+    }
+    ok(store.flush());
+    start.elapsed().as_secs_f64() * 1e6 / f64::from(runs * tasks)
 }
 
 #[test]

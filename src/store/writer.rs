@@ -1,9 +1,9 @@
 //! The writer thread: the one owner of the write connection.
 //!
-//! Callers enqueue [`Write`]s without blocking. The thread blocks for the first one, drains what
-//! else is queued (up to [`MAX_BATCH`]), applies the lot in ONE `BEGIN IMMEDIATE` transaction,
-//! commits, and only then acknowledges the flushes that were queued among them (group commit): one
-//! disk sync is shared by every write of the batch.
+//! Callers enqueue [`Write`]s without blocking. The thread waits for the first one, takes
+//! everything queued, applies it in `BEGIN IMMEDIATE` transactions of up to [`MAX_BATCH`] writes
+//! (task transitions folded, see [`super::fold`]), commits, and only then acknowledges the flushes
+//! that were queued among them (group commit): one commit is shared by every write of the batch.
 //!
 //! Failure handling, so that nothing is lost silently and nothing panics:
 //! - an environmental error (busy or locked beyond `busy_timeout`, disk full, I/O) retries the whole
@@ -14,20 +14,32 @@
 //! The first error since the last flush is returned by the next flush (or close); the latest one
 //! stays readable through [`Writer::last_error`].
 
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
+use std::collections::HashMap;
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rusqlite::{ffi, params, Connection, ErrorCode, OpenFlags, TransactionBehavior};
+use rusqlite::{
+    ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior,
+};
 
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
+use super::fold::Fold;
 use super::migrations::migrate;
-use super::model::{TaskFact, Write, TERMINAL_TASK_STATUSES, UNFINISHED_RUN_STATES};
+use super::model::{
+    ErrorInfo, RunRecord, TaskFact, Transition, Write, TERMINAL_TASK_STATUSES,
+    UNFINISHED_RUN_STATES,
+};
 
 /// Most writes applied in one transaction; more wait for the next batch.
 pub(crate) const MAX_BATCH: usize = 10_000;
+
+/// A batch smaller than this waits [`LINGER`] for more before it is committed.
+const LINGER_BELOW: usize = 64;
+/// How long a small batch waits for company: a bound on the commit delay it adds.
+const LINGER: Duration = Duration::from_millis(1);
 
 /// How long SQLite itself waits for another connection's lock before reporting busy.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,11 +52,94 @@ enum Msg {
     Flush(SyncSender<Result<(), StoreError>>),
 }
 
+/// The queue between callers and the writer thread.
+///
+/// A plain mutex-guarded vector rather than a channel: a caller appends under the lock and wakes
+/// the thread only when it sleeps, and the thread takes everything queued in one swap. While the
+/// thread commits, thousands of writes queue at the cost of a push each, with no system call.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    msgs: Vec<Msg>,
+    /// The writer is waiting for work (a caller must notify).
+    idle: bool,
+    /// No more messages are taken: closed by the owner, or the thread is gone.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `msg`; false once the queue is closed.
+    fn push(&self, msg: Msg) -> bool {
+        let mut q = self.lock();
+        if q.closed {
+            return false;
+        }
+        q.msgs.push(msg);
+        if q.idle {
+            q.idle = false;
+            drop(q);
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Waits for messages and swaps them into `into` (which must be empty); false when the queue
+    /// is closed and drained.
+    fn take(&self, into: &mut Vec<Msg>) -> bool {
+        let mut q = self.lock();
+        loop {
+            if !q.msgs.is_empty() {
+                std::mem::swap(&mut q.msgs, into);
+                return true;
+            }
+            if q.closed {
+                return false;
+            }
+            q.idle = true;
+            q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Appends whatever is queued to `into`, without waiting.
+    fn take_now(&self, into: &mut Vec<Msg>) {
+        let mut q = self.lock();
+        into.append(&mut q.msgs);
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Closes the queue when the writer thread ends, however it ends, and drops what is left so any
+/// flush still waiting is told at once.
+struct CloseOnExit(Arc<Queue>);
+
+impl Drop for CloseOnExit {
+    fn drop(&mut self) {
+        let left = {
+            let mut q = self.0.lock();
+            q.closed = true;
+            std::mem::take(&mut q.msgs)
+        };
+        drop(left);
+    }
+}
+
 /// Handle to the writer thread: enqueue, flush, close.
 pub(crate) struct Writer {
     name: String,
-    // Close takes the sender; dropping it is what tells the thread to finish.
-    tx: RwLock<Option<Sender<Msg>>>,
+    queue: Arc<Queue>,
     // Held while joining, so a second close waits for the first to finish.
     thread: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
     last_error: Arc<Mutex<Option<StoreError>>>,
@@ -55,23 +150,29 @@ impl Writer {
     /// Open errors are returned here, before any thread exists.
     pub(crate) fn start(place: &SqlitePlace) -> Result<Writer, StoreError> {
         let conn = open_with_retry(place)?;
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(Queue::default());
+        let rx = queue.clone();
         let last_error = Arc::new(Mutex::new(None));
         let mut worker = Worker {
             conn,
             name: place.name.clone(),
+            keys: RunKeys::default(),
             pending: None,
             last_error: last_error.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("tm-store-writer".into())
-            .spawn(move || worker.run(rx))
+            .spawn(move || {
+                let _close = CloseOnExit(rx.clone());
+                lower_priority();
+                worker.run(&rx)
+            })
             .map_err(|e| {
                 StoreError::WriterStopped(format!("cannot start the writer thread: {e}"))
             })?;
         Ok(Writer {
             name: place.name.clone(),
-            tx: RwLock::new(Some(tx)),
+            queue,
             thread: Mutex::new(Some(thread)),
             last_error,
         })
@@ -79,10 +180,20 @@ impl Writer {
 
     /// Queues `w`; never blocks.
     pub(crate) fn submit(&self, w: Write) -> Result<(), StoreError> {
-        let guard = self.tx.read().unwrap_or_else(PoisonError::into_inner);
-        match guard.as_ref() {
-            Some(tx) => tx.send(Msg::Write(w)).map_err(|_| self.stopped()),
-            None => Err(StoreError::Closed),
+        if self.queue.push(Msg::Write(w)) {
+            Ok(())
+        } else {
+            Err(self.closed_error())
+        }
+    }
+
+    /// Why the queue no longer takes messages: closed by the owner, or the thread is gone.
+    fn closed_error(&self) -> StoreError {
+        let joined = self.thread.try_lock().map(|t| t.is_none()).unwrap_or(true);
+        if joined {
+            StoreError::Closed
+        } else {
+            self.stopped()
         }
     }
 
@@ -90,12 +201,8 @@ impl Writer {
     /// the first error since the previous flush.
     pub(crate) fn flush(&self) -> Result<(), StoreError> {
         let (ack, done) = mpsc::sync_channel(1);
-        {
-            let guard = self.tx.read().unwrap_or_else(PoisonError::into_inner);
-            match guard.as_ref() {
-                Some(tx) => tx.send(Msg::Flush(ack)).map_err(|_| self.stopped())?,
-                None => return Err(StoreError::Closed),
-            }
+        if !self.queue.push(Msg::Flush(ack)) {
+            return Err(self.closed_error());
         }
         done.recv().unwrap_or_else(|_| Err(self.stopped()))
     }
@@ -104,12 +211,7 @@ impl Writer {
     /// error since the last flush. Idempotent: later calls return `Ok(())`.
     pub(crate) fn close(&self) -> Result<(), StoreError> {
         let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
-        drop(
-            self.tx
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        self.queue.close();
         match thread.take() {
             None => Ok(()),
             Some(handle) => match handle.join() {
@@ -144,6 +246,22 @@ impl Drop for Writer {
         let _ = self.close();
     }
 }
+
+/// Lowers the calling thread's priority (Linux: nice 10 for this thread only): history is
+/// committed in the background, so while tasks keep every core busy the writer yields to them and
+/// catches up as soon as one is free. Its queue stays bounded because every new run flushes it
+/// first. Best effort: where this fails, the thread just keeps normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority only reads its integer arguments; `who` 0 is the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE);
+    }
+}
+
+/// The writer thread's nice value on Linux (0 is normal, 19 the lowest).
+#[cfg(target_os = "linux")]
+const WRITER_NICE: libc::c_int = 10;
 
 /// Opens the connection, sets the pragmas and migrates; retries while another process holds a
 /// lock (switching to WAL or migrating needs one).
@@ -263,9 +381,51 @@ fn reason(e: &rusqlite::Error) -> String {
     }
 }
 
+/// Run ids to their integer keys (`runs.rid`), remembered by the writer so a transition costs no
+/// lookup. Forgotten wholesale after a rollback or a prune, when a remembered key may be stale.
+#[derive(Default)]
+pub(crate) struct RunKeys {
+    map: HashMap<String, i64>,
+}
+
+/// Keys remembered at most; past it the map starts again (runs recorded now are the recent ones).
+const MAX_KEYS: usize = 4096;
+
+impl RunKeys {
+    fn remember(&mut self, run_id: &str, rid: i64) {
+        if self.map.len() >= MAX_KEYS {
+            self.map.clear();
+        }
+        self.map.insert(run_id.to_string(), rid);
+    }
+
+    /// The key of `run_id`, refusing a run that is not recorded.
+    fn rid(&mut self, c: &Connection, run_id: &str) -> Result<i64, Fail> {
+        if let Some(rid) = self.map.get(run_id) {
+            return Ok(*rid);
+        }
+        let rid: Option<i64> = c
+            .prepare_cached("SELECT rid FROM runs WHERE run_id = ?1")?
+            .query_row([run_id], |r| r.get(0))
+            .optional()?;
+        match rid {
+            Some(rid) => {
+                self.remember(run_id, rid);
+                Ok(rid)
+            }
+            None => Err(Fail::Refused("no such run".into())),
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.map.clear();
+    }
+}
+
 /// The thread's state.
 struct Worker {
     conn: Connection,
+    keys: RunKeys,
     name: String,
     /// The first error since the last flush.
     pending: Option<StoreError>,
@@ -273,22 +433,30 @@ struct Worker {
 }
 
 impl Worker {
-    fn run(&mut self, rx: Receiver<Msg>) -> Result<(), StoreError> {
+    fn run(&mut self, queue: &Queue) -> Result<(), StoreError> {
+        let mut taken = Vec::new();
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
-        // recv fails only once every sender is gone and the queue is empty: that is close.
-        while let Ok(first) = rx.recv() {
-            let mut next = Some(first);
-            while let Some(msg) = next {
+        // `take` fails only once the queue is closed and empty: that is close.
+        while queue.take(&mut taken) {
+            // A trickle (a few transitions from each finishing task) would otherwise cost a commit
+            // per write: let a small batch gather more for a moment, unless someone is flushing.
+            if taken.len() < LINGER_BELOW && !taken.iter().any(|m| matches!(m, Msg::Flush(_))) {
+                std::thread::sleep(LINGER);
+                queue.take_now(&mut taken);
+            }
+            for msg in taken.drain(..) {
                 match msg {
-                    Msg::Write(w) => batch.push(w),
+                    Msg::Write(w) => {
+                        batch.push(w);
+                        if batch.len() >= MAX_BATCH {
+                            self.commit(&batch);
+                            batch.clear();
+                        }
+                    }
+                    // Acknowledged below, once everything taken with it is committed.
                     Msg::Flush(ack) => waiters.push(ack),
                 }
-                next = if batch.len() < MAX_BATCH {
-                    rx.try_recv().ok()
-                } else {
-                    None
-                };
             }
             if !batch.is_empty() {
                 self.commit(&batch);
@@ -327,7 +495,12 @@ impl Worker {
     fn commit(&mut self, batch: &[Write]) {
         let mut backoff = BACKOFF_MS.iter();
         loop {
-            match apply_batch(&mut self.conn, batch) {
+            let applied = apply_batch(&mut self.conn, &mut self.keys, batch);
+            if applied.is_err() {
+                // Rolled back: keys remembered for runs it inserted are void.
+                self.keys.forget_all();
+            }
+            match applied {
                 Ok(()) => return,
                 Err(Fail::Db(e)) if is_environmental(&e) => match backoff.next() {
                     Some(ms) => std::thread::sleep(Duration::from_millis(*ms)),
@@ -343,21 +516,29 @@ impl Worker {
     /// fail; an environmental failure drops the whole batch.
     fn commit_each(&mut self, batch: &[Write]) {
         let mut refused = Vec::new();
+        let keys = &mut self.keys;
         let outcome = (|| -> rusqlite::Result<()> {
             let mut tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             for w in batch {
                 let sp = tx.savepoint()?;
-                match apply(&sp, w) {
+                match apply(&sp, keys, w) {
                     Ok(()) => sp.commit()?,
                     Err(Fail::Db(e)) if is_environmental(&e) => return Err(e),
                     Err(Fail::Db(e)) => refused.push((w, reason(&e))),
                     Err(Fail::Refused(why)) => refused.push((w, why)),
                 }
+                if !refused.is_empty() {
+                    // A rolled-back savepoint may have held a run this batch inserted.
+                    keys.forget_all();
+                }
             }
             tx.commit()
         })();
+        if outcome.is_err() {
+            self.keys.forget_all();
+        }
         for (w, reason) in refused {
             self.report(StoreError::Rejected {
                 op: w.op(),
@@ -371,10 +552,105 @@ impl Worker {
     }
 }
 
-fn apply_batch(conn: &mut Connection, batch: &[Write]) -> Result<(), Fail> {
+/// Applies `batch` in one transaction, folding task transitions into one row write per task and
+/// attempt (see [`Fold`]).
+fn apply_batch(conn: &mut Connection, keys: &mut RunKeys, batch: &[Write]) -> Result<(), Fail> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut fold = Fold::default();
     for w in batch {
-        apply(&tx, w)?;
+        match w {
+            Write::BeginRun(r) => {
+                let rid = insert_run(&tx, r)?;
+                keys.remember(&r.run_id, rid);
+                insert_facts(&tx, rid, &r.tasks)?;
+                for t in &r.tasks {
+                    fold.pending(rid, t.node);
+                }
+            }
+            Write::AddTasks { run_id, tasks } => {
+                let rid = keys.rid(&tx, run_id)?;
+                insert_facts(&tx, rid, tasks)?;
+                for t in tasks {
+                    fold.pending(rid, t.node);
+                }
+            }
+            Write::TaskStarted {
+                run_id,
+                node,
+                attempt,
+                at_us,
+            } => fold.started(keys.rid(&tx, run_id)?, *node, *attempt, *at_us),
+            Write::TaskEnded {
+                run_id,
+                node,
+                attempt,
+                at_us,
+                status,
+                error,
+                retry_at_us,
+            } => fold.ended(
+                keys.rid(&tx, run_id)?,
+                *node,
+                *attempt,
+                *at_us,
+                status,
+                error.as_ref(),
+                *retry_at_us,
+            ),
+            Write::TaskStatus {
+                run_id,
+                node,
+                status,
+                at_us,
+            } => fold.status(keys.rid(&tx, run_id)?, *node, status, *at_us),
+            Write::Transitions { run_id, items } => {
+                let rid = keys.rid(&tx, run_id)?;
+                for t in items {
+                    match t {
+                        Transition::Started {
+                            node,
+                            attempt,
+                            at_us,
+                        } => fold.started(rid, *node, *attempt, *at_us),
+                        Transition::Ended {
+                            node,
+                            attempt,
+                            at_us,
+                            status,
+                            error,
+                            retry_at_us,
+                        } => fold.ended(
+                            rid,
+                            *node,
+                            *attempt,
+                            *at_us,
+                            status,
+                            error.as_ref(),
+                            *retry_at_us,
+                        ),
+                        Transition::Status {
+                            node,
+                            status,
+                            at_us,
+                        } => fold.status(rid, *node, status, *at_us),
+                    }
+                }
+            }
+            // Deleting runs must see every row the batch wrote before it.
+            Write::Prune { .. } => {
+                fold.flush(&tx)?;
+                apply(&tx, keys, w)?;
+            }
+            #[cfg(test)]
+            Write::Raw(_) => {
+                fold.flush(&tx)?;
+                apply(&tx, keys, w)?;
+            }
+            _ => apply(&tx, keys, w)?,
+        }
+    }
+    if !fold.is_empty() {
+        fold.flush(&tx)?;
     }
     tx.commit()?;
     Ok(())
@@ -382,38 +658,38 @@ fn apply_batch(conn: &mut Connection, batch: &[Write]) -> Result<(), Fail> {
 
 const INSERT_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, scheduled_us, \
     created_us, started_us, config_json, meta_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-const INSERT_FACT: &str = "INSERT INTO task_facts (run_id, node, name, task_key, inputs_digest, \
+const INSERT_FACT: &str = "INSERT INTO task_facts (rid, node, name, task_key, inputs_digest, \
     seed, code_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const INSERT_STATE: &str =
-    "INSERT INTO task_state (run_id, node, status, attempt) VALUES (?1, ?2, 'pending', 0)";
-const STATE_STARTED: &str = "INSERT INTO task_state (run_id, node, status, attempt, started_us) \
-    VALUES (?1, ?2, 'running', ?3, ?4) ON CONFLICT (run_id, node) DO UPDATE SET \
+    "INSERT INTO task_state (rid, node, status, attempt) VALUES (?1, ?2, 'pending', 0)";
+const STATE_STARTED: &str = "INSERT INTO task_state (rid, node, status, attempt, started_us) \
+    VALUES (?1, ?2, 'running', ?3, ?4) ON CONFLICT (rid, node) DO UPDATE SET \
     status = 'running', attempt = excluded.attempt, \
     started_us = COALESCE(task_state.started_us, excluded.started_us), ended_us = NULL, \
     error_type = NULL, error_message = NULL, traceback = NULL";
-const ATTEMPT_STARTED: &str = "INSERT INTO attempts (run_id, node, attempt, started_us, status) \
-    VALUES (?1, ?2, ?3, ?4, 'running') ON CONFLICT (run_id, node, attempt) DO UPDATE SET \
+const ATTEMPT_STARTED: &str = "INSERT INTO attempts (rid, node, attempt, started_us, status) \
+    VALUES (?1, ?2, ?3, ?4, 'running') ON CONFLICT (rid, node, attempt) DO UPDATE SET \
     started_us = excluded.started_us, status = 'running', ended_us = NULL, error_type = NULL, \
     error_message = NULL, traceback = NULL, retry_at_us = NULL";
-const STATE_ENDED: &str = "INSERT INTO task_state (run_id, node, status, attempt, ended_us, \
+const STATE_ENDED: &str = "INSERT INTO task_state (rid, node, status, attempt, ended_us, \
     error_type, error_message, traceback) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-    ON CONFLICT (run_id, node) DO UPDATE SET status = excluded.status, \
+    ON CONFLICT (rid, node) DO UPDATE SET status = excluded.status, \
     attempt = excluded.attempt, ended_us = excluded.ended_us, error_type = excluded.error_type, \
     error_message = excluded.error_message, traceback = excluded.traceback";
-const ATTEMPT_ENDED: &str = "INSERT INTO attempts (run_id, node, attempt, ended_us, status, \
+const ATTEMPT_ENDED: &str = "INSERT INTO attempts (rid, node, attempt, ended_us, status, \
     error_type, error_message, traceback, retry_at_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
-    ON CONFLICT (run_id, node, attempt) DO UPDATE SET ended_us = excluded.ended_us, \
+    ON CONFLICT (rid, node, attempt) DO UPDATE SET ended_us = excluded.ended_us, \
     status = excluded.status, error_type = excluded.error_type, \
     error_message = excluded.error_message, traceback = excluded.traceback, \
     retry_at_us = excluded.retry_at_us";
-const STATE_STATUS: &str = "INSERT INTO task_state (run_id, node, status, attempt, ended_us) \
-    VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (run_id, node) DO UPDATE SET \
+const STATE_STATUS: &str = "INSERT INTO task_state (rid, node, status, attempt, ended_us) \
+    VALUES (?1, ?2, ?3, 0, ?4) ON CONFLICT (rid, node) DO UPDATE SET \
     status = excluded.status, ended_us = excluded.ended_us";
-const SAVE_RESULT: &str = "INSERT INTO task_results (run_id, node, format, data) \
-    VALUES (?1, ?2, ?3, ?4) ON CONFLICT (run_id, node) DO UPDATE SET \
+const SAVE_RESULT: &str = "INSERT INTO task_results (rid, node, format, data) \
+    VALUES (?1, ?2, ?3, ?4) ON CONFLICT (rid, node) DO UPDATE SET \
     format = excluded.format, data = excluded.data";
 const APPEND_LOG: &str =
-    "INSERT INTO task_logs (run_id, node, at_us, level, message) VALUES (?1, ?2, ?3, ?4, ?5)";
+    "INSERT INTO task_logs (rid, node, at_us, level, message) VALUES (?1, ?2, ?3, ?4, ?5)";
 const FINISH_RUN: &str = "UPDATE runs SET state = ?2, ended_us = ?3 WHERE run_id = ?1";
 const SET_RUN_STATE: &str = "UPDATE runs SET state = ?2, \
     ended_us = CASE WHEN ?3 THEN NULL ELSE ended_us END WHERE run_id = ?1";
@@ -448,13 +724,28 @@ static PRUNE_RUNS: LazyLock<String> =
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// Inserts tasks' immutable facts and their initial (`pending`) state rows.
-fn insert_tasks(c: &Connection, run_id: &str, tasks: &[TaskFact]) -> Result<(), Fail> {
+/// Inserts a run's row and returns its integer key.
+fn insert_run(c: &Connection, r: &RunRecord) -> Result<i64, Fail> {
+    c.prepare_cached(INSERT_RUN)?.execute(params![
+        r.run_id,
+        r.graph,
+        r.state,
+        r.trigger,
+        r.scheduled_us,
+        r.created_us,
+        r.started_us,
+        r.config_json,
+        r.meta_json
+    ])?;
+    Ok(c.last_insert_rowid())
+}
+
+/// Inserts tasks' immutable facts.
+fn insert_facts(c: &Connection, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail> {
     let mut fact = c.prepare_cached(INSERT_FACT)?;
-    let mut state = c.prepare_cached(INSERT_STATE)?;
     for t in tasks {
         fact.execute(params![
-            run_id,
+            rid,
             t.node,
             t.name,
             t.task_key,
@@ -462,40 +753,97 @@ fn insert_tasks(c: &Connection, run_id: &str, tasks: &[TaskFact]) -> Result<(), 
             t.seed,
             t.code_version
         ])?;
-        state.execute(params![run_id, t.node])?;
     }
     Ok(())
 }
 
+/// Inserts tasks' immutable facts and their initial (`pending`) state rows.
+fn insert_tasks(c: &Connection, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail> {
+    insert_facts(c, rid, tasks)?;
+    let mut state = c.prepare_cached(INSERT_STATE)?;
+    for t in tasks {
+        state.execute(params![rid, t.node])?;
+    }
+    Ok(())
+}
+
+/// Attempt `attempt` of `node` started: the task is `running` (keeping its first start).
+fn started(c: &Connection, rid: i64, node: u32, attempt: u32, at_us: i64) -> Result<(), Fail> {
+    c.prepare_cached(STATE_STARTED)?
+        .execute(params![rid, node, attempt, at_us])?;
+    c.prepare_cached(ATTEMPT_STARTED)?
+        .execute(params![rid, node, attempt, at_us])?;
+    Ok(())
+}
+
+/// An attempt ended; see [`Store::task_ended`](super::Store::task_ended).
+#[allow(clippy::too_many_arguments)]
+fn ended(
+    c: &Connection,
+    rid: i64,
+    node: u32,
+    attempt: u32,
+    at_us: i64,
+    status: &str,
+    error: Option<&ErrorInfo>,
+    retry_at_us: Option<i64>,
+) -> Result<(), Fail> {
+    let (etype, emsg, tb) = match error {
+        Some(e) => (Some(&e.type_name), Some(&e.message), e.traceback.as_ref()),
+        None => (None, None, None),
+    };
+    // A failed attempt that will be retried leaves the task retrying, not ended.
+    let (task_status, ended) = match retry_at_us {
+        Some(_) => ("retrying", None),
+        None => (status, Some(at_us)),
+    };
+    c.prepare_cached(STATE_ENDED)?.execute(params![
+        rid,
+        node,
+        task_status,
+        attempt,
+        ended,
+        etype,
+        emsg,
+        tb
+    ])?;
+    c.prepare_cached(ATTEMPT_ENDED)?.execute(params![
+        rid,
+        node,
+        attempt,
+        at_us,
+        status,
+        etype,
+        emsg,
+        tb,
+        retry_at_us
+    ])?;
+    Ok(())
+}
+
+/// A status without an attempt; a terminal one sets the end time, another clears it.
+fn task_status(c: &Connection, rid: i64, node: u32, status: &str, at_us: i64) -> Result<(), Fail> {
+    let ended = TERMINAL_TASK_STATUSES.contains(&status).then_some(at_us);
+    c.prepare_cached(STATE_STATUS)?
+        .execute(params![rid, node, status, ended])?;
+    Ok(())
+}
+
 /// Applies one write inside the caller's transaction.
-fn apply(c: &Connection, w: &Write) -> Result<(), Fail> {
+fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
     match w {
         Write::BeginRun(r) => {
-            c.prepare_cached(INSERT_RUN)?.execute(params![
-                r.run_id,
-                r.graph,
-                r.state,
-                r.trigger,
-                r.scheduled_us,
-                r.created_us,
-                r.started_us,
-                r.config_json,
-                r.meta_json
-            ])?;
-            insert_tasks(c, &r.run_id, &r.tasks)?;
+            let rid = insert_run(c, r)?;
+            keys.remember(&r.run_id, rid);
+            insert_tasks(c, rid, &r.tasks)?;
         }
-        Write::AddTasks { run_id, tasks } => insert_tasks(c, run_id, tasks)?,
+        Write::AddTasks { run_id, tasks } => insert_tasks(c, keys.rid(c, run_id)?, tasks)?,
         Write::TaskStarted {
             run_id,
             node,
             attempt,
             at_us,
-        } => {
-            c.prepare_cached(STATE_STARTED)?
-                .execute(params![run_id, node, attempt, at_us])?;
-            c.prepare_cached(ATTEMPT_STARTED)?
-                .execute(params![run_id, node, attempt, at_us])?;
-        }
+        } => started(c, keys.rid(c, run_id)?, *node, *attempt, *at_us)?,
         Write::TaskEnded {
             run_id,
             node,
@@ -504,49 +852,55 @@ fn apply(c: &Connection, w: &Write) -> Result<(), Fail> {
             status,
             error,
             retry_at_us,
-        } => {
-            let (etype, emsg, tb) = match error {
-                Some(e) => (Some(&e.type_name), Some(&e.message), e.traceback.as_ref()),
-                None => (None, None, None),
-            };
-            // A failed attempt that will be retried leaves the task retrying, not ended.
-            let (task_status, ended) = match retry_at_us {
-                Some(_) => ("retrying", None),
-                None => (status.as_str(), Some(*at_us)),
-            };
-            c.prepare_cached(STATE_ENDED)?.execute(params![
-                run_id,
-                node,
-                task_status,
-                attempt,
-                ended,
-                etype,
-                emsg,
-                tb
-            ])?;
-            c.prepare_cached(ATTEMPT_ENDED)?.execute(params![
-                run_id,
-                node,
-                attempt,
-                at_us,
-                status,
-                etype,
-                emsg,
-                tb,
-                retry_at_us
-            ])?;
-        }
+        } => ended(
+            c,
+            keys.rid(c, run_id)?,
+            *node,
+            *attempt,
+            *at_us,
+            status,
+            error.as_ref(),
+            *retry_at_us,
+        )?,
         Write::TaskStatus {
             run_id,
             node,
             status,
             at_us,
-        } => {
-            let ended = TERMINAL_TASK_STATUSES
-                .contains(&status.as_str())
-                .then_some(*at_us);
-            c.prepare_cached(STATE_STATUS)?
-                .execute(params![run_id, node, status, ended])?;
+        } => task_status(c, keys.rid(c, run_id)?, *node, status, *at_us)?,
+        Write::Transitions { run_id, items } => {
+            let rid = keys.rid(c, run_id)?;
+            for t in items {
+                match t {
+                    Transition::Started {
+                        node,
+                        attempt,
+                        at_us,
+                    } => started(c, keys.rid(c, run_id)?, *node, *attempt, *at_us)?,
+                    Transition::Ended {
+                        node,
+                        attempt,
+                        at_us,
+                        status,
+                        error,
+                        retry_at_us,
+                    } => ended(
+                        c,
+                        rid,
+                        *node,
+                        *attempt,
+                        *at_us,
+                        status,
+                        error.as_ref(),
+                        *retry_at_us,
+                    )?,
+                    Transition::Status {
+                        node,
+                        status,
+                        at_us,
+                    } => task_status(c, keys.rid(c, run_id)?, *node, status, *at_us)?,
+                }
+            }
         }
         Write::SaveResult {
             run_id,
@@ -554,8 +908,12 @@ fn apply(c: &Connection, w: &Write) -> Result<(), Fail> {
             format,
             data,
         } => {
-            c.prepare_cached(SAVE_RESULT)?
-                .execute(params![run_id, node, format, data])?;
+            c.prepare_cached(SAVE_RESULT)?.execute(params![
+                keys.rid(c, run_id)?,
+                node,
+                format,
+                data
+            ])?;
         }
         Write::AppendLog {
             run_id,
@@ -564,8 +922,13 @@ fn apply(c: &Connection, w: &Write) -> Result<(), Fail> {
             level,
             message,
         } => {
-            c.prepare_cached(APPEND_LOG)?
-                .execute(params![run_id, node, at_us, level, message])?;
+            c.prepare_cached(APPEND_LOG)?.execute(params![
+                keys.rid(c, run_id)?,
+                node,
+                at_us,
+                level,
+                message
+            ])?;
         }
         Write::FinishRun {
             run_id,
@@ -623,6 +986,7 @@ fn apply(c: &Connection, w: &Write) -> Result<(), Fail> {
                 .execute(params![keep, cutoff])?;
             c.prepare_cached(&PRUNE_RUNS)?
                 .execute(params![keep, cutoff])?;
+            keys.forget_all();
         }
         #[cfg(test)]
         Write::Raw(sql) => c.execute_batch(sql)?,

@@ -1,0 +1,204 @@
+//! Folding a batch's task transitions into one row write per task and per attempt.
+//!
+//! A task usually starts and ends within one group commit, and often its `pending` row is inserted
+//! in the same batch too. Applied one by one, that is six statements per task (pending insert,
+//! started upsert on the state and the attempt, ended upsert on both); folded, it is one upsert of
+//! the task's state and one of its attempt. The fold reproduces the sequential semantics exactly:
+//! each field remembers whether the batch set it, and the upsert keeps the stored value of every
+//! field the batch left alone (`started_us` keeps the first start, as the sequential verbs do).
+//!
+//! Only the fast path folds. When a folded batch fails for a reason other than its environment,
+//! the writer replays it unfolded with a savepoint per write, so errors still name the one write
+//! at fault.
+
+use std::collections::HashMap;
+
+use rusqlite::{params, Connection};
+
+use super::model::{ErrorInfo, TERMINAL_TASK_STATUSES};
+
+/// The latest values a batch gave one `task_state` row.
+#[derive(Default)]
+struct StateFold<'a> {
+    status: &'a str,
+    attempt: Option<u32>,
+    /// The first start in the batch (kept only where the row has none).
+    started_us: Option<i64>,
+    ended_us: Option<Option<i64>>,
+    error: Option<Option<&'a ErrorInfo>>,
+}
+
+/// The latest values a batch gave one `attempts` row.
+struct AttemptFold<'a> {
+    started_us: Option<i64>,
+    ended_us: Option<i64>,
+    status: &'a str,
+    error: Option<&'a ErrorInfo>,
+    retry_at_us: Option<i64>,
+}
+
+type TaskKey = (i64, u32);
+
+/// Pending row writes of one batch, in first-touched order.
+#[derive(Default)]
+pub(crate) struct Fold<'a> {
+    states: HashMap<TaskKey, StateFold<'a>>,
+    state_order: Vec<TaskKey>,
+    attempts: HashMap<(TaskKey, u32), AttemptFold<'a>>,
+    attempt_order: Vec<(TaskKey, u32)>,
+}
+
+impl<'a> Fold<'a> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state_order.is_empty() && self.attempt_order.is_empty()
+    }
+
+    fn state(&mut self, rid: i64, node: u32) -> &mut StateFold<'a> {
+        let key = (rid, node);
+        let order = &mut self.state_order;
+        self.states.entry(key).or_insert_with(|| {
+            order.push(key);
+            StateFold::default()
+        })
+    }
+
+    /// A new task's `pending` row (attempt 0, nothing else set).
+    pub(crate) fn pending(&mut self, rid: i64, node: u32) {
+        let s = self.state(rid, node);
+        s.status = "pending";
+        s.attempt = Some(0);
+        s.ended_us = Some(None);
+        s.error = Some(None);
+    }
+
+    pub(crate) fn started(&mut self, rid: i64, node: u32, attempt: u32, at_us: i64) {
+        let s = self.state(rid, node);
+        s.status = "running";
+        s.attempt = Some(attempt);
+        s.started_us.get_or_insert(at_us);
+        s.ended_us = Some(None);
+        s.error = Some(None);
+        let key = ((rid, node), attempt);
+        let fold = AttemptFold {
+            started_us: Some(at_us),
+            ended_us: None,
+            status: "running",
+            error: None,
+            retry_at_us: None,
+        };
+        if self.attempts.insert(key, fold).is_none() {
+            self.attempt_order.push(key);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ended(
+        &mut self,
+        rid: i64,
+        node: u32,
+        attempt: u32,
+        at_us: i64,
+        status: &'a str,
+        error: Option<&'a ErrorInfo>,
+        retry_at_us: Option<i64>,
+    ) {
+        let s = self.state(rid, node);
+        // A failed attempt that will be retried leaves the task retrying, not ended.
+        (s.status, s.ended_us) = match retry_at_us {
+            Some(_) => ("retrying", Some(None)),
+            None => (status, Some(Some(at_us))),
+        };
+        s.attempt = Some(attempt);
+        s.error = Some(error);
+        let key = ((rid, node), attempt);
+        let order = &mut self.attempt_order;
+        let a = self.attempts.entry(key).or_insert_with(|| {
+            order.push(key);
+            AttemptFold {
+                started_us: None,
+                ended_us: None,
+                status,
+                error: None,
+                retry_at_us: None,
+            }
+        });
+        a.ended_us = Some(at_us);
+        a.status = status;
+        a.error = error;
+        a.retry_at_us = retry_at_us;
+    }
+
+    pub(crate) fn status(&mut self, rid: i64, node: u32, status: &'a str, at_us: i64) {
+        let s = self.state(rid, node);
+        s.status = status;
+        s.ended_us = Some(TERMINAL_TASK_STATUSES.contains(&status).then_some(at_us));
+    }
+
+    /// Writes every folded row and empties the fold.
+    pub(crate) fn flush(&mut self, c: &Connection) -> rusqlite::Result<()> {
+        if !self.state_order.is_empty() {
+            let mut st = c.prepare_cached(FOLD_STATE)?;
+            for key in self.state_order.drain(..) {
+                let s = &self.states[&key];
+                let e = s.error.flatten();
+                st.execute(params![
+                    key.0,
+                    key.1,
+                    s.status,
+                    s.attempt.unwrap_or(0),
+                    s.started_us,
+                    s.ended_us.flatten(),
+                    e.map(|e| &e.type_name),
+                    e.map(|e| &e.message),
+                    e.and_then(|e| e.traceback.as_ref()),
+                    s.attempt.is_some(),
+                    s.ended_us.is_some(),
+                    s.error.is_some(),
+                ])?;
+            }
+            self.states.clear();
+        }
+        if !self.attempt_order.is_empty() {
+            let mut st = c.prepare_cached(FOLD_ATTEMPT)?;
+            for key in self.attempt_order.drain(..) {
+                let a = &self.attempts[&key];
+                st.execute(params![
+                    key.0 .0,
+                    key.0 .1,
+                    key.1,
+                    a.started_us,
+                    a.ended_us,
+                    a.status,
+                    a.error.map(|e| &e.type_name),
+                    a.error.map(|e| &e.message),
+                    a.error.and_then(|e| e.traceback.as_ref()),
+                    a.retry_at_us,
+                    a.started_us.is_some(),
+                ])?;
+            }
+            self.attempts.clear();
+        }
+        Ok(())
+    }
+}
+
+/// One task's folded state; `?10`-`?12` say whether the batch set attempt, end and error.
+const FOLD_STATE: &str = "INSERT INTO task_state (rid, node, status, attempt, started_us, \
+    ended_us, error_type, error_message, traceback) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+    ON CONFLICT (rid, node) DO UPDATE SET status = excluded.status, \
+    attempt = CASE WHEN ?10 THEN excluded.attempt ELSE task_state.attempt END, \
+    started_us = COALESCE(task_state.started_us, excluded.started_us), \
+    ended_us = CASE WHEN ?11 THEN excluded.ended_us ELSE task_state.ended_us END, \
+    error_type = CASE WHEN ?12 THEN excluded.error_type ELSE task_state.error_type END, \
+    error_message = CASE WHEN ?12 THEN excluded.error_message ELSE task_state.error_message END, \
+    traceback = CASE WHEN ?12 THEN excluded.traceback ELSE task_state.traceback END";
+
+/// One attempt's folded row; `?11` says whether the batch started it (else its start is kept).
+const FOLD_ATTEMPT: &str = "INSERT INTO attempts (rid, node, attempt, started_us, ended_us, \
+    status, error_type, error_message, traceback, retry_at_us) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+    ON CONFLICT (rid, node, attempt) DO UPDATE SET \
+    started_us = CASE WHEN ?11 THEN excluded.started_us ELSE attempts.started_us END, \
+    ended_us = excluded.ended_us, status = excluded.status, error_type = excluded.error_type, \
+    error_message = excluded.error_message, traceback = excluded.traceback, \
+    retry_at_us = excluded.retry_at_us";
