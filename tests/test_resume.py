@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import sqlite3
 import subprocess
@@ -128,3 +129,89 @@ def test_sigkill_at_random_moments_then_resume_runs_each_task_once_more_at_most(
         store.close()
         assert final["state"] == "completed"
         assert {t["status"] for t in final["tasks"]} == {"completed"}
+
+
+STUCK = textwrap.dedent(
+    """
+    import os, sys
+    import tm
+
+    store = tm.Store(os.environ["TM_DB_URL"])
+
+    @tm.task
+    def first() -> int:
+        return 1
+
+    @tm.task
+    def stuck(first: int, context) -> int:
+        if os.environ.get("TM_TEST_STUCK"):
+            run_id = context.meta["run_id"]
+            # Make this attempt's start durable, then tell the test and hang until killed.
+            for _ in range(10_000):
+                store.flush()
+                if store.run(run_id)["tasks"][1]["status"] == "running":
+                    break
+            with open(os.environ["TM_TEST_FIFO"], "w") as fifo:
+                fifo.write("running\\n")
+            os.read(os.open(os.environ["TM_TEST_FIFO"], os.O_RDONLY), 1)
+        return first + 1
+
+    graph = tm.Graph("stuck")
+    graph.add_edges(first, stuck)
+
+    if __name__ == "__main__":
+        with tm.Executor(workers=2, store=store, persist=True) as ex:
+            ex.run(graph)
+    """
+)
+
+
+def test_a_task_running_at_the_kill_resumes_as_its_next_attempt(tmp_path: Path) -> None:
+    script = tmp_path / "stuck.py"
+    script.write_text(STUCK)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    url = f"sqlite:///{tmp_path}/tm.db"
+    env = {**os.environ, "TM_DB_URL": url, "TM_TEST_FIFO": str(fifo), "TM_TEST_STUCK": "1"}
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, cwd=tmp_path, stderr=subprocess.PIPE
+    )
+    # Wait for the task to be running (and recorded so), or for the process to die.
+    got = b""
+    while not got.endswith(b"\n") and proc.poll() is None:
+        if select.select([reader], [], [], 1.0)[0]:
+            got += os.read(reader, 64)
+    os.close(reader)
+    assert got == b"running\n", proc.communicate()[1]
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    store = tm.Store(url)
+    [row] = store.runs()
+    run_id = row["run_id"]
+    assert [a["attempt"] for a in store.attempts(run_id, "stuck")] == [1]
+    store.close()
+    del env["TM_TEST_STUCK"]
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tm", "resume", run_id, "--graph", f"{script}:graph", "--db", url],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    store = tm.Store(url)
+    detail = store.run(run_id)
+    assert detail is not None and detail["state"] == "completed"
+    by_name = {t["name"]: t for t in detail["tasks"]}
+    # The interrupted attempt stays in the history; the resumed one is attempt 2.
+    assert by_name["stuck"]["attempt"] == 2
+    attempts = store.attempts(run_id, "stuck")
+    assert [a["attempt"] for a in attempts] == [1, 2]
+    assert attempts[0]["status"] == "running"
+    assert attempts[1]["status"] == "completed"
+    # The completed parent was not run again: still its single attempt.
+    assert [a["attempt"] for a in store.attempts(run_id, "first")] == [1]
+    assert store.result(run_id, "stuck") == 2
+    store.close()

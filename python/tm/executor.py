@@ -633,7 +633,7 @@ class Executor:
         kwargs: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | timedelta | None = None,
-        _resume: tuple[str, list[tuple[int, Any]]] | None = None,
+        _resume: tuple[str, list[tuple[int, Any]], list[tuple[int, int]]] | None = None,
     ) -> Run:
         """Starts a run of ``graph`` and returns it at once (see :meth:`Run.wait`).
 
@@ -673,9 +673,11 @@ class Executor:
             assert self.store is not None
             record: tuple[Any, str] | None = (self.store.core, _resume[0])
             done: list[tuple[int, Any]] | None = _resume[1]
+            attempts: list[tuple[int, int]] | None = _resume[2]
         else:
             record = self._begin_record(graph, info) if self.store is not None else None
             done = None
+            attempts = None
         if record is not None:
             info["run_id"] = record[1]
             _recorded[record[1]] = record
@@ -694,6 +696,7 @@ class Executor:
                 if record is not None and (self.keep_runs is not None or self.keep_days is not None)
                 else None,
                 add_tasks=record is not None and _resume is None,
+                attempts=attempts,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
@@ -762,7 +765,11 @@ class Executor:
             config,
             meta={"trigger": "resume"},
             timeout=timeout,
-            _resume=(run_id, sorted(done.items())),
+            _resume=(
+                run_id,
+                sorted(done.items()),
+                [(names.index(n), t["attempt"]) for n, t in recorded.items() if t["attempt"]],
+            ),
         )
         run.wait()
         return run

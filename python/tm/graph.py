@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ._decorators import TaskFunction, TaskOptions, as_task, task
-from ._tm import GraphCore
+from ._tm import ByteCache, GraphCore
 from .cron import Expression
 from .exceptions import GraphError, TaskTimeout
 from .taskflow import Task as _ClassTask
@@ -92,14 +92,18 @@ def _caller_dir() -> Path | None:
     return None
 
 
+#: Parsed config files shared by every graph of the process, keyed by path, modification time
+#: and size, bounded by the files' total size (least recently used dropped first).
+CONFIG_CACHE_BYTES = 16 << 20
+_config_cache = ByteCache(CONFIG_CACHE_BYTES)
+
+
 class _ConfigFile:
     """A JSON (or YAML) config file, parsed again only when it changes."""
 
     def __init__(self, path: str | os.PathLike[str], base: Path | None) -> None:
         self.path = Path(path)
         self.base = base
-        self._stamp: tuple[int, int] | None = None
-        self._value: Any = None
 
     def resolve(self) -> Path:
         if self.path.is_absolute():
@@ -114,12 +118,16 @@ class _ConfigFile:
             st = path.stat()
         except OSError as e:
             raise GraphError(f"cannot read config file {str(path)!r}: {e.strerror}") from e
-        stamp = (st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            text = path.read_text(encoding="utf-8")
-            self._value = _parse_config(path, text)
-            self._stamp = stamp
-        return self._value
+        key = f"{path}\0{st.st_mtime_ns}\0{st.st_size}"
+        value = _config_cache.get(key)
+        if value is None:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise GraphError(f"cannot read config file {str(path)!r}: {e.strerror}") from e
+            value = _parse_config(path, text)
+            _config_cache.put(key, value, max(st.st_size, 1))
+        return value
 
 
 def _parse_config(path: Path, text: str) -> Any:

@@ -460,9 +460,10 @@ impl PyEngine {
     /// Starts a run of a compiled graph. `observer` is `(callback, mask)`:
     /// `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is called for the event
     /// kinds whose bit is set in `mask` (see `EVENT_KINDS`); `record` is `(store, run_id)`; with
-    /// `add_tasks`, the run's task rows are recorded first (a new run).
+    /// `add_tasks`, the run's task rows are recorded first (a new run); `attempts` lists
+    /// `(node, attempts already recorded)` of a resumed run, whose new attempts follow them.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false))]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -477,6 +478,7 @@ impl PyEngine {
         done: Option<Vec<(u32, Option<Py<PyAny>>)>>,
         keep: Option<(Option<usize>, Option<u32>)>,
         add_tasks: bool,
+        attempts: Option<Vec<(u32, u32)>>,
     ) -> PyResult<Py<PyRunHandle>> {
         let program = program.get().inner.clone();
         if let (true, Some((store, run_id))) = (add_tasks, &record) {
@@ -514,9 +516,18 @@ impl PyEngine {
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
         if let Some((store, run_id)) = record {
             // Recorded in Rust: every transition is one queued write, batched by the writer thread.
+            let mut base = Vec::new();
+            for (node, n) in attempts.unwrap_or_default() {
+                let i = node as usize;
+                if i >= base.len() {
+                    base.resize(i + 1, 0);
+                }
+                base[i] = n;
+            }
             observers.push(Arc::new(StoreRecorder {
                 store: store.get().shared(),
                 run_id,
+                base,
                 keep,
             }));
         }
@@ -897,6 +908,8 @@ impl Observer for PyObserver {
 struct StoreRecorder {
     store: Arc<Store>,
     run_id: String,
+    /// Attempts already recorded per node (a resumed run): new attempts are numbered after them.
+    base: Vec<u32>,
     /// Retention applied when the run ends: (keep_runs per graph, keep_days).
     keep: Option<(Option<usize>, Option<u32>)>,
 }
@@ -957,13 +970,24 @@ fn error_info(e: &TaskError) -> ErrorInfo {
     }
 }
 
+impl StoreRecorder {
+    /// The recorded (1-based) number of the event's attempt.
+    fn attempt(&self, ev: &Event) -> u32 {
+        let base = ev
+            .node
+            .and_then(|n| self.base.get(n as usize).copied())
+            .unwrap_or(0);
+        base + ev.attempt + 1
+    }
+}
+
 impl Observer for StoreRecorder {
     /// A delivery's task transitions go to the writer as ONE queued write (one allocation and one
     /// channel message per batch, not per transition); the run's end follows it.
     fn events(&self, run_id: u64, evs: &[Event]) {
         let mut items = Vec::with_capacity(evs.len());
         for ev in evs {
-            let attempt = ev.attempt + 1;
+            let attempt = self.attempt(ev);
             let at_us = ev.at_us;
             let item = match (&ev.kind, ev.node) {
                 (EventKind::Started, Some(node)) => Transition::Started {
@@ -1022,7 +1046,7 @@ impl Observer for StoreRecorder {
 
     fn event(&self, _run_id: u64, ev: &Event) {
         let id = &self.run_id;
-        let attempt = ev.attempt + 1;
+        let attempt = self.attempt(ev);
         // Writes only fail once the store is closed; the run itself must go on regardless.
         let _ = match (&ev.kind, ev.node) {
             (EventKind::Started, Some(n)) => self.store.task_started(id, n, attempt, ev.at_us),

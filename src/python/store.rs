@@ -436,6 +436,24 @@ impl PyStoreCore {
         Ok(row.map(|(format, data)| (format, PyBytes::new(py, &data))))
     }
 
+    /// The in-memory result cache: entries, bytes, capacity, hits, misses, evictions.
+    fn cache_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let i = self.store.cache_info();
+        let d = PyDict::new(py);
+        d.set_item("entries", i.entries)?;
+        d.set_item("bytes", i.bytes)?;
+        d.set_item("capacity", i.capacity)?;
+        d.set_item("hits", i.hits)?;
+        d.set_item("misses", i.misses)?;
+        d.set_item("evictions", i.evictions)?;
+        Ok(d)
+    }
+
+    /// Bounds the in-memory result cache to `bytes` (0 disables it).
+    fn set_cache_capacity(&self, bytes: usize) {
+        self.store.set_cache_capacity(bytes);
+    }
+
     /// Runs not finished (to resume), oldest first.
     fn unfinished_runs<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let rows = py.detach(|| self.store.unfinished_runs())?;

@@ -94,7 +94,10 @@ pub enum StoreError {
 
     /// One queued write was refused (an unknown run or task, a duplicate run id); the other
     /// writes of its batch were stored.
-    #[error("{op} for run {run_id:?} was not stored: {reason}")]
+    #[error(
+        "{op}{} was not stored: {reason}",
+        run_id.as_deref().map(|r| format!(" for run {r}")).unwrap_or_default()
+    )]
     Rejected {
         /// The verb, such as `task_ended`.
         op: &'static str,
@@ -129,7 +132,7 @@ pub(crate) fn open_error(path: &str, e: rusqlite::Error) -> StoreError {
     let hint = match e.sqlite_error_code() {
         Some(C::NotADatabase) => "it is not a SQLite database (or it is encrypted)",
         Some(C::DatabaseCorrupt) => "the database file is corrupt",
-        Some(C::CannotOpen) => "the file cannot be opened (no permission, or not a regular file)",
+        Some(C::CannotOpen) => cannot_open_reason(path),
         Some(C::PermissionDenied) | Some(C::ReadOnly) => "no permission to write it (read-only)",
         Some(C::DiskFull) => "the disk is full",
         Some(C::DatabaseBusy) | Some(C::DatabaseLocked) => "another process kept it locked",
@@ -140,5 +143,44 @@ pub(crate) fn open_error(path: &str, e: rusqlite::Error) -> StoreError {
         path: path.to_string(),
         detail: format!("{hint} ({e})"),
         source: Some(std::sync::Arc::new(e)),
+    }
+}
+
+/// Why SQLite could not open `path`, as far as the file system tells: SQLite itself only says
+/// "unable to open database file".
+fn cannot_open_reason(path: &str) -> &'static str {
+    let p = std::path::Path::new(path);
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if let Err(e) = std::fs::metadata(dir) {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return "no permission to enter its directory";
+        }
+    }
+    if !p.exists() && dir_is_read_only(dir) {
+        return "its directory is read-only (the database and its journal cannot be created)";
+    }
+    if p.exists() && dir_is_read_only(dir) {
+        return "its directory is read-only (SQLite needs to create its journal files beside it)";
+    }
+    "the file cannot be opened (no permission, or not a regular file)"
+}
+
+/// Whether files cannot be created in `dir` (a read-only file system, or no write permission).
+fn dir_is_read_only(dir: &std::path::Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: `c` is a valid NUL-terminated path; access only reads it.
+        unsafe { libc::access(c.as_ptr(), libc::W_OK) != 0 }
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::metadata(dir).is_ok_and(|m| m.permissions().readonly())
     }
 }

@@ -46,6 +46,9 @@ pub use model::{
 };
 pub use url::{DbUrl, SqliteTarget};
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::cache::ByteLru;
 use backend::Backend;
 use model::Write;
 
@@ -56,6 +59,33 @@ use model::Write;
 /// [`close`](Store::close) and by [`last_error`](Store::last_error). Read verbs block.
 pub struct Store {
     backend: Box<dyn Backend>,
+    /// Recently saved or read results, so a re-read costs no database access (see
+    /// [`Store::result`]).
+    results: Mutex<ResultCache>,
+}
+
+/// A stored result: its format and bytes, shared without copying.
+pub type StoredResult = (String, Arc<[u8]>);
+
+/// Results by (run id, node).
+struct ResultCache {
+    lru: ByteLru<(String, u32), StoredResult>,
+    hits: u64,
+    misses: u64,
+}
+
+/// How many bytes of results a store keeps in memory unless told otherwise.
+pub const DEFAULT_RESULT_CACHE_BYTES: usize = 64 << 20;
+
+/// The result cache's counters, for [`Store::cache_info`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheInfo {
+    pub entries: usize,
+    pub bytes: usize,
+    pub capacity: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -73,6 +103,11 @@ impl Store {
     pub fn open(url: &str) -> Result<Store, StoreError> {
         Ok(Store {
             backend: backend::open(url)?,
+            results: Mutex::new(ResultCache {
+                lru: ByteLru::new(DEFAULT_RESULT_CACHE_BYTES),
+                hits: 0,
+                misses: 0,
+            }),
         })
     }
 
@@ -167,6 +202,8 @@ impl Store {
     }
 
     /// Stores (or replaces) a task's serialized result; `format` says how to read `data` back.
+    /// The result is also kept in the in-memory cache (when it fits), so reading it back in this
+    /// process costs no database access.
     pub fn save_result(
         &self,
         run_id: &str,
@@ -174,12 +211,43 @@ impl Store {
         format: &str,
         data: Vec<u8>,
     ) -> Result<(), StoreError> {
+        let shared: Arc<[u8]> = Arc::from(data.as_slice());
         self.backend.submit(Write::SaveResult {
             run_id: run_id.to_string(),
             node,
             format: format.to_string(),
             data,
-        })
+        })?;
+        self.remember_result(run_id, node, format.to_string(), shared);
+        Ok(())
+    }
+
+    fn remember_result(&self, run_id: &str, node: u32, format: String, data: Arc<[u8]>) {
+        let size = data.len() + format.len() + run_id.len();
+        let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        cache
+            .lru
+            .insert((run_id.to_string(), node), (format, data), size);
+    }
+
+    /// Bounds the in-memory result cache to `bytes` (evicting the least recently used results
+    /// beyond it; 0 disables it).
+    pub fn set_cache_capacity(&self, bytes: usize) {
+        let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.lru.set_capacity(bytes);
+    }
+
+    /// The result cache's size and counters.
+    pub fn cache_info(&self) -> CacheInfo {
+        let cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        CacheInfo {
+            entries: cache.lru.len(),
+            bytes: cache.lru.bytes(),
+            capacity: cache.lru.capacity(),
+            hits: cache.hits,
+            misses: cache.misses,
+            evictions: cache.lru.evictions(),
+        }
     }
 
     /// Appends a log line of a task (or of the run itself, with `node` `None`).
@@ -253,7 +321,11 @@ impl Store {
             keep_runs,
             keep_days,
             now_us,
-        })
+        })?;
+        // Pruned runs' results must not outlive them here.
+        let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.lru.clear();
+        Ok(())
     }
 
     /// Blocks until every write queued before it is committed; returns the first error reported
@@ -303,9 +375,26 @@ impl Store {
         self.backend.results(run_id)
     }
 
-    /// One task's stored result as `(format, bytes)`.
-    pub fn result(&self, run_id: &str, node: u32) -> Result<Option<(String, Vec<u8>)>, StoreError> {
-        self.backend.result(run_id, node)
+    /// One task's stored result as `(format, bytes)`: from the in-memory cache when this process
+    /// saved or read it recently, else from the database (and then cached). Results are written
+    /// once per task and attempt; a result replaced by ANOTHER process (a resume re-running the
+    /// task there) is seen here once the cached copy is evicted.
+    pub fn result(&self, run_id: &str, node: u32) -> Result<Option<StoredResult>, StoreError> {
+        {
+            let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+            let key = (run_id.to_string(), node);
+            if let Some((format, data)) = cache.lru.get(&key).cloned() {
+                cache.hits += 1;
+                return Ok(Some((format, data)));
+            }
+            cache.misses += 1;
+        }
+        let Some((format, data)) = self.backend.result(run_id, node)? else {
+            return Ok(None);
+        };
+        let data: Arc<[u8]> = Arc::from(data);
+        self.remember_result(run_id, node, format.clone(), data.clone());
+        Ok(Some((format, data)))
     }
 
     /// Runs in an unfinished state (see [`UNFINISHED_RUN_STATES`]), oldest first: the ones to

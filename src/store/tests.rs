@@ -162,7 +162,7 @@ fn every_verb(store: &Store) {
     );
     assert_eq!(
         ok(store.result("r1", 0)),
-        Some(("pickle".to_string(), vec![1, 2, 3]))
+        Some(("pickle".to_string(), std::sync::Arc::from(&[1u8, 2, 3][..])))
     );
     assert_eq!(ok(store.result("r1", 1)), None);
 
@@ -588,4 +588,50 @@ fn store_is_send_and_sync() {
     fn shared<T: Send + Sync>() {}
     shared::<Store>();
     shared::<StoreError>();
+}
+
+#[test]
+fn results_are_served_from_memory_within_the_byte_budget() {
+    let tmp = TempDb::new("result-cache");
+    let store = open(&tmp.url());
+    ok(store.begin_run(run("r", "g", 1, &["a", "b", "c"])));
+    ok(store.save_result("r", 0, "pickle", vec![7; 100]));
+    ok(store.flush());
+    // Written here: read back without the database. Proven by deleting the row behind its back.
+    let side = rusqlite::Connection::open(tmp.path()).expect("side connection");
+    side.execute("DELETE FROM task_results", [])
+        .expect("delete");
+    let (format, data) = ok(store.result("r", 0)).expect("cached");
+    assert_eq!((format.as_str(), data.len()), ("pickle", 100));
+    assert_eq!(store.cache_info().hits, 1);
+    // Not cached: read from the database once, then from memory.
+    side.execute(
+        "INSERT INTO task_results (rid, node, format, data) \
+         SELECT rid, 1, 'json', x'3432' FROM runs WHERE run_id = 'r'",
+        [],
+    )
+    .expect("insert");
+    assert_eq!(
+        ok(store.result("r", 1)).map(|r| r.1.to_vec()),
+        Some(b"42".to_vec())
+    );
+    side.execute("DELETE FROM task_results", [])
+        .expect("delete");
+    assert_eq!(
+        ok(store.result("r", 1)).map(|r| r.1.to_vec()),
+        Some(b"42".to_vec())
+    );
+    let info = store.cache_info();
+    assert_eq!((info.hits, info.misses, info.entries), (2, 1, 2));
+    // Bounded: a budget smaller than both evicts the older one.
+    let one = store.cache_info().bytes / 2 + 10;
+    store.set_cache_capacity(one);
+    let info = store.cache_info();
+    assert!(
+        info.bytes <= one && info.entries == 1 && info.evictions >= 1,
+        "{info:?}"
+    );
+    // A miss on a result that is nowhere is None, and is not remembered.
+    assert_eq!(ok(store.result("r", 2)), None);
+    assert_eq!(store.cache_info().entries, 1);
 }

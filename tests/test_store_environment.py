@@ -1,0 +1,137 @@
+"""The store against a hostile environment: a full disk and a read-only directory, for real.
+
+Both use a small tmpfs mounted for the test (this needs root, as CI and the dev machines run); the
+disk fills up or turns read-only under a live store. The promise checked: a clear ``tm.StoreError``,
+nothing already committed lost, a database that passes ``PRAGMA integrity_check``, and recovery
+once the disk has room again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tm
+from tm.exceptions import StoreError
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(path: Path, leave: int) -> None:
+    """Writes a filler file until at most ``leave`` bytes are free on ``path``'s filesystem."""
+    import os
+
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    with open(path / "filler", "wb") as f:
+        f.write(b"\0" * max(0, free - leave))
+
+
+def integrity(db: Path) -> str:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()
+
+
+def blob_graph(name: str, n: int, size: int) -> tm.Graph:
+    g = tm.Graph(name)
+    for i in range(n):
+
+        def make(i: int = i) -> bytes:
+            return bytes([i % 256]) * size
+
+        g.add(tm.task(make, name=f"blob{i}", persist=True))
+    return g
+
+
+def test_a_full_disk_is_a_clear_error_loses_nothing_committed_and_recovers(
+    tmp_path: Path,
+) -> None:
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        db = disk / "tm.db"
+        store = tm.Store(f"sqlite:///{db}")
+        with tm.Executor(workers=2, store=store) as ex:
+            small = ex.run(blob_graph("small", 2, 1000))
+            assert small.state == "completed"
+            store.flush()
+            fill(disk, leave=64 * 1024)
+            big = ex.run(blob_graph("big", 8, 200_000))
+            # The run itself is not the store's victim: it ran and completed in memory.
+            assert big.state == "completed"
+            with pytest.raises(StoreError, match="full") as info:
+                store.flush()
+            assert str(db) in str(info.value)
+            # Committed history is intact and the file is consistent.
+            kept = store.run(small.run_id)
+            assert kept is not None
+            assert [t["status"] for t in kept["tasks"]] == ["completed", "completed"]
+            assert store.result(small.run_id, "blob1") == b"\x01" * 1000
+            assert integrity(db) == "ok"
+            # Room again: the same store records the next run completely.
+            (disk / "filler").unlink()
+            again = ex.run(blob_graph("again", 2, 1000))
+            store.flush()
+            detail = store.run(again.run_id)
+            assert detail is not None and detail["state"] == "completed"
+            assert [t["status"] for t in detail["tasks"]] == ["completed", "completed"]
+        store.close()
+        assert integrity(db) == "ok"
+
+
+def test_a_new_database_in_a_read_only_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "1m") as ro:
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        with pytest.raises(StoreError) as info:
+            tm.Store(f"sqlite:///{ro}/tm.db").core  # noqa: B018 - opening is the point
+        message = str(info.value)
+        assert str(ro / "tm.db") in message
+        assert "read-only" in message or "readonly" in message
+        assert not (ro / "tm.db").exists()
+
+
+def test_a_database_on_a_disk_turned_read_only_is_refused_clearly_and_kept(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+
+    with tmpfs(tmp_path / "disk", "4m") as disk:
+        db = disk / "tm.db"
+        store = tm.Store(f"sqlite:///{db}")
+        with tm.Executor(workers=2, store=store) as ex:
+            first = ex.run(blob_graph("first", 3, 100))
+        store.close()
+        before = hashlib.sha256(db.read_bytes()).hexdigest()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(StoreError) as info:
+            tm.Store(f"sqlite:///{db}").core  # noqa: B018 - opening is the point
+        assert str(db) in str(info.value)
+        assert "read-only" in str(info.value)
+        assert hashlib.sha256(db.read_bytes()).hexdigest() == before
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        reader = tm.Store(f"sqlite:///{db}")
+        detail = reader.run(first.run_id)
+        assert detail is not None and detail["state"] == "completed"
+        assert [t["status"] for t in detail["tasks"]] == ["completed"] * 3
+        reader.close()
+        assert integrity(db) == "ok"
