@@ -409,7 +409,7 @@ fn fires_of(name: &str, slot: &mut Slot, now: i64, out: &mut Vec<Fire>) {
         out.push(s);
     }
     // Under `Latest`, an on-time fire already brings the graph up to date.
-    let run_missed = !(t.catchup == Catchup::Latest && !on_time.is_empty());
+    let run_missed = t.catchup != Catchup::Latest || on_time.is_empty();
     for at in candidates {
         let kind = if run_missed {
             FireKind::Catchup
