@@ -8,6 +8,7 @@ mod errors;
 mod graph;
 mod queue;
 mod store;
+mod timetable;
 
 /// The extension module `tm._tm`. Registering classes starts nothing: no thread, no runtime, no file.
 #[pymodule(gil_used = false)]
@@ -17,5 +18,6 @@ fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     queue::register(m)?;
     store::register(m)?;
+    timetable::register(m)?;
     Ok(())
 }
