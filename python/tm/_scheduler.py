@@ -8,6 +8,7 @@ record it in the store, and log it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -115,6 +116,10 @@ class ScheduleOptions:
             elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{what} must be seconds >= 0 or a timedelta, got {v!r}")
 
+    def to_json(self) -> str:
+        """The options as recorded in the store's ``graphs.meta_json`` (read by ``tm status``)."""
+        return json.dumps(dataclasses.asdict(self))
+
 
 @dataclass
 class _Slot:
@@ -140,6 +145,8 @@ class Scheduler:
         self.forced = False
         self.stop_deadline: float | None = None
         self.signals = 0
+        #: Set while start() runs, once its graphs are registered and interrupted runs resumed.
+        self.ready = threading.Event()
 
     # -- graphs -----------------------------------------------------------------------------------
 
@@ -192,12 +199,8 @@ class Scheduler:
         if self.ex.store is not None:
             last = self._last_fire(g.name)
             now = int(time.time() * 1e6)
-            meta = {
-                k: getattr(o, k)
-                for k in ("max_active_runs", "overlap", "catchup", "grace", "max_catchup", "jitter")
-            }
             self.ex.store.core.upsert_graph(
-                g.name, now, now, schedule=str(g.schedule), tz=g.tz, meta_json=json.dumps(meta)
+                g.name, now, now, schedule=str(g.schedule), tz=g.tz, meta_json=o.to_json()
             )
         self.tt.add(
             g.name,
@@ -227,12 +230,14 @@ class Scheduler:
                 self._register(slot)
             self._resume_interrupted()
             _log.info("scheduler started with %d graph(s)", len(slots))
+            self.ready.set()
             while not self.stopping:
                 fires, now = self.tt.wait(_SLICE)
                 self._handle(fires, now)
                 self.tt.handled(now)
             self._drain()
         finally:
+            self.ready.clear()
             restore()
             with self.lock:
                 self.running = False
@@ -304,7 +309,9 @@ class Scheduler:
                     more if count > 1 else "",
                     slot.options.catchup,
                 )
-                events.append((name, scheduled_us, "missed", {"count": count, "through_us": through_us}))
+                events.append(
+                    (name, scheduled_us, "missed", {"count": count, "through_us": through_us})
+                )
                 continue
             slot.active = [r for r in slot.active if not r.done()]
             o = slot.options
@@ -314,8 +321,12 @@ class Scheduler:
                     slot.queued.append((scheduled_us, kind))
                     _log.info("%s: queued the fire at %s behind the running run", name, at)
                     continue
-                _log.warning("%s: skipped the fire at %s: the previous run is still going", name, at)
-                events.append((name, scheduled_us, "skipped", {"trigger": kind, "reason": "overlap"}))
+                _log.warning(
+                    "%s: skipped the fire at %s: the previous run is still going", name, at
+                )
+                events.append(
+                    (name, scheduled_us, "skipped", {"trigger": kind, "reason": "overlap"})
+                )
                 continue
             self._launch(slot, scheduled_us, kind)
         self._start_queued()
@@ -333,6 +344,7 @@ class Scheduler:
                         schedule=str(slot.graph.schedule),
                         tz=slot.graph.tz,
                         last_fire_us=through,
+                        meta_json=slot.options.to_json(),
                     )
             store.flush()
 
@@ -365,9 +377,16 @@ class Scheduler:
         for name, slot in self.slots.items():
             while slot.queued:
                 scheduled_us, kind = slot.queued.popleft()
-                _log.warning("%s: dropped the queued fire at %s: stopping", name, _from_us(scheduled_us))
+                _log.warning(
+                    "%s: dropped the queued fire at %s: stopping", name, _from_us(scheduled_us)
+                )
                 if self.ex.store is not None:
-                    detail = {"graph": name, "scheduled_us": scheduled_us, "trigger": kind, "reason": "stopped"}
+                    detail = {
+                        "graph": name,
+                        "scheduled_us": scheduled_us,
+                        "trigger": kind,
+                        "reason": "stopped",
+                    }
                     self.ex.store.core.record_event(
                         self.tt.now_us(), "skipped", detail_json=json.dumps(detail)
                     )
@@ -390,4 +409,7 @@ class Scheduler:
         _log.info("scheduler stopped")
 
     def settle(self, timeout: float) -> bool:
-        return self.tt.settle(timeout)
+        deadline = time.monotonic() + timeout
+        if not self.ready.wait(timeout):
+            return False
+        return self.tt.settle(max(0.0, deadline - time.monotonic()))

@@ -922,9 +922,10 @@ class Executor:
         return self._scheduler.next_fire(name)
 
     def settle(self, timeout: float = 30.0) -> bool:
-        """Waits until :meth:`start` has handled every fire due at the clock's current time
-        (runs started, skips and misses recorded); returns False after ``timeout`` seconds. For
-        tests with a :class:`tm.VirtualClock`: move the clock, then settle."""
+        """Waits until :meth:`start` (in another thread) is up and has handled every fire due at
+        the clock's current time (runs started, skips and misses recorded); returns False after
+        ``timeout`` seconds. For tests with a :class:`tm.VirtualClock`: move the clock, then
+        settle."""
         return self._scheduler.settle(timeout)
 
     def start(self) -> None:

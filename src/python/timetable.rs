@@ -139,7 +139,14 @@ impl PyTimetable {
                     FireKind::Catchup => "catchup",
                     FireKind::Missed => "missed",
                 };
-                (f.graph, f.scheduled_us, f.due_us, kind, f.count, f.through_us)
+                (
+                    f.graph,
+                    f.scheduled_us,
+                    f.due_us,
+                    kind,
+                    f.count,
+                    f.through_us,
+                )
             })
             .collect();
         Ok((fires, now))
