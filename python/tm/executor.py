@@ -787,7 +787,7 @@ class Executor:
         run = self.submit(
             graph,
             config,
-            meta={"trigger": "resume"},
+            meta={"trigger": "resume", "scheduled_at": _dt(detail.get("scheduled_us"))},
             timeout=timeout,
             _resume=(run_id, sorted(done.items())),
             _on_end=on_end,
