@@ -267,6 +267,31 @@ def test_overlap_policies_with_a_slow_run(tmp_path: Path, overlap: str) -> None:
     assert all(r["state"] == "completed" for r in runs)
 
 
+def test_queued_fires_are_recorded_as_skipped_at_stop(tmp_path: Path) -> None:
+    store = tm.Store(f"sqlite:///{tmp_path}/tm.db")
+    clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
+    slow = Slow()
+    ex = Executor(clock=clock, store=store)
+    ex.add(slow.graph, overlap="queue")
+    t = threading.Thread(target=ex.start, daemon=True)
+    t.start()
+    assert ex.settle(WAIT)
+    step(ex, clock, "slow")
+    slow.started.get(timeout=WAIT)
+    queued = step(ex, clock, "slow")
+    ex.stop()
+    slow.release.set()
+    t.join(WAIT)
+    assert not t.is_alive()
+    ex.shutdown()
+    assert slow.started.empty()  # the queued fire never ran
+    skipped = store_events(store, "skipped")
+    assert [(d["reason"], d["scheduled_us"]) for d in skipped] == [
+        ("stopping", int(queued.timestamp() * 1e6))
+    ]
+    assert len(store.runs("slow")) == 1
+
+
 def test_max_active_runs_two_with_skip(tmp_path: Path) -> None:
     clock = VirtualClock(datetime(2026, 1, 1, tzinfo=UTC))
     slow = Slow()

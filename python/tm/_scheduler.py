@@ -163,9 +163,29 @@ class Scheduler:
 
     def remove(self, name: str) -> None:
         with self.lock:
-            if self.slots.pop(name, None) is None:
+            slot = self.slots.pop(name, None)
+            if slot is None:
                 raise KeyError(f"no scheduled graph named {name!r}")
         self.tt.remove(name)
+        self._drop_queued(name, slot, "removed")
+
+    def _drop_queued(self, name: str, slot: _Slot, reason: str) -> None:
+        """Logs and records the queued fires of ``slot`` as skipped."""
+        while slot.queued:
+            scheduled_us, kind = slot.queued.popleft()
+            _log.warning(
+                "%s: dropped the queued fire at %s: %s", name, _from_us(scheduled_us), reason
+            )
+            if self.ex.store is not None:
+                detail = {
+                    "graph": name,
+                    "scheduled_us": scheduled_us,
+                    "trigger": kind,
+                    "reason": reason,
+                }
+                self.ex.store.core.record_event(
+                    self.tt.now_us(), "skipped", detail_json=json.dumps(detail)
+                )
 
     def next_fire(self, name: str) -> datetime | None:
         slot = self.slots.get(name)
@@ -294,6 +314,7 @@ class Scheduler:
         store = self.ex.store.core if self.ex.store is not None else None
         last: dict[str, int] = {}
         events: list[tuple[str, int, str, dict[str, Any]]] = []
+        launches: list[tuple[_Slot, int, str]] = []
         for name, scheduled_us, _due, kind, count, through_us in fires:
             slot = self.slots.get(name)
             if slot is None:
@@ -313,9 +334,8 @@ class Scheduler:
                     (name, scheduled_us, "missed", {"count": count, "through_us": through_us})
                 )
                 continue
-            slot.active = [r for r in slot.active if not r.done()]
             o = slot.options
-            if o.overlap != "allow" and len(slot.active) >= o.max_active_runs:
+            if o.overlap != "allow" and self._busy(slot, launches):
                 at = _from_us(scheduled_us, _zone(slot.graph.tz))
                 if o.overlap == "queue":
                     slot.queued.append((scheduled_us, kind))
@@ -328,8 +348,13 @@ class Scheduler:
                     (name, scheduled_us, "skipped", {"trigger": kind, "reason": "overlap"})
                 )
                 continue
-            self._launch(slot, scheduled_us, kind)
-        self._start_queued()
+            launches.append((slot, scheduled_us, kind))
+        if not self.stopping:
+            for slot in list(self.slots.values()):
+                while slot.queued and not self._busy(slot, launches):
+                    scheduled_us, kind = slot.queued.popleft()
+                    launches.append((slot, scheduled_us, kind))
+        self._launch(launches)
         if store is not None and (last or events):
             for name, s_us, kind, detail in events:
                 detail = {"graph": name, "scheduled_us": s_us, **detail}
@@ -346,50 +371,62 @@ class Scheduler:
                         last_fire_us=through,
                         meta_json=slot.options.to_json(),
                     )
-            store.flush()
+            try:
+                store.flush()
+            except Exception as e:
+                # The store reports its own failures; firing must go on without it.
+                _log.error("the store could not record the scheduler's state: %r", e)
 
-    def _start_queued(self) -> None:
-        for slot in list(self.slots.values()):
-            if not slot.queued:
-                continue
-            slot.active = [r for r in slot.active if not r.done()]
-            while slot.queued and len(slot.active) < slot.options.max_active_runs:
-                scheduled_us, kind = slot.queued.popleft()
-                self._launch(slot, scheduled_us, kind)
+    @staticmethod
+    def _busy(slot: _Slot, launches: list[tuple[_Slot, int, str]]) -> bool:
+        """Whether ``slot`` has ``max_active_runs`` runs going, counting those about to start."""
+        slot.active = [r for r in slot.active if not r.done()]
+        starting = sum(1 for s, _, _ in launches if s is slot)
+        return len(slot.active) + starting >= slot.options.max_active_runs
 
-    def _launch(self, slot: _Slot, scheduled_us: int, trigger: str) -> None:
-        g = slot.graph
-        at = _from_us(scheduled_us, _zone(g.tz))
-        try:
-            run = self.ex.submit(
-                g, meta={"scheduled_at": at, "trigger": trigger}, _on_end=self.tt.wake
-            )
-        except Exception as e:
-            # A graph that cannot start (a bad config file, ...) must not stop the others.
-            _log.error("%s: the run scheduled at %s could not start: %r", g.name, at, e)
+    def _launch(self, launches: list[tuple[_Slot, int, str]]) -> None:
+        """Starts the runs of one wake-up. With a store, their run rows are committed together
+        (one commit rather than one per run) before any of them starts."""
+        if not launches:
             return
-        _log.info("%s: fired the run scheduled at %s (trigger %s)", g.name, at, trigger)
-        slot.active.append(run)
+        metas = [
+            (slot.graph, {"scheduled_at": _from_us(s_us, _zone(slot.graph.tz)), "trigger": kind})
+            for slot, s_us, kind in launches
+        ]
+        records: list[Any] = [None] * len(launches)
+        if self.ex.store is not None:
+            try:
+                records = list(self.ex._begin_records(metas))
+            except Exception as e:
+                _log.error("the store could not record %d run(s): %r", len(launches), e)
+                return
+        for (slot, _, trigger), (g, meta), record in zip(launches, metas, records, strict=True):
+            try:
+                run = self.ex.submit(g, meta=meta, _on_end=self.tt.wake, _record=record)
+            except Exception as e:
+                # A graph that cannot start (a bad config file, ...) must not stop the others.
+                _log.error(
+                    "%s: the run scheduled at %s could not start: %r",
+                    g.name,
+                    meta["scheduled_at"],
+                    e,
+                )
+                if record is not None:
+                    self.ex.store.core.finish_run(record[1], "failed", self.tt.now_us())  # type: ignore[union-attr]
+                continue
+            _log.info(
+                "%s: fired the run scheduled at %s (trigger %s)",
+                g.name,
+                meta["scheduled_at"],
+                trigger,
+            )
+            slot.active.append(run)
 
     def _drain(self) -> None:
         """After a stop: records queued fires as skipped, then waits for running runs (cancelling
         them on a second signal or past the stop timeout)."""
-        for name, slot in self.slots.items():
-            while slot.queued:
-                scheduled_us, kind = slot.queued.popleft()
-                _log.warning(
-                    "%s: dropped the queued fire at %s: stopping", name, _from_us(scheduled_us)
-                )
-                if self.ex.store is not None:
-                    detail = {
-                        "graph": name,
-                        "scheduled_us": scheduled_us,
-                        "trigger": kind,
-                        "reason": "stopped",
-                    }
-                    self.ex.store.core.record_event(
-                        self.tt.now_us(), "skipped", detail_json=json.dumps(detail)
-                    )
+        for name, slot in list(self.slots.items()):
+            self._drop_queued(name, slot, "stopping")
         told = False
         while True:
             active = [r for s in list(self.slots.values()) for r in s.active if not r.done()]

@@ -649,6 +649,7 @@ class Executor:
         timeout: float | timedelta | None = None,
         _resume: tuple[str, list[tuple[int, Any]]] | None = None,
         _on_end: Callable[[], None] | None = None,
+        _record: tuple[Any, str] | None = None,
     ) -> Run:
         """Starts a run of ``graph`` and returns it at once (see :meth:`Run.wait`).
 
@@ -689,7 +690,10 @@ class Executor:
             record: tuple[Any, str] | None = (self.store.core, _resume[0])
             done: list[tuple[int, Any]] | None = _resume[1]
         else:
-            record = self._begin_record(graph, info) if self.store is not None else None
+            if _record is not None:
+                record = _record
+            else:
+                record = self._begin_record(graph, info) if self.store is not None else None
             done = None
         if record is not None:
             info["run_id"] = record[1]
@@ -796,29 +800,42 @@ class Executor:
 
     def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
         """Records a new run and its tasks; returns what the engine's recorder needs."""
+        return self._begin_records([(graph, info)])[0]
+
+    def _begin_records(self, items: list[tuple[Graph, dict[str, Any]]]) -> list[tuple[Any, str]]:
+        """Records new runs (one commit for all: the scheduler's fires of one instant) and their
+        tasks; returns what the engine's recorder needs for each."""
         assert self.store is not None
         core = self.store.core
-        run_id = uuid.uuid4().hex
         now = int(time.time() * 1e6)
-        scheduled = info.get("scheduled_at")
-        scheduled_us = int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
-        tasks = [(i, name, None, None, None, None) for i, name in enumerate(graph._core.names())]
-        core.begin_run(
-            run_id,
-            graph.name,
-            "running",
-            str(info.get("trigger", "manual")),
-            now,
-            [],
-            scheduled_us=scheduled_us,
-            started_us=now,
-        )
-        # The run itself is durable before any task runs, so a crash at any later moment leaves a
-        # resumable run. Its task rows follow in the writer's queue, ahead of every transition.
+        records = []
+        for graph, info in items:
+            run_id = uuid.uuid4().hex
+            scheduled = info.get("scheduled_at")
+            scheduled_us = (
+                int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
+            )
+            core.begin_run(
+                run_id,
+                graph.name,
+                "running",
+                str(info.get("trigger", "manual")),
+                now,
+                [],
+                scheduled_us=scheduled_us,
+                started_us=now,
+            )
+            records.append((core, run_id))
+        # The runs themselves are durable before any task runs, so a crash at any later moment
+        # leaves a resumable run. Their task rows follow in the writer's queue, ahead of every
+        # transition.
         core.flush()
-        core.add_tasks(run_id, tasks)
-
-        return core, run_id
+        for (graph, _), (_, run_id) in zip(items, records, strict=True):
+            tasks = [
+                (i, name, None, None, None, None) for i, name in enumerate(graph._core.names())
+            ]
+            core.add_tasks(run_id, tasks)
+        return records
 
     def run(
         self,
@@ -949,7 +966,9 @@ class Executor:
         self._scheduler.stop(timeout)
 
     def shutdown(self) -> None:
-        """Stops the worker threads after their current tasks. Idempotent."""
+        """Stops the worker threads after their current tasks (and makes a running :meth:`start`
+        stop firing). Idempotent."""
+        self._scheduler.stop()
         self._closed = True
         if self._forked:
             return  # nothing of the parent's to stop here
