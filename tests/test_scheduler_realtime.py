@@ -169,3 +169,61 @@ def test_a_second_signal_cancels_running_runs_and_exits_promptly(tmp_path: Path)
         assert states == {"cancelled"}
     finally:
         store.close()
+
+
+def test_tm_start_finds_scheduled_graphs_in_a_file_and_logs_each_fire(tmp_path: Path) -> None:
+    script = tmp_path / "graphs_only.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import tm
+
+            every_second = tm.Graph("every_second", schedule="* * * * * *")
+            manual = tm.Graph("manual_one")
+
+
+            @tm.task
+            def hello(context):
+                print("RUN", context.meta["trigger"], flush=True)
+
+
+            every_second.add(hello)
+
+            if __name__ == "__main__":
+                raise SystemExit("tm start must not run the __main__ block")
+            """
+        )
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tm", "start", str(script), "--db", f"sqlite:///{tmp_path}/t.db"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None
+    read_until(p.stdout, lambda ls: ls[-1] == "RUN schedule")
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert "every_second: fired the run scheduled at" in err
+    assert "manual_one" not in err
+
+
+def test_tm_start_and_status_report_bad_targets(tmp_path: Path) -> None:
+    empty = tmp_path / "nothing.py"
+    empty.write_text("x = 1\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "tm", "start", str(empty)], capture_output=True, text=True
+    )
+    assert r.returncode == 2
+    assert "no tm.Executor and no scheduled tm.Graph" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "tm", "start", "json:dumps"], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "not a tm.Executor" in r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "tm", "status", "--db", f"sqlite:///{tmp_path}/s.db"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and "no scheduled graphs" in r.stdout
