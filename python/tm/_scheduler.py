@@ -33,6 +33,8 @@ _log = logging.getLogger("tm")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 #: How long one detached wait lasts before Python looks at signals and stop requests again.
 _SLICE = 0.5
+#: How many of the newest store events a start looks through for its graphs' last fires.
+_RECENT_EVENTS = 1000
 
 
 def _to_us(t: datetime | float) -> int:
@@ -206,8 +208,15 @@ class Scheduler:
         last = row["last_fire_us"] if row else None
         # A run is committed before the graph's last fire: after a kill between the two, the
         # newest run still says which fire was handled.
-        for run in core.list_runs(graph=name, limit=1):
-            s = run.get("scheduled_us")
+        seen = [run.get("scheduled_us") for run in core.list_runs(graph=name, limit=1)]
+        # Likewise for skips and misses recorded just before a kill (events and the graph row are
+        # separate writes, which the writer may commit apart).
+        for e in core.events(_RECENT_EVENTS):
+            if e["kind"] in ("skipped", "missed") and e["detail_json"]:
+                d = json.loads(e["detail_json"])
+                if d.get("graph") == name:
+                    seen.append(d.get("through_us", d.get("scheduled_us")))
+        for s in seen:
             if s is not None and (last is None or s > last):
                 last = s
         return last
