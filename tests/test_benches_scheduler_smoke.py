@@ -21,4 +21,5 @@ def test_bench_scheduler_quick() -> None:
     assert "| lateness (ms), 10 graphs on * * * * * * | fires | p50 | p99 | max |" in out
     assert "| no store | 30 |" in out and "| SQLite store | 30 |" in out
     assert "| 10 graphs on * * * * * * | 5500 |" in out
+    assert "| soak (virtual clock) | runs | RSS after warm-up MB | RSS growth MB |" in out
     assert "| started, nothing due | 100 |" in out

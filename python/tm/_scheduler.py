@@ -9,6 +9,7 @@ record it in the store, and log it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import signal
@@ -254,10 +255,19 @@ class Scheduler:
             self.signals = 0
             slots = list(self.slots.values())
         restore = self._install_signal_handlers()
+        frozen = False
         try:
             for slot in slots:
                 self._register(slot)
             self._resume_interrupted()
+            if gc.isenabled() and gc.get_freeze_count() == 0:
+                # Everything alive now (modules, graphs, compiled programs) lives as long as the
+                # service: moved out of the collector's sight, a full collection no longer rescans
+                # it, which took the 5-7 ms pauses out of fire lateness. Undone at the end, and
+                # left alone if someone else froze objects.
+                gc.collect()
+                gc.freeze()
+                frozen = True
             _log.info("scheduler started with %d graph(s)", len(slots))
             self.ready.set()
             while not self.stopping:
@@ -267,6 +277,8 @@ class Scheduler:
             self._drain()
         finally:
             self.ready.clear()
+            if frozen:
+                gc.unfreeze()
             restore()
             with self.lock:
                 self.running = False
