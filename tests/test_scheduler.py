@@ -441,3 +441,33 @@ def test_virtual_clock_api() -> None:
     with pytest.raises(ValueError, match="aware"):
         c.set(datetime(2026, 1, 1))
     assert "VirtualClock" in repr(c)
+
+
+def test_start_resumes_a_run_left_running_by_a_dead_process(tmp_path: Path) -> None:
+    store = tm.Store(f"sqlite:///{tmp_path}/tm.db")
+    out: queue.Queue = queue.Queue()
+    g = reporting_graph("nightly", "0 3 * * *", out)
+    # What a killed process leaves: a run recorded as running, its task never finished.
+    scheduled = datetime(2026, 1, 1, 3, tzinfo=UTC)
+    store.core.begin_run(
+        "dead-run",
+        "nightly",
+        "running",
+        "schedule",
+        1,
+        [(0, "nightly_work", None, None, None, None)],
+        scheduled_us=int(scheduled.timestamp() * 1e6),
+    )
+    store.core.upsert_graph("nightly", 1, 1, schedule="0 3 * * *", last_fire_us=None)
+    store.flush()
+    clock = VirtualClock(datetime(2026, 1, 1, 3, 0, 0, 500000, tzinfo=UTC))
+    ex = Executor(clock=clock, store=store, graphs=[g])
+    with running(ex):
+        ((name, at, trigger),) = take(out, 1)
+        assert (name, at, trigger) == ("nightly", scheduled, "resume")
+        # The interrupted run's fire counts as handled: the next one is tomorrow's.
+        assert ex.next_fire("nightly") == datetime(2026, 1, 2, 3, tzinfo=UTC)
+    store.flush()
+    run = store.run("dead-run")
+    assert run is not None and run["state"] == "completed"
+    assert [r["run_id"] for r in store.runs("nightly")] == ["dead-run"]
