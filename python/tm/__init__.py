@@ -10,6 +10,7 @@ from ._decorators import TaskFunction as TaskFunction
 from ._decorators import task as task
 from ._runners import ProcessPool as ProcessPool
 from ._runners import WorkerCrashed as WorkerCrashed
+from ._scheduler import VirtualClock as VirtualClock
 from .exceptions import CronError as CronError
 from .exceptions import CycleError as CycleError
 from .exceptions import ExecutorError as ExecutorError
@@ -52,6 +53,7 @@ __all__ = [
     "TaskStatus",
     "TaskTimeout",
     "TmError",
+    "VirtualClock",
     "WorkerCrashed",
     "cron",
     "task",

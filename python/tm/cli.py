@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 #: Exit status for a usage error or invalid input (the status argparse itself uses).
 EXIT_USAGE = 2
@@ -429,12 +430,28 @@ def _run_resume(args: argparse.Namespace) -> int:
     return 0 if run.state == "completed" else EXIT_FAILURE
 
 
+def _service_cli() -> Any:
+    from . import _service_cli
+
+    return _service_cli
+
+
 #: The subcommands of ``tm``, by name. Others register theirs here.
 COMMANDS: dict[str, Command] = {
     "cron": Command(
         help="print the next fire times of a cron expression",
         configure=_configure_cron,
         run=_run_cron,
+    ),
+    "start": Command(
+        help="run an executor as a service: fire its graphs on their schedules until signalled",
+        configure=lambda p: _service_cli().configure_start(p),
+        run=lambda a: _service_cli().run_start(a),
+    ),
+    "status": Command(
+        help="list scheduled graphs with their next fire times and last runs",
+        configure=lambda p: _service_cli().configure_status(p),
+        run=lambda a: _service_cli().run_status(a),
     ),
     "queue": Command(
         help="inspect and manage an agent queue (tm.queue.TaskManager)",

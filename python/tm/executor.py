@@ -26,6 +26,9 @@ from .exceptions import ExecutorError, TaskFailed
 from .store import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ._scheduler import VirtualClock
     from .graph import Graph
 
 __all__ = ["Attempt", "Event", "Executor", "Run", "TaskRun", "default_executor"]
@@ -366,8 +369,11 @@ def _shutdown_all() -> None:
 class _Dispatch:
     """Turns engine events of one run into hook calls and ``tm`` log records."""
 
-    def __init__(self, ex: Executor, graph: Graph) -> None:
+    def __init__(
+        self, ex: Executor, graph: Graph, on_end: Callable[[], None] | None = None
+    ) -> None:
         self.ex = ex
+        self.on_end = on_end
         self.graph = graph.name
         self._core = graph._core
         self._names: list[str] | None = None
@@ -382,7 +388,7 @@ class _Dispatch:
             hooked = (
                 (kind == "started" and ex.on_task_start is not None)
                 or (kind not in ("started", "run_finished") and ex.on_task_end is not None)
-                or (kind == "run_finished" and ex.on_run_end is not None)
+                or (kind == "run_finished" and (ex.on_run_end is not None or self.on_end))
             )
             if hooked or _log.isEnabledFor(_LEVELS[kind]):
                 bits |= 1 << i
@@ -450,6 +456,8 @@ class _Dispatch:
             if ex.on_task_start is not None:
                 ex.on_task_start(ev)
         elif kind == "run_finished":
+            if self.on_end is not None:
+                self.on_end()
             # Drop the Run here: the engine keeps this dispatcher as long as the run exists, and a
             # reference back to the Run would make a cycle through Rust that no GC can collect.
             with self.lock:
@@ -500,6 +508,8 @@ class Executor:
             ``persist=``), so :meth:`resume` can continue a run without re-running them.
         keep_runs, keep_days: retention in the store: keep at most this many finished runs per
             graph and none older than this many days (pruned as each run ends).
+        graphs: scheduled graphs to :meth:`add` with the default options.
+        clock: a :class:`tm.VirtualClock` that the scheduler reads instead of the system clock.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -527,6 +537,8 @@ class Executor:
         persist: bool = False,
         keep_runs: int | None = None,
         keep_days: int | None = None,
+        graphs: Iterable[Graph] = (),
+        clock: VirtualClock | None = None,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -581,10 +593,12 @@ class Executor:
                 raise ValueError(f"{what} must be a non-negative int, got {n!r}")
         self.keep_runs = keep_runs
         self.keep_days = keep_days
-        self._scheduled: dict[str, Graph] = {}
-        self._wake = threading.Event()
-        self._stopping = False
+        from ._scheduler import Scheduler
+
+        self._scheduler = Scheduler(self, clock)
         _executors.add(self)
+        for g in graphs:
+            self.add(g)
 
     def _get_engine(self) -> Engine:
         if self._forked:
@@ -634,6 +648,8 @@ class Executor:
         meta: dict[str, Any] | None = None,
         timeout: float | timedelta | None = None,
         _resume: tuple[str, list[tuple[int, Any]], list[tuple[int, int]]] | None = None,
+        _on_end: Callable[[], None] | None = None,
+        _record: tuple[Any, str] | None = None,
     ) -> Run:
         """Starts a run of ``graph`` and returns it at once (see :meth:`Run.wait`).
 
@@ -663,7 +679,7 @@ class Executor:
         cfg = graph.load_config() if config is None else config
         info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
         info.update(meta or {})
-        dispatch = _Dispatch(self, graph)
+        dispatch = _Dispatch(self, graph, _on_end)
         mask = dispatch.mask()
         limit = _seconds(timeout, "timeout")
         # The engine also puts the handle here before returning, so a Ctrl-C that lands between
@@ -675,7 +691,10 @@ class Executor:
             done: list[tuple[int, Any]] | None = _resume[1]
             attempts: list[tuple[int, int]] | None = _resume[2]
         else:
-            record = self._begin_record(graph, info) if self.store is not None else None
+            if _record is not None:
+                record = _record
+            else:
+                record = self._begin_record(graph, info) if self.store is not None else None
             done = None
             attempts = None
         if record is not None:
@@ -726,6 +745,19 @@ class Executor:
             KeyError: no run ``run_id`` in the store.
             GraphError: ``graph`` is not the graph the run was started with.
         """
+        run = self._resume_submit(run_id, graph, config, timeout)
+        run.wait()
+        return run
+
+    def _resume_submit(
+        self,
+        run_id: str,
+        graph: Graph,
+        config: Any = None,
+        timeout: float | None = None,
+        on_end: Callable[[], None] | None = None,
+    ) -> Run:
+        """Starts continuing a recorded run (see :meth:`resume`) and returns it at once."""
         from .exceptions import GraphError
 
         if self.store is None:
@@ -763,40 +795,50 @@ class Executor:
         run = self.submit(
             graph,
             config,
-            meta={"trigger": "resume"},
+            meta={"trigger": "resume", "scheduled_at": _dt(detail.get("scheduled_us"))},
             timeout=timeout,
             _resume=(
                 run_id,
                 sorted(done.items()),
                 [(names.index(n), t["attempt"]) for n, t in recorded.items() if t["attempt"]],
             ),
+            _on_end=on_end,
         )
-        run.wait()
         return run
 
     def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
         """Records a new run and its tasks; returns what the engine's recorder needs."""
+        return self._begin_records([(graph, info)])[0]
+
+    def _begin_records(self, items: list[tuple[Graph, dict[str, Any]]]) -> list[tuple[Any, str]]:
+        """Records new runs (one commit for all: the scheduler's fires of one instant) and their
+        tasks; returns what the engine's recorder needs for each."""
         assert self.store is not None
         core = self.store.core
-        run_id = uuid.uuid4().hex
         now = int(time.time() * 1e6)
-        scheduled = info.get("scheduled_at")
-        scheduled_us = int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
-        core.begin_run(
-            run_id,
-            graph.name,
-            "running",
-            str(info.get("trigger", "manual")),
-            now,
-            [],
-            scheduled_us=scheduled_us,
-            started_us=now,
-        )
-        # The run itself is durable before any task runs, so a crash at any later moment leaves a
-        # resumable run. Its task rows follow in the writer's queue, ahead of every transition
-        # (the engine queues them: ``submit(..., add_tasks=True)``).
+        records = []
+        for graph, info in items:
+            run_id = uuid.uuid4().hex
+            scheduled = info.get("scheduled_at")
+            scheduled_us = (
+                int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
+            )
+            core.begin_run(
+                run_id,
+                graph.name,
+                "running",
+                str(info.get("trigger", "manual")),
+                now,
+                [],
+                scheduled_us=scheduled_us,
+                started_us=now,
+            )
+            records.append((core, run_id))
+        # The runs themselves are durable before any task runs, so a crash at any later moment
+        # leaves a resumable run. Their task rows follow in the writer's queue, ahead of every
+        # transition (the engine queues them: ``submit(..., add_tasks=True)``).
         core.flush()
-        return core, run_id
+        return records
 
     def run(
         self,
@@ -825,13 +867,44 @@ class Executor:
 
     # -- schedules ---------------------------------------------------------------------------------
 
-    def add(self, graph: Graph) -> None:
-        """Keeps ``graph`` on its cron schedule while :meth:`start` runs.
+    def add(
+        self,
+        graph: Graph,
+        *,
+        max_active_runs: int = 1,
+        overlap: str = "skip",
+        catchup: str = "latest",
+        grace: float | timedelta = 1.0,
+        max_catchup: int = 100,
+        jitter: float | timedelta = 0.0,
+    ) -> None:
+        """Keeps ``graph`` on its cron schedule while :meth:`start` runs (adding a graph of the
+        same name replaces it; runs it started go on).
+
+        Args:
+            graph: a graph with a schedule.
+            max_active_runs: how many runs of the graph may be going at once.
+            overlap: what a fire does when ``max_active_runs`` runs are going: ``"skip"`` it
+                (logged, and recorded in the store's events), ``"queue"`` it until a run ends,
+                or ``"allow"`` it to start anyway (no limit).
+            grace: how many seconds late a fire may start and still count as on time. Fires
+                missed by more (the process was down, suspended, or a virtual clock jumped)
+                follow ``catchup``.
+            catchup: which missed fires still run, with trigger ``"catchup"``: ``"none"``,
+                the ``"latest"`` one (unless an on-time fire follows it), or ``"all"``. With a
+                store, "missed" counts from the last fire any earlier process handled. Every
+                missed fire that does not run is logged and recorded (event ``missed``).
+            max_catchup: at most this many of the newest missed fires run under ``"all"``.
+            jitter: delay every fire of this graph by a fixed offset below this many seconds,
+                derived from the graph's name (spreads graphs that share a schedule; the same
+                in every process). ``context.scheduled_at`` stays the cron time.
 
         Raises:
             TypeError: the graph is manual (``schedule="manual"``): run it with :meth:`run` or
                 by calling it.
+            ValueError: an option is out of range.
         """
+        from ._scheduler import ScheduleOptions
         from .graph import Graph
 
         if not isinstance(graph, Graph):
@@ -841,85 +914,64 @@ class Executor:
                 f"graph {graph.name!r} has no schedule (schedule='manual'): "
                 "run it with executor.run(graph) or graph()"
             )
-        with self._lock:
-            self._scheduled[graph.name] = graph
-            self._wake.set()
+        options = ScheduleOptions(
+            max_active_runs=max_active_runs,
+            overlap=overlap,
+            catchup=catchup,
+            grace=grace,  # type: ignore[arg-type]
+            max_catchup=max_catchup,
+            jitter=jitter,  # type: ignore[arg-type]
+        )
+        self._scheduler.add(graph, options)
 
     def remove(self, name: str) -> None:
-        """Stops scheduling the graph called ``name`` (its running run finishes)."""
-        with self._lock:
-            if self._scheduled.pop(name, None) is None:
-                raise KeyError(f"no scheduled graph named {name!r}")
-            self._wake.set()
+        """Stops scheduling the graph called ``name`` (its running run finishes).
+
+        Raises:
+            KeyError: no scheduled graph has that name.
+        """
+        self._scheduler.remove(name)
+
+    def next_fire(self, name: str) -> datetime | None:
+        """The next logical fire time of the scheduled graph ``name`` (in its zone), or None
+        if its schedule has ended.
+
+        Raises:
+            KeyError: no scheduled graph has that name.
+        """
+        return self._scheduler.next_fire(name)
+
+    def settle(self, timeout: float = 30.0) -> bool:
+        """Waits until :meth:`start` (in another thread) is up and has handled every fire due at
+        the clock's current time (runs started, skips and misses recorded); returns False after
+        ``timeout`` seconds. For tests with a :class:`tm.VirtualClock`: move the clock, then
+        settle."""
+        return self._scheduler.settle(timeout)
 
     def start(self) -> None:
-        """Fires the added graphs on their schedules until :meth:`stop` (from any thread) or Ctrl-C.
+        """Fires the added graphs on their schedules until :meth:`stop` (from any thread), SIGINT
+        or SIGTERM; blocks.
 
-        Each run's logical time is in ``context.scheduled_at`` and its trigger is ``"schedule"``.
-        A fire that comes while the graph's previous run is still going is skipped and logged
-        (one active run per graph). Ctrl-C stops firing and waits for running runs (a second
-        Ctrl-C cancels them), then :meth:`start` returns.
+        Each run's logical time is in ``context.scheduled_at`` and its trigger in
+        ``context.meta["trigger"]`` (``schedule``, ``catchup``, or ``resume`` for a run that a
+        killed process left running, resumed from the store on start). See :meth:`add` for the
+        overlap and catch-up policies. In the main thread, the first SIGINT/SIGTERM stops firing
+        and lets running runs finish; a second one cancels them. Queued fires left at a stop are
+        dropped and recorded as skipped.
         """
-        import zoneinfo
-
-        self._stopping = False
-        active: dict[str, Run] = {}
-        next_fire: dict[str, datetime] = {}
-        try:
-            while not self._stopping:
-                with self._lock:
-                    graphs = dict(self._scheduled)
-                    self._wake.clear()
-                now = datetime.now(timezone.utc)
-                for name in list(next_fire):
-                    if name not in graphs:
-                        del next_fire[name]
-                for name, g in graphs.items():
-                    if name not in next_fire:
-                        tz = zoneinfo.ZoneInfo(g.tz) if g.tz else timezone.utc
-                        assert g.schedule is not None
-                        next_fire[name] = g.schedule.next(now.astimezone(tz))
-                if not next_fire:
-                    self._wake.wait(1.0)
-                    continue
-                name, due = min(next_fire.items(), key=lambda kv: kv[1])
-                delay = (due - datetime.now(timezone.utc)).total_seconds()
-                if delay > 0:
-                    # Wakes early for stop(), add() and remove(); Ctrl-C interrupts the wait.
-                    self._wake.wait(min(delay, 60.0))
-                    continue
-                g = graphs[name]
-                assert g.schedule is not None
-                next_fire[name] = g.schedule.next(due)
-                prev = active.get(name)
-                if prev is not None and not prev.done():
-                    _log.warning(
-                        "%s: skipped the fire at %s: the previous run is still going", name, due
-                    )
-                    continue
-                _log.info("%s: firing the run scheduled at %s", name, due)
-                active[name] = self.submit(g, meta={"scheduled_at": due, "trigger": "schedule"})
-        except KeyboardInterrupt:
-            _log.info(
-                "stopping: waiting for %d running run(s)",
-                sum(not r.done() for r in active.values()),
-            )
-        finally:
-            self._stopping = True
-        try:
-            for run in active.values():
-                run.wait()
-        except KeyboardInterrupt:
-            for run in active.values():
-                run.cancel()
+        if self._forked:
+            self._get_engine()  # raises the forked-executor error
+        self._scheduler.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """Makes :meth:`start` stop firing and return once running runs end. Safe from any thread."""
-        self._stopping = True
-        self._wake.set()
+        """Makes :meth:`start` stop firing and return once running runs end; past ``timeout``
+        seconds they are cancelled. Safe from any thread (and from hooks); does not block."""
+        self._scheduler.stop(timeout)
 
     def shutdown(self) -> None:
-        """Stops the worker threads after their current tasks. Idempotent."""
+        """Stops the worker threads after their current tasks (and makes a running :meth:`start`
+        stop firing). Idempotent."""
+        self._scheduler.stop()
         self._closed = True
         if self._forked:
             return  # nothing of the parent's to stop here

@@ -11,6 +11,7 @@
 
 mod run;
 mod sched;
+pub mod timetable;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use std::time::Duration;
 pub use run::{Attempt, Run, RunState, TaskState};
 pub use sched::CancelMode;
 pub use sched::{Executor, PoolConfig};
+pub use timetable::{Catchup, Fire, FireKind, Timetable, Timing};
 
 use crate::dag::{NodeId, Plan};
 use crate::retry::RetryPolicy;

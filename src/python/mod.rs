@@ -9,6 +9,7 @@ mod errors;
 mod graph;
 mod queue;
 mod store;
+mod timetable;
 
 /// The extension module `tm._tm`. Registering classes starts nothing: no thread, no runtime, no file.
 #[pymodule(gil_used = false)]
@@ -19,5 +20,6 @@ fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     engine::register(m)?;
     queue::register(m)?;
     store::register(m)?;
+    timetable::register(m)?;
     Ok(())
 }

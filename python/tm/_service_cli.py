@@ -1,0 +1,131 @@
+"""``tm start`` (run an executor as a service) and ``tm status`` (its graphs in the store)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import zoneinfo
+from datetime import datetime, timezone
+from typing import Any
+
+from .cli import EXIT_FAILURE, CommandError, _add_store_options, _open_store, _when, load_object
+
+#: Exit status of ``tm start`` when a second signal cancelled running runs.
+EXIT_CANCELLED = 130
+
+
+def configure_start(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        help="FILE.py (its executor, or its scheduled graphs), FILE.py:ATTR or MODULE:ATTR",
+    )
+    _add_store_options(parser, json=False)
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+
+def _executor_of(target: str) -> Any:
+    from .executor import Executor
+    from .graph import Graph
+
+    if target.endswith(".py"):
+        # The file runs as a module (not as __main__), so its `if __name__ == "__main__":` block
+        # (which may call start() itself) does not run.
+        found: Any = load_object(f"{target}:__dict__")
+        objects = list(found.values())
+    else:
+        obj = load_object(target)
+        if isinstance(obj, (Executor, Graph)):
+            objects = [obj]
+        else:
+            raise CommandError(f"{target!r} is a {type(obj).__name__}, not a tm.Executor")
+    executors = [o for o in objects if isinstance(o, Executor)]
+    if len(executors) > 1:
+        raise CommandError(f"{target} has {len(executors)} executors: name one as FILE.py:ATTR")
+    if executors:
+        return executors[0]
+    graphs = [o for o in objects if isinstance(o, Graph) and o.schedule is not None]
+    if not graphs:
+        raise CommandError(f"{target} has no tm.Executor and no scheduled tm.Graph")
+    return Executor(graphs=graphs)
+
+
+def run_start(args: argparse.Namespace) -> int:
+    from .store import Store
+
+    ex = _executor_of(args.target)
+    if args.db:
+        ex.store = Store(args.db)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        ex.start()
+    finally:
+        ex.shutdown()
+    return EXIT_CANCELLED if ex._scheduler.forced else 0
+
+
+def configure_status(parser: argparse.ArgumentParser) -> None:
+    _add_store_options(parser)
+
+
+def _status_rows(store: Any) -> list[dict[str, Any]]:
+    from .cron import Expression
+
+    rows = []
+    now = datetime.now(timezone.utc)
+    for g in store.core.graphs():
+        if not g["schedule"]:
+            continue
+        zone = zoneinfo.ZoneInfo(g["tz"]) if g["tz"] else timezone.utc
+        last = g["last_fire_us"]
+        start = now
+        if last is not None:
+            start = max(now, datetime.fromtimestamp(last / 1e6, timezone.utc))
+        nxt = Expression(g["schedule"]).next(start.astimezone(zone))
+        runs = store.core.list_runs(graph=g["name"], limit=1)
+        meta = json.loads(g["meta_json"]) if g["meta_json"] else {}
+        rows.append(
+            {
+                "graph": g["name"],
+                "schedule": g["schedule"],
+                "tz": g["tz"] or "UTC",
+                "next_fire": nxt.isoformat(),
+                "last_fire_us": last,
+                "last_run_id": runs[0]["run_id"] if runs else None,
+                "last_run_state": runs[0]["state"] if runs else None,
+                "last_run_trigger": runs[0]["trigger"] if runs else None,
+                "options": meta,
+            }
+        )
+    return rows
+
+
+def run_status(args: argparse.Namespace) -> int:
+    store = _open_store(args.db)
+    try:
+        rows = _status_rows(store)
+    except Exception as exc:
+        raise CommandError(f"cannot read the schedules: {exc}", EXIT_FAILURE) from exc
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no scheduled graphs in {store.location}")  # type: ignore[attr-defined]
+        return 0
+    print(
+        f"{'graph':<24} {'schedule':<16} {'tz':<16} {'next fire':<25} {'last fire':<19}  last run"
+    )
+    for r in rows:
+        state = r["last_run_state"] or "-"
+        if r["last_run_trigger"]:
+            state += f" ({r['last_run_trigger']})"
+        print(
+            f"{r['graph']:<24} {r['schedule']:<16} {r['tz']:<16} {r['next_fire']:<25} "
+            f"{_when(r['last_fire_us']):<19}  {state}"
+        )
+    return 0
