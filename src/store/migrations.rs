@@ -18,10 +18,16 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order. Append only: a released migration is never edited.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("migrations/0001_init.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/0002_cache.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub(crate) const LATEST: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -130,6 +136,8 @@ mod tests {
             "task_results",
             "task_logs",
             "events",
+            "cache_entries",
+            "cache_state",
         ] {
             assert!(first.iter().any(|(n, _)| n == table), "missing {table}");
         }

@@ -27,6 +27,7 @@
 //! ```
 
 mod backend;
+mod cache_index;
 mod error;
 mod migrations;
 mod model;
@@ -37,6 +38,9 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use cache_index::{
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, Owner, StoredResult,
+};
 pub use error::StoreError;
 pub use model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunRecord,
@@ -313,6 +317,78 @@ impl Store {
     /// The newest `limit` events, newest first.
     pub fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
         self.backend.events(limit)
+    }
+
+    // Cached calls (seed 000). Synchronous, on a connection of their own: see `cache_index`.
+
+    /// The newest stored result of call `key` that has not expired at `now_us`.
+    pub fn cache_lookup(&self, key: &str, now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
+        self.backend.cache().lookup(key, now_us)
+    }
+
+    /// Decides, atomically among every process using this database, whether the caller loads a
+    /// stored result, runs the call (and owns the key), or waits for a live owner.
+    pub fn cache_claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        self.backend.cache().claim(req)
+    }
+
+    /// Extends an owned key's lease to `lease_until_us`; false when the key was taken over.
+    pub fn cache_heartbeat(
+        &self,
+        key: &str,
+        token: i64,
+        lease_until_us: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend.cache().heartbeat(key, token, lease_until_us)
+    }
+
+    /// Records a stored result; the key becomes `COMPLETED` if the caller still owns it.
+    pub fn cache_complete(
+        &self,
+        facts: &CallFacts,
+        token: i64,
+        result: &StoredResult,
+        now_us: i64,
+    ) -> Result<CacheEntry, StoreError> {
+        self.backend.cache().complete(facts, token, result, now_us)
+    }
+
+    /// Gives up an owned key without a result (`FAILED` or `SKIPPED`, with the error's type
+    /// and message); false when the key was taken over.
+    pub fn cache_release(
+        &self,
+        key: &str,
+        token: i64,
+        status: &str,
+        error: Option<(&str, &str)>,
+        now_us: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .cache()
+            .release(key, token, status, error, now_us)
+    }
+
+    /// Stored results, newest first.
+    pub fn cache_entries(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        self.backend.cache().entries(filter)
+    }
+
+    /// The state of every key (of one function, with `filter.func`).
+    pub fn cache_states(&self, filter: &CacheFilter) -> Result<Vec<CallState>, StoreError> {
+        self.backend.cache().states(filter)
+    }
+
+    /// The keys starting with `key` (at most 10), each with its newest entry.
+    pub fn cache_find(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError> {
+        self.backend.cache().find(key)
+    }
+
+    /// Deletes matching entries and returns them, so the caller can delete their files.
+    pub fn cache_clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        self.backend.cache().clear(filter)
     }
 }
 
