@@ -5,11 +5,16 @@ Importing tm starts nothing: no thread, no runtime, no file.
 
 from __future__ import annotations
 
+from . import config as config
 from . import cron as cron
+from ._cached import CachedFunction as CachedFunction
+from ._cached import cached as cached
 from ._decorators import TaskFunction as TaskFunction
 from ._decorators import task as task
 from ._runners import ProcessPool as ProcessPool
 from ._runners import WorkerCrashed as WorkerCrashed
+from .exceptions import CacheError as CacheError
+from .exceptions import CacheKeyError as CacheKeyError
 from .exceptions import CronError as CronError
 from .exceptions import CycleError as CycleError
 from .exceptions import ExecutorError as ExecutorError
@@ -18,6 +23,7 @@ from .exceptions import RetriesExhausted as RetriesExhausted
 from .exceptions import StoreError as StoreError
 from .exceptions import TaskCancelled as TaskCancelled
 from .exceptions import TaskFailed as TaskFailed
+from .exceptions import TaskInProgress as TaskInProgress
 from .exceptions import TaskTimeout as TaskTimeout
 from .exceptions import TmError as TmError
 from .executor import Attempt as Attempt
@@ -32,6 +38,9 @@ from .taskflow import TaskStatus as TaskStatus
 
 __all__ = [
     "Attempt",
+    "CacheError",
+    "CacheKeyError",
+    "CachedFunction",
     "CronError",
     "CycleError",
     "Event",
@@ -48,11 +57,14 @@ __all__ = [
     "TaskCancelled",
     "TaskFailed",
     "TaskFunction",
+    "TaskInProgress",
     "TaskRun",
     "TaskStatus",
     "TaskTimeout",
     "TmError",
     "WorkerCrashed",
+    "cached",
+    "config",
     "cron",
     "task",
 ]

@@ -242,3 +242,73 @@ class StoreCore:
     def events(self, limit: int = 100) -> list[dict[str, Any]]: ...
     def __enter__(self) -> StoreCore: ...
     def __exit__(self, exc_type: object, _exc_value: object, _traceback: object, /) -> None: ...
+
+class CacheIndex:
+    """The cached-call index of a store (seed 000), with recently read result bytes in memory.
+
+    Every verb asks the database; only a hit's file bytes may come from memory, by content hash.
+    """
+
+    def __new__(cls, store: StoreCore, hot_bytes: int = 67108864) -> CacheIndex: ...
+    @property
+    def hot_bytes(self) -> int: ...
+    def lookup(self, key: str, now_us: int) -> tuple[dict[str, Any], bytes | None] | None: ...
+    def remember(self, content_hash: str, data: bytes) -> None: ...
+    def forget(self, content_hash: str) -> None: ...
+    def claim(
+        self,
+        key: str,
+        module: str,
+        func: str,
+        seed: str | None,
+        inputs_json: str,
+        version: str,
+        *,
+        use_cache: bool,
+        pid: int,
+        host: str,
+        now_us: int,
+        lease_us: int,
+        takeover: tuple[int, str] | None = None,
+    ) -> tuple[str, Any]: ...
+    def heartbeat(self, key: str, token: int, lease_until_us: int) -> bool: ...
+    def complete(
+        self,
+        key: str,
+        module: str,
+        func: str,
+        seed: str | None,
+        inputs_json: str,
+        version: str,
+        *,
+        token: int,
+        result_path: str,
+        format: str,
+        content_hash: str,
+        size: int,
+        now_us: int,
+        expires_us: int | None = None,
+        duration_us: int | None = None,
+        data: bytes | None = None,
+    ) -> dict[str, Any]: ...
+    def release(
+        self,
+        key: str,
+        token: int,
+        status: str,
+        now_us: int,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> bool: ...
+    def entries(
+        self,
+        *,
+        func: str | None = None,
+        created_before_us: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]: ...
+    def states(self, *, func: str | None = None) -> list[dict[str, Any]]: ...
+    def find(self, key: str) -> list[tuple[dict[str, Any], dict[str, Any] | None]]: ...
+    def clear(
+        self, *, func: str | None = None, created_before_us: int | None = None
+    ) -> list[dict[str, Any]]: ...

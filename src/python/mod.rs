@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 
+mod cache_index;
 mod cron;
 mod engine;
 mod errors;
@@ -13,6 +14,7 @@ mod store;
 #[pymodule(gil_used = false)]
 fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    cache_index::register(m)?;
     cron::register(m)?;
     engine::register(m)?;
     queue::register(m)?;
