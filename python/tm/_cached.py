@@ -389,15 +389,38 @@ def _differences(f: dict[str, Any], inputs: dict[str, Any], e: dict[str, Any]) -
         diffs.append(f"version: {f['version']} (stored {e['version']})")
     if e["seed"] != f["seed"]:
         diffs.append(f"seed: {f['seed']} (stored {e['seed']})")
-    stored = json.loads(e["inputs_json"])
+    return diffs + _arg_differences(inputs, json.loads(e["inputs_json"]), partial=False)
+
+
+def _arg_differences(inputs: dict[str, Any], stored: dict[str, Any], partial: bool) -> list[str]:
+    diffs = []
     for name in sorted(set(inputs) | set(stored), key=lambda n: (n not in inputs, n)):
         if name not in stored:
             diffs.append(f"arg {name}: {_show(inputs[name])} (not in the stored call)")
         elif name not in inputs:
-            diffs.append(f"arg {name}: missing (stored {_show(stored[name])})")
+            if not partial:
+                diffs.append(f"arg {name}: missing (stored {_show(stored[name])})")
         elif _keys._dumps(inputs[name]) != _keys._dumps(stored[name]):
             diffs.append(f"arg {name}: {_show(inputs[name])} (stored {_show(stored[name])})")
     return diffs
+
+
+def explain_args(store: Store, func: str, call_args: dict[str, Any]) -> dict[str, Any]:
+    """Like :func:`explain` without the function at hand: compares only the arguments given
+    (JSON values; defaults, seed and version unknown) with the stored calls of ``func``."""
+    inputs = {name: _keys.canonical(value, name) for name, value in call_args.items()}
+    best: tuple[int, dict[str, Any] | None, list[str]] = (1 << 30, None, ["no entry stored"])
+    for e in store.cache_index.entries(func=func):
+        diffs = _arg_differences(inputs, json.loads(e["inputs_json"]), partial=True)
+        if len(diffs) < best[0]:
+            best = (len(diffs), e, diffs)
+    _, nearest, diffs = best
+    return {
+        "key": None,
+        "hit": nearest is not None and not diffs,
+        "nearest": None if nearest is None else nearest["key"],
+        "differences": diffs,
+    }
 
 
 def _show(value: Any) -> str:
@@ -413,3 +436,18 @@ def cached(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     if fn is None:
         return lambda f: CachedFunction(f, None, **options)
     return CachedFunction(fn, None, **options)
+
+
+def for_graph_task(
+    fn: Callable[..., Any], call: Callable[..., Any], store: Store | None
+) -> CachedFunction:
+    """``@tm.task(cache=True)``: ``call`` (``fn`` itself, or its pool or async wrapper) cached by
+    ``fn``'s identity, source and arguments; the run ``context`` is not part of the key."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    ignore = [name for name in ("context",) if name in params]
+    return CachedFunction(fn, store, ignore=ignore, call=call)
