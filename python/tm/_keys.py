@@ -35,6 +35,8 @@ __all__ = ["Binder", "canonical", "decode", "encode", "key_of", "source_version"
 TAG = "__tm__"
 
 _dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=True).encode
+# Results keep their dicts' order: no sorting there.
+_dumps_result = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
 
 
 def _hex(data: bytes) -> str:
@@ -112,7 +114,10 @@ def canonical(value: Any, where: str) -> Any:
             return _numpy_array(value, where)
         if isinstance(value, np.generic):
             return {TAG: "np", "dtype": value.dtype.str, "v": canonical(value.item(), where)}
-    if module.startswith("pandas.") and t.__name__ in ("DataFrame", "Series"):
+    if (module == "pandas" or module.startswith("pandas.")) and t.__name__ in (
+        "DataFrame",
+        "Series",
+    ):
         return _pandas(value, where)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {
@@ -138,14 +143,26 @@ def key_of(ident: str, inputs_json: str, seed: str | None, version: str) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
+def _code_digest(code: Any) -> bytes:
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for c in code.co_consts:
+        parts.append(_code_digest(c) if hasattr(c, "co_code") else repr(c).encode())
+    return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
+
+
 def source_version(fn: Callable[..., Any]) -> str:
-    """A digest of ``fn``'s source (of its bytecode and constants when the source is unavailable)."""
+    """A digest of ``fn``'s source; for a lambda (whose source is its whole line) and a function
+    without source, of its bytecode and constants too."""
     target = inspect.unwrap(fn)
+    code = getattr(target, "__code__", None)
     try:
         text = inspect.getsource(target).encode()
     except (OSError, TypeError):
-        code = getattr(target, "__code__", None)
-        text = pickle.dumps((code.co_code, repr(code.co_consts))) if code else repr(target).encode()
+        text = b""
+    if code is not None and (not text or target.__name__ == "<lambda>"):
+        text += _code_digest(code)
+    if not text:
+        text = repr(target).encode()
     return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
@@ -259,7 +276,7 @@ def encode(value: Any) -> tuple[str, bytes]:
         buf = io.BytesIO()
         sys.modules["numpy"].save(buf, value, allow_pickle=False)
         return "npy", buf.getvalue()
-    if module.startswith("pandas.") and t.__name__ == "DataFrame":
+    if (module == "pandas" or module.startswith("pandas.")) and t.__name__ == "DataFrame":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
@@ -273,7 +290,7 @@ def encode(value: Any) -> tuple[str, bytes]:
             else:
                 return "parquet", buf.getvalue()
     try:
-        return "json", _dumps(_tagged(value)).encode()
+        return "json", _dumps_result(_tagged(value)).encode()
     except (_NotJson, ValueError, RecursionError):
         return "pickle", pickle.dumps(value, protocol=5)
 

@@ -137,7 +137,7 @@ pub enum Claim {
 /// Which entries a listing or a clear applies to.
 #[derive(Debug, Clone, Default)]
 pub struct CacheFilter {
-    /// Only this function (qualified name, or `module.qualname`).
+    /// Only this function (qualified name, `module.qualname`, or the qualified name's end).
     pub func: Option<String>,
     /// Only entries stored before this time.
     pub created_before_us: Option<i64>,
@@ -239,8 +239,10 @@ fn state_row(r: &Row<'_>) -> rusqlite::Result<CallState> {
     })
 }
 
-/// `func = ?` matches a qualified name or `module.qualname`.
-const FUNC_COND: &str = "(?1 IS NULL OR func = ?1 OR module || '.' || func = ?1)";
+/// `func = ?` matches a qualified name, `module.qualname`, or the qualified name's last dotted
+/// parts (`area` matches `outer.<locals>.area`).
+const FUNC_COND: &str = "(?1 IS NULL OR func = ?1 OR module || '.' || func = ?1 \
+                         OR substr(func, -length(?1) - 1) = '.' || ?1)";
 
 fn latest_entry(c: &Connection, key: &str, now_us: i64) -> rusqlite::Result<Option<CacheEntry>> {
     c.prepare_cached(&format!(
@@ -738,6 +740,31 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(store.cache_entries(&filter).expect("ls").len(), 2);
+        let mut nested = facts("n");
+        nested.func = "outer.<locals>.f".into();
+        let mut r = req("n", 1, 1);
+        r.facts = nested.clone();
+        let t = token(store.cache_claim(&r).expect("claim"));
+        store
+            .cache_complete(&nested, t, &result("n"), 1)
+            .expect("complete");
+        let by_tail = |func: &str| {
+            let filter = CacheFilter {
+                func: Some(func.into()),
+                ..Default::default()
+            };
+            store.cache_entries(&filter).expect("ls").len()
+        };
+        assert_eq!(by_tail("f"), 3);
+        assert_eq!(by_tail("<locals>.f"), 1);
+        assert_eq!(by_tail("r.<locals>.f"), 0);
+        assert_eq!(by_tail("m.outer.<locals>.f"), 1);
+        store
+            .cache_clear(&CacheFilter {
+                func: Some("outer.<locals>.f".into()),
+                ..Default::default()
+            })
+            .expect("clear");
         let old = CacheFilter {
             func: Some("f".into()),
             created_before_us: Some(5),
