@@ -424,7 +424,7 @@ def test_config_load_builds_postgres_url_from_the_seed_yaml(
     loaded = tm.config.load(cfg)
     url = "postgresql://analyst:p%40ss%2Fword@db.example.org:5433/experiments"
     assert loaded["DEFAULT_DB_URL"] == url
-    assert tm.config.DEFAULT_DB_URL == url
+    assert url == tm.config.DEFAULT_DB_URL
     assert tm.config.DEFAULT_RESULT_DIR == "/data/results"
     s = tm.Store()
     assert s.url == url and s.result_dir == Path("/data/results")
