@@ -288,6 +288,9 @@ class CachedFunction:
                 raise
             fmt, data = _keys.encode(value)
             path = self._write(store, f, fmt, data)
+            if fmt in _keys.KEEP_DECODED or fmt == "pickle":
+                value = _keys.decode(fmt, data)  # hand back what a hit would
+            kept = _keys.to_keep(fmt, data, value)
             now = _now_us()
             index.complete(
                 key,
@@ -304,11 +307,10 @@ class CachedFunction:
                 now_us=now,
                 expires_us=None if self.ttl is None else now + int(self.ttl * 1e6),
                 duration_us=now - started,
-                data=data,
+                keep=kept,
             )
-            # Hand back what a hit would: bytes-like and mutable results are read back so this
-            # caller and later ones never share one object (a later mutation cannot leak).
-            return value if fmt in ("json", "bytes") else _keys.decode(fmt, data)
+            # Never hand out an object that is also kept in memory.
+            return value.copy() if fmt in _keys.KEEP_DECODED else value
         finally:
             active.discard(key)
             _heartbeats.remove(index, key, token)
@@ -330,10 +332,12 @@ class CachedFunction:
         return path
 
     def _load(
-        self, store: Store, index: CacheIndex, entry: dict[str, Any], data: bytes | None
+        self, store: Store, index: CacheIndex, entry: dict[str, Any], kept: Any
     ) -> tuple[bool, Any]:
-        """``(True, value)`` for a usable stored result, ``(False, None)`` if its file is gone."""
-        if data is None:
+        """``(True, value)`` for a usable stored result, ``(False, None)`` if its file is gone.
+        ``kept`` is what memory holds for the entry's content hash (None: read the file)."""
+        fmt = entry["format"]
+        if kept is None:
             try:
                 with open(entry["result_path"], "rb") as fh:
                     data = fh.read()
@@ -345,8 +349,10 @@ class CachedFunction:
                     f"is not the file tm wrote: its content hash differs, so it is not loaded; "
                     f"delete it with `tm cache clear {self.qualname}` or call with use_cache=False"
                 )
-            index.remember(entry["content_hash"], data)
-        return True, _keys.decode(entry["format"], data)
+            value = _keys.decode(fmt, data)
+            index.remember(entry["content_hash"], _keys.to_keep(fmt, data, value), len(data))
+            return True, value.copy() if fmt in _keys.KEEP_DECODED else value
+        return True, _keys.kept_value(fmt, kept)
 
     # Explaining misses ------------------------------------------------------------------------
 

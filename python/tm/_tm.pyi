@@ -244,16 +244,17 @@ class StoreCore:
     def __exit__(self, exc_type: object, _exc_value: object, _traceback: object, /) -> None: ...
 
 class CacheIndex:
-    """The cached-call index of a store (seed 000), with recently read result bytes in memory.
+    """The cached-call index of a store (seed 000), with recently used results in memory.
 
-    Every verb asks the database; only a hit's file bytes may come from memory, by content hash.
+    Every verb asks the database; only a hit's result (its file's bytes, or an object decoded from
+    them that the caller copies) may come from memory, by content hash.
     """
 
     def __new__(cls, store: StoreCore, hot_bytes: int = 67108864) -> CacheIndex: ...
     @property
     def hot_bytes(self) -> int: ...
-    def lookup(self, key: str, now_us: int) -> tuple[dict[str, Any], bytes | None] | None: ...
-    def remember(self, content_hash: str, data: bytes) -> None: ...
+    def lookup(self, key: str, now_us: int) -> tuple[dict[str, Any], Any] | None: ...
+    def remember(self, content_hash: str, value: Any, size: int) -> None: ...
     def forget(self, content_hash: str) -> None: ...
     def claim(
         self,
@@ -289,7 +290,7 @@ class CacheIndex:
         now_us: int,
         expires_us: int | None = None,
         duration_us: int | None = None,
-        data: bytes | None = None,
+        keep: Any = None,
     ) -> dict[str, Any]: ...
     def release(
         self,

@@ -60,11 +60,20 @@ class Store:
         db_url: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, a file path, or
             ``sqlite://:memory:``.
         result_dir: the directory of cached results.
+        cache_bytes: how many bytes of recently used result files to keep in memory, so that a
+            hit reads no file (the database is still asked every time); 0 keeps none.
     """
 
-    def __init__(self, db_url: str | None = None, result_dir: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        db_url: str | None = None,
+        result_dir: str | os.PathLike[str] | None = None,
+        *,
+        cache_bytes: int = 64 << 20,
+    ) -> None:
         self.url = db_url or default_url()
         self.result_dir = Path(result_dir or default_result_dir()).absolute()
+        self.cache_bytes = cache_bytes
         self._core: StoreCore | None = None
         self._cache: CacheIndex | None = None
         self._lock = threading.Lock()
@@ -107,7 +116,7 @@ class Store:
             core = self.core
             with self._lock:
                 if self._cache is None:
-                    self._cache = CacheIndex(core)
+                    self._cache = CacheIndex(core, self.cache_bytes)
                 cache = self._cache
         return cache
 

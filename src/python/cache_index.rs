@@ -1,14 +1,15 @@
 //! `tm._tm.CacheIndex`: the cached-call index of a store, plus a bounded in-memory copy of
-//! recently read result files so that a hit costs one indexed query and no disk read.
+//! recently used results so that a hit costs one indexed query and no disk read.
 //!
-//! Every verb asks the database (so a newer result from another process wins); only the file's
-//! bytes come from memory, looked up by the content hash the database returned. All database
-//! work runs detached.
+//! Every verb asks the database (so a newer result from another process wins); only the result
+//! comes from memory, looked up by the content hash the database returned. What is kept is the
+//! caller's choice: a file's bytes, or an object decoded from them that the caller copies before
+//! handing it out. All database work runs detached.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::cache::ByteLru;
 use crate::store::{
@@ -17,8 +18,8 @@ use crate::store::{
 
 use super::store::PyStoreCore;
 
-/// Result bytes by content hash, bounded by their total size.
-type Hot = Mutex<ByteLru<String, Py<PyBytes>>>;
+/// Results by content hash, bounded by their files' total size.
+type Hot = Mutex<ByteLru<String, Py<PyAny>>>;
 
 /// The cache verbs of one store, and its hot result bytes.
 #[pyclass(name = "CacheIndex", module = "tm._tm", frozen)]
@@ -65,12 +66,12 @@ fn state_dict<'py>(py: Python<'py>, s: &CallState) -> PyResult<Bound<'py, PyDict
 }
 
 impl PyCacheIndex {
-    fn hot(&self) -> std::sync::MutexGuard<'_, ByteLru<String, Py<PyBytes>>> {
+    fn hot(&self) -> std::sync::MutexGuard<'_, ByteLru<String, Py<PyAny>>> {
         // Held only for O(1) map operations; no Python code runs under it.
         self.hot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `(entry dict, bytes or None)`: the entry, with its file's bytes when they are in memory.
+    /// `(entry dict, kept object or None)`: the entry, with what is kept for it in memory.
     fn hit<'py>(&self, py: Python<'py>, e: &CacheEntry) -> PyResult<Bound<'py, PyTuple>> {
         let data = self
             .hot()
@@ -92,7 +93,7 @@ impl PyCacheIndex {
         }
     }
 
-    /// The newest unexpired entry of `key` as `(entry, bytes or None)`, or None.
+    /// The newest unexpired entry of `key` as `(entry, kept object or None)`, or None.
     fn lookup<'py>(
         &self,
         py: Python<'py>,
@@ -103,10 +104,10 @@ impl PyCacheIndex {
         found.map(|e| self.hit(py, &e)).transpose()
     }
 
-    /// Keeps `data`, the bytes of a result file whose hash is `content_hash`, in memory.
-    fn remember(&self, content_hash: String, data: Bound<'_, PyBytes>) {
-        let size = data.as_bytes().len();
-        self.hot().insert(content_hash, data.unbind(), size);
+    /// Keeps `value` (the bytes of the result file whose hash is `content_hash`, or the object
+    /// decoded from them) in memory, counted as `size` bytes.
+    fn remember(&self, content_hash: String, value: Bound<'_, PyAny>, size: usize) {
+        self.hot().insert(content_hash, value.unbind(), size);
     }
 
     /// Forgets the bytes kept for `content_hash` (say, after they failed verification).
@@ -168,11 +169,11 @@ impl PyCacheIndex {
         Ok(py.detach(|| self.store.cache_heartbeat(key, token, lease_until_us))?)
     }
 
-    /// Records a stored result (and keeps `data` in memory); returns the entry.
+    /// Records a stored result (and keeps `keep` in memory, counted as `size`); returns the entry.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (key, module, func, seed, inputs_json, version, *, token, result_path,
                         format, content_hash, size, now_us, expires_us = None, duration_us = None,
-                        data = None))]
+                        keep = None))]
     fn complete<'py>(
         &self,
         py: Python<'py>,
@@ -190,7 +191,7 @@ impl PyCacheIndex {
         now_us: i64,
         expires_us: Option<i64>,
         duration_us: Option<i64>,
-        data: Option<Bound<'py, PyBytes>>,
+        keep: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let facts = CallFacts {
             key,
@@ -209,8 +210,8 @@ impl PyCacheIndex {
             duration_us,
         };
         let entry = py.detach(|| self.store.cache_complete(&facts, token, &result, now_us))?;
-        if let Some(data) = data {
-            self.remember(entry.result.content_hash.clone(), data);
+        if let (Some(keep), Ok(size)) = (keep, usize::try_from(size)) {
+            self.remember(entry.result.content_hash.clone(), keep, size);
         }
         entry_dict(py, &entry)
     }
@@ -304,7 +305,7 @@ impl PyCacheIndex {
         gone.iter().map(|e| entry_dict(py, e)).collect()
     }
 
-    /// Bytes of results held in memory.
+    /// Bytes (by the files' sizes) of results held in memory.
     #[getter]
     fn hot_bytes(&self) -> usize {
         self.hot().bytes()
