@@ -234,19 +234,27 @@ class _NotJson(Exception):
     pass
 
 
+_SCALARS = frozenset({type(None), str, bool, int, float})
+
+
 def _tagged(value: Any) -> Any:
-    """``value`` as tagged JSON-native data, exactly reversible; raises _NotJson otherwise."""
+    """``value`` as tagged JSON-native data, exactly reversible; raises _NotJson otherwise.
+
+    Scalars inside containers are checked inline rather than by a call each: most of a result is
+    scalars, and this walk is most of a miss's own cost.
+    """
     t = type(value)
-    if value is None or t is str or t is bool or t is int or t is float:
+    if t in _SCALARS:
         return value
+    scalars = _SCALARS
     if t is list:
-        return [_tagged(v) for v in value]
+        return [v if type(v) in scalars else _tagged(v) for v in value]
     if t is dict:
-        if all(type(k) is str for k in value) and TAG not in value:
-            return {k: _tagged(v) for k, v in value.items()}
+        if TAG not in value and all(type(k) is str for k in value):
+            return {k: v if type(v) in scalars else _tagged(v) for k, v in value.items()}
         return {TAG: "dict", "v": [[_tagged(k), _tagged(v)] for k, v in value.items()]}
     if t is tuple:
-        return {TAG: "tuple", "v": [_tagged(v) for v in value]}
+        return {TAG: "tuple", "v": [v if type(v) in scalars else _tagged(v) for v in value]}
     if t is set or t is frozenset:
         return {TAG: t.__name__, "v": [_tagged(v) for v in value]}
     raise _NotJson
