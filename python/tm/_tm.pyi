@@ -243,6 +243,7 @@ class StoreCore:
     def __enter__(self) -> StoreCore: ...
     def __exit__(self, exc_type: object, _exc_value: object, _traceback: object, /) -> None: ...
 
+@final
 class CacheIndex:
     """The cached-call index of a store (seed 000), with recently used results in memory.
 

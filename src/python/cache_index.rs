@@ -18,6 +18,9 @@ use crate::store::{
 
 use super::store::PyStoreCore;
 
+/// A key's state and its newest entry, as dicts.
+type Found<'py> = (Bound<'py, PyDict>, Option<Bound<'py, PyDict>>);
+
 /// Results by content hash, bounded by their files' total size.
 type Hot = Mutex<ByteLru<String, Py<PyAny>>>;
 
@@ -85,7 +88,7 @@ impl PyCacheIndex {
 impl PyCacheIndex {
     /// The cache index of `store`, keeping up to `hot_bytes` of result bytes in memory.
     #[new]
-    #[pyo3(signature = (store, hot_bytes = 64 << 20))]
+    #[pyo3(signature = (store, hot_bytes = 67_108_864))]
     fn new(store: &Bound<'_, PyStoreCore>, hot_bytes: usize) -> Self {
         PyCacheIndex {
             store: store.get().shared(),
@@ -267,11 +270,7 @@ impl PyCacheIndex {
     }
 
     /// The keys starting with `key`: a list of `(state, newest entry or None)`.
-    fn find<'py>(
-        &self,
-        py: Python<'py>,
-        key: &str,
-    ) -> PyResult<Vec<(Bound<'py, PyDict>, Option<Bound<'py, PyDict>>)>> {
+    fn find<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Vec<Found<'py>>> {
         let rows = py.detach(|| self.store.cache_find(key))?;
         rows.iter()
             .map(|(s, e)| {
