@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -211,6 +212,14 @@ def test_argument_without_canonical_form_is_named(store: Any) -> None:
         store.task(ignore=["nope"])(lambda x: x)
 
 
+def test_coroutine_functions_are_refused_clearly(store: Any) -> None:
+    async def fetch(x: int) -> int:
+        return x
+
+    with pytest.raises(TypeError, match="coroutine"):
+        store.task(fetch)
+
+
 def test_forced_rerun_supersedes(store: Any) -> None:
     runs: list[int] = []
 
@@ -296,6 +305,9 @@ def test_missing_file_is_recomputed(store: Any) -> None:
     assert other.task(f.__wrapped__)(1) == 10
     other.close()
     assert runs == [1, 1]
+    shutil.rmtree(store.result_dir)  # the whole directory, under a function that made it
+    assert f(2) == 20
+    assert Path(store.cache_entries()[0]["result_path"]).exists()
 
 
 def test_ttl_expires(store: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import inspect
 import json
 import os
 import random
@@ -127,6 +128,11 @@ class CachedFunction:
     ) -> None:
         if not callable(fn):
             raise TypeError(f"a cached function must be callable, got {fn!r}")
+        if call is None and inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"{fn!r} is a coroutine function: cache it as a graph task (@tm.task(cache=True)), "
+                "or cache a synchronous function that it awaits"
+            )
         if isinstance(ttl, timedelta):
             ttl = ttl.total_seconds()
         if ttl is not None and ttl <= 0:
@@ -143,6 +149,7 @@ class CachedFunction:
         self.qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         self.ident = f"{self.module}.{self.qualname}"
         self._binder = _keys.Binder(fn, ignore)
+        self._folders: set[Path] = set()
         functools.update_wrapper(self, fn, updated=())
 
     @property
@@ -185,15 +192,32 @@ class CachedFunction:
         }
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        f = self.facts(*args, **kwargs)
-        store = self.store
+        # The hit path, inlined: the key, one query, and a copy from memory (or the file).
+        bound = self._binder.bind(args, kwargs)
+        canonical = _keys.canonical
+        inputs_json = _keys._dumps({name: canonical(value, name) for name, value in bound.items()})
+        seed_value = bound.get(self.seed)
+        seed = None if seed_value is None else str(seed_value)
+        version = self._version or self.version
+        key = _keys.key_of(self.ident, inputs_json, seed, version)
+        store = self._store or self.store
         index = store.cache_index
         if self.use_cache:
-            hit = index.lookup(f["key"], _now_us())
+            hit = index.lookup(key, _now_us())
             if hit is not None:
-                found, value = self._load(store, index, *hit)
+                if hit[3] is not None:
+                    return _keys.kept_value(hit[0], hit[3])
+                found, value = self._load(index, key, *hit)
                 if found:
                     return value
+        f = {
+            "key": key,
+            "module": self.module,
+            "func": self.qualname,
+            "seed": seed,
+            "inputs_json": inputs_json,
+            "version": version,
+        }
         return self._claim_and_run(store, index, f, args, kwargs)
 
     def refresh(self, *args: Any, **kwargs: Any) -> Any:
@@ -235,7 +259,7 @@ class CachedFunction:
                 takeover=takeover,
             )
             if outcome == "hit":
-                found, value = self._load(store, index, *detail)
+                found, value = self._load(index, key, *detail)
                 if found:
                     return value
                 use = False  # the file is gone: run again
@@ -319,13 +343,18 @@ class CachedFunction:
     def _write(self, store: Store, f: dict[str, Any], fmt: str, data: bytes) -> Path:
         folder = store.result_dir / _safe(self.module) / _safe(self.qualname)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        if folder not in self._folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._folders.add(folder)
         seed = _safe(f["seed"]) if f["seed"] is not None else "noseed"
         path = folder / f"{stamp}_{seed}_{f['key']}.{_keys.EXTENSIONS[fmt]}"
-        folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
+            try:
+                tmp.write_bytes(data)
+            except FileNotFoundError:  # the folder was deleted since (tm cache clear, rm -r)
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp.write_bytes(data)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -333,27 +362,26 @@ class CachedFunction:
         return path
 
     def _load(
-        self, store: Store, index: CacheIndex, entry: dict[str, Any], kept: Any
+        self, index: CacheIndex, key: str, fmt: str, digest: str, path: str, kept: Any
     ) -> tuple[bool, Any]:
         """``(True, value)`` for a usable stored result, ``(False, None)`` if its file is gone.
-        ``kept`` is what memory holds for the entry's content hash (None: read the file)."""
-        fmt = entry["format"]
-        if kept is None:
-            try:
-                with open(entry["result_path"], "rb") as fh:
-                    data = fh.read()
-            except FileNotFoundError:
-                return False, None
-            if content_hash(data) != entry["content_hash"]:
-                raise CacheError(
-                    f"cached result {entry['result_path']} of {self.ident} (key {entry['key']}) "
-                    f"is not the file tm wrote: its content hash differs, so it is not loaded; "
-                    f"delete it with `tm cache clear {self.qualname}` or call with use_cache=False"
-                )
-            value = _keys.decode(fmt, data)
-            index.remember(entry["content_hash"], _keys.to_keep(fmt, data, value), len(data))
-            return True, value.copy() if fmt in _keys.KEEP_DECODED else value
-        return True, _keys.kept_value(fmt, kept)
+        ``kept`` is what memory holds for the result's content hash (None: read the file)."""
+        if kept is not None:
+            return True, _keys.kept_value(fmt, kept)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return False, None
+        if content_hash(data) != digest:
+            raise CacheError(
+                f"cached result {path} of {self.ident} (key {key}) is not the file tm wrote: "
+                f"its content hash differs, so it is not loaded; delete it with "
+                f"`tm cache clear {self.qualname}` or call with use_cache=False"
+            )
+        value = _keys.decode(fmt, data)
+        index.remember(digest, _keys.to_keep(fmt, data, value), len(data))
+        return True, value.copy() if fmt in _keys.KEEP_DECODED else value
 
     # Explaining misses ------------------------------------------------------------------------
 
@@ -450,8 +478,6 @@ def for_graph_task(
 ) -> CachedFunction:
     """``@tm.task(cache=True)``: ``call`` (``fn`` itself, or its pool or async wrapper) cached by
     ``fn``'s identity, source and arguments; the run ``context`` is not part of the key."""
-    import inspect
-
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):

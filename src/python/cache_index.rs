@@ -74,13 +74,15 @@ impl PyCacheIndex {
         self.hot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `(entry dict, kept object or None)`: the entry, with what is kept for it in memory.
+    /// `(format, content_hash, result_path, kept object or None)`: what a hit needs (a tuple, not
+    /// the entry's dict: this is the whole cost of a hit beside the query and the decoding).
     fn hit<'py>(&self, py: Python<'py>, e: &CacheEntry) -> PyResult<Bound<'py, PyTuple>> {
-        let data = self
+        let kept = self
             .hot()
             .get(e.result.content_hash.as_str())
             .map(|b| b.clone_ref(py));
-        (entry_dict(py, e)?, data).into_pyobject(py)
+        let r = &e.result;
+        (&r.format, &r.content_hash, &r.result_path, kept).into_pyobject(py)
     }
 }
 
@@ -96,7 +98,8 @@ impl PyCacheIndex {
         }
     }
 
-    /// The newest unexpired entry of `key` as `(entry, kept object or None)`, or None.
+    /// The newest unexpired entry of `key` as `(format, content_hash, result_path, kept object or
+    /// None)`, or None.
     fn lookup<'py>(
         &self,
         py: Python<'py>,
@@ -118,7 +121,7 @@ impl PyCacheIndex {
         self.hot().remove(content_hash);
     }
 
-    /// Loads, runs or waits: `("hit", (entry, bytes or None))`, `("run", token)` or
+    /// Loads, runs or waits: `("hit", (format, content_hash, result_path, kept))`, `("run", token)` or
     /// `("busy", state)`. An owner on this host found dead is passed as `takeover`.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (key, module, func, seed, inputs_json, version, *, use_cache, pid, host,

@@ -54,7 +54,7 @@ pub struct StoredResult {
 /// One stored result with the facts of its call. Never updated once written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheEntry {
-    /// Increasing row id: the newest entry of a key wins.
+    /// Row id, increasing while the newest rows stay; the state's `entry_id` says which is newest.
     pub id: i64,
     /// The call.
     pub facts: CallFacts,
@@ -525,9 +525,10 @@ impl CacheBackend for SqliteCache {
                     stmt.query_map(params![filter.func, filter.created_before_us], entry_row)?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
+            // Deleting an entry set its state's entry_id to NULL (ON DELETE SET NULL).
             tx.prepare_cached(&format!(
                 "DELETE FROM cache_state WHERE {FUNC_COND} AND status != 'RUNNING' \
-                 AND NOT EXISTS (SELECT 1 FROM cache_entries e WHERE e.key = cache_state.key)"
+                 AND entry_id IS NULL"
             ))?
             .execute(params![filter.func])?;
             tx.commit()?;

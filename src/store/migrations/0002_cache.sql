@@ -1,10 +1,12 @@
 -- 0002: cached function calls (seed 000). Times are INTEGER microseconds since the Unix epoch.
 -- cache_entries holds immutable facts: one row per stored result, never updated (a forced re-run
 -- adds a newer row that supersedes the older one). cache_state holds the mutable state of one key:
--- who runs it now (pid, host, lease), and how the last run ended.
+-- who runs it now (pid, host, lease), how the last run ended, and which entry is the newest
+-- (entry_id: a hit is two primary-key lookups). Few indexes: each one is another page written by
+-- every miss.
 
 CREATE TABLE cache_entries (
-    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    id            INTEGER PRIMARY KEY,
     key           TEXT NOT NULL,
     module        TEXT NOT NULL,
     func          TEXT NOT NULL,
@@ -40,4 +42,3 @@ CREATE TABLE cache_state (
     lease_until_us INTEGER,
     updated_us     INTEGER NOT NULL
 );
-CREATE INDEX cache_state_func ON cache_state (func);
