@@ -15,6 +15,7 @@ import pickle
 import re
 import shutil
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -404,7 +405,47 @@ def test_identical_calls_from_threads_compute_once(store: Any) -> None:
     assert runs == [4]
 
 
+def test_heartbeat_renews_the_lease_of_a_running_call(store: Any) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    @store.task
+    def held(x: int) -> int:
+        entered.set()
+        assert release.wait(30)
+        return x
+
+    t = threading.Thread(target=held, args=(1,))
+    t.start()
+    assert entered.wait(30)
+    (state,) = store.cache_index.states()
+    first = state["lease_until_us"]
+    assert state["status"] == "RUNNING" and first > state["started_us"]
+    lease = first
+    while lease == first:  # the heartbeat thread renews it; the test timeout bounds the wait
+        tm._cached._heartbeats.beat_now()
+        time.sleep(0.001)
+        lease = store.cache_index.states()[0]["lease_until_us"]
+    assert lease > first
+    release.set()
+    t.join(30)
+    (state,) = store.cache_index.states()
+    assert state["status"] == "COMPLETED" and state["lease_until_us"] is None
+
+
 def test_methods_and_recursion_guard(store: Any) -> None:
+    class Model:
+        def __init__(self) -> None:
+            self.fits = 0
+
+        @store.task(ignore=["self"])
+        def fit(self, x: int) -> int:
+            self.fits += 1
+            return x * 3
+
+    m = Model()
+    assert m.fit(2) == m.fit(x=2) == 6
+    assert m.fits == 1
+
     @store.task
     def fact(n: int) -> int:
         return 1 if n <= 1 else n * fact(n - 1)

@@ -86,9 +86,14 @@ class _Heartbeats:
         with self.lock:
             self.owned.pop((id(index), key, token), None)
 
+    def beat_now(self) -> None:
+        """Renews every lease now rather than at the next interval."""
+        self.wake.set()
+
     def _run(self) -> None:
         while True:
             self.wake.wait(LEASE_SECONDS / 3)
+            self.wake.clear()
             with self.lock:
                 items = list(self.owned.items())
             until = _now_us() + int(LEASE_SECONDS * 1e6)
