@@ -451,7 +451,7 @@ def test_methods_and_recursion_guard(store: Any) -> None:
         return 1 if n <= 1 else n * fact(n - 1)
 
     assert fact(5) == 120
-    assert len(store.cache_entries()) == 5
+    assert len(store.cache_entries("fact")) == 5
 
     @store.task
     def loop(n: int) -> int:
