@@ -32,7 +32,8 @@ def test_every_example_is_tested() -> None:
         "seed003_files.py",
         "demo.py",
         "retry.py",
-    }  # retry.py: tests/test_resilience.py
+        "seed000_cached.py",
+    }  # retry.py: tests/test_resilience.py; seed000_cached.py: tests/test_cached_example.py
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 

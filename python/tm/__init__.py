@@ -5,12 +5,17 @@ Importing tm starts nothing: no thread, no runtime, no file.
 
 from __future__ import annotations
 
+from . import config as config
 from . import cron as cron
+from ._cached import CachedFunction as CachedFunction
+from ._cached import cached as cached
 from ._decorators import TaskFunction as TaskFunction
 from ._decorators import task as task
 from ._runners import ProcessPool as ProcessPool
 from ._runners import WorkerCrashed as WorkerCrashed
 from ._scheduler import VirtualClock as VirtualClock
+from .exceptions import CacheError as CacheError
+from .exceptions import CacheKeyError as CacheKeyError
 from .exceptions import CronError as CronError
 from .exceptions import CycleError as CycleError
 from .exceptions import ExecutorError as ExecutorError
@@ -19,6 +24,7 @@ from .exceptions import RetriesExhausted as RetriesExhausted
 from .exceptions import StoreError as StoreError
 from .exceptions import TaskCancelled as TaskCancelled
 from .exceptions import TaskFailed as TaskFailed
+from .exceptions import TaskInProgress as TaskInProgress
 from .exceptions import TaskTimeout as TaskTimeout
 from .exceptions import TmError as TmError
 from .executor import Attempt as Attempt
@@ -33,6 +39,9 @@ from .taskflow import TaskStatus as TaskStatus
 
 __all__ = [
     "Attempt",
+    "CacheError",
+    "CacheKeyError",
+    "CachedFunction",
     "CronError",
     "CycleError",
     "Event",
@@ -49,12 +58,15 @@ __all__ = [
     "TaskCancelled",
     "TaskFailed",
     "TaskFunction",
+    "TaskInProgress",
     "TaskRun",
     "TaskStatus",
     "TaskTimeout",
     "TmError",
     "VirtualClock",
     "WorkerCrashed",
+    "cached",
+    "config",
     "cron",
     "task",
 ]

@@ -45,6 +45,7 @@ class TaskOptions:
     give_up_on: tuple[type[BaseException], ...] = ()
     revert: Callable[[Any], Any] | None = None
     persist: bool | None = None
+    cache: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TaskOptions:
@@ -143,7 +144,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
             ``retry_on`` and ``give_up_on`` (exception classes), ``timeout`` (seconds or
             timedelta per attempt), ``revert`` (called with the task's result when a run started
             with ``rollback=True`` fails), ``persist`` (keep the pickled result in the executor's
-            store so a resumed run can feed it to the children).
+            store so a resumed run can feed it to the children), ``cache`` (cache the task's
+            results by arguments like ``@store.task``, in the executor's store or the default
+            one; its ``context`` parameter is left out of the key).
 
     Returns:
         A :class:`TaskFunction` that calls ``fn`` unchanged, or a decorator making one.

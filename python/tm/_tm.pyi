@@ -290,3 +290,75 @@ class Timetable:
     def wait(self, seconds: float) -> tuple[list[tuple[str, int, int, str, int, int]], int]: ...
     def handled(self, now_us: int) -> None: ...
     def settle(self, seconds: float) -> bool: ...
+
+@final
+class CacheIndex:
+    """The cached-call index of a store (seed 000), with recently used results in memory.
+
+    Every verb asks the database; only a hit's result (its file's bytes, or an object decoded from
+    them that the caller copies) may come from memory, by content hash.
+    """
+
+    def __new__(cls, store: StoreCore, hot_bytes: int = 67108864) -> CacheIndex: ...
+    @property
+    def hot_bytes(self) -> int: ...
+    def lookup(self, key: str, now_us: int) -> tuple[str, str, str, Any] | None: ...
+    def remember(self, content_hash: str, value: Any, size: int) -> None: ...
+    def forget(self, content_hash: str) -> None: ...
+    def claim(
+        self,
+        key: str,
+        module: str,
+        func: str,
+        seed: str | None,
+        inputs_json: str,
+        version: str,
+        *,
+        use_cache: bool,
+        pid: int,
+        host: str,
+        now_us: int,
+        lease_us: int,
+        takeover: tuple[int, str] | None = None,
+    ) -> tuple[str, Any]: ...
+    def heartbeat(self, key: str, token: int, lease_until_us: int) -> bool: ...
+    def complete(
+        self,
+        key: str,
+        module: str,
+        func: str,
+        seed: str | None,
+        inputs_json: str,
+        version: str,
+        *,
+        token: int,
+        result_path: str,
+        format: str,
+        content_hash: str,
+        size: int,
+        now_us: int,
+        expires_us: int | None = None,
+        duration_us: int | None = None,
+        keep: Any = None,
+    ) -> dict[str, Any]: ...
+    def release(
+        self,
+        key: str,
+        token: int,
+        status: str,
+        now_us: int,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> bool: ...
+    def entries(
+        self,
+        *,
+        func: str | None = None,
+        created_before_us: int | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]: ...
+    def states(self, *, func: str | None = None) -> list[dict[str, Any]]: ...
+    def find(self, key: str) -> list[tuple[dict[str, Any], dict[str, Any] | None]]: ...
+    def clear(
+        self, *, func: str | None = None, created_before_us: int | None = None
+    ) -> list[dict[str, Any]]: ...

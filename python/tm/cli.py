@@ -326,6 +326,18 @@ def _add_store_options(parser: argparse.ArgumentParser, json: bool = True) -> No
         parser.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _configure_cache(parser: argparse.ArgumentParser) -> None:
+    from ._cache_cli import configure
+
+    configure(parser)
+
+
+def _run_cache(args: argparse.Namespace) -> int:
+    from ._cache_cli import run
+
+    return run(args)
+
+
 def _configure_runs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", help="only runs of this graph")
     parser.add_argument(
@@ -482,6 +494,11 @@ COMMANDS: dict[str, Command] = {
         help="print a graph as Mermaid, Graphviz DOT or text",
         configure=_configure_graph,
         run=_run_graph,
+    ),
+    "cache": Command(
+        help="list, show, clear and explain cached calls (@store.task, @tm.cached)",
+        configure=_configure_cache,
+        run=_run_cache,
     ),
 }
 

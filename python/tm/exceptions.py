@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 __all__ = [
+    "CacheError",
+    "CacheKeyError",
     "CronError",
     "CycleError",
     "ExecutorError",
@@ -11,6 +13,7 @@ __all__ = [
     "StoreError",
     "TaskCancelled",
     "TaskFailed",
+    "TaskInProgress",
     "TaskTimeout",
     "TmError",
 ]
@@ -63,3 +66,23 @@ class TaskTimeout(TmError, TimeoutError):
 
 class TaskCancelled(TmError):
     """A task was cancelled before it could finish."""
+
+
+class CacheKeyError(TmError, TypeError):
+    """An argument of a cached call has no canonical form; the message names the argument."""
+
+
+class CacheError(StoreError):
+    """A stored result cannot be used: its file differs from what tm wrote (tampered or damaged)."""
+
+
+class TaskInProgress(TmError, RuntimeError):
+    """An identical cached call is running elsewhere and ``skip_if_in_progress`` was set.
+
+    ``key`` is the call key; ``owner`` describes the process running it (``pid@host``).
+    """
+
+    def __init__(self, message: str, key: str | None = None, owner: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.owner = owner

@@ -633,10 +633,16 @@ class Executor:
     def _wrap(self, fn: Callable[..., Any], options: TaskOptions) -> Callable[..., Any]:
         pool = self._pools.get(options.tag) if options.tag else None
         if isinstance(pool, ProcessPool):
-            return pool.wrap(fn)
-        if is_async(fn):
-            return self._async.wrap(fn)
-        return fn
+            call = pool.wrap(fn)
+        elif is_async(fn):
+            call = self._async.wrap(fn)
+        else:
+            call = fn
+        if options.cache:
+            from ._cached import for_graph_task
+
+            call = for_graph_task(fn, call, self.store)
+        return call
 
     def submit(
         self,

@@ -1,7 +1,10 @@
-"""``tm.Store``: the embedded state database (SQLite) where runs and task transitions are recorded.
+"""``tm.Store``: the embedded state database (SQLite) where runs and task transitions are recorded,
+and the manager of cached function calls (``@store.task``, seed 000).
 
-The database is ``db_url``, else ``$TM_DB_URL``, else ``sqlite:///.tm/tm.db`` (relative to the working
-directory). Nothing is opened or created until first use.
+The database is ``db_url``, else ``$TM_DB_URL``, else ``tm.config.DEFAULT_DB_URL``, else
+``sqlite:///.tm/tm.db`` (relative to the working directory); cached results go to ``result_dir``,
+else ``$TM_RESULT_DIR``, else ``tm.config.DEFAULT_RESULT_DIR``, else ``.tm/results``. Nothing is
+opened or created until first use.
 """
 
 from __future__ import annotations
@@ -9,17 +12,41 @@ from __future__ import annotations
 import os
 import pickle
 import threading
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from ._tm import StoreCore
+from . import config
+from ._tm import CacheIndex, StoreCore
 from .exceptions import StoreError
 
-__all__ = ["Store", "default_url"]
+__all__ = ["Store", "default_result_dir", "default_store", "default_url"]
 
 
 def default_url() -> str:
-    """The database URL used when none is given: ``$TM_DB_URL`` or ``sqlite:///.tm/tm.db``."""
-    return os.environ.get("TM_DB_URL") or "sqlite:///.tm/tm.db"
+    """The database URL used when none is given: ``$TM_DB_URL``, ``tm.config.DEFAULT_DB_URL`` or
+    ``sqlite:///.tm/tm.db``."""
+    return os.environ.get("TM_DB_URL") or config.DEFAULT_DB_URL or "sqlite:///.tm/tm.db"
+
+
+def default_result_dir() -> str:
+    """Where cached results go when no ``result_dir`` is given: ``$TM_RESULT_DIR``,
+    ``tm.config.DEFAULT_RESULT_DIR`` or ``.tm/results``."""
+    return os.environ.get("TM_RESULT_DIR") or config.DEFAULT_RESULT_DIR or ".tm/results"
+
+
+_default: Store | None = None
+_default_lock = threading.Lock()
+
+
+def default_store() -> Store:
+    """The store ``@tm.cached`` uses, made on first use from the defaults at that moment."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Store()
+        return _default
 
 
 class Store:
@@ -28,6 +55,9 @@ class Store:
     Writes are queued and committed in batches by one writer thread (group commit); reads use their
     own connections and never block it, so the CLI can read while an executor writes.
 
+    It is also the manager of cached calls: ``@store.task`` caches a function's results in files
+    under ``result_dir``, with their facts and state in the database (see :meth:`task`).
+
     Results that tasks persist (``@task(persist=True)``) are also kept in memory, up to
     ``cache_bytes`` (least recently used dropped first), so reading one back costs no disk access
     and a long-running process stays bounded.
@@ -35,15 +65,26 @@ class Store:
     Args:
         db_url: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, a file path, or
             ``sqlite://:memory:``.
-        cache_bytes: the in-memory result cache's budget (default 64 MiB; 0 disables it).
+        result_dir: the directory of cached results.
+        cache_bytes: the budget of each in-memory cache (recently used cached-call results, so a
+            hit reads no file though the database is still asked; persisted task results): 64 MiB
+            by default, 0 keeps none.
     """
 
-    def __init__(self, db_url: str | None = None, *, cache_bytes: int | None = None) -> None:
-        self.url = db_url or default_url()
-        if cache_bytes is not None and cache_bytes < 0:
+    def __init__(
+        self,
+        db_url: str | None = None,
+        result_dir: str | os.PathLike[str] | None = None,
+        *,
+        cache_bytes: int = 64 << 20,
+    ) -> None:
+        if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        self.url = db_url or default_url()
+        self.result_dir = Path(result_dir or default_result_dir()).absolute()
         self.cache_bytes = cache_bytes
         self._core: StoreCore | None = None
+        self._cache: CacheIndex | None = None
         self._lock = threading.Lock()
 
     @property
@@ -52,8 +93,7 @@ class Store:
         with self._lock:
             if self._core is None:
                 core = StoreCore(self.url)
-                if self.cache_bytes is not None:
-                    core.set_cache_capacity(self.cache_bytes)
+                core.set_cache_capacity(self.cache_bytes)
                 self._core = core
             return self._core
 
@@ -107,10 +147,92 @@ class Store:
         """The in-memory result cache: entries, bytes, capacity, hits, misses, evictions."""
         return self.core.cache_info()
 
+    @property
+    def cache_index(self) -> CacheIndex:
+        """The cached-call index of this database (opened on first use)."""
+        cache = self._cache
+        if cache is None:
+            core = self.core
+            with self._lock:
+                if self._cache is None:
+                    self._cache = CacheIndex(core, self.cache_bytes)
+                cache = self._cache
+        return cache
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        use_cache: bool = True,
+        skip_if_in_progress: bool = False,
+        seed: str = "random_seed",
+        version: str | None = None,
+        ttl: float | timedelta | None = None,
+        ignore: Iterable[str] = (),
+    ) -> Any:
+        """Caches a function's results in this store (seed 000's decorator), bare or with options.
+
+        The first call with given arguments runs the function and stores the result in
+        ``result_dir/<module>/<function>/<UTC timestamp>_<seed>_<key>.<ext>``; later identical
+        calls load it. Identical calls from several threads or processes run once.
+
+        Args:
+            use_cache: False runs every call; each new result supersedes the stored one.
+            skip_if_in_progress: raise ``tm.TaskInProgress`` instead of waiting when an identical
+                call runs elsewhere (a cached caller whose callee raised it is recorded skipped).
+            seed: the name of the argument holding the random seed (recorded and in file names).
+            version: the function's version; default a digest of its source, so editing the
+                function invalidates its results.
+            ttl: how long a result counts (seconds or timedelta); default forever.
+            ignore: parameters left out of the key (a logger, a connection, ...).
+
+        Returns:
+            A :class:`tm.CachedFunction` (call it like the function; ``.refresh(...)`` forces a
+            run, ``.why(...)`` explains a miss), or a decorator making one.
+        """
+        from ._cached import CachedFunction
+
+        def wrap(f: Callable[..., Any]) -> CachedFunction:
+            return CachedFunction(
+                f,
+                self,
+                use_cache=use_cache,
+                skip_if_in_progress=skip_if_in_progress,
+                seed=seed,
+                version=version,
+                ttl=ttl,
+                ignore=ignore,
+            )
+
+        return wrap if fn is None else wrap(fn)
+
+    def cache_entries(
+        self, func: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored results (of one function: ``qualname`` or ``module.qualname``), newest first."""
+        return self.cache_index.entries(func=func, limit=limit)
+
+    def clear_cache(
+        self, func: str | None = None, older_than: float | timedelta | None = None
+    ) -> list[dict[str, Any]]:
+        """Deletes stored results and their files (of one function, older than an age in seconds
+        or a timedelta); returns the deleted entries."""
+        import time
+
+        if isinstance(older_than, timedelta):
+            older_than = older_than.total_seconds()
+        before = None if older_than is None else time.time_ns() // 1000 - int(older_than * 1e6)
+        gone = self.cache_index.clear(func=func, created_before_us=before)
+        for e in gone:
+            Path(e["result_path"]).unlink(missing_ok=True)
+        return gone
+
     def close(self) -> None:
         """Flushes and closes the database. Idempotent."""
         with self._lock:
             core, self._core = self._core, None
+            self._cache = None
         if core is not None:
             core.close()
 
@@ -121,4 +243,4 @@ class Store:
         self.close()
 
     def __repr__(self) -> str:
-        return f"tm.Store({self.url!r})"
+        return f"tm.Store({self.url!r}, result_dir={str(self.result_dir)!r})"

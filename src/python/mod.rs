@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 
 mod cache;
+mod cache_index;
 mod cron;
 mod engine;
 mod errors;
@@ -16,6 +17,7 @@ mod timetable;
 fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     cache::register(m)?;
+    cache_index::register(m)?;
     cron::register(m)?;
     engine::register(m)?;
     queue::register(m)?;

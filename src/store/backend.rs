@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::cache_index::{CacheBackend, SqliteCache};
 use super::error::StoreError;
 use super::model::{
     AttemptRow, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary, TaskRef, Write,
@@ -46,6 +47,8 @@ pub(crate) trait Backend: Send + Sync {
     fn graphs(&self) -> Result<Vec<GraphRecord>, StoreError>;
     /// See [`Store::events`](super::Store::events).
     fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError>;
+    /// The synchronous cache index (seed 000's cached calls) on the same database.
+    fn cache(&self) -> &dyn CacheBackend;
 }
 
 /// Opens the backend that `url` names.
@@ -130,6 +133,7 @@ struct Sqlite {
     place: Arc<SqlitePlace>,
     writer: Writer,
     readers: Readers,
+    cache: SqliteCache,
 }
 
 impl Sqlite {
@@ -137,10 +141,12 @@ impl Sqlite {
         let place = Arc::new(SqlitePlace::resolve(target)?);
         let writer = Writer::start(&place)?;
         let readers = Readers::new(place.clone());
+        let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
             writer,
             readers,
+            cache,
         })
     }
 }
@@ -158,6 +164,7 @@ impl Backend for Sqlite {
     fn close(&self) -> Result<(), StoreError> {
         // Readers first, so the writer's connection is the last one and checkpoints the WAL.
         self.readers.close();
+        self.cache.close();
         self.writer.close()
     }
     fn last_error(&self) -> Option<StoreError> {
@@ -192,6 +199,9 @@ impl Backend for Sqlite {
     }
     fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
         self.readers.events(limit)
+    }
+    fn cache(&self) -> &dyn CacheBackend {
+        &self.cache
     }
 }
 

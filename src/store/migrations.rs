@@ -27,6 +27,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("migrations/0002_run_keys.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("migrations/0003_cache.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -136,6 +140,8 @@ mod tests {
             "task_results",
             "task_logs",
             "events",
+            "cache_entries",
+            "cache_state",
         ] {
             assert!(first.iter().any(|(n, _)| n == table), "missing {table}");
         }

@@ -27,6 +27,7 @@
 //! ```
 
 mod backend;
+mod cache_index;
 mod error;
 mod fold;
 mod migrations;
@@ -38,6 +39,9 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use cache_index::{
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, Owner, StoredResult,
+};
 pub use error::StoreError;
 pub use model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunRecord,
@@ -65,11 +69,11 @@ pub struct Store {
 }
 
 /// A stored result: its format and bytes, shared without copying.
-pub type StoredResult = (String, Arc<[u8]>);
+pub type ResultBytes = (String, Arc<[u8]>);
 
 /// Results by (run id, node).
 struct ResultCache {
-    lru: ByteLru<(String, u32), StoredResult>,
+    lru: ByteLru<(String, u32), ResultBytes>,
     hits: u64,
     misses: u64,
 }
@@ -379,7 +383,7 @@ impl Store {
     /// saved or read it recently, else from the database (and then cached). Results are written
     /// once per task and attempt; a result replaced by ANOTHER process (a resume re-running the
     /// task there) is seen here once the cached copy is evicted.
-    pub fn result(&self, run_id: &str, node: u32) -> Result<Option<StoredResult>, StoreError> {
+    pub fn result(&self, run_id: &str, node: u32) -> Result<Option<ResultBytes>, StoreError> {
         {
             let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
             let key = (run_id.to_string(), node);
@@ -416,6 +420,78 @@ impl Store {
     /// The newest `limit` events, newest first.
     pub fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
         self.backend.events(limit)
+    }
+
+    // Cached calls (seed 000). Synchronous, on a connection of their own: see `cache_index`.
+
+    /// The newest stored result of call `key` that has not expired at `now_us`.
+    pub fn cache_lookup(&self, key: &str, now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
+        self.backend.cache().lookup(key, now_us)
+    }
+
+    /// Decides, atomically among every process using this database, whether the caller loads a
+    /// stored result, runs the call (and owns the key), or waits for a live owner.
+    pub fn cache_claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        self.backend.cache().claim(req)
+    }
+
+    /// Extends an owned key's lease to `lease_until_us`; false when the key was taken over.
+    pub fn cache_heartbeat(
+        &self,
+        key: &str,
+        token: i64,
+        lease_until_us: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend.cache().heartbeat(key, token, lease_until_us)
+    }
+
+    /// Records a stored result; the key becomes `COMPLETED` if the caller still owns it.
+    pub fn cache_complete(
+        &self,
+        facts: &CallFacts,
+        token: i64,
+        result: &StoredResult,
+        now_us: i64,
+    ) -> Result<CacheEntry, StoreError> {
+        self.backend.cache().complete(facts, token, result, now_us)
+    }
+
+    /// Gives up an owned key without a result (`FAILED` or `SKIPPED`, with the error's type
+    /// and message); false when the key was taken over.
+    pub fn cache_release(
+        &self,
+        key: &str,
+        token: i64,
+        status: &str,
+        error: Option<(&str, &str)>,
+        now_us: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .cache()
+            .release(key, token, status, error, now_us)
+    }
+
+    /// Stored results, newest first.
+    pub fn cache_entries(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        self.backend.cache().entries(filter)
+    }
+
+    /// The state of every key (of one function, with `filter.func`).
+    pub fn cache_states(&self, filter: &CacheFilter) -> Result<Vec<CallState>, StoreError> {
+        self.backend.cache().states(filter)
+    }
+
+    /// The keys starting with `key` (at most 10), each with its newest entry.
+    pub fn cache_find(
+        &self,
+        key: &str,
+    ) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError> {
+        self.backend.cache().find(key)
+    }
+
+    /// Deletes matching entries and returns them, so the caller can delete their files.
+    pub fn cache_clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        self.backend.cache().clear(filter)
     }
 }
 

@@ -324,6 +324,8 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
             "task_results",
             "task_logs",
             "events",
+            "cache_entries",
+            "cache_state",
         ] {
             conn.query_row(
                 &format!("SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"),
