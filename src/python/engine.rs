@@ -1008,7 +1008,7 @@ impl Observer for StoreRecorder {
                     attempt,
                     at_us,
                     status: "failed",
-                    error: Some(error_info(error)),
+                    error: Some(Box::new(error_info(error))),
                     retry_at_us: Some(*retry_at_us),
                 },
                 (EventKind::Failed { error }, Some(node)) => Transition::Ended {
@@ -1016,7 +1016,7 @@ impl Observer for StoreRecorder {
                     attempt,
                     at_us,
                     status: "failed",
-                    error: Some(error_info(error)),
+                    error: Some(Box::new(error_info(error))),
                     retry_at_us: None,
                 },
                 (EventKind::Skipped { .. }, Some(node)) => Transition::Status {

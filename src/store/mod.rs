@@ -122,7 +122,7 @@ impl Store {
 
     /// Records a new run with its tasks' facts, every task `pending` at attempt 0.
     pub fn begin_run(&self, run: RunRecord) -> Result<(), StoreError> {
-        self.backend.submit(Write::BeginRun(run))
+        self.backend.submit(Write::BeginRun(Box::new(run)))
     }
 
     /// Adds tasks to a run begun without them (facts plus a `pending` state row each), so a caller

@@ -75,7 +75,7 @@ pub enum Transition {
         attempt: u32,
         at_us: i64,
         status: &'static str,
-        error: Option<ErrorInfo>,
+        error: Option<Box<ErrorInfo>>,
         retry_at_us: Option<i64>,
     },
     /// A status set without an attempt (`skipped`, `cancelled`).
@@ -240,7 +240,7 @@ impl<'a> From<&'a str> for TaskRef<'a> {
 /// A queued write: the unit the writer applies, batches and retries. Backend-neutral.
 #[derive(Debug, Clone)]
 pub(crate) enum Write {
-    BeginRun(RunRecord),
+    BeginRun(Box<RunRecord>),
     AddTasks {
         run_id: String,
         tasks: Vec<TaskFact>,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{
     ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior,
@@ -40,6 +40,11 @@ pub(crate) const MAX_BATCH: usize = 10_000;
 const LINGER_BELOW: usize = 64;
 /// How long a small batch waits for company: a bound on the commit delay it adds.
 const LINGER: Duration = Duration::from_millis(1);
+
+/// How long the queue must stay empty before the writer checkpoints the log.
+const QUIET_BEFORE_CHECKPOINT: Duration = Duration::from_millis(100);
+/// Writes after which the writer checkpoints even without a quiet moment.
+const CHECKPOINT_AFTER_WRITES: usize = 100_000;
 
 /// How long SQLite itself waits for another connection's lock before reporting busy.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,10 +71,24 @@ struct Queue {
 #[derive(Default)]
 struct QueueState {
     msgs: Vec<Msg>,
+    /// A flush is among `msgs`: whoever waits for it must not be kept lingering.
+    flush_queued: bool,
     /// The writer is waiting for work (a caller must notify).
     idle: bool,
+    /// The writer is letting a small batch gather more; only a flush or a full batch wakes it.
+    lingering: bool,
     /// No more messages are taken: closed by the owner, or the thread is gone.
     closed: bool,
+}
+
+/// What [`Queue::take`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    Got,
+    /// Nothing arrived within the timeout.
+    Quiet,
+    /// Closed and drained.
+    Closed,
 }
 
 impl Queue {
@@ -83,35 +102,74 @@ impl Queue {
         if q.closed {
             return false;
         }
+        let flush = matches!(msg, Msg::Flush(_));
         q.msgs.push(msg);
-        if q.idle {
+        q.flush_queued |= flush;
+        let wake = q.idle || (q.lingering && (flush || q.msgs.len() >= LINGER_BELOW));
+        if wake {
             q.idle = false;
+            q.lingering = false;
             drop(q);
             self.wake.notify_one();
         }
         true
     }
 
-    /// Waits for messages and swaps them into `into` (which must be empty); false when the queue
-    /// is closed and drained.
-    fn take(&self, into: &mut Vec<Msg>) -> bool {
+    /// Waits (at most `timeout`, if given) for messages and swaps them into `into` (which must
+    /// be empty).
+    fn take(&self, into: &mut Vec<Msg>, timeout: Option<Duration>) -> Take {
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut q = self.lock();
         loop {
             if !q.msgs.is_empty() {
                 std::mem::swap(&mut q.msgs, into);
-                return true;
+                q.flush_queued = false;
+                return Take::Got;
             }
             if q.closed {
-                return false;
+                return Take::Closed;
             }
             q.idle = true;
-            q = self.wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+            q = match deadline {
+                None => self.wake.wait(q).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        q.idle = false;
+                        return Take::Quiet;
+                    }
+                    self.wake
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
         }
     }
 
-    /// Appends whatever is queued to `into`, without waiting.
-    fn take_now(&self, into: &mut Vec<Msg>) {
+    /// Lets a small batch in `into` gather company for at most `LINGER`: returns early when the
+    /// batch reaches `LINGER_BELOW` writes, when a flush is queued (or already taken), or on close.
+    fn linger(&self, into: &mut Vec<Msg>) {
+        if into.len() >= LINGER_BELOW || into.iter().any(|m| matches!(m, Msg::Flush(_))) {
+            return;
+        }
+        let deadline = Instant::now() + LINGER;
         let mut q = self.lock();
+        loop {
+            let enough = q.flush_queued || q.closed || into.len() + q.msgs.len() >= LINGER_BELOW;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if enough || left.is_zero() {
+                break;
+            }
+            q.lingering = true;
+            q = self
+                .wake
+                .wait_timeout(q, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        q.lingering = false;
+        q.flush_queued = false;
         into.append(&mut q.msgs);
     }
 
@@ -157,6 +215,7 @@ impl Writer {
             conn,
             name: place.name.clone(),
             keys: RunKeys::default(),
+            unchecked: 0,
             pending: None,
             last_error: last_error.clone(),
         };
@@ -164,7 +223,6 @@ impl Writer {
             .name("tm-store-writer".into())
             .spawn(move || {
                 let _close = CloseOnExit(rx.clone());
-                lower_priority();
                 worker.run(&rx)
             })
             .map_err(|e| {
@@ -247,22 +305,6 @@ impl Drop for Writer {
     }
 }
 
-/// Lowers the calling thread's priority (Linux: nice 10 for this thread only): history is
-/// committed in the background, so while tasks keep every core busy the writer yields to them and
-/// catches up as soon as one is free. Its queue stays bounded because every new run flushes it
-/// first. Best effort: where this fails, the thread just keeps normal priority.
-fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority only reads its integer arguments; `who` 0 is the calling thread.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, WRITER_NICE);
-    }
-}
-
-/// The writer thread's nice value on Linux (0 is normal, 19 the lowest).
-#[cfg(target_os = "linux")]
-const WRITER_NICE: libc::c_int = 10;
-
 /// Opens the connection, sets the pragmas and migrates; retries while another process holds a
 /// lock (switching to WAL or migrating needs one).
 fn open_with_retry(place: &SqlitePlace) -> Result<Connection, StoreError> {
@@ -307,6 +349,9 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
         // The first statement reads the header: a non-database fails here, before any write.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // The writer checkpoints when the queue goes quiet (see Worker::checkpoint), so no
+        // commit that a caller waits for pays for copying the log into the database.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "foreign_keys", true)?;
         Ok(())
     };
@@ -428,6 +473,8 @@ impl RunKeys {
 struct Worker {
     conn: Connection,
     keys: RunKeys,
+    /// Writes committed since the last checkpoint.
+    unchecked: usize,
     name: String,
     /// The first error since the last flush.
     pending: Option<StoreError>,
@@ -439,14 +486,21 @@ impl Worker {
         let mut taken = Vec::new();
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
-        // `take` fails only once the queue is closed and empty: that is close.
-        while queue.take(&mut taken) {
+        loop {
+            // Checkpoints run here, after a quiet moment, rather than inside a commit that a
+            // caller may be waiting for (automatic checkpoints are off on this connection).
+            let quiet = (self.unchecked > 0).then_some(QUIET_BEFORE_CHECKPOINT);
+            match queue.take(&mut taken, quiet) {
+                Take::Closed => break,
+                Take::Quiet => {
+                    self.checkpoint();
+                    continue;
+                }
+                Take::Got => {}
+            }
             // A trickle (a few transitions from each finishing task) would otherwise cost a commit
             // per write: let a small batch gather more for a moment, unless someone is flushing.
-            if taken.len() < LINGER_BELOW && !taken.iter().any(|m| matches!(m, Msg::Flush(_))) {
-                std::thread::sleep(LINGER);
-                queue.take_now(&mut taken);
-            }
+            queue.linger(&mut taken);
             for msg in taken.drain(..) {
                 match msg {
                     Msg::Write(w) => {
@@ -471,8 +525,21 @@ impl Worker {
                     let _ = ack.send(result.clone());
                 }
             }
+            // Under sustained load there is no quiet moment: keep the log bounded anyway.
+            if self.unchecked >= CHECKPOINT_AFTER_WRITES {
+                self.checkpoint();
+            }
         }
         self.pending.take().map_or(Ok(()), Err)
+    }
+
+    /// Copies the write-ahead log into the database file (without waiting for readers).
+    fn checkpoint(&mut self) {
+        self.unchecked = 0;
+        // Best effort: a busy checkpoint leaves the log for the next one, nothing is lost.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     }
 
     fn report(&mut self, e: StoreError) {
@@ -495,6 +562,7 @@ impl Worker {
     }
 
     fn commit(&mut self, batch: &[Write]) {
+        self.unchecked += batch.len();
         let mut backoff = BACKOFF_MS.iter();
         loop {
             let applied = apply_batch(&mut self.conn, &mut self.keys, batch);
@@ -627,7 +695,7 @@ fn apply_batch(conn: &mut Connection, keys: &mut RunKeys, batch: &[Write]) -> Re
                             *attempt,
                             *at_us,
                             status,
-                            error.as_ref(),
+                            error.as_deref(),
                             *retry_at_us,
                         ),
                         Transition::Status {
@@ -893,7 +961,7 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
                         *attempt,
                         *at_us,
                         status,
-                        error.as_ref(),
+                        error.as_deref(),
                         *retry_at_us,
                     )?,
                     Transition::Status {
