@@ -71,11 +71,19 @@ class AsyncRunner:
         lock = threading.Lock()
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop())
+            # The slot exists before the coroutine is scheduled: an interrupt that comes once the
+            # coroutine may be running (it may already have had effects) always finds it.
+            slot: dict[str, Any] = {"fut": None, "cancel": False}
             me = threading.get_ident()
             with lock:
-                running[me] = fut
+                running[me] = slot
             try:
+                fut = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), self.loop())
+                with lock:
+                    slot["fut"] = fut
+                    cancel = slot["cancel"]
+                if cancel:
+                    fut.cancel()
                 return fut.result()
             finally:
                 with lock:
@@ -83,7 +91,11 @@ class AsyncRunner:
 
         def interrupt(thread_ident: int, reason: str) -> None:
             with lock:
-                fut = running.get(thread_ident)
+                slot = running.get(thread_ident)
+                if slot is None:
+                    return
+                slot["cancel"] = True
+                fut = slot["fut"]
             if fut is not None:
                 fut.cancel()
 
