@@ -29,12 +29,29 @@ struct StateFold<'a> {
 }
 
 /// The latest values a batch gave one `attempts` row.
+///
+/// A first attempt that starts and completes within one batch writes no `attempts` row at all:
+/// the task's state row holds exactly its facts (attempt 1, its start and end, `completed`), and
+/// readers present it as that attempt (see `read.rs`). That is most tasks, and a third of the
+/// rows a run would write. Before a later attempt of such a task starts, its implicit first
+/// attempt is written out, so the history stays whole.
 struct AttemptFold<'a> {
     started_us: Option<i64>,
     ended_us: Option<i64>,
     status: &'a str,
     error: Option<&'a ErrorInfo>,
     retry_at_us: Option<i64>,
+}
+
+impl AttemptFold<'_> {
+    /// Started and completed in this batch, cleanly: the task's state row says it all.
+    fn is_implicit(&self) -> bool {
+        self.started_us.is_some()
+            && self.ended_us.is_some()
+            && self.status == "completed"
+            && self.error.is_none()
+            && self.retry_at_us.is_none()
+    }
 }
 
 type TaskKey = (i64, u32);
@@ -46,11 +63,13 @@ pub(crate) struct Fold<'a> {
     state_order: Vec<TaskKey>,
     attempts: HashMap<(TaskKey, u32), AttemptFold<'a>>,
     attempt_order: Vec<(TaskKey, u32)>,
+    /// Tasks whose implicit first attempt must become a row before this batch changes them.
+    materialize: Vec<TaskKey>,
 }
 
 impl<'a> Fold<'a> {
     pub(crate) fn is_empty(&self) -> bool {
-        self.state_order.is_empty() && self.attempt_order.is_empty()
+        self.state_order.is_empty() && self.attempt_order.is_empty() && self.materialize.is_empty()
     }
 
     fn state(&mut self, rid: i64, node: u32) -> &mut StateFold<'a> {
@@ -72,6 +91,9 @@ impl<'a> Fold<'a> {
     }
 
     pub(crate) fn started(&mut self, rid: i64, node: u32, attempt: u32, at_us: i64) {
+        if attempt > 1 {
+            self.materialize.push((rid, node));
+        }
         let s = self.state(rid, node);
         s.status = "running";
         s.attempt = Some(attempt);
@@ -136,6 +158,13 @@ impl<'a> Fold<'a> {
 
     /// Writes every folded row and empties the fold.
     pub(crate) fn flush(&mut self, c: &Connection) -> rusqlite::Result<()> {
+        if !self.materialize.is_empty() {
+            // Reads the states as committed before this batch: they are written below.
+            let mut st = c.prepare_cached(MATERIALIZE_FIRST_ATTEMPT)?;
+            for (rid, node) in self.materialize.drain(..) {
+                st.execute(params![rid, node])?;
+            }
+        }
         if !self.state_order.is_empty() {
             let mut st = c.prepare_cached(FOLD_STATE)?;
             for key in self.state_order.drain(..) {
@@ -162,6 +191,9 @@ impl<'a> Fold<'a> {
             let mut st = c.prepare_cached(FOLD_ATTEMPT)?;
             for key in self.attempt_order.drain(..) {
                 let a = &self.attempts[&key];
+                if key.1 == 1 && a.is_implicit() {
+                    continue;
+                }
                 st.execute(params![
                     key.0 .0,
                     key.0 .1,
@@ -202,3 +234,11 @@ const FOLD_ATTEMPT: &str = "INSERT INTO attempts (rid, node, attempt, started_us
     ended_us = excluded.ended_us, status = excluded.status, error_type = excluded.error_type, \
     error_message = excluded.error_message, traceback = excluded.traceback, \
     retry_at_us = excluded.retry_at_us";
+
+/// Writes out the implicit first attempt of task (`?1`, `?2`), if it has one: a state of
+/// `completed` at attempt 1 with no attempt row.
+pub(crate) const MATERIALIZE_FIRST_ATTEMPT: &str = "INSERT INTO attempts (rid, node, attempt, \
+    started_us, ended_us, status) SELECT s.rid, s.node, 1, s.started_us, s.ended_us, s.status \
+    FROM task_state s WHERE s.rid = ?1 AND s.node = ?2 AND s.attempt = 1 \
+    AND s.status = 'completed' AND NOT EXISTS (SELECT 1 FROM attempts a \
+    WHERE a.rid = s.rid AND a.node = s.node AND a.attempt = 1)";

@@ -83,6 +83,9 @@ fn task_param(task: TaskRef<'_>) -> rusqlite::types::Value {
     }
 }
 
+/// The integer key of run `?1`.
+const RID: &str = "(SELECT rid FROM runs WHERE run_id = ?1)";
+
 fn unfinished_list() -> String {
     UNFINISHED_RUN_STATES.map(|s| format!("'{s}'")).join(", ")
 }
@@ -241,12 +244,20 @@ impl Readers {
         run_id: &str,
         task: TaskRef<'_>,
     ) -> Result<Vec<AttemptRow>, StoreError> {
+        // A clean first attempt that started and ended within one commit has no row of its
+        // own: the task's state is that attempt (see fold.rs).
+        let cond = task_cond(task);
         let sql = format!(
             "SELECT a.node, a.attempt, a.started_us, a.ended_us, a.status, a.error_type, \
              a.error_message, a.traceback, a.retry_at_us FROM attempts a JOIN task_facts f \
-             ON f.rid = a.rid AND f.node = a.node WHERE a.rid = (SELECT rid FROM runs WHERE run_id = ?1) AND {} \
-             ORDER BY a.node, a.attempt",
-            task_cond(task)
+             ON f.rid = a.rid AND f.node = a.node WHERE a.rid = {RID} AND {cond} \
+             UNION ALL \
+             SELECT s.node, 1, s.started_us, s.ended_us, s.status, NULL, NULL, NULL, NULL \
+             FROM task_state s JOIN task_facts f ON f.rid = s.rid AND f.node = s.node \
+             WHERE s.rid = {RID} AND {cond} AND s.attempt = 1 AND s.status = 'completed' \
+             AND NOT EXISTS (SELECT 1 FROM attempts x WHERE x.rid = s.rid AND x.node = s.node \
+             AND x.attempt = 1) \
+             ORDER BY 1, 2"
         );
         self.with(|c| {
             let mut stmt = c.prepare_cached(&sql)?;

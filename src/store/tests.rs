@@ -635,3 +635,68 @@ fn results_are_served_from_memory_within_the_byte_budget() {
     assert_eq!(ok(store.result("r", 2)), None);
     assert_eq!(store.cache_info().entries, 1);
 }
+
+#[test]
+fn clean_first_attempts_are_implicit_rows_and_read_back_whole() {
+    let tmp = TempDb::new("implicit-attempts");
+    let store = open(&tmp.url());
+    ok(store.begin_run(run("r", "g", 1, &["clean", "flaky", "again"])));
+    // One batch: clean completes at once; flaky fails, retries and completes.
+    ok(store.task_started("r", 0, 1, 10));
+    ok(store.task_ended("r", 0, 1, 11, "completed", None, None));
+    let boom = ErrorInfo {
+        type_name: "KeyError".into(),
+        message: "k".into(),
+        traceback: None,
+    };
+    ok(store.task_started("r", 1, 1, 10));
+    ok(store.task_ended("r", 1, 1, 12, "failed", Some(boom), Some(13)));
+    ok(store.task_started("r", 1, 2, 13));
+    ok(store.task_ended("r", 1, 2, 14, "completed", None, None));
+    ok(store.task_started("r", 2, 1, 20));
+    ok(store.task_ended("r", 2, 1, 21, "completed", None, None));
+    ok(store.flush());
+    let side = rusqlite::Connection::open(tmp.path()).expect("side connection");
+    let rows = |node: u32| -> i64 {
+        side.query_row(
+            "SELECT count(*) FROM attempts WHERE node = ?1",
+            [node],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    assert_eq!(
+        (rows(0), rows(1), rows(2)),
+        (0, 2, 0),
+        "clean attempts have no row"
+    );
+    let clean = ok(store.attempts("r", "clean"));
+    assert_eq!(clean.len(), 1);
+    assert_eq!(
+        (clean[0].attempt, clean[0].started_us, clean[0].ended_us),
+        (1, Some(10), Some(11))
+    );
+    assert_eq!(clean[0].status, "completed");
+    let flaky = ok(store.attempts("r", 1u32));
+    assert_eq!(
+        flaky
+            .iter()
+            .map(|a| (a.attempt, a.status.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(1, "failed"), (2, "completed")]
+    );
+    // "again" runs a second time (a resume re-running it): its first attempt becomes a row
+    // before the second one changes the task's state, so the history keeps both.
+    ok(store.task_status("r", 2, "pending", 30));
+    ok(store.task_started("r", 2, 2, 31));
+    ok(store.task_ended("r", 2, 2, 32, "completed", None, None));
+    ok(store.flush());
+    let again = ok(store.attempts("r", "again"));
+    assert_eq!(
+        again
+            .iter()
+            .map(|a| (a.attempt, a.started_us, a.ended_us))
+            .collect::<Vec<_>>(),
+        vec![(1, Some(20), Some(21)), (2, Some(31), Some(32))]
+    );
+}

@@ -26,7 +26,7 @@ use rusqlite::{
 
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
-use super::fold::Fold;
+use super::fold::{Fold, MATERIALIZE_FIRST_ATTEMPT};
 use super::migrations::migrate;
 use super::model::{
     ErrorInfo, RunRecord, TaskFact, Transition, Write, TERMINAL_TASK_STATUSES,
@@ -839,6 +839,10 @@ fn insert_tasks(c: &Connection, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail
 
 /// Attempt `attempt` of `node` started: the task is `running` (keeping its first start).
 fn started(c: &Connection, rid: i64, node: u32, attempt: u32, at_us: i64) -> Result<(), Fail> {
+    if attempt > 1 {
+        c.prepare_cached(MATERIALIZE_FIRST_ATTEMPT)?
+            .execute(params![rid, node])?;
+    }
     c.prepare_cached(STATE_STARTED)?
         .execute(params![rid, node, attempt, at_us])?;
     c.prepare_cached(ATTEMPT_STARTED)?
