@@ -1,9 +1,9 @@
 //! Folding a batch's task transitions into one row write per task and per attempt.
 //!
-//! A task usually starts and ends within one group commit, and often its `pending` row is inserted
-//! in the same batch too. Applied one by one, that is six statements per task (pending insert,
-//! started upsert on the state and the attempt, ended upsert on both); folded, it is one upsert of
-//! the task's state and one of its attempt. The fold reproduces the sequential semantics exactly:
+//! A task usually starts and ends within one group commit. Applied one by one, that is four
+//! statements per task (started and ended upserts on the state and the attempt); folded, it is one
+//! upsert of the task's state and one of its attempt (none for a clean first attempt, see
+//! [`AttemptFold`]). The fold reproduces the sequential semantics exactly:
 //! each field remembers whether the batch set it, and the upsert keeps the stored value of every
 //! field the batch left alone (`started_us` keeps the first start, as the sequential verbs do).
 //!
@@ -79,15 +79,6 @@ impl<'a> Fold<'a> {
             order.push(key);
             StateFold::default()
         })
-    }
-
-    /// A new task's `pending` row (attempt 0, nothing else set).
-    pub(crate) fn pending(&mut self, rid: i64, node: u32) {
-        let s = self.state(rid, node);
-        s.status = "pending";
-        s.attempt = Some(0);
-        s.ended_us = Some(None);
-        s.error = Some(None);
     }
 
     pub(crate) fn started(&mut self, rid: i64, node: u32, attempt: u32, at_us: i64) {

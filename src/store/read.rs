@@ -221,7 +221,10 @@ impl Readers {
                             seed: r.get(4)?,
                             code_version: r.get(5)?,
                         },
-                        status: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                        // No state row yet: the task has not started.
+                        status: r
+                            .get::<_, Option<String>>(6)?
+                            .unwrap_or_else(|| "pending".to_string()),
                         attempt: r.get::<_, Option<u32>>(7)?.unwrap_or(0),
                         started_us: r.get(8)?,
                         ended_us: r.get(9)?,

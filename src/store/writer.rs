@@ -633,16 +633,10 @@ fn apply_batch(conn: &mut Connection, keys: &mut RunKeys, batch: &[Write]) -> Re
                 let rid = insert_run(&tx, r)?;
                 keys.remember(&r.run_id, rid);
                 insert_facts(&tx, rid, &r.tasks)?;
-                for t in &r.tasks {
-                    fold.pending(rid, t.node);
-                }
             }
             Write::AddTasks { run_id, tasks } => {
                 let rid = keys.rid(&tx, run_id)?;
                 insert_facts(&tx, rid, tasks)?;
-                for t in tasks {
-                    fold.pending(rid, t.node);
-                }
             }
             Write::TaskStarted {
                 run_id,
@@ -730,8 +724,6 @@ const INSERT_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, sched
     created_us, started_us, config_json, meta_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
 const INSERT_FACT: &str = "INSERT INTO task_facts (rid, node, name, task_key, inputs_digest, \
     seed, code_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-const INSERT_STATE: &str =
-    "INSERT INTO task_state (rid, node, status, attempt) VALUES (?1, ?2, 'pending', 0)";
 const STATE_STARTED: &str = "INSERT INTO task_state (rid, node, status, attempt, started_us) \
     VALUES (?1, ?2, 'running', ?3, ?4) ON CONFLICT (rid, node) DO UPDATE SET \
     status = 'running', attempt = excluded.attempt, \
@@ -810,7 +802,8 @@ fn insert_run(c: &Connection, r: &RunRecord) -> Result<i64, Fail> {
     Ok(c.last_insert_rowid())
 }
 
-/// Inserts tasks' immutable facts.
+/// Inserts tasks' immutable facts. A task has no state row until its first transition: readers
+/// see it `pending` at attempt 0 (one row write less per task).
 fn insert_facts(c: &Connection, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail> {
     let mut fact = c.prepare_cached(INSERT_FACT)?;
     for t in tasks {
@@ -823,16 +816,6 @@ fn insert_facts(c: &Connection, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail
             t.seed,
             t.code_version
         ])?;
-    }
-    Ok(())
-}
-
-/// Inserts tasks' immutable facts and their initial (`pending`) state rows.
-fn insert_tasks(c: &Connection, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail> {
-    insert_facts(c, rid, tasks)?;
-    let mut state = c.prepare_cached(INSERT_STATE)?;
-    for t in tasks {
-        state.execute(params![rid, t.node])?;
     }
     Ok(())
 }
@@ -909,9 +892,9 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
         Write::BeginRun(r) => {
             let rid = insert_run(c, r)?;
             keys.remember(&r.run_id, rid);
-            insert_tasks(c, rid, &r.tasks)?;
+            insert_facts(c, rid, &r.tasks)?;
         }
-        Write::AddTasks { run_id, tasks } => insert_tasks(c, keys.rid(c, run_id)?, tasks)?,
+        Write::AddTasks { run_id, tasks } => insert_facts(c, keys.rid(c, run_id)?, tasks)?,
         Write::TaskStarted {
             run_id,
             node,
