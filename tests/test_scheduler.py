@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -388,7 +389,16 @@ def test_graph_rows_record_schedule_and_last_fire_for_status(tmp_path: Path) -> 
     assert status["graph"] == "nightly"
     assert status["last_run_state"] == "completed"
     assert status["last_run_trigger"] == "schedule"
-    assert datetime.fromisoformat(status["next_fire"]) > fired
+    nxt = datetime.fromisoformat(status["next_fire"])
+    assert nxt > fired
+    # The next fire shown is when it will come: its cron time plus the graph's fixed jitter delay.
+    from tm._tm import jitter_offset
+
+    delay_us = jitter_offset("nightly", 5_000_000)
+    assert 0 < delay_us < 5_000_000
+    local = nxt.astimezone(ZoneInfo("Europe/London"))
+    assert (local.hour, local.minute) == (1, 30)
+    assert local.second * 1_000_000 + local.microsecond == delay_us
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["status", "--db", url]) == 0

@@ -7,9 +7,10 @@ import json
 import logging
 import sys
 import zoneinfo
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ._tm import jitter_offset
 from .cli import EXIT_FAILURE, CommandError, _add_store_options, _open_store, _when, load_object
 
 #: Exit status of ``tm start`` when a second signal cancelled running runs.
@@ -86,9 +87,13 @@ def _status_rows(store: Any) -> list[dict[str, Any]]:
         start = now
         if last is not None:
             start = max(now, datetime.fromtimestamp(last / 1e6, timezone.utc))
-        nxt = Expression(g["schedule"]).next(start.astimezone(zone))
-        runs = store.core.list_runs(graph=g["name"], limit=1)
         meta = json.loads(g["meta_json"]) if g["meta_json"] else {}
+        # Every fire of the graph comes this much after its cron time (the scheduler's jitter).
+        delay = timedelta(
+            microseconds=jitter_offset(g["name"], int(float(meta.get("jitter") or 0) * 1e6))
+        )
+        nxt = Expression(g["schedule"]).next((start - delay).astimezone(zone)) + delay
+        runs = store.core.list_runs(graph=g["name"], limit=1)
         rows.append(
             {
                 "graph": g["name"],

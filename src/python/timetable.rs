@@ -163,7 +163,15 @@ impl PyTimetable {
     }
 }
 
+/// The fixed delay (µs, below `jitter_us`) of every fire of the graph called `graph`: the one the
+/// scheduler applies, derived from the name alone so every process agrees.
+#[pyfunction]
+fn jitter_offset(graph: &str, jitter_us: i64) -> i64 {
+    crate::engine::jitter_offset(graph, jitter_us)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(jitter_offset, m)?)?;
     m.add_class::<PyManualClock>()?;
     m.add_class::<PyTimetable>()?;
     Ok(())
