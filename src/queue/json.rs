@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use super::jsontext::{self, indent, write_pretty, write_str, Reader, SyntaxError};
 use super::{
-    check_new, metadata_members, new_id, with_result, Backend, Ctx, Holder, ListFilter, NewTask,
-    Options, QueueError, Result, Snapshot, Status, Summary, Task,
+    check_final, check_new, metadata_members, new_id, with_result, Backend, Completion, Ctx,
+    Holder, ListFilter, NewTask, Options, QueueError, Result, Snapshot, Status, Summary, Task,
 };
 
 /// A status as found in a file: one of the seed's five, or something else (kept, never claimed).
@@ -596,6 +596,29 @@ impl Doc {
         ok.then_some(i)
     }
 
+    /// Ends the task `agent` holds (see [`Backend::complete`]); false if it does not hold it.
+    fn finish(&mut self, now_iso: &str, agent: &str, c: &Completion<'_>) -> Result<bool> {
+        let Some(i) = self.held(c.id, agent, c.attempt) else {
+            return Ok(false);
+        };
+        let data = match c.result {
+            Some(r) => Some(with_result(c.id, &self.entries[i].data, r)?),
+            None => None,
+        };
+        let e = &mut self.entries[i];
+        e.status = St::Known(c.status);
+        e.completed_at = Some(now_iso.to_owned());
+        e.lease_us = None;
+        if let Some(d) = data {
+            e.data = d;
+        }
+        e.text = Text::Dirty;
+        if c.status != Status::Completed {
+            self.cancel_waiters(c.id, now_iso);
+        }
+        Ok(true)
+    }
+
     fn create(&mut self, ctx: &Ctx, now: i64, tasks: &[NewTask]) -> Result<Vec<String>> {
         let now_iso = ctx.iso(now);
         let mut ids = Vec::with_capacity(tasks.len());
@@ -1149,6 +1172,26 @@ impl Backend for JsonBackend {
         })
     }
 
+    fn claim_many(
+        &mut self,
+        agent: &str,
+        types: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<Task>> {
+        self.write(|doc, ctx, now| {
+            let swept = doc.sweep(ctx, now);
+            let mut got = Vec::new();
+            while got.len() < limit {
+                match doc.claim(ctx, now, agent, types) {
+                    Some(i) => got.push(doc.entries[i].to_task()),
+                    None => break,
+                }
+            }
+            let dirty = swept || !got.is_empty();
+            Ok((got, dirty))
+        })
+    }
+
     fn complete(
         &mut self,
         id: &str,
@@ -1164,26 +1207,30 @@ impl Backend for JsonBackend {
             )));
         }
         self.write(|doc, ctx, now| {
-            let Some(i) = doc.held(id, agent, attempt) else {
-                return Ok((false, false));
-            };
-            let data = match result {
-                Some(r) => Some(with_result(id, &doc.entries[i].data, r)?),
-                None => None,
-            };
+            let done = doc.finish(
+                &ctx.iso(now),
+                agent,
+                &Completion {
+                    id,
+                    attempt,
+                    status,
+                    result,
+                },
+            )?;
+            Ok((done, done))
+        })
+    }
+
+    fn complete_many(&mut self, agent: &str, items: &[Completion<'_>]) -> Result<Vec<bool>> {
+        check_final(items)?;
+        self.write(|doc, ctx, now| {
             let now_iso = ctx.iso(now);
-            let e = &mut doc.entries[i];
-            e.status = St::Known(status);
-            e.completed_at = Some(now_iso.clone());
-            e.lease_us = None;
-            if let Some(d) = data {
-                e.data = d;
-            }
-            e.text = Text::Dirty;
-            if status != Status::Completed {
-                doc.cancel_waiters(id, &now_iso);
-            }
-            Ok((true, true))
+            let done = items
+                .iter()
+                .map(|c| doc.finish(&now_iso, agent, c))
+                .collect::<Result<Vec<bool>>>()?;
+            let dirty = done.contains(&true);
+            Ok((done, dirty))
         })
     }
 
