@@ -973,6 +973,21 @@ pub struct JsonBackend {
     files: Files,
     ctx: Ctx,
     cache: Option<Loaded>,
+    /// The lock file, kept open between writes, and the process that opened it: a `flock`
+    /// belongs to an open file, so a forked child opens its own.
+    lock_file: Option<(File, u32)>,
+}
+
+/// The exclusive lock, released on drop.
+struct Held<'a>(&'a File);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // `File::unlock` is std since Rust 1.89; the crate's declared MSRV predates it. Closing
+        // the file would release the lock too, so a failure here is left to process exit.
+        #[allow(clippy::incompatible_msrv)]
+        let _ = self.0.unlock();
+    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -996,9 +1011,10 @@ impl JsonBackend {
             files,
             ctx: Ctx::new(&opts),
             cache: None,
+            lock_file: None,
         };
         // Validates an existing file (reading needs no lock), or writes the initial state.
-        let exists = Self::refresh(&b.files, &b.ctx, &mut b.cache)?
+        let exists = Self::refresh(&b.files, &b.ctx, &mut b.cache, &mut Vec::new())?
             .ident
             .is_some();
         if !exists {
@@ -1013,13 +1029,28 @@ impl JsonBackend {
     }
 
     /// Takes the exclusive lock, waiting at most `lock_timeout`.
-    fn lock(&self) -> Result<File> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.files.lock)
-            .map_err(|e| self.files.io("open lock file", &self.files.lock, e))?;
+    fn lock<'a>(
+        files: &Files,
+        ctx: &Ctx,
+        lock_file: &'a mut Option<(File, u32)>,
+    ) -> Result<Held<'a>> {
+        let pid = std::process::id();
+        if lock_file.as_ref().is_none_or(|(_, p)| *p != pid) {
+            let f = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&files.lock)
+                .map_err(|e| files.io("open lock file", &files.lock, e))?;
+            // A parent's file is left open: closing it would not release the parent's lock, but
+            // it is the parent's to close.
+            if let Some(old) = lock_file.replace((f, pid)) {
+                std::mem::forget(old);
+            }
+        }
+        let Some((f, _)) = lock_file.as_ref() else {
+            return Err(QueueError::Invalid("lock file unavailable".into()));
+        };
         let start = Instant::now();
         let mut pause = Duration::from_micros(50);
         loop {
@@ -1027,30 +1058,34 @@ impl JsonBackend {
             #[allow(clippy::incompatible_msrv)]
             let attempt = f.try_lock();
             match attempt {
-                Ok(()) => return Ok(f),
+                Ok(()) => return Ok(Held(f)),
                 Err(TryLockError::WouldBlock) => {
                     let waited = start.elapsed();
-                    if waited >= self.ctx.lock_timeout {
+                    if waited >= ctx.lock_timeout {
                         return Err(QueueError::LockTimeout {
-                            path: self.files.lock.clone(),
-                            timeout: self.ctx.lock_timeout,
+                            path: files.lock.clone(),
+                            timeout: ctx.lock_timeout,
                         });
                     }
-                    std::thread::sleep(pause.min(self.ctx.lock_timeout - waited));
+                    std::thread::sleep(pause.min(ctx.lock_timeout - waited));
                     pause = (pause * 2).min(Duration::from_millis(2));
                 }
                 Err(TryLockError::Error(e)) => {
-                    return Err(self.files.io("lock", &self.files.lock, e));
+                    return Err(files.io("lock", &files.lock, e));
                 }
             }
         }
     }
 
     /// Brings the cache up to date with the file; returns it.
+    ///
+    /// The version the cache held before is pushed to `retired`: closing a replaced version frees
+    /// its blocks (milliseconds for a large file), which writers do after releasing the lock.
     fn refresh<'a>(
         files: &Files,
         ctx: &Ctx,
         cache: &'a mut Option<Loaded>,
+        retired: &mut Vec<File>,
     ) -> Result<&'a mut Loaded> {
         let file = match File::open(&files.path) {
             Ok(f) => Some(f),
@@ -1064,7 +1099,10 @@ impl JsonBackend {
             None => None,
         };
         if !cache.as_ref().is_some_and(|c| c.ident == ident) {
-            let prev = cache.take().map(|c| c.doc);
+            let prev = cache.take().map(|c| {
+                retired.extend(c._hold);
+                c.doc
+            });
             let doc = match &file {
                 Some(f) => {
                     let size = ident.map_or(0, |i| i.size) as usize;
@@ -1098,7 +1136,14 @@ impl JsonBackend {
     }
 
     /// Writes the cached document: temporary file, fsync, rename.
-    fn persist(files: &Files, loaded: &mut Loaded, ctx: &Ctx, now: i64) -> Result<()> {
+    /// The version it replaces goes to `retired` (see [`JsonBackend::refresh`]).
+    fn persist(
+        files: &Files,
+        loaded: &mut Loaded,
+        ctx: &Ctx,
+        now: i64,
+        retired: &mut Vec<File>,
+    ) -> Result<()> {
         loaded
             .doc
             .set_metadata("last_updated", jsontext::str_text(&ctx.iso(now)));
@@ -1125,7 +1170,10 @@ impl JsonBackend {
         loaded.ident = Some(Ident::of(&meta));
         // Holding the version open pins its inode (see `Ident`). Windows cannot rename over a
         // file that is open, and identifies versions without inodes, so it holds nothing.
-        loaded._hold = cfg!(unix).then_some(f);
+        retired.extend(std::mem::replace(
+            &mut loaded._hold,
+            cfg!(unix).then_some(f),
+        ));
         loaded.doc.src = buf;
         Ok(())
     }
@@ -1133,25 +1181,32 @@ impl JsonBackend {
     /// Runs `f` on the current state under the lock; writes the state if `f` says it changed it
     /// (or if the file did not exist). On any error the cache is dropped and the file untouched.
     fn write<R>(&mut self, f: impl FnOnce(&mut Doc, &Ctx, i64) -> Result<(R, bool)>) -> Result<R> {
-        let _lock = self.lock()?;
         let (files, ctx) = (&self.files, &self.ctx);
-        let result = Self::refresh(files, ctx, &mut self.cache).and_then(|loaded| {
-            let now = ctx.now();
-            let (r, dirty) = f(&mut loaded.doc, ctx, now)?;
-            if dirty || loaded.ident.is_none() {
-                Self::persist(files, loaded, ctx, now)?;
+        let mut retired = Vec::new();
+        let result = {
+            let _held = Self::lock(files, ctx, &mut self.lock_file)?;
+            let result =
+                Self::refresh(files, ctx, &mut self.cache, &mut retired).and_then(|loaded| {
+                    let now = ctx.now();
+                    let (r, dirty) = f(&mut loaded.doc, ctx, now)?;
+                    if dirty || loaded.ident.is_none() {
+                        Self::persist(files, loaded, ctx, now, &mut retired)?;
+                    }
+                    Ok(r)
+                });
+            if result.is_err() {
+                retired.extend(self.cache.take().and_then(|c| c._hold));
             }
-            Ok(r)
-        });
-        if result.is_err() {
-            self.cache = None;
-        }
+            result
+        };
+        // Unlocked: other writers go ahead while the replaced versions are closed.
+        drop(retired);
         result
     }
 
     /// Runs `f` on the current state without the lock (renames make every read consistent).
     fn read<R>(&mut self, f: impl FnOnce(&Doc, &Ctx) -> R) -> Result<R> {
-        let loaded = Self::refresh(&self.files, &self.ctx, &mut self.cache)?;
+        let loaded = Self::refresh(&self.files, &self.ctx, &mut self.cache, &mut Vec::new())?;
         Ok(f(&loaded.doc, &self.ctx))
     }
 }
