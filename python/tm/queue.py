@@ -43,8 +43,10 @@ Beyond the seed, all optional: ``priority`` (higher first, then oldest), ``wait_
 claimable before the parent completes; cancelled if the parent fails or is cancelled),
 ``max_attempts`` (a task claimed that many times that is then released or abandoned becomes
 ``failed``), ``attempt=`` fencing on ``complete_task``/``release_task``/``extend_lease``,
-``cancel_task`` for pending tasks, and ``get_next_task(..., wait=seconds)`` which blocks (without
-holding the GIL; Ctrl-C interrupts it) until a task is available.
+``cancel_task`` for pending tasks, ``get_next_task(..., wait=seconds)`` which blocks (without
+holding the GIL; Ctrl-C interrupts it) until a task is available, and batches:
+``get_next_tasks(agent_id, max_tasks=16)`` and ``complete_tasks(tasks, agent_id)`` claim or finish
+several tasks under one lock (one SQLite transaction, one rewrite of a JSON state file).
 """
 
 from __future__ import annotations
