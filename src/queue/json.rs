@@ -1034,31 +1034,50 @@ impl JsonBackend {
         ctx: &Ctx,
         lock_file: &'a mut Option<(File, u32)>,
     ) -> Result<Held<'a>> {
-        let pid = std::process::id();
-        if lock_file.as_ref().is_none_or(|(_, p)| *p != pid) {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&files.lock)
-                .map_err(|e| files.io("open lock file", &files.lock, e))?;
-            // A parent's file is left open: closing it would not release the parent's lock, but
-            // it is the parent's to close.
-            if let Some(old) = lock_file.replace((f, pid)) {
-                std::mem::forget(old);
-            }
-        }
-        let Some((f, _)) = lock_file.as_ref() else {
-            return Err(QueueError::Invalid("lock file unavailable".into()));
-        };
         let start = Instant::now();
+        let pid = std::process::id();
+        loop {
+            if lock_file.as_ref().is_none_or(|(_, p)| *p != pid) {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&files.lock)
+                    .map_err(|e| files.io("open lock file", &files.lock, e))?;
+                // A parent's file is left open: closing it would not release the parent's
+                // lock, but it is the parent's to close.
+                if let Some(old) = lock_file.replace((f, pid)) {
+                    std::mem::forget(old);
+                }
+            }
+            let Some((f, _)) = lock_file.as_ref() else {
+                return Err(QueueError::Invalid("lock file unavailable".into()));
+            };
+            Self::wait_for_lock(files, ctx, f, start)?;
+            if Self::still_the_lock_file(files, f) {
+                break;
+            }
+            // The lock file was deleted or replaced while we kept it open: a lock on it
+            // excludes nobody. Let go, and lock the file now at the path.
+            #[allow(clippy::incompatible_msrv)]
+            let _ = f.unlock();
+            *lock_file = None;
+        }
+        match lock_file.as_ref() {
+            Some((f, _)) => Ok(Held(f)),
+            None => Err(QueueError::Invalid("lock file unavailable".into())),
+        }
+    }
+
+    /// Waits until `f` is locked, at most until `lock_timeout` after `start`.
+    fn wait_for_lock(files: &Files, ctx: &Ctx, f: &File, start: Instant) -> Result<()> {
         let mut pause = Duration::from_micros(50);
         loop {
             // `File::try_lock` is std since Rust 1.89; the crate's declared MSRV predates it.
             #[allow(clippy::incompatible_msrv)]
             let attempt = f.try_lock();
             match attempt {
-                Ok(()) => return Ok(Held(f)),
+                Ok(()) => return Ok(()),
                 Err(TryLockError::WouldBlock) => {
                     let waited = start.elapsed();
                     if waited >= ctx.lock_timeout {
@@ -1074,6 +1093,23 @@ impl JsonBackend {
                     return Err(files.io("lock", &files.lock, e));
                 }
             }
+        }
+    }
+
+    /// Whether the open lock file `f` is the file at the lock path (same device and inode).
+    fn still_the_lock_file(files: &Files, f: &File) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            match (fs::metadata(&files.lock), f.metadata()) {
+                (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                _ => false,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (files, f);
+            true
         }
     }
 

@@ -807,6 +807,27 @@ fn a_held_lock_times_out() {
 }
 
 #[test]
+fn a_deleted_lock_file_is_not_locked_any_more() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let path = dir.join("l.json");
+    let mut o = opts(&clock);
+    o.lock_timeout = Duration::from_millis(30);
+    let mut b = JsonBackend::open(&path, o).unwrap();
+    b.create(&[task("t", "{}")]).unwrap(); // the backend now keeps the lock file open
+    std::fs::remove_file(b.lock_path()).unwrap();
+    // Another process creates the lock file again and holds it: a lock on the deleted file
+    // would exclude nobody, so the backend must wait for this one.
+    let holder = std::fs::File::create(b.lock_path()).unwrap();
+    holder.lock().unwrap();
+    let e = b.create(&[task("t", "{}")]).unwrap_err();
+    assert!(matches!(e, QueueError::LockTimeout { .. }), "{e:?}");
+    holder.unlock().unwrap();
+    assert_eq!(b.create(&[task("t", "{}")]).unwrap().len(), 1);
+    assert_eq!(b.summary().unwrap().total, 2);
+}
+
+#[test]
 fn a_missing_state_file_is_created_with_the_seed_structure() {
     let dir = TempDir::new();
     let clock = Clock::manual(T0);
