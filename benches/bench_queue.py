@@ -19,7 +19,11 @@ Contenders:
 - huey: ``huey.storage.SqliteStorage`` (huey's SQLite backend, its defaults): claim is
   ``dequeue()``, completion is ``put_data(key, result)`` (huey's result store);
 - sqlite3: Python's ``sqlite3``, a WAL table (synchronous=NORMAL, like tm), claim with one
-  ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING``, completion with one ``UPDATE``.
+  ``UPDATE ... WHERE id = (SELECT ... LIMIT 1) RETURNING``, completion with one ``UPDATE``;
+- tm sqlite batch, tm json batch: tm's batch calls, ``get_next_tasks(agent, max_tasks=16)`` then
+  ``complete_tasks(tasks, agent)``: one transaction (or one rewrite of the JSON file) per 16 claims
+  and one per 16 completions. Not the seed's API, so not part of the one-at-a-time comparison: it
+  shows what an agent that takes work in batches gets.
 
 Durability differs: huey's default is synchronous=FULL (an fsync per commit); tm sqlite and sqlite3
 use synchronous=NORMAL (safe against crashes and kills, not against power loss); tm json fsyncs
@@ -154,8 +158,8 @@ class Contender:
     def setup(self, path: Path, n: int) -> None:
         raise NotImplementedError
 
-    def open(self, path: Path) -> Callable[[str], bool]:
-        """Returns ``step(agent)``: claims and completes one task; False when none is left."""
+    def open(self, path: Path) -> Callable[[str], int]:
+        """Returns ``step(agent)``: claims and completes tasks; how many (0 when none is left)."""
         raise NotImplementedError
 
 
@@ -168,24 +172,49 @@ class TmSqlite(Contender):
 
         TaskManager(path).create_tasks([("job", {"n": i}) for i in range(n)])
 
-    def open(self, path: Path) -> Callable[[str], bool]:
+    def open(self, path: Path) -> Callable[[str], int]:
         from tm.queue import TaskManager
 
         tm = TaskManager(path, lock_timeout=60)
 
-        def step(agent: str) -> bool:
+        def step(agent: str) -> int:
             t = tm.get_next_task(agent)
             if t is None:
-                return False
+                return 0
             if not tm.complete_task(t["id"], agent):
                 raise RuntimeError(f"lost {t['id']}")
-            return True
+            return 1
 
         return step
 
 
 class TmJson(TmSqlite):
     name = "tm json"
+    suffix = ".json"
+
+
+BATCH = 16
+
+
+class TmSqliteBatch(TmSqlite):
+    name = "tm sqlite batch"
+
+    def open(self, path: Path) -> Callable[[str], int]:
+        from tm.queue import TaskManager
+
+        tm = TaskManager(path, lock_timeout=60)
+
+        def step(agent: str) -> int:
+            tasks = tm.get_next_tasks(agent, max_tasks=BATCH)
+            if not all(tm.complete_tasks(tasks, agent)):
+                raise RuntimeError(f"lost one of {[t['id'] for t in tasks]}")
+            return len(tasks)
+
+        return step
+
+
+class TmJsonBatch(TmSqliteBatch):
+    name = "tm json batch"
     suffix = ".json"
 
 
@@ -196,16 +225,16 @@ class SeedJson(Contender):
     def setup(self, path: Path, n: int) -> None:
         path.write_text(json.dumps(seed_state(n), indent=2))
 
-    def open(self, path: Path) -> Callable[[str], bool]:
+    def open(self, path: Path) -> Callable[[str], int]:
         tm = SeedTaskManager(path)
 
-        def step(agent: str) -> bool:
+        def step(agent: str) -> int:
             t = tm.get_next_task(agent)
             if t is None:
-                return False
+                return 0
             if not tm.complete_task(t["id"], agent):
                 raise RuntimeError(f"lost {t['id']}")
-            return True
+            return 1
 
         return step
 
@@ -226,17 +255,17 @@ class Huey(Contender):
             )
         conn.close()
 
-    def open(self, path: Path) -> Callable[[str], bool]:
+    def open(self, path: Path) -> Callable[[str], int]:
         from huey.storage import SqliteStorage
 
         storage = SqliteStorage(name="bench", filename=str(path), timeout=60)
 
-        def step(agent: str) -> bool:
+        def step(agent: str) -> int:
             data = storage.dequeue()
             if data is None:
-                return False
+                return 0
             storage.put_data(f"result-{json.loads(bytes(data))['n']}", b"done")
-            return True
+            return 1
 
         return step
 
@@ -260,7 +289,7 @@ class PlainSqlite(Contender):
             )
         conn.close()
 
-    def open(self, path: Path) -> Callable[[str], bool]:
+    def open(self, path: Path) -> Callable[[str], int]:
         conn = sqlite3.connect(path, timeout=60, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -271,18 +300,26 @@ class PlainSqlite(Contender):
         )
         done = "UPDATE tasks SET status = 'completed', result = ? WHERE id = ? AND worker = ?"
 
-        def step(agent: str) -> bool:
+        def step(agent: str) -> int:
             row = conn.execute(claim, (agent,)).fetchone()
             if row is None:
-                return False
+                return 0
             if conn.execute(done, ("done", row[0], agent)).rowcount != 1:
                 raise RuntimeError(f"lost {row[0]}")
-            return True
+            return 1
 
         return step
 
 
-CONTENDERS: list[Contender] = [TmSqlite(), TmJson(), SeedJson(), Huey(), PlainSqlite()]
+CONTENDERS: list[Contender] = [
+    TmSqlite(),
+    TmJson(),
+    SeedJson(),
+    Huey(),
+    PlainSqlite(),
+    TmSqliteBatch(),
+    TmJsonBatch(),
+]
 BY_NAME = {c.name: c for c in CONTENDERS}
 
 # ---------------------------------------------------------------------------------------------
@@ -306,8 +343,8 @@ def worker(conn: Connection, index: int) -> None:
         count = 0
         start = time.monotonic()
         try:
-            while step(agent):
-                count += 1
+            while n := step(agent):
+                count += n
                 if time.monotonic() >= stop_at:
                     break
         except Exception as e:
@@ -417,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         ("tm sqlite / huey", "tm sqlite", "huey"),
         ("tm sqlite / sqlite3", "tm sqlite", "sqlite3"),
         ("tm json / seed json", "tm json", "seed json"),
+        ("tm sqlite batch / sqlite3", "tm sqlite batch", "sqlite3"),
+        ("tm json batch / seed json", "tm json batch", "seed json"),
     ]
     ratios = [r for r in ratios if r[1] in names and r[2] in names]
     if ratios:

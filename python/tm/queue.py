@@ -43,8 +43,10 @@ Beyond the seed, all optional: ``priority`` (higher first, then oldest), ``wait_
 claimable before the parent completes; cancelled if the parent fails or is cancelled),
 ``max_attempts`` (a task claimed that many times that is then released or abandoned becomes
 ``failed``), ``attempt=`` fencing on ``complete_task``/``release_task``/``extend_lease``,
-``cancel_task`` for pending tasks, and ``get_next_task(..., wait=seconds)`` which blocks (without
-holding the GIL; Ctrl-C interrupts it) until a task is available.
+``cancel_task`` for pending tasks, ``get_next_task(..., wait=seconds)`` which blocks (without
+holding the GIL; Ctrl-C interrupts it) until a task is available, and batches:
+``get_next_tasks(agent_id, max_tasks=16)`` and ``complete_tasks(tasks, agent_id)`` claim or finish
+several tasks under one lock (one SQLite transaction, one rewrite of a JSON state file).
 """
 
 from __future__ import annotations
@@ -92,6 +94,18 @@ class CorruptStateError(TmError, ValueError):
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 
 _FINAL = frozenset({"completed", "failed", "cancelled"})
+# A final status (a TaskStatus member or its string) -> its plain string; one lookup per call.
+_FINAL_TEXT = {s: s for s in _FINAL}
+
+
+def _final(status: TaskStatus | str) -> str:
+    s = _FINAL_TEXT.get(status)
+    if s is not None:
+        return s
+    s = TaskStatus(status).value
+    if s not in _FINAL:
+        raise ValueError(f"status must be completed, failed or cancelled, got {s!r}")
+    return s
 
 
 def _data_text(data: Mapping[str, Any] | None, what: str) -> str:
@@ -231,7 +245,28 @@ class TaskManager:
             task_types: Types to consider; None or empty means any.
             wait: Seconds to wait for a task to become available (default: do not wait).
         """
-        return self._core.claim(agent_id, _types(task_types), wait)
+        return self._core.claim(agent_id, None if task_types is None else _types(task_types), wait)
+
+    def get_next_tasks(
+        self, agent_id: str, task_types: Iterable[str] | None = None, max_tasks: int = 10
+    ) -> list[dict[str, Any]]:
+        """Claims up to ``max_tasks`` tasks in one step, in the order :meth:`get_next_task` would.
+
+        One lock (one transaction, or one rewrite of a JSON state file) for the whole batch, so
+        an agent that works through several tasks pays for one claim. Each task gets its own
+        lease (starting now) and ``attempt``. Never waits; returns an empty list when nothing is
+        available.
+
+        Args:
+            agent_id: Who claims.
+            task_types: Types to consider; None or empty means any.
+            max_tasks: The most tasks to claim (at least 1).
+        """
+        if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1:
+            raise ValueError(f"max_tasks must be a positive int, got {max_tasks!r}")
+        return self._core.claim_many(
+            agent_id, max_tasks, None if task_types is None else _types(task_types)
+        )
 
     def complete_task(
         self,
@@ -251,11 +286,45 @@ class TaskManager:
             result_data: Stored as ``data["result"]`` (JSON-serialisable).
             attempt: The ``attempt`` of the claim; a completion from an older lease is refused.
         """
-        s = TaskStatus(status).value
-        if s not in _FINAL:
-            raise ValueError(f"status must be completed, failed or cancelled, got {s!r}")
+        s = _final(status)
         result = None if result_data is None else _encode(result_data)
         return self._core.complete(task_id, agent_id, s, result, attempt)
+
+    def complete_tasks(
+        self,
+        tasks: Iterable[str | Mapping[str, Any] | tuple[str | Mapping[str, Any], Any]],
+        agent_id: str,
+        status: TaskStatus | str = TaskStatus.COMPLETED,
+    ) -> list[bool]:
+        """Finishes several tasks the agent holds in one step; one flag per task, in order.
+
+        Each item is a task id, a task dict as claimed (its ``attempt`` fences the completion:
+        a task reclaimed since is not completed), or ``(task, result_data)``. A flag is False
+        where the agent does not hold that task (any more); the others are still finished.
+
+        Args:
+            tasks: The tasks, as above.
+            agent_id: The agent that claimed them.
+            status: ``COMPLETED``, ``FAILED`` or ``CANCELLED``, for every task.
+
+        Raises:
+            ValueError: A bad status, or a ``result_data`` that cannot be stored (then no task
+                is finished).
+        """
+        s = _final(status)
+        items = []
+        for item in tasks:
+            result = None
+            if isinstance(item, tuple):
+                item, result_data = item
+                result = None if result_data is None else _encode(result_data)
+            if isinstance(item, str):
+                items.append((item, None, s, result))
+            elif isinstance(item, Mapping):
+                items.append((str(item["id"]), item.get("attempt"), s, result))
+            else:
+                raise TypeError(f"a task must be an id or a task dict, got {type(item).__name__}")
+        return self._core.complete_many(agent_id, items)
 
     def release_task(self, task_id: str, agent_id: str, *, attempt: int | None = None) -> bool:
         """Returns a task the agent holds to pending (failed if its attempts are used up)."""

@@ -14,7 +14,9 @@ use pyo3::types::{PyDict, PyList};
 use pyo3::{intern, IntoPyObjectExt};
 
 use crate::clock::Clock;
-use crate::queue::{self, Backend, Holder, ListFilter, NewTask, Options, QueueError, Status, Task};
+use crate::queue::{
+    self, Backend, Completion, Holder, ListFilter, NewTask, Options, QueueError, Status, Task,
+};
 
 mod exc {
     pyo3::import_exception!(tm.queue, QueueLockTimeout);
@@ -271,6 +273,46 @@ impl PyQueueCore {
                 result.as_deref().map(str::as_bytes),
             )
         })
+    }
+
+    /// Claims up to `limit` tasks of `types` (None: any) in one step, best first; never waits.
+    #[pyo3(signature = (agent, limit, types = None))]
+    fn claim_many<'py>(
+        &self,
+        py: Python<'py>,
+        agent: String,
+        limit: usize,
+        types: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let types = types.filter(|t| !t.is_empty());
+        let ts = self.with(py, |b| b.claim_many(&agent, types.as_deref(), limit))?;
+        task_list(py, &ts)
+    }
+
+    /// Ends several tasks the agent holds in one step, from (task_id, attempt, status, result
+    /// JSON text) tuples; all or none on an error. One flag per item.
+    #[allow(clippy::type_complexity)]
+    fn complete_many(
+        &self,
+        py: Python<'_>,
+        agent: String,
+        items: Vec<(String, Option<u32>, String, Option<String>)>,
+    ) -> PyResult<Vec<bool>> {
+        let statuses = items
+            .iter()
+            .map(|(_, _, s, _)| final_status(s))
+            .collect::<PyResult<Vec<Status>>>()?;
+        let items: Vec<Completion<'_>> = items
+            .iter()
+            .zip(statuses)
+            .map(|((id, attempt, _, result), status)| Completion {
+                id,
+                attempt: *attempt,
+                status,
+                result: result.as_deref().map(str::as_bytes),
+            })
+            .collect();
+        self.with(py, |b| b.complete_many(&agent, &items))
     }
 
     /// Returns a task to pending. `agent` None releases whoever holds it.

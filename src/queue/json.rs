@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use super::jsontext::{self, indent, write_pretty, write_str, Reader, SyntaxError};
 use super::{
-    check_new, metadata_members, new_id, with_result, Backend, Ctx, Holder, ListFilter, NewTask,
-    Options, QueueError, Result, Snapshot, Status, Summary, Task,
+    check_final, check_new, metadata_members, new_id, with_result, Backend, Completion, Ctx,
+    Holder, ListFilter, NewTask, Options, QueueError, Result, Snapshot, Status, Summary, Task,
 };
 
 /// A status as found in a file: one of the seed's five, or something else (kept, never claimed).
@@ -596,6 +596,29 @@ impl Doc {
         ok.then_some(i)
     }
 
+    /// Ends the task `agent` holds (see [`Backend::complete`]); false if it does not hold it.
+    fn finish(&mut self, now_iso: &str, agent: &str, c: &Completion<'_>) -> Result<bool> {
+        let Some(i) = self.held(c.id, agent, c.attempt) else {
+            return Ok(false);
+        };
+        let data = match c.result {
+            Some(r) => Some(with_result(c.id, &self.entries[i].data, r)?),
+            None => None,
+        };
+        let e = &mut self.entries[i];
+        e.status = St::Known(c.status);
+        e.completed_at = Some(now_iso.to_owned());
+        e.lease_us = None;
+        if let Some(d) = data {
+            e.data = d;
+        }
+        e.text = Text::Dirty;
+        if c.status != Status::Completed {
+            self.cancel_waiters(c.id, now_iso);
+        }
+        Ok(true)
+    }
+
     fn create(&mut self, ctx: &Ctx, now: i64, tasks: &[NewTask]) -> Result<Vec<String>> {
         let now_iso = ctx.iso(now);
         let mut ids = Vec::with_capacity(tasks.len());
@@ -950,6 +973,21 @@ pub struct JsonBackend {
     files: Files,
     ctx: Ctx,
     cache: Option<Loaded>,
+    /// The lock file, kept open between writes, and the process that opened it: a `flock`
+    /// belongs to an open file, so a forked child opens its own.
+    lock_file: Option<(File, u32)>,
+}
+
+/// The exclusive lock, released on drop.
+struct Held<'a>(&'a File);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        // `File::unlock` is std since Rust 1.89; the crate's declared MSRV predates it. Closing
+        // the file would release the lock too, so a failure here is left to process exit.
+        #[allow(clippy::incompatible_msrv)]
+        let _ = self.0.unlock();
+    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -973,9 +1011,10 @@ impl JsonBackend {
             files,
             ctx: Ctx::new(&opts),
             cache: None,
+            lock_file: None,
         };
         // Validates an existing file (reading needs no lock), or writes the initial state.
-        let exists = Self::refresh(&b.files, &b.ctx, &mut b.cache)?
+        let exists = Self::refresh(&b.files, &b.ctx, &mut b.cache, &mut Vec::new())?
             .ident
             .is_some();
         if !exists {
@@ -990,44 +1029,99 @@ impl JsonBackend {
     }
 
     /// Takes the exclusive lock, waiting at most `lock_timeout`.
-    fn lock(&self) -> Result<File> {
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.files.lock)
-            .map_err(|e| self.files.io("open lock file", &self.files.lock, e))?;
+    fn lock<'a>(
+        files: &Files,
+        ctx: &Ctx,
+        lock_file: &'a mut Option<(File, u32)>,
+    ) -> Result<Held<'a>> {
         let start = Instant::now();
+        let pid = std::process::id();
+        loop {
+            if lock_file.as_ref().is_none_or(|(_, p)| *p != pid) {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&files.lock)
+                    .map_err(|e| files.io("open lock file", &files.lock, e))?;
+                // A parent's file is left open: closing it would not release the parent's
+                // lock, but it is the parent's to close.
+                if let Some(old) = lock_file.replace((f, pid)) {
+                    std::mem::forget(old);
+                }
+            }
+            let Some((f, _)) = lock_file.as_ref() else {
+                return Err(QueueError::Invalid("lock file unavailable".into()));
+            };
+            Self::wait_for_lock(files, ctx, f, start)?;
+            if Self::still_the_lock_file(files, f) {
+                break;
+            }
+            // The lock file was deleted or replaced while we kept it open: a lock on it
+            // excludes nobody. Let go, and lock the file now at the path.
+            #[allow(clippy::incompatible_msrv)]
+            let _ = f.unlock();
+            *lock_file = None;
+        }
+        match lock_file.as_ref() {
+            Some((f, _)) => Ok(Held(f)),
+            None => Err(QueueError::Invalid("lock file unavailable".into())),
+        }
+    }
+
+    /// Waits until `f` is locked, at most until `lock_timeout` after `start`.
+    fn wait_for_lock(files: &Files, ctx: &Ctx, f: &File, start: Instant) -> Result<()> {
         let mut pause = Duration::from_micros(50);
         loop {
             // `File::try_lock` is std since Rust 1.89; the crate's declared MSRV predates it.
             #[allow(clippy::incompatible_msrv)]
             let attempt = f.try_lock();
             match attempt {
-                Ok(()) => return Ok(f),
+                Ok(()) => return Ok(()),
                 Err(TryLockError::WouldBlock) => {
                     let waited = start.elapsed();
-                    if waited >= self.ctx.lock_timeout {
+                    if waited >= ctx.lock_timeout {
                         return Err(QueueError::LockTimeout {
-                            path: self.files.lock.clone(),
-                            timeout: self.ctx.lock_timeout,
+                            path: files.lock.clone(),
+                            timeout: ctx.lock_timeout,
                         });
                     }
-                    std::thread::sleep(pause.min(self.ctx.lock_timeout - waited));
+                    std::thread::sleep(pause.min(ctx.lock_timeout - waited));
                     pause = (pause * 2).min(Duration::from_millis(2));
                 }
                 Err(TryLockError::Error(e)) => {
-                    return Err(self.files.io("lock", &self.files.lock, e));
+                    return Err(files.io("lock", &files.lock, e));
                 }
             }
         }
     }
 
+    /// Whether the open lock file `f` is the file at the lock path (same device and inode).
+    fn still_the_lock_file(files: &Files, f: &File) -> bool {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            match (fs::metadata(&files.lock), f.metadata()) {
+                (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                _ => false,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (files, f);
+            true
+        }
+    }
+
     /// Brings the cache up to date with the file; returns it.
+    ///
+    /// The version the cache held before is pushed to `retired`: closing a replaced version frees
+    /// its blocks (milliseconds for a large file), which writers do after releasing the lock.
     fn refresh<'a>(
         files: &Files,
         ctx: &Ctx,
         cache: &'a mut Option<Loaded>,
+        retired: &mut Vec<File>,
     ) -> Result<&'a mut Loaded> {
         let file = match File::open(&files.path) {
             Ok(f) => Some(f),
@@ -1041,7 +1135,10 @@ impl JsonBackend {
             None => None,
         };
         if !cache.as_ref().is_some_and(|c| c.ident == ident) {
-            let prev = cache.take().map(|c| c.doc);
+            let prev = cache.take().map(|c| {
+                retired.extend(c._hold);
+                c.doc
+            });
             let doc = match &file {
                 Some(f) => {
                     let size = ident.map_or(0, |i| i.size) as usize;
@@ -1075,7 +1172,14 @@ impl JsonBackend {
     }
 
     /// Writes the cached document: temporary file, fsync, rename.
-    fn persist(files: &Files, loaded: &mut Loaded, ctx: &Ctx, now: i64) -> Result<()> {
+    /// The version it replaces goes to `retired` (see [`JsonBackend::refresh`]).
+    fn persist(
+        files: &Files,
+        loaded: &mut Loaded,
+        ctx: &Ctx,
+        now: i64,
+        retired: &mut Vec<File>,
+    ) -> Result<()> {
         loaded
             .doc
             .set_metadata("last_updated", jsontext::str_text(&ctx.iso(now)));
@@ -1102,7 +1206,10 @@ impl JsonBackend {
         loaded.ident = Some(Ident::of(&meta));
         // Holding the version open pins its inode (see `Ident`). Windows cannot rename over a
         // file that is open, and identifies versions without inodes, so it holds nothing.
-        loaded._hold = cfg!(unix).then_some(f);
+        retired.extend(std::mem::replace(
+            &mut loaded._hold,
+            cfg!(unix).then_some(f),
+        ));
         loaded.doc.src = buf;
         Ok(())
     }
@@ -1110,25 +1217,32 @@ impl JsonBackend {
     /// Runs `f` on the current state under the lock; writes the state if `f` says it changed it
     /// (or if the file did not exist). On any error the cache is dropped and the file untouched.
     fn write<R>(&mut self, f: impl FnOnce(&mut Doc, &Ctx, i64) -> Result<(R, bool)>) -> Result<R> {
-        let _lock = self.lock()?;
         let (files, ctx) = (&self.files, &self.ctx);
-        let result = Self::refresh(files, ctx, &mut self.cache).and_then(|loaded| {
-            let now = ctx.now();
-            let (r, dirty) = f(&mut loaded.doc, ctx, now)?;
-            if dirty || loaded.ident.is_none() {
-                Self::persist(files, loaded, ctx, now)?;
+        let mut retired = Vec::new();
+        let result = {
+            let _held = Self::lock(files, ctx, &mut self.lock_file)?;
+            let result =
+                Self::refresh(files, ctx, &mut self.cache, &mut retired).and_then(|loaded| {
+                    let now = ctx.now();
+                    let (r, dirty) = f(&mut loaded.doc, ctx, now)?;
+                    if dirty || loaded.ident.is_none() {
+                        Self::persist(files, loaded, ctx, now, &mut retired)?;
+                    }
+                    Ok(r)
+                });
+            if result.is_err() {
+                retired.extend(self.cache.take().and_then(|c| c._hold));
             }
-            Ok(r)
-        });
-        if result.is_err() {
-            self.cache = None;
-        }
+            result
+        };
+        // Unlocked: other writers go ahead while the replaced versions are closed.
+        drop(retired);
         result
     }
 
     /// Runs `f` on the current state without the lock (renames make every read consistent).
     fn read<R>(&mut self, f: impl FnOnce(&Doc, &Ctx) -> R) -> Result<R> {
-        let loaded = Self::refresh(&self.files, &self.ctx, &mut self.cache)?;
+        let loaded = Self::refresh(&self.files, &self.ctx, &mut self.cache, &mut Vec::new())?;
         Ok(f(&loaded.doc, &self.ctx))
     }
 }
@@ -1149,6 +1263,26 @@ impl Backend for JsonBackend {
         })
     }
 
+    fn claim_many(
+        &mut self,
+        agent: &str,
+        types: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<Task>> {
+        self.write(|doc, ctx, now| {
+            let swept = doc.sweep(ctx, now);
+            let mut got = Vec::new();
+            while got.len() < limit {
+                match doc.claim(ctx, now, agent, types) {
+                    Some(i) => got.push(doc.entries[i].to_task()),
+                    None => break,
+                }
+            }
+            let dirty = swept || !got.is_empty();
+            Ok((got, dirty))
+        })
+    }
+
     fn complete(
         &mut self,
         id: &str,
@@ -1164,26 +1298,30 @@ impl Backend for JsonBackend {
             )));
         }
         self.write(|doc, ctx, now| {
-            let Some(i) = doc.held(id, agent, attempt) else {
-                return Ok((false, false));
-            };
-            let data = match result {
-                Some(r) => Some(with_result(id, &doc.entries[i].data, r)?),
-                None => None,
-            };
+            let done = doc.finish(
+                &ctx.iso(now),
+                agent,
+                &Completion {
+                    id,
+                    attempt,
+                    status,
+                    result,
+                },
+            )?;
+            Ok((done, done))
+        })
+    }
+
+    fn complete_many(&mut self, agent: &str, items: &[Completion<'_>]) -> Result<Vec<bool>> {
+        check_final(items)?;
+        self.write(|doc, ctx, now| {
             let now_iso = ctx.iso(now);
-            let e = &mut doc.entries[i];
-            e.status = St::Known(status);
-            e.completed_at = Some(now_iso.clone());
-            e.lease_us = None;
-            if let Some(d) = data {
-                e.data = d;
-            }
-            e.text = Text::Dirty;
-            if status != Status::Completed {
-                doc.cancel_waiters(id, &now_iso);
-            }
-            Ok((true, true))
+            let done = items
+                .iter()
+                .map(|c| doc.finish(&now_iso, agent, c))
+                .collect::<Result<Vec<bool>>>()?;
+            let dirty = done.contains(&true);
+            Ok((done, dirty))
         })
     }
 

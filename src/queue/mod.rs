@@ -201,6 +201,19 @@ impl NewTask {
     }
 }
 
+/// One item of [`Backend::complete_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The task.
+    pub id: &'a str,
+    /// The fencing token of the agent's claim (None: any attempt the agent holds).
+    pub attempt: Option<u32>,
+    /// Completed, failed or cancelled.
+    pub status: Status,
+    /// JSON text stored as `data["result"]`.
+    pub result: Option<&'a [u8]>,
+}
+
 /// Who may release a task.
 #[derive(Debug, Clone, Copy)]
 pub enum Holder<'a> {
@@ -278,6 +291,14 @@ pub trait Backend: Send {
     fn create(&mut self, tasks: &[NewTask]) -> Result<Vec<String>>;
     /// Recovers expired leases, then claims the best pending task of `types` (None: any type).
     fn claim(&mut self, agent: &str, types: Option<&[String]>) -> Result<Option<Task>>;
+    /// Claims up to `limit` tasks in one step, in the order [`Backend::claim`] would take them
+    /// one at a time; each gets its own lease and attempt.
+    fn claim_many(
+        &mut self,
+        agent: &str,
+        types: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<Task>>;
     /// Ends a task the agent holds with `status` (completed, failed or cancelled); stores
     /// `result` (JSON text) as `data["result"]`. False if the agent does not hold it.
     fn complete(
@@ -288,6 +309,9 @@ pub trait Backend: Send {
         status: Status,
         result: Option<&[u8]>,
     ) -> Result<bool>;
+    /// [`Backend::complete`] for several tasks of one agent in one step (all or none on an
+    /// error); one flag per item, in order.
+    fn complete_many(&mut self, agent: &str, items: &[Completion<'_>]) -> Result<Vec<bool>>;
     /// Returns an in-progress task to pending (or failed when its attempts are used up).
     fn release(&mut self, id: &str, holder: Holder<'_>) -> Result<bool>;
     /// Restarts the lease of a task the agent holds.
@@ -495,6 +519,17 @@ pub(crate) fn check_new(t: &NewTask) -> Result<Vec<u8>> {
         ));
     }
     Ok(data)
+}
+
+/// Refuses completions whose status is not final.
+pub(crate) fn check_final(items: &[Completion<'_>]) -> Result<()> {
+    match items.iter().find(|c| !c.status.is_final()) {
+        Some(c) => Err(QueueError::Invalid(format!(
+            "a task cannot be completed with status {:?}",
+            c.status.as_str()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `data` with `data["result"] = result` (both JSON text); data must be an object.

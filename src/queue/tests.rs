@@ -109,6 +109,94 @@ fn claims_take_the_oldest_matching_task_once() {
 }
 
 #[test]
+fn claim_many_takes_tasks_in_claim_order_with_their_own_leases() {
+    both(|b, clock, _| {
+        let low = create1(b, task("t", "{}"));
+        let hi = create1(
+            b,
+            NewTask {
+                priority: 3,
+                ..task("t", "{}")
+            },
+        );
+        let other = create1(b, task("u", "{}"));
+        let last = create1(b, task("t", "{}"));
+        let ts = ["t".to_owned()];
+        let got = b.claim_many("w", Some(&ts), 2).unwrap();
+        let ids: Vec<&str> = got.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, [hi.as_str(), low.as_str()]);
+        for t in &got {
+            assert_eq!((t.status.as_str(), t.attempt), ("in_progress", 1));
+            assert_eq!(t.locked_by.as_deref(), Some("w"));
+        }
+        let rest = b.claim_many("v", None, 10).unwrap();
+        let ids: Vec<&str> = rest.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, [other.as_str(), last.as_str()]);
+        assert!(b.claim_many("v", None, 10).unwrap().is_empty());
+        // Leases expire one by one like single claims: all four come back after an hour.
+        clock.set_micros(T0 + HOUR_US);
+        assert_eq!(b.claim_many("x", None, 10).unwrap().len(), 4);
+    });
+}
+
+fn item<'a>(id: &'a str, attempt: Option<u32>, result: Option<&'a [u8]>) -> Completion<'a> {
+    Completion {
+        id,
+        attempt,
+        status: Status::Completed,
+        result,
+    }
+}
+
+#[test]
+fn complete_many_finishes_what_the_agent_holds_all_or_nothing() {
+    both(|b, _, _| {
+        let parent = create1(b, task("p", "{}"));
+        let child = create1(
+            b,
+            NewTask {
+                parent_id: Some(parent.clone()),
+                wait_for_parent: true,
+                ..task("c", "{}")
+            },
+        );
+        let other = create1(b, task("p", r#"{"k":1}"#));
+        let held = b.claim_many("w", Some(&["p".to_owned()]), 5).unwrap();
+        assert_eq!(held.len(), 2);
+        // A bad result fails the whole batch: the first task is not completed either.
+        let bad = [item(&parent, None, None), item(&other, None, Some(b"{x"))];
+        assert!(matches!(
+            b.complete_many("w", &bad),
+            Err(QueueError::Invalid(_))
+        ));
+        assert_eq!(b.get(&parent).unwrap().unwrap().status, "in_progress");
+        let stale = item(&other, Some(7), None);
+        let done = b
+            .complete_many(
+                "w",
+                &[
+                    item(&parent, Some(1), None),
+                    stale,
+                    item(&child, None, None),
+                    item(&other, Some(1), Some(br#"{"ok": true}"#)),
+                ],
+            )
+            .unwrap();
+        assert_eq!(done, [true, false, false, true]);
+        assert_eq!(b.get(&parent).unwrap().unwrap().status, "completed");
+        let o = b.get(&other).unwrap().unwrap();
+        assert_eq!(o.data, br#"{"k":1,"result":{"ok":true}}"#);
+        // The parent's completion released its waiting child, in the same step.
+        assert_eq!(b.claim("w", None).unwrap().unwrap().id, child);
+        let failed = Completion {
+            status: Status::Pending,
+            ..item(&child, None, None)
+        };
+        assert!(b.complete_many("w", &[failed]).is_err());
+    });
+}
+
+#[test]
 fn priority_orders_claims_then_age() {
     both(|b, _, _| {
         let low = create1(b, task("t", "{}"));
@@ -716,6 +804,27 @@ fn a_held_lock_times_out() {
     assert_eq!(b.summary().unwrap().total, 0);
     holder.unlock().unwrap();
     assert_eq!(b.create(&[task("t", "{}")]).unwrap().len(), 1);
+}
+
+#[test]
+fn a_deleted_lock_file_is_not_locked_any_more() {
+    let dir = TempDir::new();
+    let clock = Clock::manual(T0);
+    let path = dir.join("l.json");
+    let mut o = opts(&clock);
+    o.lock_timeout = Duration::from_millis(30);
+    let mut b = JsonBackend::open(&path, o).unwrap();
+    b.create(&[task("t", "{}")]).unwrap(); // the backend now keeps the lock file open
+    std::fs::remove_file(b.lock_path()).unwrap();
+    // Another process creates the lock file again and holds it: a lock on the deleted file
+    // would exclude nobody, so the backend must wait for this one.
+    let holder = std::fs::File::create(b.lock_path()).unwrap();
+    holder.lock().unwrap();
+    let e = b.create(&[task("t", "{}")]).unwrap_err();
+    assert!(matches!(e, QueueError::LockTimeout { .. }), "{e:?}");
+    holder.unlock().unwrap();
+    assert_eq!(b.create(&[task("t", "{}")]).unwrap().len(), 1);
+    assert_eq!(b.summary().unwrap().total, 2);
 }
 
 #[test]
