@@ -8,3 +8,31 @@ import signal
 # signals stay ignored across exec, so the child processes that Ctrl-C tests signal would never see
 # KeyboardInterrupt. A handled signal is reset to its default on exec: handle it here.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# --- PostgreSQL: one real server per test session (see tests/pg.py) ---------------------------
+
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+
+import pg  # noqa: E402
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Installing the server package can take minutes on a fresh machine: do it while collecting,
+    # outside any test's timeout, and only when a collected test needs the server.
+    if any("pg_url" in getattr(item, "fixturenames", ()) for item in items):
+        pg.ensure_installed()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pg.Server]:
+    with pg.server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: pg.Server) -> str:
+    """A fresh, empty database on the session's server, as a postgresql:// URL."""
+    return pg_server.create_db()
