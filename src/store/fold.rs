@@ -7,15 +7,16 @@
 //! each field remembers whether the batch set it, and the upsert keeps the stored value of every
 //! field the batch left alone (`started_us` keeps the first start, as the sequential verbs do).
 //!
+//! The statements are shared by every backend (see [`Rows`]).
+//!
 //! Only the fast path folds. When a folded batch fails for a reason other than its environment,
 //! the writer replays it unfolded with a savepoint per write, so errors still name the one write
 //! at fault.
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection};
-
 use super::model::{ErrorInfo, TERMINAL_TASK_STATUSES};
+use super::writer::{Param, Rows};
 
 /// The latest values a batch gave one `task_state` row.
 #[derive(Default)]
@@ -135,46 +136,50 @@ impl<'a> Fold<'a> {
     }
 
     /// Writes every folded row and empties the fold.
-    pub(crate) fn flush(&mut self, c: &Connection) -> rusqlite::Result<()> {
+    pub(crate) fn flush<R: Rows>(&mut self, c: &mut R) -> Result<(), R::Error> {
         if !self.state_order.is_empty() {
-            let mut st = c.prepare_cached(FOLD_STATE)?;
             for key in self.state_order.drain(..) {
                 let s = &self.states[&key];
                 let e = s.error.flatten();
-                st.execute(params![
-                    key.0,
-                    key.1,
-                    s.status,
-                    s.attempt.unwrap_or(0),
-                    s.started_us,
-                    s.ended_us.flatten(),
-                    e.map(|e| &e.type_name),
-                    e.map(|e| &e.message),
-                    e.and_then(|e| e.traceback.as_ref()),
-                    s.attempt.is_some(),
-                    s.ended_us.is_some(),
-                    s.error.is_some(),
-                ])?;
+                c.exec(
+                    FOLD_STATE,
+                    &[
+                        Param::Int(Some(key.0)),
+                        Param::Int(Some(i64::from(key.1))),
+                        Param::Text(s.status),
+                        Param::Int(Some(i64::from(s.attempt.unwrap_or(0)))),
+                        Param::Int(s.started_us),
+                        Param::Int(s.ended_us.flatten()),
+                        Param::OptText(e.map(|e| e.type_name.as_str())),
+                        Param::OptText(e.map(|e| e.message.as_str())),
+                        Param::OptText(e.and_then(|e| e.traceback.as_deref())),
+                        Param::Bool(s.attempt.is_some()),
+                        Param::Bool(s.ended_us.is_some()),
+                        Param::Bool(s.error.is_some()),
+                    ],
+                )?;
             }
             self.states.clear();
         }
         if !self.attempt_order.is_empty() {
-            let mut st = c.prepare_cached(FOLD_ATTEMPT)?;
             for key in self.attempt_order.drain(..) {
                 let a = &self.attempts[&key];
-                st.execute(params![
-                    key.0 .0,
-                    key.0 .1,
-                    key.1,
-                    a.started_us,
-                    a.ended_us,
-                    a.status,
-                    a.error.map(|e| &e.type_name),
-                    a.error.map(|e| &e.message),
-                    a.error.and_then(|e| e.traceback.as_ref()),
-                    a.retry_at_us,
-                    a.started_us.is_some(),
-                ])?;
+                c.exec(
+                    FOLD_ATTEMPT,
+                    &[
+                        Param::Int(Some(key.0 .0)),
+                        Param::Int(Some(i64::from(key.0 .1))),
+                        Param::Int(Some(i64::from(key.1))),
+                        Param::Int(a.started_us),
+                        Param::Int(a.ended_us),
+                        Param::Text(a.status),
+                        Param::OptText(a.error.map(|e| e.type_name.as_str())),
+                        Param::OptText(a.error.map(|e| e.message.as_str())),
+                        Param::OptText(a.error.and_then(|e| e.traceback.as_deref())),
+                        Param::Int(a.retry_at_us),
+                        Param::Bool(a.started_us.is_some()),
+                    ],
+                )?;
             }
             self.attempts.clear();
         }
