@@ -826,13 +826,14 @@ static DOOMED_RUNS: LazyLock<String> = LazyLock::new(|| {
         "SELECT run_id FROM (SELECT run_id, COALESCE(ended_us, created_us) AS t, \
          ROW_NUMBER() OVER (PARTITION BY graph ORDER BY created_us DESC, run_id DESC) AS rn \
          FROM runs WHERE state NOT IN ({unfinished})) AS ranked \
-         WHERE (?1 IS NOT NULL AND rn > ?1) OR (?2 IS NOT NULL AND t < ?2)"
+         WHERE (CAST(?1 AS BIGINT) IS NOT NULL AND rn > ?1) \
+         OR (CAST(?2 AS BIGINT) IS NOT NULL AND t < ?2)"
     )
 });
 static PRUNE_EVENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "DELETE FROM events WHERE run_id IN ({}) \
-         OR (?2 IS NOT NULL AND run_id IS NULL AND at_us < ?2)",
+         OR (CAST(?2 AS BIGINT) IS NOT NULL AND run_id IS NULL AND at_us < ?2)",
         *DOOMED_RUNS
     )
 });

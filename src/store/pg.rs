@@ -1,0 +1,785 @@
+//! The PostgreSQL backend: the same store on a server that many processes and hosts share.
+//!
+//! Writes go through the shared writer (queue, group commit, fold: see [`super::writer`]) on a
+//! connection of their own; the statements are the SQLite ones with `$N` placeholders. Reads take
+//! a connection from a small pool. Migrations are a parallel list of PostgreSQL files with the
+//! same version numbers, applied under an advisory lock so that processes starting together
+//! migrate once.
+//!
+//! The driver is the synchronous `postgres` crate (the blocking face of `tokio-postgres`, which
+//! runs its own current-thread runtime per connection): the store's threads block by design, and
+//! no async runtime leaks into the rest of the core. Connections are plain TCP or a unix socket
+//! (no TLS).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transaction};
+
+use super::cache_index::CacheBackend;
+use super::cache_index::{
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, StoredResult,
+};
+use super::error::{pg_error, StoreError};
+use super::model::{
+    AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary,
+    TaskFact, TaskRef, TaskRow, Write, UNFINISHED_RUN_STATES,
+};
+use super::url::pg_config;
+use super::writer::{apply, apply_batch, Committer, Fail, Param, Report, Rows, RunKeys, Writer};
+
+/// One PostgreSQL migration; the versions match the SQLite list in [`super::migrations`].
+struct Migration {
+    version: i64,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/pg/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/pg/0002_run_keys.sql"),
+    },
+    Migration {
+        version: 3,
+        sql: include_str!("migrations/pg/0003_cache.sql"),
+    },
+];
+
+/// Taken (for the migrating transaction only) by every tm process migrating a database.
+const MIGRATION_LOCK: i64 = 0x746d_5f6d_6967; // "tm_mig"
+
+/// Idle read connections kept for reuse.
+const POOL_SIZE: usize = 4;
+
+/// Pauses between tries of a batch that failed for an environmental reason (the server restarting,
+/// the network): about 20 s in all before the batch is reported lost.
+const BACKOFF_MS: [u64; 8] = [10, 50, 200, 500, 1000, 2000, 5000, 10000];
+
+/// Rewrites `?N` placeholders (SQLite's) as `$N` (PostgreSQL's). The shared statements have no
+/// `?` anywhere else.
+fn dollar(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+/// Connects and sets the session up.
+fn connect(config: &Config, place: &str) -> Result<Client, StoreError> {
+    config
+        .connect(NoTls)
+        .map_err(|e| pg_error(place, "cannot connect", e))
+}
+
+/// Brings the database to the newest schema, in one transaction under an advisory lock.
+fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError> {
+    let latest = MIGRATIONS[MIGRATIONS.len() - 1].version;
+    let failed = |e| pg_error(place, "cannot migrate the schema", e);
+    let mut tx = client.transaction().map_err(failed)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .map_err(failed)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS tm_schema (version BIGINT NOT NULL)")
+        .map_err(failed)?;
+    let found: i64 = tx
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM tm_schema", &[])
+        .and_then(|r| r.try_get(0))
+        .map_err(failed)?;
+    if found > latest {
+        return Err(StoreError::SchemaTooNew {
+            path: place.to_string(),
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+            supported: u32::try_from(latest).unwrap_or(u32::MAX),
+        });
+    }
+    if found == 0 {
+        // Refuse a database whose `runs` table some other program made.
+        let foreign: Option<String> = tx
+            .query_opt(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name IN ('runs', 'graphs') \
+                 LIMIT 1",
+                &[],
+            )
+            .map_err(failed)?
+            .map(|r| r.get(0));
+        if let Some(table) = foreign {
+            return Err(StoreError::Open {
+                path: place.to_string(),
+                detail: format!(
+                    "it has a table {table:?} that tm did not create; use another database"
+                ),
+                source: None,
+            });
+        }
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > found) {
+        tx.batch_execute(m.sql)
+            .map_err(|e| pg_error(place, &format!("migration {} failed", m.version), e))?;
+        tx.execute("INSERT INTO tm_schema (version) VALUES ($1)", &[&m.version])
+            .map_err(failed)?;
+    }
+    tx.commit().map_err(failed)
+}
+
+/// The PostgreSQL store backend.
+pub(crate) struct Postgres {
+    place: String,
+    writer: Writer,
+    pool: Pool,
+    cache: NoCache,
+}
+
+impl Postgres {
+    /// Connects, migrates and starts the writer; errors here leave nothing running.
+    pub(crate) fn open(url: &str) -> Result<Postgres, StoreError> {
+        let (config, place) = pg_config(url)?;
+        let mut client = connect(&config, &place)?;
+        migrate(&mut client, &place)?;
+        let committer = PgCommitter {
+            config: config.clone(),
+            place: place.clone(),
+            client: Some(client),
+            stmts: HashMap::new(),
+            keys: RunKeys::default(),
+        };
+        let writer = Writer::spawn(place.clone(), Box::new(committer))?;
+        Ok(Postgres {
+            pool: Pool {
+                config,
+                place: place.clone(),
+                idle: Mutex::new(Vec::new()),
+                closed: AtomicBool::new(false),
+            },
+            cache: NoCache {
+                place: place.clone(),
+            },
+            place,
+            writer,
+        })
+    }
+}
+
+/// The write side's statements on one transaction, prepared once per connection.
+struct PgRows<'t, 'c> {
+    tx: &'t mut Transaction<'c>,
+    stmts: &'t mut HashMap<&'static str, Statement>,
+}
+
+impl PgRows<'_, '_> {
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.tx.prepare(&dollar(sql))?;
+        self.stmts.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+fn pg_params<'a>(params: &'a [Param<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| -> &(dyn ToSql + Sync) {
+            match p {
+                Param::Int(v) => v,
+                Param::Text(v) => v,
+                Param::OptText(v) => v,
+                Param::Bytes(v) => v,
+                Param::Bool(v) => v,
+            }
+        })
+        .collect()
+}
+
+impl Rows for PgRows<'_, '_> {
+    type Error = postgres::Error;
+    fn exec(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, postgres::Error> {
+        let st = self.statement(sql)?;
+        self.tx.execute(&st, &pg_params(params))
+    }
+    fn query_i64(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Option<i64>, postgres::Error> {
+        let st = self.statement(sql)?;
+        match self.tx.query_opt(&st, &pg_params(params))? {
+            Some(row) => row.try_get(0).map(Some),
+            None => Ok(None),
+        }
+    }
+    #[cfg(test)]
+    fn batch(&mut self, sql: &str) -> Result<(), postgres::Error> {
+        self.tx.batch_execute(sql)
+    }
+}
+
+/// Errors of the connection or the server's state rather than of one write: retry the batch.
+fn is_environmental(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // No SQLSTATE: an I/O or connection error.
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            matches!(class, "08" | "53" | "57" | "58")
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        }
+    }
+}
+
+/// A refused write's reason in a user's words.
+fn reason(e: &postgres::Error) -> String {
+    match e.code() {
+        Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => "no such run or task".to_string(),
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => match e.as_db_error() {
+            Some(db) => format!("it is already recorded ({})", db.message()),
+            None => "it is already recorded".to_string(),
+        },
+        _ => match e.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// The writer thread's connection; reconnects after the server or the network drops it.
+struct PgCommitter {
+    config: Config,
+    place: String,
+    client: Option<Client>,
+    stmts: HashMap<&'static str, Statement>,
+    keys: RunKeys,
+}
+
+impl PgCommitter {
+    /// Connects (again) unless the connection is open.
+    fn connected(&mut self) -> Result<(), postgres::Error> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.stmts.clear();
+            self.client = None;
+            self.client = Some(self.config.connect(NoTls)?);
+        }
+        Ok(())
+    }
+
+    fn try_batch(&mut self, batch: &[Write]) -> Result<(), Fail<postgres::Error>> {
+        self.connected()?;
+        let Self {
+            client,
+            stmts,
+            keys,
+            ..
+        } = self;
+        let Some(client) = client.as_mut() else {
+            return Err(Fail::Refused("no connection".into()));
+        };
+        let mut tx = client.transaction()?;
+        apply_batch(&mut PgRows { tx: &mut tx, stmts }, keys, batch)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn lost(&self, report: &mut Report, lost: usize, e: postgres::Error) {
+        report.error(pg_error(
+            &self.place,
+            &format!("{lost} write(s) were not stored"),
+            e,
+        ));
+    }
+
+    /// Applies `batch` with a savepoint around each write, skipping and reporting the ones that
+    /// fail; an environmental failure drops the whole batch.
+    fn commit_each(&mut self, batch: &[Write], report: &mut Report) {
+        let mut refused = Vec::new();
+        let outcome = (|| -> Result<(), postgres::Error> {
+            self.connected()?;
+            let Self {
+                client,
+                stmts,
+                keys,
+                ..
+            } = self;
+            let Some(client) = client.as_mut() else {
+                return Ok(());
+            };
+            let mut tx = client.transaction()?;
+            for w in batch {
+                let mut sp = tx.transaction()?;
+                let applied = apply(&mut PgRows { tx: &mut sp, stmts }, keys, w);
+                match applied {
+                    Ok(()) => sp.commit()?,
+                    Err(Fail::Db(e)) if is_environmental(&e) => return Err(e),
+                    Err(Fail::Db(e)) => {
+                        sp.rollback()?;
+                        refused.push((w, reason(&e)));
+                    }
+                    Err(Fail::Refused(why)) => {
+                        sp.rollback()?;
+                        refused.push((w, why));
+                    }
+                }
+                if !refused.is_empty() {
+                    // A rolled-back savepoint may have held a run this batch inserted.
+                    keys.forget_all();
+                }
+            }
+            tx.commit()
+        })();
+        if outcome.is_err() {
+            self.keys.forget_all();
+        }
+        report.refused(refused);
+        if let Err(e) = outcome {
+            self.lost(report, batch.len(), e);
+        }
+    }
+}
+
+impl Committer for PgCommitter {
+    fn commit(&mut self, batch: &[Write], report: &mut Report) {
+        let mut backoff = BACKOFF_MS.iter();
+        loop {
+            let applied = self.try_batch(batch);
+            if applied.is_err() {
+                // Rolled back: keys remembered for runs it inserted are void.
+                self.keys.forget_all();
+            }
+            match applied {
+                Ok(()) => return,
+                Err(Fail::Db(e)) if is_environmental(&e) => match backoff.next() {
+                    Some(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+                    None => return self.lost(report, batch.len(), e),
+                },
+                // One write is at fault: replay them one by one to find it.
+                Err(_) => return self.commit_each(batch, report),
+            }
+        }
+    }
+}
+
+/// Read connections, kept for reuse; a broken one is dropped and replaced.
+struct Pool {
+    config: Config,
+    place: String,
+    idle: Mutex<Vec<Client>>,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Runs `f` on a pooled connection; a pooled connection that the server closed meanwhile is
+    /// replaced once.
+    fn with<T>(
+        &self,
+        mut f: impl FnMut(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let fresh = pooled.is_none();
+        let mut client = match pooled {
+            Some(c) => c,
+            None => connect(&self.config, &self.place)?,
+        };
+        let mut result = f(&mut client);
+        if !fresh && client.is_closed() {
+            client = connect(&self.config, &self.place)?;
+            result = f(&mut client);
+        }
+        if !client.is_closed() && !self.closed.load(Ordering::SeqCst) {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < POOL_SIZE {
+                idle.push(client);
+            }
+        }
+        result.map_err(|e| pg_error(&self.place, "query failed", e))
+    }
+}
+
+const RUN_COLS: &str =
+    "run_id, graph, state, trigger, scheduled_us, created_us, started_us, ended_us";
+const GRAPH_COLS: &str = "name, schedule, tz, created_us, updated_us, last_fire_us, meta_json";
+
+/// A BIGINT column that holds a `u32` (a node or an attempt number).
+fn small(r: &Row, i: usize) -> Result<u32, postgres::Error> {
+    let v: i64 = r.try_get(i)?;
+    Ok(u32::try_from(v).unwrap_or(u32::MAX))
+}
+
+fn small_opt(r: &Row, i: usize) -> Result<Option<u32>, postgres::Error> {
+    let v: Option<i64> = r.try_get(i)?;
+    Ok(v.map(|v| u32::try_from(v).unwrap_or(u32::MAX)))
+}
+
+fn run_summary(r: &Row) -> Result<RunSummary, postgres::Error> {
+    Ok(RunSummary {
+        run_id: r.try_get(0)?,
+        graph: r.try_get(1)?,
+        state: r.try_get(2)?,
+        trigger: r.try_get(3)?,
+        scheduled_us: r.try_get(4)?,
+        created_us: r.try_get(5)?,
+        started_us: r.try_get(6)?,
+        ended_us: r.try_get(7)?,
+    })
+}
+
+/// An error from columns `i, i+1, i+2` (type, message, traceback); `None` when the type is NULL.
+fn error_at(r: &Row, i: usize) -> Result<Option<ErrorInfo>, postgres::Error> {
+    let type_name: Option<String> = r.try_get(i)?;
+    Ok(match type_name {
+        None => None,
+        Some(type_name) => Some(ErrorInfo {
+            type_name,
+            message: r.try_get::<_, Option<String>>(i + 1)?.unwrap_or_default(),
+            traceback: r.try_get(i + 2)?,
+        }),
+    })
+}
+
+fn graph_record(r: &Row) -> Result<GraphRecord, postgres::Error> {
+    Ok(GraphRecord {
+        name: r.try_get(0)?,
+        schedule: r.try_get(1)?,
+        tz: r.try_get(2)?,
+        created_us: r.try_get(3)?,
+        updated_us: r.try_get(4)?,
+        last_fire_us: r.try_get(5)?,
+        meta_json: r.try_get(6)?,
+    })
+}
+
+fn collect<T>(
+    rows: Vec<Row>,
+    f: impl Fn(&Row) -> Result<T, postgres::Error>,
+) -> Result<Vec<T>, postgres::Error> {
+    rows.iter().map(f).collect()
+}
+
+/// The SQL condition selecting one task by `$2`, on a table aliased `f` (task_facts).
+fn task_cond(task: TaskRef<'_>) -> &'static str {
+    match task {
+        TaskRef::Node(_) => "f.node = $2",
+        TaskRef::Name(_) => "f.name = $2",
+    }
+}
+
+/// `task` as the `$2` parameter of [`task_cond`].
+enum TaskParam {
+    Node(i64),
+    Name(String),
+}
+
+impl TaskParam {
+    fn new(task: TaskRef<'_>) -> TaskParam {
+        match task {
+            TaskRef::Node(n) => TaskParam::Node(i64::from(n)),
+            TaskRef::Name(s) => TaskParam::Name(s.to_string()),
+        }
+    }
+    fn sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            TaskParam::Node(n) => n,
+            TaskParam::Name(s) => s,
+        }
+    }
+}
+
+fn unfinished_list() -> String {
+    UNFINISHED_RUN_STATES.map(|s| format!("'{s}'")).join(", ")
+}
+
+impl super::backend::Backend for Postgres {
+    fn location(&self) -> &str {
+        &self.place
+    }
+    fn submit(&self, w: Write) -> Result<(), StoreError> {
+        self.writer.submit(w)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        self.writer.flush()
+    }
+    fn close(&self) -> Result<(), StoreError> {
+        self.pool.close();
+        self.writer.close()
+    }
+    fn last_error(&self) -> Option<StoreError> {
+        self.writer.last_error()
+    }
+
+    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE ($1::text IS NULL OR graph = $1) \
+             AND ($2::text IS NULL OR state = $2) ORDER BY created_us DESC, run_id DESC LIMIT $3"
+        );
+        let limit = filter.limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.pool.with(|c| {
+            let rows = c.query(&sql, &[&filter.graph, &filter.state, &limit])?;
+            collect(rows, run_summary)
+        })
+    }
+
+    fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
+        self.pool.with(|c| {
+            // One snapshot for the run and its tasks.
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let head = tx.query_opt(
+                &format!(
+                    "SELECT {RUN_COLS}, config_json, meta_json, rid FROM runs WHERE run_id = $1"
+                ),
+                &[&run_id],
+            )?;
+            let Some(head) = head else {
+                return Ok(None);
+            };
+            let run = run_summary(&head)?;
+            let rid: i64 = head.try_get(10)?;
+            let rows = tx.query(
+                "SELECT f.node, f.name, f.task_key, f.inputs_digest, f.seed, f.code_version, \
+                 s.status, s.attempt, s.started_us, s.ended_us, s.error_type, s.error_message, \
+                 s.traceback FROM task_facts f LEFT JOIN task_state s \
+                 ON s.rid = f.rid AND s.node = f.node WHERE f.rid = $1 ORDER BY f.node",
+                &[&rid],
+            )?;
+            let tasks = collect(rows, |r| {
+                Ok(TaskRow {
+                    fact: TaskFact {
+                        node: small(r, 0)?,
+                        name: r.try_get(1)?,
+                        task_key: r.try_get(2)?,
+                        inputs_digest: r.try_get(3)?,
+                        seed: r.try_get(4)?,
+                        code_version: r.try_get(5)?,
+                    },
+                    status: r.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
+                    attempt: small_opt(r, 7)?.unwrap_or(0),
+                    started_us: r.try_get(8)?,
+                    ended_us: r.try_get(9)?,
+                    error: error_at(r, 10)?,
+                })
+            })?;
+            tx.commit()?;
+            Ok(Some(RunDetail {
+                run,
+                config_json: head.try_get(8)?,
+                meta_json: head.try_get(9)?,
+                tasks,
+            }))
+        })
+    }
+
+    fn attempts(&self, run_id: &str, task: TaskRef<'_>) -> Result<Vec<AttemptRow>, StoreError> {
+        let sql = format!(
+            "SELECT a.node, a.attempt, a.started_us, a.ended_us, a.status, a.error_type, \
+             a.error_message, a.traceback, a.retry_at_us FROM attempts a JOIN task_facts f \
+             ON f.rid = a.rid AND f.node = a.node \
+             WHERE a.rid = (SELECT rid FROM runs WHERE run_id = $1) AND {} \
+             ORDER BY a.node, a.attempt",
+            task_cond(task)
+        );
+        let param = TaskParam::new(task);
+        self.pool.with(|c| {
+            let rows = c.query(&sql, &[&run_id, param.sql()])?;
+            collect(rows, |r| {
+                Ok(AttemptRow {
+                    node: small(r, 0)?,
+                    attempt: small(r, 1)?,
+                    started_us: r.try_get(2)?,
+                    ended_us: r.try_get(3)?,
+                    status: r.try_get(4)?,
+                    error: error_at(r, 5)?,
+                    retry_at_us: r.try_get(8)?,
+                })
+            })
+        })
+    }
+
+    fn logs(&self, run_id: &str, task: Option<TaskRef<'_>>) -> Result<Vec<LogRow>, StoreError> {
+        let cond = task.map_or("TRUE", task_cond);
+        let sql = format!(
+            "SELECT l.node, f.name, l.at_us, l.level, l.message FROM task_logs l \
+             LEFT JOIN task_facts f ON f.rid = l.rid AND f.node = l.node \
+             WHERE l.rid = (SELECT rid FROM runs WHERE run_id = $1) AND {cond} \
+             ORDER BY l.at_us, l.seq"
+        );
+        let param = task.map(TaskParam::new);
+        self.pool.with(|c| {
+            let rows = match &param {
+                Some(p) => c.query(&sql, &[&run_id, p.sql()])?,
+                None => c.query(&sql, &[&run_id])?,
+            };
+            collect(rows, |r| {
+                Ok(LogRow {
+                    node: small_opt(r, 0)?,
+                    task: r.try_get(1)?,
+                    at_us: r.try_get(2)?,
+                    level: r.try_get(3)?,
+                    message: r.try_get(4)?,
+                })
+            })
+        })
+    }
+
+    fn results(&self, run_id: &str) -> Result<Vec<(u32, String, Vec<u8>)>, StoreError> {
+        self.pool.with(|c| {
+            let rows = c.query(
+                "SELECT node, format, data FROM task_results WHERE rid = \
+                 (SELECT rid FROM runs WHERE run_id = $1) ORDER BY node",
+                &[&run_id],
+            )?;
+            collect(rows, |r| Ok((small(r, 0)?, r.try_get(1)?, r.try_get(2)?)))
+        })
+    }
+
+    fn result(&self, run_id: &str, node: u32) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        self.pool.with(|c| {
+            let row = c.query_opt(
+                "SELECT format, data FROM task_results WHERE rid = \
+                 (SELECT rid FROM runs WHERE run_id = $1) AND node = $2",
+                &[&run_id, &i64::from(node)],
+            )?;
+            match row {
+                Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
+        let sql = format!(
+            "SELECT {RUN_COLS} FROM runs WHERE state IN ({}) ORDER BY created_us, run_id",
+            unfinished_list()
+        );
+        self.pool
+            .with(|c| collect(c.query(&sql, &[])?, run_summary))
+    }
+
+    fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError> {
+        self.pool.with(|c| {
+            match c.query_opt(
+                &format!("SELECT {GRAPH_COLS} FROM graphs WHERE name = $1"),
+                &[&name],
+            )? {
+                Some(r) => graph_record(&r).map(Some),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn graphs(&self) -> Result<Vec<GraphRecord>, StoreError> {
+        self.pool.with(|c| {
+            let rows = c.query(
+                &format!("SELECT {GRAPH_COLS} FROM graphs ORDER BY name"),
+                &[],
+            )?;
+            collect(rows, graph_record)
+        })
+    }
+
+    fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.pool.with(|c| {
+            let rows = c.query(
+                "SELECT id, run_id, at_us, kind, detail_json FROM events ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )?;
+            collect(rows, |r| {
+                Ok(EventRow {
+                    id: r.try_get(0)?,
+                    run_id: r.try_get(1)?,
+                    at_us: r.try_get(2)?,
+                    kind: r.try_get(3)?,
+                    detail_json: r.try_get(4)?,
+                })
+            })
+        })
+    }
+
+    fn cache(&self) -> &dyn CacheBackend {
+        &self.cache
+    }
+}
+
+/// The cache index on PostgreSQL is not written yet: every call says so (the tables exist).
+struct NoCache {
+    place: String,
+}
+
+impl NoCache {
+    fn refuse<T>(&self) -> Result<T, StoreError> {
+        Err(StoreError::Unsupported {
+            scheme: "postgresql (cached functions)".into(),
+            url: self.place.clone(),
+        })
+    }
+}
+
+impl CacheBackend for NoCache {
+    fn lookup(&self, _key: &str, _now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
+        self.refuse()
+    }
+    fn claim(&self, _req: &ClaimRequest) -> Result<Claim, StoreError> {
+        self.refuse()
+    }
+    fn heartbeat(&self, _key: &str, _token: i64, _lease: i64) -> Result<bool, StoreError> {
+        self.refuse()
+    }
+    fn complete(
+        &self,
+        _facts: &CallFacts,
+        _token: i64,
+        _result: &StoredResult,
+        _now_us: i64,
+    ) -> Result<CacheEntry, StoreError> {
+        self.refuse()
+    }
+    fn release(
+        &self,
+        _key: &str,
+        _token: i64,
+        _status: &str,
+        _error: Option<(&str, &str)>,
+        _now_us: i64,
+    ) -> Result<bool, StoreError> {
+        self.refuse()
+    }
+    fn entries(&self, _filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        self.refuse()
+    }
+    fn states(&self, _filter: &CacheFilter) -> Result<Vec<CallState>, StoreError> {
+        self.refuse()
+    }
+    fn find(&self, _key: &str) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError> {
+        self.refuse()
+    }
+    fn clear(&self, _filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        self.refuse()
+    }
+}
