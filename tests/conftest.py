@@ -22,7 +22,8 @@ import pg  # noqa: E402
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Installing the server package can take minutes on a fresh machine: do it while collecting,
     # outside any test's timeout, and only when a collected test needs the server.
-    if any("pg_url" in getattr(item, "fixturenames", ()) for item in items):
+    needs = {"pg_url", "pg_server", "db_url"}
+    if any(needs & set(getattr(item, "fixturenames", ())) for item in items):
         pg.ensure_installed()
 
 
@@ -36,3 +37,12 @@ def pg_server() -> Iterator[pg.Server]:
 def pg_url(pg_server: pg.Server) -> str:
     """A fresh, empty database on the session's server, as a postgresql:// URL."""
     return pg_server.create_db()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """The URL of a fresh store database: an SQLite file, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/tm.db"
+    server: pg.Server = request.getfixturevalue("pg_server")
+    return server.create_db()
