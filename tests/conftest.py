@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+
+import pg
+import pytest
 
 # A test runner started in the background (as CI may be) inherits SIGINT as *ignored*, and ignored
 # signals stay ignored across exec, so the child processes that Ctrl-C tests signal would never see
@@ -12,18 +16,15 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # --- PostgreSQL: one real server per test session (see tests/pg.py) ---------------------------
 
-from collections.abc import Iterator  # noqa: E402
-
-import pytest  # noqa: E402
-
-import pg  # noqa: E402
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Installing the server package can take minutes on a fresh machine: do it while collecting,
     # outside any test's timeout, and only when a collected test needs the server.
-    needs = {"pg_url", "pg_server", "db_url"}
-    if any(needs & set(getattr(item, "fixturenames", ())) for item in items):
+    needs = {"pg_url", "pg_server", "db_url", "kind"}
+    if any(
+        needs & set(getattr(item, "fixturenames", ())) or "postgresql" in item.name
+        for item in items
+    ):
         pg.ensure_installed()
 
 

@@ -79,8 +79,16 @@ class Server:
 
     def _client(self, *args: str) -> None:
         subprocess.run(
-            [str(self.bindir / args[0]), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"]
-            + list(args[1:]),
+            [
+                str(self.bindir / args[0]),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                *args[1:],
+            ],
             check=True,
             capture_output=True,
         )

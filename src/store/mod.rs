@@ -49,6 +49,7 @@ pub use model::{
     RunSummary, TaskFact, TaskRef, TaskRow, Transition, TERMINAL_TASK_STATUSES,
     UNFINISHED_RUN_STATES,
 };
+pub(crate) use url::pg_config;
 pub use url::{DbUrl, SqliteTarget};
 
 use std::sync::{Arc, Mutex, PoisonError};
