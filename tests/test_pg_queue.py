@@ -32,7 +32,12 @@ def test_rust_queue_tests_pass_on_postgresql(pg_url: str) -> None:
     )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     out = subprocess.run(
-        ["psql", pg_url, "-Atc", "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tm_queue_%'"],
+        [
+            "psql",
+            pg_url,
+            "-Atc",
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tm_queue_%'",
+        ],
         capture_output=True,
         text=True,
         check=True,

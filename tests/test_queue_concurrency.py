@@ -121,9 +121,7 @@ def wait_all(procs: list[subprocess.Popen[str]]) -> None:
         assert "EXIT" in out
 
 
-@pytest.mark.parametrize(
-    ("name", "n"), [("q.db", 10_000), ("q.json", 300), ("postgresql", 3_000)]
-)
+@pytest.mark.parametrize(("name", "n"), [("q.db", 10_000), ("q.json", 300), ("postgresql", 3_000)])
 def test_eight_processes_claim_and_complete_every_task_once(
     request: pytest.FixtureRequest, tmp_path: Path, name: str, n: int
 ) -> None:

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement, Transaction};
+use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statement, Transaction};
 
 use super::cache_index::CacheBackend;
 use super::cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, StoredResult,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, Owner, StoredResult,
 };
 use super::error::{pg_error, StoreError};
 use super::model::{
@@ -131,7 +131,7 @@ pub(crate) struct Postgres {
     place: String,
     writer: Writer,
     pool: Pool,
-    cache: NoCache,
+    cache: PgCache,
 }
 
 impl Postgres {
@@ -150,13 +150,16 @@ impl Postgres {
         let writer = Writer::spawn(place.clone(), Box::new(committer))?;
         Ok(Postgres {
             pool: Pool {
-                config,
+                config: config.clone(),
                 place: place.clone(),
                 idle: Mutex::new(Vec::new()),
                 closed: AtomicBool::new(false),
             },
-            cache: NoCache {
+            cache: PgCache {
+                config: config.clone(),
                 place: place.clone(),
+                conn: Mutex::new(None),
+                closed: AtomicBool::new(false),
             },
             place,
             writer,
@@ -524,6 +527,7 @@ impl super::backend::Backend for Postgres {
     }
     fn close(&self) -> Result<(), StoreError> {
         self.pool.close();
+        self.cache.close();
         self.writer.close()
     }
     fn last_error(&self) -> Option<StoreError> {
@@ -727,59 +731,327 @@ impl super::backend::Backend for Postgres {
     }
 }
 
-/// The cache index on PostgreSQL is not written yet: every call says so (the tables exist).
-struct NoCache {
+/// The cached-call index on PostgreSQL: one connection, opened on first use. `claim` decides
+/// under a per-key advisory lock held to the end of its transaction, so among processes (and
+/// hosts) exactly one becomes the owner of a key, as `BEGIN IMMEDIATE` does on SQLite.
+struct PgCache {
+    config: Config,
     place: String,
+    conn: Mutex<Option<Client>>,
+    closed: AtomicBool,
 }
 
-impl NoCache {
-    fn refuse<T>(&self) -> Result<T, StoreError> {
-        Err(StoreError::Unsupported {
-            scheme: "postgresql (cached functions)".into(),
-            url: self.place.clone(),
+const ENTRY_COLS: &str = "id, key, module, func, seed, inputs_json, version, result_path, format, \
+                          content_hash, size, created_us, expires_us, duration_us";
+const STATE_COLS: &str = "key, module, func, status, entry_id, started_us, ended_us, duration_us, \
+                          error_type, error_message, owner_pid, owner_host, lease_until_us";
+
+/// See the SQLite index's `FUNC_COND`: a qualified name, `module.qualname`, or its dotted end.
+const FUNC_COND: &str = "($1::text IS NULL OR func = $1 OR module || '.' || func = $1 \
+                         OR right(func, length($1) + 1) = '.' || $1)";
+
+fn entry_row(r: &Row) -> Result<CacheEntry, postgres::Error> {
+    Ok(CacheEntry {
+        id: r.try_get(0)?,
+        facts: CallFacts {
+            key: r.try_get(1)?,
+            module: r.try_get(2)?,
+            func: r.try_get(3)?,
+            seed: r.try_get(4)?,
+            inputs_json: r.try_get(5)?,
+            version: r.try_get(6)?,
+        },
+        result: StoredResult {
+            result_path: r.try_get(7)?,
+            format: r.try_get(8)?,
+            content_hash: r.try_get(9)?,
+            size: r.try_get(10)?,
+            expires_us: r.try_get(12)?,
+            duration_us: r.try_get(13)?,
+        },
+        created_us: r.try_get(11)?,
+    })
+}
+
+fn state_row(r: &Row) -> Result<CallState, postgres::Error> {
+    let pid: Option<i64> = r.try_get(10)?;
+    let host: Option<String> = r.try_get(11)?;
+    Ok(CallState {
+        key: r.try_get(0)?,
+        module: r.try_get(1)?,
+        func: r.try_get(2)?,
+        status: r.try_get(3)?,
+        entry_id: r.try_get(4)?,
+        started_us: r.try_get(5)?,
+        ended_us: r.try_get(6)?,
+        duration_us: r.try_get(7)?,
+        error_type: r.try_get(8)?,
+        error_message: r.try_get(9)?,
+        owner: pid.map(|pid| Owner {
+            pid,
+            host: host.unwrap_or_default(),
+        }),
+        lease_until_us: r.try_get(12)?,
+    })
+}
+
+fn latest_entry(
+    c: &mut impl GenericClient,
+    key: &str,
+    now_us: i64,
+) -> Result<Option<CacheEntry>, postgres::Error> {
+    c.query_opt(
+        &format!(
+            "SELECT {ENTRY_COLS} FROM cache_entries WHERE id = \
+             (SELECT entry_id FROM cache_state WHERE key = $1) \
+             AND (expires_us IS NULL OR expires_us > $2)"
+        ),
+        &[&key, &now_us],
+    )?
+    .as_ref()
+    .map(entry_row)
+    .transpose()
+}
+
+impl PgCache {
+    /// Runs `f` on the connection (connecting first if needed, or again after the server closed
+    /// it); errors name the database.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            *guard = Some(connect(&self.config, &self.place)?);
+        }
+        let client = guard.as_mut().ok_or(StoreError::Closed)?;
+        f(client).map_err(|e| pg_error(&self.place, "cache index query failed", e))
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+impl CacheBackend for PgCache {
+    fn lookup(&self, key: &str, now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
+        self.with(|c| latest_entry(c, key, now_us))
+    }
+
+    fn claim(&self, req: &ClaimRequest) -> Result<Claim, StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&req.facts.key],
+            )?;
+            if req.use_cache {
+                if let Some(entry) = latest_entry(&mut tx, &req.facts.key, req.now_us)? {
+                    return Ok(Claim::Hit(entry));
+                }
+            }
+            let state = tx
+                .query_opt(
+                    &format!("SELECT {STATE_COLS} FROM cache_state WHERE key = $1"),
+                    &[&req.facts.key],
+                )?
+                .as_ref()
+                .map(state_row)
+                .transpose()?;
+            if let Some(state) = state.filter(|s| super::cache_index::is_live(s, req)) {
+                return Ok(Claim::Busy(state));
+            }
+            let f = &req.facts;
+            let token: i64 = tx
+                .query_one(
+                    "INSERT INTO cache_state (key, module, func, status, token, started_us, \
+                     owner_pid, owner_host, lease_until_us, updated_us) \
+                     VALUES ($1, $2, $3, 'RUNNING', 1, $4, $5, $6, $7, $4) \
+                     ON CONFLICT (key) DO UPDATE SET status = 'RUNNING', \
+                     token = cache_state.token + 1, module = $2, func = $3, started_us = $4, \
+                     ended_us = NULL, duration_us = NULL, error_type = NULL, \
+                     error_message = NULL, owner_pid = $5, owner_host = $6, \
+                     lease_until_us = $7, updated_us = $4 RETURNING token",
+                    &[
+                        &f.key,
+                        &f.module,
+                        &f.func,
+                        &req.now_us,
+                        &req.owner.pid,
+                        &req.owner.host,
+                        &req.now_us.saturating_add(req.lease_us),
+                    ],
+                )?
+                .try_get(0)?;
+            tx.commit()?;
+            Ok(Claim::Run { token })
         })
     }
-}
 
-impl CacheBackend for NoCache {
-    fn lookup(&self, _key: &str, _now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
-        self.refuse()
+    fn heartbeat(&self, key: &str, token: i64, lease_until_us: i64) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE cache_state SET lease_until_us = $3 \
+                 WHERE key = $1 AND token = $2 AND status = 'RUNNING'",
+                &[&key, &token, &lease_until_us],
+            )?;
+            Ok(n == 1)
+        })
     }
-    fn claim(&self, _req: &ClaimRequest) -> Result<Claim, StoreError> {
-        self.refuse()
-    }
-    fn heartbeat(&self, _key: &str, _token: i64, _lease: i64) -> Result<bool, StoreError> {
-        self.refuse()
-    }
+
     fn complete(
         &self,
-        _facts: &CallFacts,
-        _token: i64,
-        _result: &StoredResult,
-        _now_us: i64,
+        facts: &CallFacts,
+        token: i64,
+        result: &StoredResult,
+        now_us: i64,
     ) -> Result<CacheEntry, StoreError> {
-        self.refuse()
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let id: i64 = tx
+                .query_one(
+                    "INSERT INTO cache_entries (key, module, func, seed, inputs_json, version, \
+                     result_path, format, content_hash, size, created_us, expires_us, \
+                     duration_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     RETURNING id",
+                    &[
+                        &facts.key,
+                        &facts.module,
+                        &facts.func,
+                        &facts.seed,
+                        &facts.inputs_json,
+                        &facts.version,
+                        &result.result_path,
+                        &result.format,
+                        &result.content_hash,
+                        &result.size,
+                        &now_us,
+                        &result.expires_us,
+                        &result.duration_us,
+                    ],
+                )?
+                .try_get(0)?;
+            // As on SQLite: the state follows the newest entry; the owner's fields change only
+            // while the caller still owns the key.
+            tx.execute(
+                "UPDATE cache_state SET entry_id = $2, \
+                 status = CASE WHEN token = $3 THEN 'COMPLETED' ELSE status END, \
+                 ended_us = CASE WHEN token = $3 THEN $4 ELSE ended_us END, \
+                 duration_us = CASE WHEN token = $3 THEN $5 ELSE duration_us END, \
+                 lease_until_us = CASE WHEN token = $3 THEN NULL ELSE lease_until_us END, \
+                 updated_us = $4 WHERE key = $1",
+                &[&facts.key, &id, &token, &now_us, &result.duration_us],
+            )?;
+            tx.commit()?;
+            Ok(CacheEntry {
+                id,
+                facts: facts.clone(),
+                result: result.clone(),
+                created_us: now_us,
+            })
+        })
     }
+
     fn release(
         &self,
-        _key: &str,
-        _token: i64,
-        _status: &str,
-        _error: Option<(&str, &str)>,
-        _now_us: i64,
+        key: &str,
+        token: i64,
+        status: &str,
+        error: Option<(&str, &str)>,
+        now_us: i64,
     ) -> Result<bool, StoreError> {
-        self.refuse()
+        let (etype, emsg) = error.unzip();
+        self.with(|c| {
+            let n = c.execute(
+                "UPDATE cache_state SET status = $3, error_type = $4, error_message = $5, \
+                 ended_us = $6, duration_us = $6 - started_us, lease_until_us = NULL, \
+                 updated_us = $6 WHERE key = $1 AND token = $2 AND status = 'RUNNING'",
+                &[&key, &token, &status, &etype, &emsg, &now_us],
+            )?;
+            Ok(n == 1)
+        })
     }
-    fn entries(&self, _filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
-        self.refuse()
+
+    fn entries(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        let limit = filter.limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.with(|c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {ENTRY_COLS} FROM cache_entries WHERE {FUNC_COND} \
+                     AND ($2::bigint IS NULL OR created_us < $2) ORDER BY id DESC LIMIT $3"
+                ),
+                &[&filter.func, &filter.created_before_us, &limit],
+            )?;
+            collect(rows, entry_row)
+        })
     }
-    fn states(&self, _filter: &CacheFilter) -> Result<Vec<CallState>, StoreError> {
-        self.refuse()
+
+    fn states(&self, filter: &CacheFilter) -> Result<Vec<CallState>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {STATE_COLS} FROM cache_state WHERE {FUNC_COND} ORDER BY func, key"
+                ),
+                &[&filter.func],
+            )?;
+            collect(rows, state_row)
+        })
     }
-    fn find(&self, _key: &str) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError> {
-        self.refuse()
+
+    fn find(&self, key: &str) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError> {
+        let pattern = format!("{}%", key.replace(['%', '_', '\\'], ""));
+        self.with(|c| {
+            let rows = c.query(
+                &format!(
+                    "SELECT {STATE_COLS} FROM cache_state WHERE key LIKE $1 ORDER BY key LIMIT 10"
+                ),
+                &[&pattern],
+            )?;
+            let states = collect(rows, state_row)?;
+            let mut out = Vec::with_capacity(states.len());
+            for s in states {
+                let entry = c
+                    .query_opt(
+                        &format!(
+                            "SELECT {ENTRY_COLS} FROM cache_entries WHERE key = $1 \
+                             ORDER BY id DESC LIMIT 1"
+                        ),
+                        &[&s.key],
+                    )?
+                    .as_ref()
+                    .map(entry_row)
+                    .transpose()?;
+                out.push((s, entry));
+            }
+            Ok(out)
+        })
     }
-    fn clear(&self, _filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
-        self.refuse()
+
+    fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let rows = tx.query(
+                &format!(
+                    "DELETE FROM cache_entries WHERE {FUNC_COND} \
+                     AND ($2::bigint IS NULL OR created_us < $2) RETURNING {ENTRY_COLS}"
+                ),
+                &[&filter.func, &filter.created_before_us],
+            )?;
+            let gone = collect(rows, entry_row)?;
+            // Deleting an entry set its state's entry_id to NULL (ON DELETE SET NULL).
+            tx.execute(
+                &format!(
+                    "DELETE FROM cache_state WHERE {FUNC_COND} AND status != 'RUNNING' \
+                     AND entry_id IS NULL"
+                ),
+                &[&filter.func],
+            )?;
+            tx.commit()?;
+            Ok(gone)
+        })
     }
 }

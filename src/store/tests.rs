@@ -652,6 +652,11 @@ fn results_are_served_from_memory_within_the_byte_budget() {
 /// (the test passes vacuously) when it is unset: `cargo test` needs no server, and pytest runs
 /// these tests against its real one (tests/test_pg_store.py).
 fn pg_store() -> Option<Store> {
+    pg_schema_url().map(|url| open(&url))
+}
+
+/// The URL of a fresh schema in the `TM_TEST_PG_URL` database, if that is set.
+pub(super) fn pg_schema_url() -> Option<String> {
     static N: AtomicU32 = AtomicU32::new(0);
     let url = std::env::var("TM_TEST_PG_URL").ok()?;
     let schema = format!(
@@ -664,7 +669,7 @@ fn pg_store() -> Option<Store> {
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .expect("create schema");
     let sep = if url.contains('?') { '&' } else { '?' };
-    Some(open(&format!("{url}{sep}options=-csearch_path%3D{schema}")))
+    Some(format!("{url}{sep}options=-csearch_path%3D{schema}"))
 }
 
 #[test]
