@@ -808,7 +808,7 @@ impl Backend for PgBackend {
 
     fn update_metadata(&mut self, members: &[u8]) -> Result<()> {
         let update = metadata_members(members)?;
-        let r = self.tx(|c, ctx| {
+        self.tx(|c, ctx| {
             let now = ctx.now();
             // Lock the row, so concurrent updates merge instead of overwriting each other.
             c.exec(
@@ -825,7 +825,7 @@ impl Backend for PgBackend {
             set_meta(c, "updated_us", &now.to_string())?;
             Ok(())
         })?;
-        self.changed(r)
+        self.changed(())
     }
 
     fn version(&mut self) -> Result<u64> {
@@ -879,7 +879,7 @@ impl Backend for PgBackend {
     }
 
     fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let r = self.tx(|c, ctx| {
+        self.tx(|c, ctx| {
             c.exec("LOCK TABLE tm_queue_tasks IN EXCLUSIVE MODE", &[])?;
             let n: i64 = c
                 .opt("SELECT count(*) FROM tm_queue_tasks", &[])?
@@ -979,6 +979,6 @@ impl Backend for PgBackend {
             set_meta(c, "updated_us", &last.to_string())?;
             Ok(())
         })?;
-        self.changed(r)
+        self.changed(())
     }
 }
