@@ -138,53 +138,135 @@ impl<'a> Fold<'a> {
     /// Writes every folded row and empties the fold.
     pub(crate) fn flush<R: Rows>(&mut self, c: &mut R) -> Result<(), R::Error> {
         if !self.state_order.is_empty() {
-            for key in self.state_order.drain(..) {
-                let s = &self.states[&key];
-                let e = s.error.flatten();
-                c.exec(
-                    FOLD_STATE,
-                    &[
-                        Param::Int(Some(key.0)),
-                        Param::Int(Some(i64::from(key.1))),
-                        Param::Text(s.status),
-                        Param::Int(Some(i64::from(s.attempt.unwrap_or(0)))),
-                        Param::Int(s.started_us),
-                        Param::Int(s.ended_us.flatten()),
-                        Param::OptText(e.map(|e| e.type_name.as_str())),
-                        Param::OptText(e.map(|e| e.message.as_str())),
-                        Param::OptText(e.and_then(|e| e.traceback.as_deref())),
-                        Param::Bool(s.attempt.is_some()),
-                        Param::Bool(s.ended_us.is_some()),
-                        Param::Bool(s.error.is_some()),
-                    ],
-                )?;
-            }
+            let rows: Vec<FoldedState<'_>> = self
+                .state_order
+                .iter()
+                .map(|key| {
+                    let s = &self.states[key];
+                    FoldedState {
+                        rid: key.0,
+                        node: i64::from(key.1),
+                        status: s.status,
+                        attempt: i64::from(s.attempt.unwrap_or(0)),
+                        started_us: s.started_us,
+                        ended_us: s.ended_us.flatten(),
+                        error: s.error.flatten(),
+                        set_attempt: s.attempt.is_some(),
+                        set_ended: s.ended_us.is_some(),
+                        set_error: s.error.is_some(),
+                    }
+                })
+                .collect();
+            c.upsert_states(&rows)?;
+            self.state_order.clear();
             self.states.clear();
         }
         if !self.attempt_order.is_empty() {
-            for key in self.attempt_order.drain(..) {
-                let a = &self.attempts[&key];
-                c.exec(
-                    FOLD_ATTEMPT,
-                    &[
-                        Param::Int(Some(key.0 .0)),
-                        Param::Int(Some(i64::from(key.0 .1))),
-                        Param::Int(Some(i64::from(key.1))),
-                        Param::Int(a.started_us),
-                        Param::Int(a.ended_us),
-                        Param::Text(a.status),
-                        Param::OptText(a.error.map(|e| e.type_name.as_str())),
-                        Param::OptText(a.error.map(|e| e.message.as_str())),
-                        Param::OptText(a.error.and_then(|e| e.traceback.as_deref())),
-                        Param::Int(a.retry_at_us),
-                        Param::Bool(a.started_us.is_some()),
-                    ],
-                )?;
-            }
+            let rows: Vec<FoldedAttempt<'_>> = self
+                .attempt_order
+                .iter()
+                .map(|key| {
+                    let a = &self.attempts[key];
+                    FoldedAttempt {
+                        rid: key.0 .0,
+                        node: i64::from(key.0 .1),
+                        attempt: i64::from(key.1),
+                        started_us: a.started_us,
+                        ended_us: a.ended_us,
+                        status: a.status,
+                        error: a.error,
+                        retry_at_us: a.retry_at_us,
+                        set_started: a.started_us.is_some(),
+                    }
+                })
+                .collect();
+            c.upsert_attempts(&rows)?;
+            self.attempt_order.clear();
             self.attempts.clear();
         }
         Ok(())
     }
+}
+
+/// One task's folded `task_state` row; the `set_*` flags say which fields the batch set (the
+/// others keep their stored values).
+pub(crate) struct FoldedState<'a> {
+    pub(crate) rid: i64,
+    pub(crate) node: i64,
+    pub(crate) status: &'a str,
+    pub(crate) attempt: i64,
+    pub(crate) started_us: Option<i64>,
+    pub(crate) ended_us: Option<i64>,
+    pub(crate) error: Option<&'a ErrorInfo>,
+    pub(crate) set_attempt: bool,
+    pub(crate) set_ended: bool,
+    pub(crate) set_error: bool,
+}
+
+/// One attempt's folded `attempts` row; `set_started` says whether the batch started it.
+pub(crate) struct FoldedAttempt<'a> {
+    pub(crate) rid: i64,
+    pub(crate) node: i64,
+    pub(crate) attempt: i64,
+    pub(crate) started_us: Option<i64>,
+    pub(crate) ended_us: Option<i64>,
+    pub(crate) status: &'a str,
+    pub(crate) error: Option<&'a ErrorInfo>,
+    pub(crate) retry_at_us: Option<i64>,
+    pub(crate) set_started: bool,
+}
+
+/// Writes folded states one upsert each (the default of [`Rows::upsert_states`]).
+pub(crate) fn upsert_states_each<R: Rows>(
+    c: &mut R,
+    rows: &[FoldedState<'_>],
+) -> Result<(), R::Error> {
+    for s in rows {
+        c.exec(
+            FOLD_STATE,
+            &[
+                Param::Int(Some(s.rid)),
+                Param::Int(Some(s.node)),
+                Param::Text(s.status),
+                Param::Int(Some(s.attempt)),
+                Param::Int(s.started_us),
+                Param::Int(s.ended_us),
+                Param::OptText(s.error.map(|e| e.type_name.as_str())),
+                Param::OptText(s.error.map(|e| e.message.as_str())),
+                Param::OptText(s.error.and_then(|e| e.traceback.as_deref())),
+                Param::Bool(s.set_attempt),
+                Param::Bool(s.set_ended),
+                Param::Bool(s.set_error),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes folded attempts one upsert each (the default of [`Rows::upsert_attempts`]).
+pub(crate) fn upsert_attempts_each<R: Rows>(
+    c: &mut R,
+    rows: &[FoldedAttempt<'_>],
+) -> Result<(), R::Error> {
+    for a in rows {
+        c.exec(
+            FOLD_ATTEMPT,
+            &[
+                Param::Int(Some(a.rid)),
+                Param::Int(Some(a.node)),
+                Param::Int(Some(a.attempt)),
+                Param::Int(a.started_us),
+                Param::Int(a.ended_us),
+                Param::Text(a.status),
+                Param::OptText(a.error.map(|e| e.type_name.as_str())),
+                Param::OptText(a.error.map(|e| e.message.as_str())),
+                Param::OptText(a.error.and_then(|e| e.traceback.as_deref())),
+                Param::Int(a.retry_at_us),
+                Param::Bool(a.set_started),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// One task's folded state; `?10`-`?12` say whether the batch set attempt, end and error.

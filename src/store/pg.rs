@@ -25,6 +25,7 @@ use super::cache_index::{
     CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, Owner, StoredResult,
 };
 use super::error::{pg_error, StoreError};
+use super::fold::{FoldedAttempt, FoldedState};
 use super::model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary,
     TaskFact, TaskRef, TaskRow, Write, UNFINISHED_RUN_STATES,
@@ -220,7 +221,169 @@ impl Rows for PgRows<'_, '_> {
     fn batch(&mut self, sql: &str) -> Result<(), postgres::Error> {
         self.tx.batch_execute(sql)
     }
+
+    // The bulk writes take whole columns as arrays (UNNEST): one round trip for a batch's rows
+    // instead of one per row, which is what a server across a network makes expensive.
+
+    fn insert_facts(&mut self, rid: i64, tasks: &[TaskFact]) -> Result<(), postgres::Error> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let nodes: Vec<i64> = tasks.iter().map(|t| i64::from(t.node)).collect();
+        let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
+        let keys: Vec<Option<&str>> = tasks.iter().map(|t| t.task_key.as_deref()).collect();
+        let digests: Vec<Option<&str>> = tasks.iter().map(|t| t.inputs_digest.as_deref()).collect();
+        let seeds: Vec<Option<i64>> = tasks.iter().map(|t| t.seed).collect();
+        let versions: Vec<Option<&str>> = tasks.iter().map(|t| t.code_version.as_deref()).collect();
+        let st = self.statement(BULK_FACTS)?;
+        self.tx.execute(
+            &st,
+            &[&rid, &nodes, &names, &keys, &digests, &seeds, &versions],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_states(&mut self, rows: &[FoldedState<'_>]) -> Result<(), postgres::Error> {
+        let rid: Vec<i64> = rows.iter().map(|r| r.rid).collect();
+        let node: Vec<i64> = rows.iter().map(|r| r.node).collect();
+        let status: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        let attempt: Vec<i64> = rows.iter().map(|r| r.attempt).collect();
+        let started: Vec<Option<i64>> = rows.iter().map(|r| r.started_us).collect();
+        let ended: Vec<Option<i64>> = rows.iter().map(|r| r.ended_us).collect();
+        let etype: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.error.map(|e| e.type_name.as_str()))
+            .collect();
+        let emsg: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.error.map(|e| e.message.as_str()))
+            .collect();
+        let tb: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.error.and_then(|e| e.traceback.as_deref()))
+            .collect();
+        let set_attempt: Vec<bool> = rows.iter().map(|r| r.set_attempt).collect();
+        let set_ended: Vec<bool> = rows.iter().map(|r| r.set_ended).collect();
+        let set_error: Vec<bool> = rows.iter().map(|r| r.set_error).collect();
+        // Existing rows first (keeping what the batch did not set), then the new ones.
+        let update = self.statement(BULK_STATE_UPDATE)?;
+        self.tx.execute(
+            &update,
+            &[
+                &rid,
+                &node,
+                &status,
+                &attempt,
+                &started,
+                &ended,
+                &etype,
+                &emsg,
+                &tb,
+                &set_attempt,
+                &set_ended,
+                &set_error,
+            ],
+        )?;
+        let insert = self.statement(BULK_STATE_INSERT)?;
+        self.tx.execute(
+            &insert,
+            &[
+                &rid, &node, &status, &attempt, &started, &ended, &etype, &emsg, &tb,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn upsert_attempts(&mut self, rows: &[FoldedAttempt<'_>]) -> Result<(), postgres::Error> {
+        let rid: Vec<i64> = rows.iter().map(|r| r.rid).collect();
+        let node: Vec<i64> = rows.iter().map(|r| r.node).collect();
+        let attempt: Vec<i64> = rows.iter().map(|r| r.attempt).collect();
+        let started: Vec<Option<i64>> = rows.iter().map(|r| r.started_us).collect();
+        let ended: Vec<Option<i64>> = rows.iter().map(|r| r.ended_us).collect();
+        let status: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        let etype: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.error.map(|e| e.type_name.as_str()))
+            .collect();
+        let emsg: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.error.map(|e| e.message.as_str()))
+            .collect();
+        let tb: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.error.and_then(|e| e.traceback.as_deref()))
+            .collect();
+        let retry: Vec<Option<i64>> = rows.iter().map(|r| r.retry_at_us).collect();
+        let set_started: Vec<bool> = rows.iter().map(|r| r.set_started).collect();
+        let update = self.statement(BULK_ATTEMPT_UPDATE)?;
+        self.tx.execute(
+            &update,
+            &[
+                &rid,
+                &node,
+                &attempt,
+                &started,
+                &ended,
+                &status,
+                &etype,
+                &emsg,
+                &tb,
+                &retry,
+                &set_started,
+            ],
+        )?;
+        let insert = self.statement(BULK_ATTEMPT_INSERT)?;
+        self.tx.execute(
+            &insert,
+            &[
+                &rid, &node, &attempt, &started, &ended, &status, &etype, &emsg, &tb, &retry,
+            ],
+        )?;
+        Ok(())
+    }
 }
+
+/// A run's task facts, one array per column.
+const BULK_FACTS: &str = "INSERT INTO task_facts (rid, node, name, task_key, inputs_digest, seed, \
+    code_version) SELECT $1, * FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], \
+    $6::bigint[], $7::text[])";
+
+/// Folded states of rows that exist: the fold's rule (see `FOLD_STATE`), column-wise.
+const BULK_STATE_UPDATE: &str = "UPDATE task_state AS s SET status = v.status, \
+    attempt = CASE WHEN v.set_attempt THEN v.attempt ELSE s.attempt END, \
+    started_us = COALESCE(s.started_us, v.started_us), \
+    ended_us = CASE WHEN v.set_ended THEN v.ended_us ELSE s.ended_us END, \
+    error_type = CASE WHEN v.set_error THEN v.error_type ELSE s.error_type END, \
+    error_message = CASE WHEN v.set_error THEN v.error_message ELSE s.error_message END, \
+    traceback = CASE WHEN v.set_error THEN v.traceback ELSE s.traceback END \
+    FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], \
+    $6::bigint[], $7::text[], $8::text[], $9::text[], $10::bool[], $11::bool[], $12::bool[]) \
+    AS v(rid, node, status, attempt, started_us, ended_us, error_type, error_message, \
+    traceback, set_attempt, set_ended, set_error) WHERE s.rid = v.rid AND s.node = v.node";
+
+/// Folded states of rows that do not exist yet, inserted as given.
+const BULK_STATE_INSERT: &str = "INSERT INTO task_state (rid, node, status, attempt, started_us, \
+    ended_us, error_type, error_message, traceback) SELECT * FROM UNNEST($1::bigint[], \
+    $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[], \
+    $9::text[]) ON CONFLICT (rid, node) DO NOTHING";
+
+/// Folded attempts that exist: the fold's rule (see `FOLD_ATTEMPT`), column-wise.
+const BULK_ATTEMPT_UPDATE: &str = "UPDATE attempts AS a SET \
+    started_us = CASE WHEN v.set_started THEN v.started_us ELSE a.started_us END, \
+    ended_us = v.ended_us, status = v.status, error_type = v.error_type, \
+    error_message = v.error_message, traceback = v.traceback, retry_at_us = v.retry_at_us \
+    FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+    $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bool[]) \
+    AS v(rid, node, attempt, started_us, ended_us, status, error_type, error_message, \
+    traceback, retry_at_us, set_started) \
+    WHERE a.rid = v.rid AND a.node = v.node AND a.attempt = v.attempt";
+
+/// Folded attempts that do not exist yet, inserted as given.
+const BULK_ATTEMPT_INSERT: &str = "INSERT INTO attempts (rid, node, attempt, started_us, \
+    ended_us, status, error_type, error_message, traceback, retry_at_us) SELECT * FROM \
+    UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::text[], \
+    $7::text[], $8::text[], $9::text[], $10::bigint[]) \
+    ON CONFLICT (rid, node, attempt) DO NOTHING";
 
 /// Errors of the connection or the server's state rather than of one write: retry the batch.
 fn is_environmental(e: &postgres::Error) -> bool {

@@ -24,7 +24,7 @@ use rusqlite::{ffi, Connection, ErrorCode, OpenFlags, OptionalExtension, Transac
 
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
-use super::fold::Fold;
+use super::fold::{upsert_attempts_each, upsert_states_each, Fold, FoldedAttempt, FoldedState};
 use super::migrations::migrate;
 use super::model::{
     ErrorInfo, RunRecord, TaskFact, Transition, Write, TERMINAL_TASK_STATUSES,
@@ -474,6 +474,44 @@ pub(crate) trait Rows {
     /// Runs raw SQL (tests only).
     #[cfg(test)]
     fn batch(&mut self, sql: &str) -> Result<(), Self::Error>;
+
+    /// Inserts tasks' immutable facts: one statement each, unless a backend does better.
+    fn insert_facts(&mut self, rid: i64, tasks: &[TaskFact]) -> Result<(), Self::Error>
+    where
+        Self: Sized,
+    {
+        for t in tasks {
+            self.exec(
+                INSERT_FACT,
+                &[
+                    Param::int(rid),
+                    Param::int(t.node),
+                    Param::Text(&t.name),
+                    Param::OptText(t.task_key.as_deref()),
+                    Param::OptText(t.inputs_digest.as_deref()),
+                    Param::Int(t.seed),
+                    Param::OptText(t.code_version.as_deref()),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch's folded task states (see [`Fold`]).
+    fn upsert_states(&mut self, rows: &[FoldedState<'_>]) -> Result<(), Self::Error>
+    where
+        Self: Sized,
+    {
+        upsert_states_each(self, rows)
+    }
+
+    /// Writes a batch's folded attempts (see [`Fold`]).
+    fn upsert_attempts(&mut self, rows: &[FoldedAttempt<'_>]) -> Result<(), Self::Error>
+    where
+        Self: Sized,
+    {
+        upsert_attempts_each(self, rows)
+    }
 }
 
 /// SQLite's statements, prepared once per connection.
@@ -864,20 +902,7 @@ fn insert_run<R: Rows>(c: &mut R, r: &RunRecord) -> Result<i64, Fail<R::Error>> 
 
 /// Inserts tasks' immutable facts.
 fn insert_facts<R: Rows>(c: &mut R, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail<R::Error>> {
-    for t in tasks {
-        c.exec(
-            INSERT_FACT,
-            &[
-                Param::int(rid),
-                Param::int(t.node),
-                Param::Text(&t.name),
-                Param::OptText(t.task_key.as_deref()),
-                Param::OptText(t.inputs_digest.as_deref()),
-                Param::Int(t.seed),
-                Param::OptText(t.code_version.as_deref()),
-            ],
-        )?;
-    }
+    c.insert_facts(rid, tasks)?;
     Ok(())
 }
 
