@@ -105,6 +105,17 @@ fn claim_sql(any: bool) -> String {
     )
 }
 
+/// Completes a task the agent holds and, if tasks wait for it, makes them claimable, in one
+/// statement: `$1` id, `$2` agent, `$3` attempt (NULL: any), `$4` time as text, `$5` µs.
+const COMPLETE_AND_RELEASE_WAITERS: &str = "WITH done AS (UPDATE tm_queue_tasks SET \
+    status = 'completed', completed_at = $4, lease_us = NULL, updated_us = $5 \
+    WHERE id = $1 AND status = 'in_progress' AND locked_by = $2 \
+    AND ($3::bigint IS NULL OR attempt = $3) RETURNING waiters), \
+    freed AS (UPDATE tm_queue_tasks SET blocked = FALSE, updated_us = $5 \
+    WHERE parent_id = $1 AND status = 'pending' AND blocked \
+    AND EXISTS (SELECT 1 FROM done WHERE waiters)) \
+    SELECT waiters FROM done";
+
 /// An error inside a transaction: the server's, or the queue's own.
 enum TxError {
     Db(postgres::Error),
@@ -381,17 +392,7 @@ impl PgBackend {
     /// Runs `f` in a transaction: committed if it succeeds, rolled back otherwise. Reconnects
     /// first in a forked child, or after the server closed the connection.
     fn tx<R>(&mut self, f: impl FnOnce(&mut Tx<'_, '_>, &Ctx) -> TxResult<R>) -> Result<R> {
-        let pid = std::process::id();
-        if pid != self.pid || self.client.is_closed() {
-            let fresh = Self::connect(&self.config, &self.place, &self.ctx)?;
-            let old = std::mem::replace(&mut self.client, fresh);
-            if pid != self.pid {
-                // The parent's connection: closing it from here would end the parent's session.
-                std::mem::forget(old);
-            }
-            self.stmts.clear();
-            self.pid = pid;
-        }
+        self.ready()?;
         let ctx = &self.ctx;
         let place = &self.place;
         let result = (|| {
@@ -410,6 +411,41 @@ impl PgBackend {
             TxError::Db(e) => pg_err(place, ctx, e),
             TxError::Queue(e) => e,
         })
+    }
+
+    /// Reconnects in a forked child, or after the server closed the connection.
+    fn ready(&mut self) -> Result<()> {
+        let pid = std::process::id();
+        if pid != self.pid || self.client.is_closed() {
+            let fresh = Self::connect(&self.config, &self.place, &self.ctx)?;
+            let old = std::mem::replace(&mut self.client, fresh);
+            if pid != self.pid {
+                // The parent's connection: closing it from here would end the parent's session.
+                std::mem::forget(old);
+            }
+            self.stmts.clear();
+            self.pid = pid;
+        }
+        Ok(())
+    }
+
+    /// Runs one statement on its own (it commits by itself: one round trip, no BEGIN/COMMIT).
+    fn one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
+        self.ready()?;
+        let st = match self.stmts.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .client
+                    .prepare(sql)
+                    .map_err(|e| pg_err(&self.place, &self.ctx, e))?;
+                self.stmts.insert(sql.to_string(), s.clone());
+                s
+            }
+        };
+        self.client
+            .query_opt(&st, params)
+            .map_err(|e| pg_err(&self.place, &self.ctx, e))
     }
 
     /// Tells waiting processes that the queue changed (see [`BUMP`]); passes `r` through.
@@ -570,6 +606,24 @@ impl Backend for PgBackend {
             }
         }
         let sql = claim_sql(types.is_empty());
+        if !expired {
+            // The common case is one statement, committed on its own.
+            let now_iso = self.ctx.iso(now);
+            let row = if types.is_empty() {
+                self.one(&sql, &[&agent, &now_iso, &now])?
+            } else {
+                self.one(&sql, &[&agent, &now_iso, &now, &types])?
+            };
+            let task = row
+                .as_ref()
+                .map(row_task)
+                .transpose()
+                .map_err(|e| pg_err(&self.place, &self.ctx, e))?;
+            return match task {
+                Some(t) => self.changed(Some(t)),
+                None => Ok(None),
+            };
+        }
         let task = self.tx(|c, ctx| {
             if expired {
                 Self::sweep(c, ctx, now)?;
@@ -604,6 +658,30 @@ impl Backend for PgBackend {
             )));
         }
         let attempt = attempt.map(i64::from);
+        if status == Status::Completed && result.is_none() {
+            // One statement, committed on its own: the completion and, when tasks wait for this
+            // one, their release (a failure's cancellations walk the tree in a transaction below).
+            let now = self.ctx.now();
+            let now_iso = self.ctx.iso(now);
+            let row = self.one(
+                COMPLETE_AND_RELEASE_WAITERS,
+                &[&id, &agent, &attempt, &now_iso, &now],
+            )?;
+            let Some(row) = row else { return Ok(false) };
+            let waiters: bool = row
+                .try_get(0)
+                .map_err(|e| pg_err(&self.place, &self.ctx, e))?;
+            if waiters {
+                // A child inserted while this statement waited for the parent's row lock is
+                // not in its snapshot; a statement of its own sees it.
+                self.one(
+                    "UPDATE tm_queue_tasks SET blocked = FALSE, updated_us = $2 \
+                     WHERE parent_id = $1 AND status = 'pending' AND blocked",
+                    &[&id, &now],
+                )?;
+            }
+            return self.changed(true);
+        }
         let r =
             self.tx(|c, ctx| {
                 let now = ctx.now();
