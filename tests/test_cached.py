@@ -482,7 +482,7 @@ def test_config_load_builds_postgres_url_from_the_seed_yaml(
     s = tm.Store()
     assert s.url == url and s.result_dir == Path("/data/results")
     with pytest.raises(tm.StoreError, match="postgresql"):
-        s.cache_index  # noqa: B018 - PostgreSQL is refused when first used, clearly
+        s.cache_index  # noqa: B018 - an unreachable server is a clear error when first used
     monkeypatch.setenv("TM_DB_URL", "sqlite:///env.db")
     monkeypatch.setenv("TM_RESULT_DIR", "env-results")
     s = tm.Store()

@@ -50,10 +50,11 @@ def start(db: str, results: Path, gate: Path, x: int, *extra: str) -> subprocess
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[str, Path, Path]:
+def setup(tmp_path: Path, db_url: str) -> tuple[str, Path, Path]:
+    """An SQLite file, then a PostgreSQL database (``db_url``), with a results and a gate dir."""
     gate = tmp_path / "gate"
     gate.mkdir()
-    return f"sqlite:///{tmp_path / 'tm.db'}", tmp_path / "results", gate
+    return db_url, tmp_path / "results", gate
 
 
 def runs(gate: Path) -> list[str]:

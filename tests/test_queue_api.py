@@ -15,10 +15,18 @@ import pytest
 from tm.exceptions import TmError
 from tm.queue import CorruptStateError, QueueLockTimeout, TaskManager, TaskStatus, migrate
 
-BACKENDS = ["json", "sqlite", "sqlite-url"]
+BACKENDS = ["json", "sqlite", "sqlite-url", "postgresql"]
+
+# PostgreSQL databases made for (test dir, name); the server is the session's (tests/pg.py).
+_PG: dict[tuple[Path, str], str] = {}
+_PG_SERVER: list = []
 
 
 def store(tmp_path: Path, kind: str, name: str = "q") -> str | Path:
+    if kind == "postgresql":
+        if (tmp_path, name) not in _PG:
+            _PG[(tmp_path, name)] = _PG_SERVER[0].create_db()
+        return _PG[(tmp_path, name)]
     if kind == "json":
         return tmp_path / f"{name}.json"
     if kind == "sqlite":
@@ -28,6 +36,8 @@ def store(tmp_path: Path, kind: str, name: str = "q") -> str | Path:
 
 @pytest.fixture(params=BACKENDS)
 def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql" and not _PG_SERVER:
+        _PG_SERVER.append(request.getfixturevalue("pg_server"))
     return request.param
 
 
@@ -52,7 +62,7 @@ ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?$")
 
 def test_backend_follows_the_path(tmp_path: Path, kind: str) -> None:
     tm = TaskManager(store(tmp_path, kind))
-    assert tm.backend == ("json" if kind == "json" else "sqlite")
+    assert tm.backend == {"json": "json", "postgresql": "postgresql"}.get(kind, "sqlite")
     if kind == "sqlite-url":
         assert (tmp_path / "q.sqlite3").exists()
 

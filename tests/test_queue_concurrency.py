@@ -56,7 +56,7 @@ print("EXIT", flush=True)
 
 def start(
     script: Path,
-    path: Path,
+    path: Path | str,
     agent: str,
     logs: Path,
     lease_hours: float,
@@ -96,12 +96,19 @@ def read_logs(logs: Path) -> tuple[collections.Counter[str], collections.Counter
     return claims, completions, refused
 
 
-def setup(tmp_path: Path, name: str, n: int) -> tuple[Path, Path, Path, set[str]]:
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path, name: str, n: int
+) -> tuple[Path, Path, Path | str, set[str]]:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     logs = tmp_path / "logs"
     logs.mkdir()
-    path = tmp_path / name
+    # "postgresql": a fresh database on the session's real server (tests/pg.py).
+    path: Path | str = (
+        request.getfixturevalue("pg_server").create_db()
+        if name == "postgresql"
+        else tmp_path / name
+    )
     ids = set(TaskManager(path).create_tasks([("job", {"n": i}) for i in range(n)]))
     assert len(ids) == n
     return script, logs, path, ids
@@ -114,11 +121,11 @@ def wait_all(procs: list[subprocess.Popen[str]]) -> None:
         assert "EXIT" in out
 
 
-@pytest.mark.parametrize(("name", "n"), [("q.db", 10_000), ("q.json", 300)])
+@pytest.mark.parametrize(("name", "n"), [("q.db", 10_000), ("q.json", 300), ("postgresql", 3_000)])
 def test_eight_processes_claim_and_complete_every_task_once(
-    tmp_path: Path, name: str, n: int
+    request: pytest.FixtureRequest, tmp_path: Path, name: str, n: int
 ) -> None:
-    script, logs, path, ids = setup(tmp_path, name, n)
+    script, logs, path, ids = setup(request, tmp_path, name, n)
     procs = [start(script, path, f"w{i}", logs, 24, "drain") for i in range(8)]
     wait_all(procs)
     claims, completions, refused = read_logs(logs)
@@ -131,10 +138,12 @@ def test_eight_processes_claim_and_complete_every_task_once(
         assert t["attempt"] == 1 and t["data"]["result"]["by"] == t["locked_by"]
 
 
-@pytest.mark.parametrize(("name", "n"), [("q.db", 400), ("q.json", 100)])
-def test_sigkilled_workers_lose_no_task(tmp_path: Path, name: str, n: int) -> None:
+@pytest.mark.parametrize(("name", "n"), [("q.db", 400), ("q.json", 100), ("postgresql", 400)])
+def test_sigkilled_workers_lose_no_task(
+    request: pytest.FixtureRequest, tmp_path: Path, name: str, n: int
+) -> None:
     lease_hours = 0.5 / 3600  # half a second
-    script, logs, path, ids = setup(tmp_path, name, n)
+    script, logs, path, ids = setup(request, tmp_path, name, n)
     # Four workers each complete a few tasks, claim one more and stop mid-task; once all four
     # are stuck, four healthy workers start, and the stuck ones are killed while those work.
     victims = [

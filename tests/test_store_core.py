@@ -97,8 +97,8 @@ def test_every_verb_round_trips(tmp_path: Path) -> None:
     store.close()
 
 
-def test_list_and_unfinished_runs() -> None:
-    store = StoreCore(":memory:")
+def test_list_and_unfinished_runs(db_url: str) -> None:
+    store = StoreCore(db_url)
     for i in range(5):
         begin(store, f"r{i}", "even" if i % 2 == 0 else "odd", 10 + i)
     store.finish_run("r0", "completed", 20)
@@ -111,8 +111,8 @@ def test_list_and_unfinished_runs() -> None:
     store.close()
 
 
-def test_a_refused_write_raises_on_flush_and_the_rest_is_kept() -> None:
-    store = StoreCore("sqlite://:memory:")
+def test_a_refused_write_raises_on_flush_and_the_rest_is_kept(db_url: str) -> None:
+    store = StoreCore(db_url)
     begin(store)
     store.task_started("ghost", 0, 1, 1)
     store.task_started("r1", 0, 1, 1)
@@ -126,10 +126,10 @@ def test_a_refused_write_raises_on_flush_and_the_rest_is_kept() -> None:
     store.close()
 
 
-def test_prune() -> None:
+def test_prune(db_url: str) -> None:
     day = 86_400_000_000
     now = 100 * day
-    store = StoreCore(":memory:")
+    store = StoreCore(db_url)
     for i in range(4):
         begin(store, f"r{i}", "g", now - (10 - i) * day)
         store.save_result(f"r{i}", 0, "bytes", b"x" * 100)
@@ -180,13 +180,15 @@ def test_unusable_locations_raise_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a directory"):
         StoreCore(str(plain / "tm.db"))
     with pytest.raises(StoreError, match="not supported"):
-        StoreCore("postgresql://user@localhost/tm")
+        StoreCore("mysql://user@localhost/tm")
+    with pytest.raises(StoreError, match="cannot connect"):
+        StoreCore("postgresql://user@127.0.0.1:1/tm")  # nothing listens on port 1
     with pytest.raises(StoreError, match="no host"):
         StoreCore("sqlite://host/tm.db")
 
 
-def test_threads_write_and_read_one_file(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/tm.db"
+def test_threads_write_and_read_one_file(db_url: str) -> None:
+    url = db_url
     errors: list[BaseException] = []
 
     def writer(w: int) -> None:
@@ -238,8 +240,8 @@ store.close()
 """
 
 
-def test_two_processes_write_while_a_third_reads(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/shared.db"
+def test_two_processes_write_while_a_third_reads(db_url: str) -> None:
+    url = db_url
     StoreCore(url).close()  # create and migrate once, so the race is about writes
     procs = [
         subprocess.Popen(

@@ -44,8 +44,8 @@ def tm_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_every_transition_of_a_run_is_recorded(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}/runs.db")
+def test_every_transition_of_a_run_is_recorded(db_url: str) -> None:
+    store = Store(db_url)
     with Executor(store=store) as ex:
         run = ex.run(failing_graph())
     store.flush()
@@ -99,8 +99,8 @@ def test_nothing_is_created_before_first_use(tmp_path: Path, monkeypatch) -> Non
     store.close()
 
 
-def test_cli_lists_and_shows_runs(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/cli.db"
+def test_cli_lists_and_shows_runs(tmp_path: Path, db_url: str) -> None:
+    url = db_url
     with Executor(store=url) as ex:
         run = ex.run(failing_graph())
         ok = Graph("fine")
@@ -134,8 +134,8 @@ def test_a_corrupt_database_is_a_clear_error_and_is_not_touched(tmp_path: Path) 
     assert bad.read_bytes() == before
 
 
-def test_cli_reads_while_another_process_writes(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/busy.db"
+def test_cli_reads_while_another_process_writes(tmp_path: Path, db_url: str) -> None:
+    url = db_url
     writer = textwrap.dedent(
         f"""
         import tm

@@ -133,7 +133,9 @@ class TaskManager:
 
     Args:
         state_file: ``*.json`` for the seed's state file; any other path or ``sqlite:///...`` for
-            SQLite. Created (with its directory) if missing.
+            SQLite; ``postgresql://user:password@host:port/database`` for a PostgreSQL server
+            that agents on many hosts share (claims use ``FOR UPDATE SKIP LOCKED``). Files are
+            created (with their directory) if missing.
         lock_timeout: Seconds to wait for the exclusive lock before raising
             :class:`QueueLockTimeout` (a ``TimeoutError``).
         task_timeout_hours: Lease length: an in-progress task older than this returns to pending.
@@ -153,7 +155,8 @@ class TaskManager:
         max_attempts: int | None = None,
     ) -> None:
         target = _target(state_file)
-        self.state_file = state_file if target.startswith("sqlite:") else Path(target)
+        url = target.startswith(("sqlite:", "postgres"))
+        self.state_file = state_file if url else Path(target)
         self.lock_timeout = lock_timeout
         self.task_timeout_hours = task_timeout_hours
         self.max_attempts = max_attempts
@@ -161,7 +164,7 @@ class TaskManager:
 
     @property
     def backend(self) -> str:
-        """``"json"`` or ``"sqlite"``."""
+        """``"json"``, ``"sqlite"`` or ``"postgresql"``."""
         return self._core.kind
 
     def __repr__(self) -> str:
@@ -380,6 +383,7 @@ def migrate(
 ) -> int:
     """Copies every task and the metadata of ``src`` into ``dst`` (a new or empty store).
 
-    Either side may be a JSON state file or an SQLite database. Returns the number of tasks.
+    Either side may be a JSON state file, an SQLite database or a PostgreSQL URL. Returns the
+    number of tasks.
     """
     return _tm.queue_migrate(_target(src), _target(dst), float(lock_timeout))

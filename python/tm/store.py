@@ -63,8 +63,10 @@ class Store:
     and a long-running process stays bounded.
 
     Args:
-        db_url: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, a file path, or
-            ``sqlite://:memory:``.
+        db_url: ``sqlite:///relative.db``, ``sqlite:////absolute.db``, a file path,
+            ``sqlite://:memory:``, or a PostgreSQL server's
+            ``postgresql://user:password@host:port/database``, which processes on many hosts
+            can share (``result_dir`` must then be a directory they all see).
         result_dir: the directory of cached results.
         cache_bytes: the budget of each in-memory cache (recently used cached-call results, so a
             hit reads no file though the database is still asked; persisted task results): 64 MiB

@@ -30,7 +30,9 @@ fn to_py(e: QueueError) -> PyErr {
     match e {
         QueueError::LockTimeout { .. } => exc::QueueLockTimeout::new_err(msg),
         QueueError::Corrupt { .. } => exc::CorruptStateError::new_err(msg),
-        QueueError::Io { .. } | QueueError::Sqlite { .. } => exc::StoreError::new_err(msg),
+        QueueError::Io { .. } | QueueError::Sqlite { .. } | QueueError::Postgres { .. } => {
+            exc::StoreError::new_err(msg)
+        }
         QueueError::Invalid(_) => PyValueError::new_err(msg),
     }
 }
@@ -159,6 +161,7 @@ impl PyQueueCore {
         let kind = match parsed {
             queue::Target::Json(_) => "json",
             queue::Target::Sqlite(_) => "sqlite",
+            queue::Target::Postgres(_) => "postgresql",
         };
         let backend = py.detach(|| parsed.open(opts)).map_err(to_py)?;
         Ok(PyQueueCore {

@@ -21,6 +21,7 @@
 
 pub mod json;
 mod jsontext;
+mod pg;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use jiff::Timestamp;
 use crate::clock::Clock;
 
 pub use json::JsonBackend;
+pub use pg::PgBackend;
 pub use sqlite::SqliteBackend;
 
 /// Errors of the agent queue.
@@ -83,6 +85,14 @@ pub enum QueueError {
         source: rusqlite::Error,
     },
     /// A caller's argument is invalid (data that is not JSON, an unknown parent to wait for, ...).
+    /// A PostgreSQL server could not be reached or failed an operation.
+    #[error("queue database {place}: {detail}")]
+    Postgres {
+        /// The URL without its password.
+        place: String,
+        /// The server's or the driver's message.
+        detail: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -345,11 +355,17 @@ pub enum Target {
     Json(PathBuf),
     /// An SQLite database.
     Sqlite(PathBuf),
+    /// A PostgreSQL database: the URL as given.
+    Postgres(String),
 }
 
 impl Target {
     /// Parses `sqlite:///relative.db`, `sqlite:////absolute.db` (SQLAlchemy's spelling) or a path.
     pub fn parse(target: &str) -> Result<Target> {
+        if target.to_ascii_lowercase().starts_with("postgres") && target.contains("://") {
+            crate::store::pg_config(target).map_err(|e| QueueError::Invalid(e.to_string()))?;
+            return Ok(Target::Postgres(target.to_string()));
+        }
         if let Some(rest) = target.strip_prefix("sqlite://") {
             let path = rest.strip_prefix('/').unwrap_or(rest);
             if path.is_empty() || path == ":memory:" {
@@ -378,6 +394,7 @@ impl Target {
     pub fn path(&self) -> &Path {
         match self {
             Target::Json(p) | Target::Sqlite(p) => p,
+            Target::Postgres(url) => Path::new(url),
         }
     }
 
@@ -386,6 +403,7 @@ impl Target {
         Ok(match self {
             Target::Json(p) => Box::new(JsonBackend::open(p, opts)?),
             Target::Sqlite(p) => Box::new(SqliteBackend::open(p, opts)?),
+            Target::Postgres(url) => Box::new(PgBackend::open(url, opts)?),
         })
     }
 }
@@ -406,7 +424,7 @@ pub fn migrate(src: &str, dst: &str, opts: Options) -> Result<usize> {
             s.path().display()
         )));
     }
-    if !s.path().exists() {
+    if !matches!(s, Target::Postgres(_)) && !s.path().exists() {
         return Err(QueueError::Invalid(format!(
             "source {} does not exist",
             s.path().display()

@@ -44,7 +44,8 @@ fn opts(clock: &Clock) -> Options {
     }
 }
 
-/// Runs `f` against a JSON and an SQLite store in `dir`.
+/// Runs `f` against a JSON and an SQLite store in `dir`, and against PostgreSQL when
+/// `TM_TEST_PG_URL` names a database (pytest sets it: tests/test_pg_queue.py).
 fn both(f: impl Fn(&mut dyn Backend, &Clock, &Path)) {
     for name in ["state.json", "state.db"] {
         let dir = TempDir::new();
@@ -52,6 +53,37 @@ fn both(f: impl Fn(&mut dyn Backend, &Clock, &Path)) {
         let path = dir.join(name);
         let mut b = open(path.to_str().unwrap(), opts(&clock)).unwrap();
         f(b.as_mut(), &clock, &path);
+    }
+    if let Some(url) = pg_url() {
+        let clock = Clock::manual(T0);
+        let mut b = open(&url, opts(&clock)).unwrap();
+        f(b.as_mut(), &clock, Path::new(&url));
+    }
+}
+
+/// A URL of a fresh schema in the `TM_TEST_PG_URL` database, if set.
+fn pg_url() -> Option<String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let url = std::env::var("TM_TEST_PG_URL").ok()?;
+    let schema = format!(
+        "tm_queue_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{sep}options=-csearch_path%3D{schema}"))
+}
+
+#[test]
+fn postgres_runs_the_shared_queue_tests() {
+    // A marker for pytest: the tests above ran on PostgreSQL too when this one ran with a URL.
+    if let Some(url) = pg_url() {
+        assert!(matches!(Target::parse(&url), Ok(Target::Postgres(_))));
     }
 }
 

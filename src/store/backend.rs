@@ -1,6 +1,5 @@
 //! The boundary between [`Store`](super::Store) and a database engine. `Store` talks only to
-//! [`Backend`]; SQLite is the one implementation today, and PostgreSQL is added by implementing
-//! the trait and one arm in [`open`], without touching the store's callers.
+//! [`Backend`]: SQLite here, PostgreSQL in [`super::pg`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,10 +54,7 @@ pub(crate) trait Backend: Send + Sync {
 pub(crate) fn open(url: &str) -> Result<Box<dyn Backend>, StoreError> {
     match DbUrl::parse(url)? {
         DbUrl::Sqlite(target) => Ok(Box::new(Sqlite::open(target)?)),
-        DbUrl::Postgres(url) => Err(StoreError::Unsupported {
-            scheme: "postgresql".into(),
-            url,
-        }),
+        DbUrl::Postgres(url) => Ok(Box::new(super::pg::Postgres::open(&url)?)),
     }
 }
 
@@ -313,10 +309,10 @@ mod tests {
 
     #[test]
     fn postgres_and_bad_urls_are_clear_errors() {
-        assert!(matches!(
-            Store::open("postgresql://u@localhost/tm"),
-            Err(StoreError::Unsupported { .. })
-        ));
+        // Nothing listens on port 1: a connection error naming the server, not a panic.
+        let e = expect_open_error("postgresql://u:secret@127.0.0.1:1/tm", "cannot connect");
+        assert!(matches!(e, StoreError::Postgres { .. }), "{e:?}");
+        assert!(!e.to_string().contains("secret"), "{e}");
         assert!(matches!(
             Store::open("sqlite://host/x.db"),
             Err(StoreError::InvalidUrl { .. })

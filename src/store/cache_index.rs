@@ -265,7 +265,7 @@ fn state_of(c: &Connection, key: &str) -> rusqlite::Result<Option<CallState>> {
 }
 
 /// Whether a `RUNNING` state still has a live owner, as far as the database can tell.
-fn is_live(state: &CallState, req: &ClaimRequest) -> bool {
+pub(crate) fn is_live(state: &CallState, req: &ClaimRequest) -> bool {
     if state.status != "RUNNING" {
         return false;
     }

@@ -117,6 +117,21 @@ pub enum StoreError {
         source: Arc<rusqlite::Error>,
     },
 
+    /// A PostgreSQL server could not be reached, or refused or failed an operation (connecting,
+    /// migrating, a query, a commit). `place` is the URL without its password.
+    #[error("database {place}: {what}: {detail}")]
+    Postgres {
+        /// The server and database, as a URL without the password.
+        place: String,
+        /// What tm was doing, in words.
+        what: String,
+        /// The server's or the driver's message.
+        detail: String,
+        /// The driver's error.
+        #[source]
+        source: Option<Arc<postgres::Error>>,
+    },
+
     /// The store was closed; nothing more can be written or read through it.
     #[error("the store is closed")]
     Closed,
@@ -182,5 +197,29 @@ fn dir_is_read_only(dir: &std::path::Path) -> bool {
     #[cfg(not(unix))]
     {
         std::fs::metadata(dir).is_ok_and(|m| m.permissions().readonly())
+    }
+}
+
+/// A PostgreSQL error as a [`StoreError::Postgres`], with the server's own message when it sent one
+/// (the driver's `Display` says only "db error").
+pub(crate) fn pg_error(place: &str, what: &str, e: postgres::Error) -> StoreError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
+    };
+    StoreError::Postgres {
+        place: place.to_string(),
+        what: what.to_string(),
+        detail,
+        source: Some(std::sync::Arc::new(e)),
     }
 }

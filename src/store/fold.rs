@@ -7,15 +7,16 @@
 //! each field remembers whether the batch set it, and the upsert keeps the stored value of every
 //! field the batch left alone (`started_us` keeps the first start, as the sequential verbs do).
 //!
+//! The statements are shared by every backend (see [`Rows`]).
+//!
 //! Only the fast path folds. When a folded batch fails for a reason other than its environment,
 //! the writer replays it unfolded with a savepoint per write, so errors still name the one write
 //! at fault.
 
 use std::collections::HashMap;
 
-use rusqlite::{params, Connection};
-
 use super::model::{ErrorInfo, TERMINAL_TASK_STATUSES};
+use super::writer::{Param, Rows};
 
 /// The latest values a batch gave one `task_state` row.
 #[derive(Default)]
@@ -148,61 +149,147 @@ impl<'a> Fold<'a> {
     }
 
     /// Writes every folded row and empties the fold.
-    pub(crate) fn flush(&mut self, c: &Connection) -> rusqlite::Result<()> {
-        if !self.materialize.is_empty() {
-            // Reads the states as committed before this batch: they are written below.
-            let mut st = c.prepare_cached(MATERIALIZE_FIRST_ATTEMPT)?;
-            for (rid, node) in self.materialize.drain(..) {
-                st.execute(params![rid, node])?;
-            }
+    pub(crate) fn flush<R: Rows>(&mut self, c: &mut R) -> Result<(), R::Error> {
+        // Reads the states as committed before this batch: they are written below.
+        for (rid, node) in self.materialize.drain(..) {
+            c.exec(
+                MATERIALIZE_FIRST_ATTEMPT,
+                &[Param::int(rid), Param::int(node)],
+            )?;
         }
         if !self.state_order.is_empty() {
-            let mut st = c.prepare_cached(FOLD_STATE)?;
-            for key in self.state_order.drain(..) {
-                let s = &self.states[&key];
-                let e = s.error.flatten();
-                st.execute(params![
-                    key.0,
-                    key.1,
-                    s.status,
-                    s.attempt.unwrap_or(0),
-                    s.started_us,
-                    s.ended_us.flatten(),
-                    e.map(|e| &e.type_name),
-                    e.map(|e| &e.message),
-                    e.and_then(|e| e.traceback.as_ref()),
-                    s.attempt.is_some(),
-                    s.ended_us.is_some(),
-                    s.error.is_some(),
-                ])?;
-            }
+            let rows: Vec<FoldedState<'_>> = self
+                .state_order
+                .iter()
+                .map(|key| {
+                    let s = &self.states[key];
+                    FoldedState {
+                        rid: key.0,
+                        node: i64::from(key.1),
+                        status: s.status,
+                        attempt: i64::from(s.attempt.unwrap_or(0)),
+                        started_us: s.started_us,
+                        ended_us: s.ended_us.flatten(),
+                        error: s.error.flatten(),
+                        set_attempt: s.attempt.is_some(),
+                        set_ended: s.ended_us.is_some(),
+                        set_error: s.error.is_some(),
+                    }
+                })
+                .collect();
+            c.upsert_states(&rows)?;
+            self.state_order.clear();
             self.states.clear();
         }
         if !self.attempt_order.is_empty() {
-            let mut st = c.prepare_cached(FOLD_ATTEMPT)?;
-            for key in self.attempt_order.drain(..) {
-                let a = &self.attempts[&key];
-                if key.1 == 1 && a.is_implicit() {
-                    continue;
-                }
-                st.execute(params![
-                    key.0 .0,
-                    key.0 .1,
-                    key.1,
-                    a.started_us,
-                    a.ended_us,
-                    a.status,
-                    a.error.map(|e| &e.type_name),
-                    a.error.map(|e| &e.message),
-                    a.error.and_then(|e| e.traceback.as_ref()),
-                    a.retry_at_us,
-                    a.started_us.is_some(),
-                ])?;
+            let rows: Vec<FoldedAttempt<'_>> = self
+                .attempt_order
+                .iter()
+                .filter(|key| !(key.1 == 1 && self.attempts[key].is_implicit()))
+                .map(|key| {
+                    let a = &self.attempts[key];
+                    FoldedAttempt {
+                        rid: key.0 .0,
+                        node: i64::from(key.0 .1),
+                        attempt: i64::from(key.1),
+                        started_us: a.started_us,
+                        ended_us: a.ended_us,
+                        status: a.status,
+                        error: a.error,
+                        retry_at_us: a.retry_at_us,
+                        set_started: a.started_us.is_some(),
+                    }
+                })
+                .collect();
+            if !rows.is_empty() {
+                c.upsert_attempts(&rows)?;
             }
+            self.attempt_order.clear();
             self.attempts.clear();
         }
         Ok(())
     }
+}
+
+/// One task's folded `task_state` row; the `set_*` flags say which fields the batch set (the
+/// others keep their stored values).
+pub(crate) struct FoldedState<'a> {
+    pub(crate) rid: i64,
+    pub(crate) node: i64,
+    pub(crate) status: &'a str,
+    pub(crate) attempt: i64,
+    pub(crate) started_us: Option<i64>,
+    pub(crate) ended_us: Option<i64>,
+    pub(crate) error: Option<&'a ErrorInfo>,
+    pub(crate) set_attempt: bool,
+    pub(crate) set_ended: bool,
+    pub(crate) set_error: bool,
+}
+
+/// One attempt's folded `attempts` row; `set_started` says whether the batch started it.
+pub(crate) struct FoldedAttempt<'a> {
+    pub(crate) rid: i64,
+    pub(crate) node: i64,
+    pub(crate) attempt: i64,
+    pub(crate) started_us: Option<i64>,
+    pub(crate) ended_us: Option<i64>,
+    pub(crate) status: &'a str,
+    pub(crate) error: Option<&'a ErrorInfo>,
+    pub(crate) retry_at_us: Option<i64>,
+    pub(crate) set_started: bool,
+}
+
+/// Writes folded states one upsert each (the default of [`Rows::upsert_states`]).
+pub(crate) fn upsert_states_each<R: Rows>(
+    c: &mut R,
+    rows: &[FoldedState<'_>],
+) -> Result<(), R::Error> {
+    for s in rows {
+        c.exec(
+            FOLD_STATE,
+            &[
+                Param::Int(Some(s.rid)),
+                Param::Int(Some(s.node)),
+                Param::Text(s.status),
+                Param::Int(Some(s.attempt)),
+                Param::Int(s.started_us),
+                Param::Int(s.ended_us),
+                Param::OptText(s.error.map(|e| e.type_name.as_str())),
+                Param::OptText(s.error.map(|e| e.message.as_str())),
+                Param::OptText(s.error.and_then(|e| e.traceback.as_deref())),
+                Param::Bool(s.set_attempt),
+                Param::Bool(s.set_ended),
+                Param::Bool(s.set_error),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes folded attempts one upsert each (the default of [`Rows::upsert_attempts`]).
+pub(crate) fn upsert_attempts_each<R: Rows>(
+    c: &mut R,
+    rows: &[FoldedAttempt<'_>],
+) -> Result<(), R::Error> {
+    for a in rows {
+        c.exec(
+            FOLD_ATTEMPT,
+            &[
+                Param::Int(Some(a.rid)),
+                Param::Int(Some(a.node)),
+                Param::Int(Some(a.attempt)),
+                Param::Int(a.started_us),
+                Param::Int(a.ended_us),
+                Param::Text(a.status),
+                Param::OptText(a.error.map(|e| e.type_name.as_str())),
+                Param::OptText(a.error.map(|e| e.message.as_str())),
+                Param::OptText(a.error.and_then(|e| e.traceback.as_deref())),
+                Param::Int(a.retry_at_us),
+                Param::Bool(a.set_started),
+            ],
+        )?;
+    }
+    Ok(())
 }
 
 /// One task's folded state; `?10`-`?12` say whether the batch set attempt, end and error.

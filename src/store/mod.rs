@@ -3,7 +3,7 @@
 //! [`Store`] exposes verbs, not SQL. Writes are queued without blocking and committed by one
 //! writer thread in batches (group commit), so recording a transition costs microseconds; reads
 //! run on their own connections and never wait for the writer. The database is SQLite (WAL, a busy
-//! timeout, numbered migrations); the backend sits behind a trait so PostgreSQL can follow.
+//! timeout, numbered migrations) or, by URL, a PostgreSQL server; both sit behind one trait.
 //!
 //! ```no_run
 //! use tm::store::{RunRecord, Store, TaskFact};
@@ -32,6 +32,7 @@ mod error;
 mod fold;
 mod migrations;
 mod model;
+mod pg;
 mod read;
 mod url;
 mod writer;
@@ -48,6 +49,7 @@ pub use model::{
     RunSummary, TaskFact, TaskRef, TaskRow, Transition, TERMINAL_TASK_STATUSES,
     UNFINISHED_RUN_STATES,
 };
+pub(crate) use url::pg_config;
 pub use url::{DbUrl, SqliteTarget};
 
 use std::sync::{Arc, Mutex, PoisonError};

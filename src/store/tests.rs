@@ -221,7 +221,10 @@ fn memory_stores_are_private() {
 
 #[test]
 fn list_runs_filters_newest_first_and_unfinished() {
-    let store = open(":memory:");
+    list_and_filter(open(":memory:"));
+}
+
+fn list_and_filter(store: Store) {
     for i in 0..6 {
         let graph = if i % 2 == 0 { "even" } else { "odd" };
         ok(store.begin_run(run(&format!("r{i}"), graph, 10 + i, &["t"])));
@@ -266,7 +269,10 @@ fn list_runs_filters_newest_first_and_unfinished() {
 #[test]
 fn group_commit_stores_everything_enqueued_before_one_flush() {
     let tmp = TempDb::new("group");
-    let store = open(&tmp.url());
+    group_commit(open(&tmp.url()));
+}
+
+fn group_commit(store: Store) {
     let n = 3_000u32;
     let names: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -288,7 +294,10 @@ fn group_commit_stores_everything_enqueued_before_one_flush() {
 
 #[test]
 fn a_refused_write_is_reported_and_the_rest_of_its_batch_kept() {
-    let store = open(":memory:");
+    refused_write(open(":memory:"));
+}
+
+fn refused_write(store: Store) {
     ok(store.begin_run(run("r", "g", 1, &["a", "b"])));
     ok(store.task_started("ghost", 0, 1, 5));
     ok(store.task_started("r", 0, 1, 5));
@@ -438,7 +447,10 @@ fn read_while_writing(store: Store) {
 
 #[test]
 fn prune_keeps_recent_and_unfinished_runs() {
-    let store = open(":memory:");
+    prune_runs(open(":memory:"));
+}
+
+fn prune_runs(store: Store) {
     const DAY: i64 = 86_400_000_000;
     let now = 100 * DAY;
     for i in 0..5i64 {
@@ -699,4 +711,79 @@ fn clean_first_attempts_are_implicit_rows_and_read_back_whole() {
             .collect::<Vec<_>>(),
         vec![(1, Some(20), Some(21)), (2, Some(31), Some(32))]
     );
+}
+
+/// A store on a fresh schema of the PostgreSQL database that `TM_TEST_PG_URL` names, or `None`
+/// (the test passes vacuously) when it is unset: `cargo test` needs no server, and pytest runs
+/// these tests against its real one (tests/test_pg_store.py).
+fn pg_store() -> Option<Store> {
+    pg_schema_url().map(|url| open(&url))
+}
+
+/// The URL of a fresh schema in the `TM_TEST_PG_URL` database, if that is set.
+pub(super) fn pg_schema_url() -> Option<String> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let url = std::env::var("TM_TEST_PG_URL").ok()?;
+    let schema = format!(
+        "tm_rust_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    client
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .expect("create schema");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some(format!("{url}{sep}options=-csearch_path%3D{schema}"))
+}
+
+#[test]
+fn postgres_every_verb_and_reopen() {
+    let Some(store) = pg_store() else { return };
+    assert!(
+        store.location().starts_with("postgres"),
+        "{}",
+        store.location()
+    );
+    every_verb(&store);
+    let url = store.location().to_string();
+    ok(store.close());
+    // Reopening migrates nothing and sees the data.
+    let again = open(&url);
+    assert_eq!(ok(again.get_run("r1")).map(|r| r.tasks.len()), Some(3));
+}
+
+#[test]
+fn postgres_list_and_filter() {
+    if let Some(store) = pg_store() {
+        list_and_filter(store);
+    }
+}
+
+#[test]
+fn postgres_group_commit() {
+    if let Some(store) = pg_store() {
+        group_commit(store);
+    }
+}
+
+#[test]
+fn postgres_refused_write() {
+    if let Some(store) = pg_store() {
+        refused_write(store);
+    }
+}
+
+#[test]
+fn postgres_prune() {
+    if let Some(store) = pg_store() {
+        prune_runs(store);
+    }
+}
+
+#[test]
+fn postgres_readers_read_while_the_writer_writes() {
+    if let Some(store) = pg_store() {
+        read_while_writing(store);
+    }
 }

@@ -3,7 +3,8 @@
 //! SQLite URLs follow SQLAlchemy: `sqlite:///relative/path.db` (three slashes) is relative to the
 //! working directory, `sqlite:////absolute/path.db` (four) is absolute, and `sqlite://` or
 //! `sqlite://:memory:` is an in-memory database. A bare filesystem path and `:memory:` are accepted
-//! too. `postgresql://...` is recognised so that it can be refused with a clear message.
+//! too. PostgreSQL URLs are libpq's: `postgresql://user:password@host:port/database?options`
+//! (`postgres://` too, and SQLAlchemy's `postgresql+driver://`, whose driver part is ignored).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ pub enum SqliteTarget {
 pub enum DbUrl {
     /// An embedded SQLite database.
     Sqlite(SqliteTarget),
-    /// A PostgreSQL server (recognised, not supported yet); holds the URL as given.
+    /// A PostgreSQL server; holds the URL as given (checked by [`pg_config`]).
     Postgres(String),
 }
 
@@ -52,7 +53,10 @@ impl DbUrl {
             .to_ascii_lowercase();
         match dialect.as_str() {
             "sqlite" => {}
-            "postgresql" | "postgres" => return Ok(DbUrl::Postgres(url.to_string())),
+            "postgresql" | "postgres" => {
+                pg_config(url)?;
+                return Ok(DbUrl::Postgres(url.to_string()));
+            }
             _ => {
                 return Err(StoreError::Unsupported {
                     scheme: scheme.to_string(),
@@ -100,6 +104,56 @@ fn split_scheme(url: &str) -> Option<(&str, &str)> {
     let known = scheme.to_ascii_lowercase().starts_with("sqlite")
         || scheme.to_ascii_lowercase().starts_with("postgres");
     (rest.starts_with("//") || known).then_some((scheme, rest))
+}
+
+/// The connection settings of a PostgreSQL URL, and the URL without its password (for messages).
+pub(crate) fn pg_config(url: &str) -> Result<(postgres::Config, String), StoreError> {
+    let invalid = |reason: String| StoreError::InvalidUrl {
+        url: without_password(url),
+        reason,
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| invalid("a PostgreSQL URL starts with postgresql://".into()))?;
+    // The driver named by SQLAlchemy's `postgresql+driver://` is ours, whatever it says.
+    let dialect = scheme.split('+').next().unwrap_or(scheme);
+    let plain = format!("{}://{rest}", dialect.to_ascii_lowercase());
+    let mut config: postgres::Config = plain
+        .parse()
+        .map_err(|e: postgres::Error| invalid(e.to_string()))?;
+    if config.get_hosts().is_empty() {
+        return Err(invalid("it names no host".into()));
+    }
+    if config.get_dbname().is_none() {
+        return Err(invalid(
+            "it names no database (postgresql://host/database)".into(),
+        ));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("tm");
+    }
+    Ok((config, without_password(url)))
+}
+
+/// `url` with the password of its user info (if any) replaced by `***`.
+fn without_password(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_string();
+    };
+    let authority_end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_string();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!("{}***{}", &url[..start + colon + 1], &url[start + at..]),
+        None => url.to_string(),
+    }
 }
 
 impl fmt::Display for DbUrl {
@@ -175,6 +229,31 @@ mod tests {
         ] {
             assert_eq!(DbUrl::parse(u).ok(), Some(DbUrl::Postgres(u.to_string())));
         }
+    }
+
+    #[test]
+    fn postgres_urls_are_checked_and_passwords_hidden() {
+        let (config, shown) =
+            pg_config("postgresql+psycopg://tm:s3cret@db.example:6543/state").expect("valid");
+        assert_eq!(shown, "postgresql+psycopg://tm:***@db.example:6543/state");
+        assert_eq!(config.get_user(), Some("tm"));
+        assert_eq!(config.get_dbname(), Some("state"));
+        assert_eq!(config.get_ports(), &[6543]);
+        assert_eq!(
+            without_password("postgres://u@h/db?sslmode=disable"),
+            "postgres://u@h/db?sslmode=disable"
+        );
+        let msg = |u: &str| match DbUrl::parse(u) {
+            Err(e) => e.to_string(),
+            Ok(v) => panic!("{u} parsed as {v:?}"),
+        };
+        assert!(
+            msg("postgresql://h").contains("no database"),
+            "{}",
+            msg("postgresql://h")
+        );
+        let bad = msg("postgresql://u:pw@h:notaport/db");
+        assert!(!bad.contains("pw@"), "{bad}");
     }
 
     #[test]

@@ -20,13 +20,14 @@ use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{
-    ffi, params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior,
-};
+use rusqlite::{ffi, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
-use super::fold::{Fold, MATERIALIZE_FIRST_ATTEMPT};
+use super::fold::{
+    upsert_attempts_each, upsert_states_each, Fold, FoldedAttempt, FoldedState,
+    MATERIALIZE_FIRST_ATTEMPT,
+};
 use super::migrations::migrate;
 use super::model::{
     ErrorInfo, RunRecord, TaskFact, Transition, Write, TERMINAL_TASK_STATUSES,
@@ -208,16 +209,28 @@ impl Writer {
     /// Open errors are returned here, before any thread exists.
     pub(crate) fn start(place: &SqlitePlace) -> Result<Writer, StoreError> {
         let conn = open_with_retry(place)?;
+        Writer::spawn(
+            place.name.clone(),
+            Box::new(SqliteCommitter {
+                conn,
+                name: place.name.clone(),
+                keys: RunKeys::default(),
+            }),
+        )
+    }
+
+    /// Starts the thread that hands batches to `committer`; `name` is the database for messages.
+    pub(crate) fn spawn(name: String, committer: Box<dyn Committer>) -> Result<Writer, StoreError> {
         let queue = Arc::new(Queue::default());
         let rx = queue.clone();
         let last_error = Arc::new(Mutex::new(None));
         let mut worker = Worker {
-            conn,
-            name: place.name.clone(),
-            keys: RunKeys::default(),
+            committer,
             unchecked: 0,
-            pending: None,
-            last_error: last_error.clone(),
+            report: Report {
+                pending: None,
+                last_error: last_error.clone(),
+            },
         };
         let thread = std::thread::Builder::new()
             .name("tm-store-writer".into())
@@ -229,7 +242,7 @@ impl Writer {
                 StoreError::WriterStopped(format!("cannot start the writer thread: {e}"))
             })?;
         Ok(Writer {
-            name: place.name.clone(),
+            name,
             queue,
             thread: Mutex::new(Some(thread)),
             last_error,
@@ -349,7 +362,7 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
         // The first statement reads the header: a non-database fails here, before any write.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // The writer checkpoints when the queue goes quiet (see Worker::checkpoint), so no
+        // The writer checkpoints when the queue goes quiet (see Committer::quiet), so no
         // commit that a caller waits for pays for copying the log into the database.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "foreign_keys", true)?;
@@ -384,14 +397,14 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Why one write failed.
-enum Fail {
-    Db(rusqlite::Error),
+/// Why one write failed; `E` is the database's error type.
+pub(crate) enum Fail<E> {
+    Db(E),
     Refused(String),
 }
 
-impl From<rusqlite::Error> for Fail {
-    fn from(e: rusqlite::Error) -> Self {
+impl<E> From<E> for Fail<E> {
+    fn from(e: E) -> Self {
         Fail::Db(e)
     }
 }
@@ -447,15 +460,11 @@ impl RunKeys {
     }
 
     /// The key of `run_id`, refusing a run that is not recorded.
-    fn rid(&mut self, c: &Connection, run_id: &str) -> Result<i64, Fail> {
+    fn rid<R: Rows>(&mut self, c: &mut R, run_id: &str) -> Result<i64, Fail<R::Error>> {
         if let Some(rid) = self.map.get(run_id) {
             return Ok(*rid);
         }
-        let rid: Option<i64> = c
-            .prepare_cached("SELECT rid FROM runs WHERE run_id = ?1")?
-            .query_row([run_id], |r| r.get(0))
-            .optional()?;
-        match rid {
+        match c.query_i64(RUN_KEY, &[Param::Text(run_id)])? {
             Some(rid) => {
                 self.remember(run_id, rid);
                 Ok(rid)
@@ -464,21 +473,169 @@ impl RunKeys {
         }
     }
 
-    fn forget_all(&mut self) {
+    pub(crate) fn forget_all(&mut self) {
         self.map.clear();
+    }
+}
+
+/// A statement parameter: the few types the writer binds, so that one list of statements (written
+/// with `?N` placeholders) serves every database.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Param<'a> {
+    Int(Option<i64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Bytes(&'a [u8]),
+    Bool(bool),
+}
+
+impl Param<'_> {
+    pub(crate) fn int(v: impl Into<i64>) -> Self {
+        Param::Int(Some(v.into()))
+    }
+}
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Param::Int(v) => v.to_sql(),
+            Param::Text(v) => v.to_sql(),
+            Param::OptText(v) => v.to_sql(),
+            Param::Bytes(v) => v.to_sql(),
+            Param::Bool(v) => v.to_sql(),
+        }
+    }
+}
+
+/// The statements a database runs for the shared write logic, inside the batch's transaction.
+/// SQL is given with `?N` placeholders; a backend rewrites them to its own dialect if it must.
+pub(crate) trait Rows {
+    type Error;
+    /// Executes one statement; the number of rows it changed.
+    fn exec(&mut self, sql: &'static str, params: &[Param<'_>]) -> Result<u64, Self::Error>;
+    /// Runs a query returning at most one integer.
+    fn query_i64(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> Result<Option<i64>, Self::Error>;
+    /// Runs raw SQL (tests only).
+    #[cfg(test)]
+    fn batch(&mut self, sql: &str) -> Result<(), Self::Error>;
+
+    /// Inserts tasks' immutable facts: one statement each, unless a backend does better.
+    fn insert_facts(&mut self, rid: i64, tasks: &[TaskFact]) -> Result<(), Self::Error>
+    where
+        Self: Sized,
+    {
+        for t in tasks {
+            self.exec(
+                INSERT_FACT,
+                &[
+                    Param::int(rid),
+                    Param::int(t.node),
+                    Param::Text(&t.name),
+                    Param::OptText(t.task_key.as_deref()),
+                    Param::OptText(t.inputs_digest.as_deref()),
+                    Param::Int(t.seed),
+                    Param::OptText(t.code_version.as_deref()),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Writes a batch's folded task states (see [`Fold`]).
+    fn upsert_states(&mut self, rows: &[FoldedState<'_>]) -> Result<(), Self::Error>
+    where
+        Self: Sized,
+    {
+        upsert_states_each(self, rows)
+    }
+
+    /// Writes a batch's folded attempts (see [`Fold`]).
+    fn upsert_attempts(&mut self, rows: &[FoldedAttempt<'_>]) -> Result<(), Self::Error>
+    where
+        Self: Sized,
+    {
+        upsert_attempts_each(self, rows)
+    }
+}
+
+/// SQLite's statements, prepared once per connection.
+pub(crate) struct Lite<'c>(pub(crate) &'c Connection);
+
+impl Rows for Lite<'_> {
+    type Error = rusqlite::Error;
+    fn exec(&mut self, sql: &'static str, params: &[Param<'_>]) -> rusqlite::Result<u64> {
+        let n = self
+            .0
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(params))?;
+        Ok(n as u64)
+    }
+    fn query_i64(
+        &mut self,
+        sql: &'static str,
+        params: &[Param<'_>],
+    ) -> rusqlite::Result<Option<i64>> {
+        self.0
+            .prepare_cached(sql)?
+            .query_row(rusqlite::params_from_iter(params), |r| r.get(0))
+            .optional()
+    }
+    #[cfg(test)]
+    fn batch(&mut self, sql: &str) -> rusqlite::Result<()> {
+        self.0.execute_batch(sql)
+    }
+}
+
+/// The writer thread's backend half: commits one batch, reporting what it could not store.
+pub(crate) trait Committer: Send + 'static {
+    fn commit(&mut self, batch: &[Write], report: &mut Report);
+
+    /// Housekeeping that must not delay a commit someone waits for (SQLite: checkpointing the
+    /// write-ahead log); called when the queue has been quiet for a moment after writes, or after
+    /// many writes without one.
+    fn quiet(&mut self) {}
+}
+
+/// Where a committer reports failures: kept for the next flush, and as the latest error.
+pub(crate) struct Report {
+    /// The first error since the last flush.
+    pending: Option<StoreError>,
+    last_error: Arc<Mutex<Option<StoreError>>>,
+}
+
+impl Report {
+    pub(crate) fn error(&mut self, e: StoreError) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
+        if self.pending.is_none() {
+            self.pending = Some(e);
+        }
+    }
+
+    /// Reports the writes of `refused` that were skipped, each with its reason.
+    pub(crate) fn refused(&mut self, refused: Vec<(&Write, String)>) {
+        for (w, reason) in refused {
+            self.error(StoreError::Rejected {
+                op: w.op(),
+                run_id: w.run_id().map(str::to_string),
+                reason,
+            });
+        }
     }
 }
 
 /// The thread's state.
 struct Worker {
-    conn: Connection,
-    keys: RunKeys,
-    /// Writes committed since the last checkpoint.
+    committer: Box<dyn Committer>,
+    /// Writes committed since the committer last had a quiet moment.
     unchecked: usize,
-    name: String,
-    /// The first error since the last flush.
-    pending: Option<StoreError>,
-    last_error: Arc<Mutex<Option<StoreError>>>,
+    report: Report,
 }
 
 impl Worker {
@@ -493,7 +650,7 @@ impl Worker {
             match queue.take(&mut taken, quiet) {
                 Take::Closed => break,
                 Take::Quiet => {
-                    self.checkpoint();
+                    self.quiet();
                     continue;
                 }
                 Take::Got => {}
@@ -519,7 +676,7 @@ impl Worker {
                 batch.clear();
             }
             if !waiters.is_empty() {
-                let result = self.pending.take().map_or(Ok(()), Err);
+                let result = self.report.pending.take().map_or(Ok(()), Err);
                 for ack in waiters.drain(..) {
                     // A flusher that gave up waiting has dropped its receiver: nothing to do.
                     let _ = ack.send(result.clone());
@@ -527,45 +684,50 @@ impl Worker {
             }
             // Under sustained load there is no quiet moment: keep the log bounded anyway.
             if self.unchecked >= CHECKPOINT_AFTER_WRITES {
-                self.checkpoint();
+                self.quiet();
             }
         }
-        self.pending.take().map_or(Ok(()), Err)
+        self.report.pending.take().map_or(Ok(()), Err)
     }
 
-    /// Copies the write-ahead log into the database file (without waiting for readers).
-    fn checkpoint(&mut self) {
+    fn commit(&mut self, batch: &[Write]) {
+        self.unchecked += batch.len();
+        self.committer.commit(batch, &mut self.report);
+    }
+
+    fn quiet(&mut self) {
         self.unchecked = 0;
-        // Best effort: a busy checkpoint leaves the log for the next one, nothing is lost.
+        self.committer.quiet();
+    }
+}
+
+/// The SQLite writer: the one write connection.
+struct SqliteCommitter {
+    conn: Connection,
+    keys: RunKeys,
+    name: String,
+}
+
+impl Committer for SqliteCommitter {
+    /// Copies the write-ahead log into the database file (without waiting for readers). Best
+    /// effort: a busy checkpoint leaves the log for the next one, nothing is lost.
+    fn quiet(&mut self) {
         let _ = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     }
 
-    fn report(&mut self, e: StoreError) {
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(e.clone());
-        if self.pending.is_none() {
-            self.pending = Some(e);
-        }
-    }
-
-    fn lost(&mut self, lost: usize, e: rusqlite::Error) {
-        let name = self.name.clone();
-        self.report(StoreError::WriteFailed {
-            path: name,
-            lost,
-            source: Arc::new(e),
-        });
-    }
-
-    fn commit(&mut self, batch: &[Write]) {
-        self.unchecked += batch.len();
+    fn commit(&mut self, batch: &[Write], report: &mut Report) {
         let mut backoff = BACKOFF_MS.iter();
         loop {
-            let applied = apply_batch(&mut self.conn, &mut self.keys, batch);
+            let applied = (|| {
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                apply_batch(&mut Lite(&tx), &mut self.keys, batch)?;
+                tx.commit()?;
+                Ok(())
+            })();
             if applied.is_err() {
                 // Rolled back: keys remembered for runs it inserted are void.
                 self.keys.forget_all();
@@ -574,17 +736,27 @@ impl Worker {
                 Ok(()) => return,
                 Err(Fail::Db(e)) if is_environmental(&e) => match backoff.next() {
                     Some(ms) => std::thread::sleep(Duration::from_millis(*ms)),
-                    None => return self.lost(batch.len(), e),
+                    None => return self.lost(report, batch.len(), e),
                 },
                 // One write is at fault: replay them one by one to find it.
-                Err(_) => return self.commit_each(batch),
+                Err(_) => return self.commit_each(batch, report),
             }
         }
+    }
+}
+
+impl SqliteCommitter {
+    fn lost(&self, report: &mut Report, lost: usize, e: rusqlite::Error) {
+        report.error(StoreError::WriteFailed {
+            path: self.name.clone(),
+            lost,
+            source: Arc::new(e),
+        });
     }
 
     /// Applies `batch` with a savepoint around each write, skipping and reporting the ones that
     /// fail; an environmental failure drops the whole batch.
-    fn commit_each(&mut self, batch: &[Write]) {
+    fn commit_each(&mut self, batch: &[Write], report: &mut Report) {
         let mut refused = Vec::new();
         let keys = &mut self.keys;
         let outcome = (|| -> rusqlite::Result<()> {
@@ -593,7 +765,7 @@ impl Worker {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             for w in batch {
                 let sp = tx.savepoint()?;
-                match apply(&sp, keys, w) {
+                match apply(&mut Lite(&sp), keys, w) {
                     Ok(()) => sp.commit()?,
                     Err(Fail::Db(e)) if is_environmental(&e) => return Err(e),
                     Err(Fail::Db(e)) => refused.push((w, reason(&e))),
@@ -609,41 +781,38 @@ impl Worker {
         if outcome.is_err() {
             self.keys.forget_all();
         }
-        for (w, reason) in refused {
-            self.report(StoreError::Rejected {
-                op: w.op(),
-                run_id: w.run_id().map(str::to_string),
-                reason,
-            });
-        }
+        report.refused(refused);
         if let Err(e) = outcome {
-            self.lost(batch.len(), e);
+            self.lost(report, batch.len(), e);
         }
     }
 }
 
-/// Applies `batch` in one transaction, folding task transitions into one row write per task and
-/// attempt (see [`Fold`]).
-fn apply_batch(conn: &mut Connection, keys: &mut RunKeys, batch: &[Write]) -> Result<(), Fail> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Applies `batch` inside the caller's transaction, folding task transitions into one row write
+/// per task and attempt (see [`Fold`]).
+pub(crate) fn apply_batch<R: Rows>(
+    c: &mut R,
+    keys: &mut RunKeys,
+    batch: &[Write],
+) -> Result<(), Fail<R::Error>> {
     let mut fold = Fold::default();
     for w in batch {
         match w {
             Write::BeginRun(r) => {
-                let rid = insert_run(&tx, r)?;
+                let rid = insert_run(c, r)?;
                 keys.remember(&r.run_id, rid);
-                insert_facts(&tx, rid, &r.tasks)?;
+                insert_facts(c, rid, &r.tasks)?;
             }
             Write::AddTasks { run_id, tasks } => {
-                let rid = keys.rid(&tx, run_id)?;
-                insert_facts(&tx, rid, tasks)?;
+                let rid = keys.rid(c, run_id)?;
+                insert_facts(c, rid, tasks)?;
             }
             Write::TaskStarted {
                 run_id,
                 node,
                 attempt,
                 at_us,
-            } => fold.started(keys.rid(&tx, run_id)?, *node, *attempt, *at_us),
+            } => fold.started(keys.rid(c, run_id)?, *node, *attempt, *at_us),
             Write::TaskEnded {
                 run_id,
                 node,
@@ -653,7 +822,7 @@ fn apply_batch(conn: &mut Connection, keys: &mut RunKeys, batch: &[Write]) -> Re
                 error,
                 retry_at_us,
             } => fold.ended(
-                keys.rid(&tx, run_id)?,
+                keys.rid(c, run_id)?,
                 *node,
                 *attempt,
                 *at_us,
@@ -666,9 +835,9 @@ fn apply_batch(conn: &mut Connection, keys: &mut RunKeys, batch: &[Write]) -> Re
                 node,
                 status,
                 at_us,
-            } => fold.status(keys.rid(&tx, run_id)?, *node, status, *at_us),
+            } => fold.status(keys.rid(c, run_id)?, *node, status, *at_us),
             Write::Transitions { run_id, items } => {
-                let rid = keys.rid(&tx, run_id)?;
+                let rid = keys.rid(c, run_id)?;
                 for t in items {
                     match t {
                         Transition::Started {
@@ -702,26 +871,27 @@ fn apply_batch(conn: &mut Connection, keys: &mut RunKeys, batch: &[Write]) -> Re
             }
             // Deleting runs must see every row the batch wrote before it.
             Write::Prune { .. } => {
-                fold.flush(&tx)?;
-                apply(&tx, keys, w)?;
+                fold.flush(c).map_err(Fail::Db)?;
+                apply(c, keys, w)?;
             }
             #[cfg(test)]
             Write::Raw(_) => {
-                fold.flush(&tx)?;
-                apply(&tx, keys, w)?;
+                fold.flush(c).map_err(Fail::Db)?;
+                apply(c, keys, w)?;
             }
-            _ => apply(&tx, keys, w)?,
+            _ => apply(c, keys, w)?,
         }
     }
     if !fold.is_empty() {
-        fold.flush(&tx)?;
+        fold.flush(c).map_err(Fail::Db)?;
     }
-    tx.commit()?;
     Ok(())
 }
 
+const RUN_KEY: &str = "SELECT rid FROM runs WHERE run_id = ?1";
 const INSERT_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, scheduled_us, \
-    created_us, started_us, config_json, meta_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    created_us, started_us, config_json, meta_json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+    RETURNING rid";
 const INSERT_FACT: &str = "INSERT INTO task_facts (rid, node, name, task_key, inputs_digest, \
     seed, code_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 const STATE_STARTED: &str = "INSERT INTO task_state (rid, node, status, attempt, started_us) \
@@ -769,14 +939,15 @@ static DOOMED_RUNS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT run_id FROM (SELECT run_id, COALESCE(ended_us, created_us) AS t, \
          ROW_NUMBER() OVER (PARTITION BY graph ORDER BY created_us DESC, run_id DESC) AS rn \
-         FROM runs WHERE state NOT IN ({unfinished})) \
-         WHERE (?1 IS NOT NULL AND rn > ?1) OR (?2 IS NOT NULL AND t < ?2)"
+         FROM runs WHERE state NOT IN ({unfinished})) AS ranked \
+         WHERE (CAST(?1 AS BIGINT) IS NOT NULL AND rn > ?1) \
+         OR (CAST(?2 AS BIGINT) IS NOT NULL AND t < ?2)"
     )
 });
 static PRUNE_EVENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "DELETE FROM events WHERE run_id IN ({}) \
-         OR (?2 IS NOT NULL AND run_id IS NULL AND at_us < ?2)",
+         OR (CAST(?2 AS BIGINT) IS NOT NULL AND run_id IS NULL AND at_us < ?2)",
         *DOOMED_RUNS
     )
 });
@@ -787,56 +958,61 @@ static PRUNE_RUNS: LazyLock<String> =
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Inserts a run's row and returns its integer key.
-fn insert_run(c: &Connection, r: &RunRecord) -> Result<i64, Fail> {
-    c.prepare_cached(INSERT_RUN)?.execute(params![
-        r.run_id,
-        r.graph,
-        r.state,
-        r.trigger,
-        r.scheduled_us,
-        r.created_us,
-        r.started_us,
-        r.config_json,
-        r.meta_json
-    ])?;
-    Ok(c.last_insert_rowid())
+fn insert_run<R: Rows>(c: &mut R, r: &RunRecord) -> Result<i64, Fail<R::Error>> {
+    let rid = c.query_i64(
+        INSERT_RUN,
+        &[
+            Param::Text(&r.run_id),
+            Param::Text(&r.graph),
+            Param::Text(&r.state),
+            Param::Text(&r.trigger),
+            Param::Int(r.scheduled_us),
+            Param::int(r.created_us),
+            Param::Int(r.started_us),
+            Param::OptText(r.config_json.as_deref()),
+            Param::OptText(r.meta_json.as_deref()),
+        ],
+    )?;
+    rid.ok_or_else(|| Fail::Refused("the run's key was not returned".into()))
 }
 
 /// Inserts tasks' immutable facts. A task has no state row until its first transition: readers
 /// see it `pending` at attempt 0 (one row write less per task).
-fn insert_facts(c: &Connection, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail> {
-    let mut fact = c.prepare_cached(INSERT_FACT)?;
-    for t in tasks {
-        fact.execute(params![
-            rid,
-            t.node,
-            t.name,
-            t.task_key,
-            t.inputs_digest,
-            t.seed,
-            t.code_version
-        ])?;
-    }
+fn insert_facts<R: Rows>(c: &mut R, rid: i64, tasks: &[TaskFact]) -> Result<(), Fail<R::Error>> {
+    c.insert_facts(rid, tasks)?;
     Ok(())
 }
 
 /// Attempt `attempt` of `node` started: the task is `running` (keeping its first start).
-fn started(c: &Connection, rid: i64, node: u32, attempt: u32, at_us: i64) -> Result<(), Fail> {
+fn started<R: Rows>(
+    c: &mut R,
+    rid: i64,
+    node: u32,
+    attempt: u32,
+    at_us: i64,
+) -> Result<(), Fail<R::Error>> {
     if attempt > 1 {
-        c.prepare_cached(MATERIALIZE_FIRST_ATTEMPT)?
-            .execute(params![rid, node])?;
+        // A clean first attempt may have no row yet (see fold.rs): write it out first.
+        c.exec(
+            MATERIALIZE_FIRST_ATTEMPT,
+            &[Param::int(rid), Param::int(node)],
+        )?;
     }
-    c.prepare_cached(STATE_STARTED)?
-        .execute(params![rid, node, attempt, at_us])?;
-    c.prepare_cached(ATTEMPT_STARTED)?
-        .execute(params![rid, node, attempt, at_us])?;
+    let p = [
+        Param::int(rid),
+        Param::int(node),
+        Param::int(attempt),
+        Param::int(at_us),
+    ];
+    c.exec(STATE_STARTED, &p)?;
+    c.exec(ATTEMPT_STARTED, &p)?;
     Ok(())
 }
 
 /// An attempt ended; see [`Store::task_ended`](super::Store::task_ended).
 #[allow(clippy::too_many_arguments)]
-fn ended(
-    c: &Connection,
+fn ended<R: Rows>(
+    c: &mut R,
     rid: i64,
     node: u32,
     attempt: u32,
@@ -844,63 +1020,91 @@ fn ended(
     status: &str,
     error: Option<&ErrorInfo>,
     retry_at_us: Option<i64>,
-) -> Result<(), Fail> {
-    let (etype, emsg, tb) = match error {
-        Some(e) => (Some(&e.type_name), Some(&e.message), e.traceback.as_ref()),
-        None => (None, None, None),
-    };
+) -> Result<(), Fail<R::Error>> {
+    let etype = Param::OptText(error.map(|e| e.type_name.as_str()));
+    let emsg = Param::OptText(error.map(|e| e.message.as_str()));
+    let tb = Param::OptText(error.and_then(|e| e.traceback.as_deref()));
     // A failed attempt that will be retried leaves the task retrying, not ended.
     let (task_status, ended) = match retry_at_us {
         Some(_) => ("retrying", None),
         None => (status, Some(at_us)),
     };
-    c.prepare_cached(STATE_ENDED)?.execute(params![
-        rid,
-        node,
-        task_status,
-        attempt,
-        ended,
-        etype,
-        emsg,
-        tb
-    ])?;
-    c.prepare_cached(ATTEMPT_ENDED)?.execute(params![
-        rid,
-        node,
-        attempt,
-        at_us,
-        status,
-        etype,
-        emsg,
-        tb,
-        retry_at_us
-    ])?;
+    c.exec(
+        STATE_ENDED,
+        &[
+            Param::int(rid),
+            Param::int(node),
+            Param::Text(task_status),
+            Param::int(attempt),
+            Param::Int(ended),
+            etype,
+            emsg,
+            tb,
+        ],
+    )?;
+    c.exec(
+        ATTEMPT_ENDED,
+        &[
+            Param::int(rid),
+            Param::int(node),
+            Param::int(attempt),
+            Param::int(at_us),
+            Param::Text(status),
+            etype,
+            emsg,
+            tb,
+            Param::Int(retry_at_us),
+        ],
+    )?;
     Ok(())
 }
 
 /// A status without an attempt; a terminal one sets the end time, another clears it.
-fn task_status(c: &Connection, rid: i64, node: u32, status: &str, at_us: i64) -> Result<(), Fail> {
+fn task_status<R: Rows>(
+    c: &mut R,
+    rid: i64,
+    node: u32,
+    status: &str,
+    at_us: i64,
+) -> Result<(), Fail<R::Error>> {
     let ended = TERMINAL_TASK_STATUSES.contains(&status).then_some(at_us);
-    c.prepare_cached(STATE_STATUS)?
-        .execute(params![rid, node, status, ended])?;
+    c.exec(
+        STATE_STATUS,
+        &[
+            Param::int(rid),
+            Param::int(node),
+            Param::Text(status),
+            Param::Int(ended),
+        ],
+    )?;
     Ok(())
 }
 
 /// Applies one write inside the caller's transaction.
-fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
+pub(crate) fn apply<R: Rows>(
+    c: &mut R,
+    keys: &mut RunKeys,
+    w: &Write,
+) -> Result<(), Fail<R::Error>> {
     match w {
         Write::BeginRun(r) => {
             let rid = insert_run(c, r)?;
             keys.remember(&r.run_id, rid);
             insert_facts(c, rid, &r.tasks)?;
         }
-        Write::AddTasks { run_id, tasks } => insert_facts(c, keys.rid(c, run_id)?, tasks)?,
+        Write::AddTasks { run_id, tasks } => {
+            let rid = keys.rid(c, run_id)?;
+            insert_facts(c, rid, tasks)?;
+        }
         Write::TaskStarted {
             run_id,
             node,
             attempt,
             at_us,
-        } => started(c, keys.rid(c, run_id)?, *node, *attempt, *at_us)?,
+        } => {
+            let rid = keys.rid(c, run_id)?;
+            started(c, rid, *node, *attempt, *at_us)?;
+        }
         Write::TaskEnded {
             run_id,
             node,
@@ -909,22 +1113,28 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
             status,
             error,
             retry_at_us,
-        } => ended(
-            c,
-            keys.rid(c, run_id)?,
-            *node,
-            *attempt,
-            *at_us,
-            status,
-            error.as_ref(),
-            *retry_at_us,
-        )?,
+        } => {
+            let rid = keys.rid(c, run_id)?;
+            ended(
+                c,
+                rid,
+                *node,
+                *attempt,
+                *at_us,
+                status,
+                error.as_ref(),
+                *retry_at_us,
+            )?;
+        }
         Write::TaskStatus {
             run_id,
             node,
             status,
             at_us,
-        } => task_status(c, keys.rid(c, run_id)?, *node, status, *at_us)?,
+        } => {
+            let rid = keys.rid(c, run_id)?;
+            task_status(c, rid, *node, status, *at_us)?;
+        }
         Write::Transitions { run_id, items } => {
             let rid = keys.rid(c, run_id)?;
             for t in items {
@@ -933,7 +1143,7 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
                         node,
                         attempt,
                         at_us,
-                    } => started(c, keys.rid(c, run_id)?, *node, *attempt, *at_us)?,
+                    } => started(c, rid, *node, *attempt, *at_us)?,
                     Transition::Ended {
                         node,
                         attempt,
@@ -955,7 +1165,7 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
                         node,
                         status,
                         at_us,
-                    } => task_status(c, keys.rid(c, run_id)?, *node, status, *at_us)?,
+                    } => task_status(c, rid, *node, status, *at_us)?,
                 }
             }
         }
@@ -965,12 +1175,16 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
             format,
             data,
         } => {
-            c.prepare_cached(SAVE_RESULT)?.execute(params![
-                keys.rid(c, run_id)?,
-                node,
-                format,
-                data
-            ])?;
+            let rid = keys.rid(c, run_id)?;
+            c.exec(
+                SAVE_RESULT,
+                &[
+                    Param::int(rid),
+                    Param::int(*node),
+                    Param::Text(format),
+                    Param::Bytes(data),
+                ],
+            )?;
         }
         Write::AppendLog {
             run_id,
@@ -979,45 +1193,58 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
             level,
             message,
         } => {
-            c.prepare_cached(APPEND_LOG)?.execute(params![
-                keys.rid(c, run_id)?,
-                node,
-                at_us,
-                level,
-                message
-            ])?;
+            let rid = keys.rid(c, run_id)?;
+            c.exec(
+                APPEND_LOG,
+                &[
+                    Param::int(rid),
+                    Param::Int(node.map(i64::from)),
+                    Param::int(*at_us),
+                    Param::Text(level),
+                    Param::Text(message),
+                ],
+            )?;
         }
         Write::FinishRun {
             run_id,
             state,
             ended_us,
         } => {
-            let n = c
-                .prepare_cached(FINISH_RUN)?
-                .execute(params![run_id, state, ended_us])?;
+            let n = c.exec(
+                FINISH_RUN,
+                &[
+                    Param::Text(run_id),
+                    Param::Text(state),
+                    Param::int(*ended_us),
+                ],
+            )?;
             if n == 0 {
                 return Err(Fail::Refused("no such run".into()));
             }
         }
         Write::SetRunState { run_id, state } => {
             let reopen = UNFINISHED_RUN_STATES.contains(&state.as_str());
-            let n = c
-                .prepare_cached(SET_RUN_STATE)?
-                .execute(params![run_id, state, reopen])?;
+            let n = c.exec(
+                SET_RUN_STATE,
+                &[Param::Text(run_id), Param::Text(state), Param::Bool(reopen)],
+            )?;
             if n == 0 {
                 return Err(Fail::Refused("no such run".into()));
             }
         }
         Write::UpsertGraph(g) => {
-            c.prepare_cached(UPSERT_GRAPH)?.execute(params![
-                g.name,
-                g.schedule,
-                g.tz,
-                g.created_us,
-                g.updated_us,
-                g.last_fire_us,
-                g.meta_json
-            ])?;
+            c.exec(
+                UPSERT_GRAPH,
+                &[
+                    Param::Text(&g.name),
+                    Param::OptText(g.schedule.as_deref()),
+                    Param::OptText(g.tz.as_deref()),
+                    Param::int(g.created_us),
+                    Param::int(g.updated_us),
+                    Param::Int(g.last_fire_us),
+                    Param::OptText(g.meta_json.as_deref()),
+                ],
+            )?;
         }
         Write::RecordEvent {
             run_id,
@@ -1025,8 +1252,15 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
             kind,
             detail_json,
         } => {
-            c.prepare_cached(RECORD_EVENT)?
-                .execute(params![run_id, at_us, kind, detail_json])?;
+            c.exec(
+                RECORD_EVENT,
+                &[
+                    Param::OptText(run_id.as_deref()),
+                    Param::int(*at_us),
+                    Param::Text(kind),
+                    Param::OptText(detail_json.as_deref()),
+                ],
+            )?;
         }
         Write::Prune {
             keep_runs,
@@ -1039,14 +1273,13 @@ fn apply(c: &Connection, keys: &mut RunKeys, w: &Write) -> Result<(), Fail> {
             let keep = keep_runs.map(|k| i64::try_from(k).unwrap_or(i64::MAX));
             let cutoff = keep_days
                 .map(|d| now_us.saturating_sub(i64::from(d).saturating_mul(MICROS_PER_DAY)));
-            c.prepare_cached(&PRUNE_EVENTS)?
-                .execute(params![keep, cutoff])?;
-            c.prepare_cached(&PRUNE_RUNS)?
-                .execute(params![keep, cutoff])?;
+            let p = [Param::Int(keep), Param::Int(cutoff)];
+            c.exec(PRUNE_EVENTS.as_str(), &p)?;
+            c.exec(PRUNE_RUNS.as_str(), &p)?;
             keys.forget_all();
         }
         #[cfg(test)]
-        Write::Raw(sql) => c.execute_batch(sql)?,
+        Write::Raw(sql) => c.batch(sql)?,
     }
     Ok(())
 }
