@@ -567,6 +567,67 @@ impl PgBackend {
     }
 }
 
+/// Ends task `id`, held by `agent` (at `attempt`, if given), with `status` inside a transaction:
+/// stores `result` as `data["result"]` and settles the tasks waiting for it. False if the agent
+/// does not hold it.
+fn complete_in(
+    c: &mut Tx<'_, '_>,
+    ctx: &Ctx,
+    id: &str,
+    agent: &str,
+    attempt: Option<i64>,
+    status: Status,
+    result: Option<&[u8]>,
+) -> TxResult<bool> {
+    let now = ctx.now();
+    let now_iso = ctx.iso(now);
+    let data = match result {
+        None => None,
+        Some(r) => {
+            let old: Option<String> = c
+                .opt(
+                    "SELECT data FROM tm_queue_tasks WHERE id = $1 \
+                     AND status = 'in_progress' AND locked_by = $2 \
+                     AND ($3::bigint IS NULL OR attempt = $3) FOR UPDATE",
+                    &[&id, &agent, &attempt],
+                )?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+            let Some(old) = old else {
+                return Ok(false);
+            };
+            Some(String::from_utf8(with_result(id, old.as_bytes(), r)?).unwrap_or_default())
+        }
+    };
+    let waiters: Option<bool> = c
+        .opt(
+            "UPDATE tm_queue_tasks SET status = $4, completed_at = $5, lease_us = NULL, \
+             updated_us = $6, data = coalesce($7, data) \
+             WHERE id = $1 AND status = 'in_progress' AND locked_by = $2 \
+             AND ($3::bigint IS NULL OR attempt = $3) RETURNING waiters",
+            &[
+                &id,
+                &agent,
+                &attempt,
+                &status.as_str(),
+                &now_iso,
+                &now,
+                &data,
+            ],
+        )?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    match waiters {
+        None => Ok(false),
+        Some(w) => {
+            if w {
+                settle_waiters(c, id, status.as_str(), &now_iso, now)?;
+            }
+            Ok(true)
+        }
+    }
+}
+
 impl Backend for PgBackend {
     fn create(&mut self, tasks: &[NewTask]) -> Result<Vec<String>> {
         let ids = self.tx(|c, ctx| {
@@ -594,13 +655,29 @@ impl Backend for PgBackend {
         Ok(out)
     }
 
-    /// One completion per task here, in order: on an error, the items before it stay completed
-    /// (unlike SQLite and JSON, where the batch is all or none).
+    /// Every completion in one transaction: all or none on an error.
     fn complete_many(&mut self, agent: &str, items: &[Completion<'_>]) -> Result<Vec<bool>> {
-        items
-            .iter()
-            .map(|c| self.complete(c.id, agent, c.attempt, c.status, c.result))
-            .collect()
+        if let Some(bad) = items.iter().find(|c| !c.status.is_final()) {
+            return Err(QueueError::Invalid(format!(
+                "a task cannot be completed with status {:?}",
+                bad.status.as_str()
+            )));
+        }
+        let done = self.tx(|c, ctx| {
+            items
+                .iter()
+                .map(|it| {
+                    let attempt = it.attempt.map(i64::from);
+                    complete_in(c, ctx, it.id, agent, attempt, it.status, it.result)
+                })
+                .collect::<TxResult<Vec<bool>>>()
+        })?;
+        let any = done.iter().any(|d| *d);
+        if any {
+            self.changed(done)
+        } else {
+            Ok(done)
+        }
     }
 
     fn claim(&mut self, agent: &str, types: Option<&[String]>) -> Result<Option<Task>> {
@@ -709,51 +786,7 @@ impl Backend for PgBackend {
             }
             return self.changed(true);
         }
-        let r =
-            self.tx(|c, ctx| {
-                let now = ctx.now();
-                let now_iso = ctx.iso(now);
-                let data = match result {
-                    None => None,
-                    Some(r) => {
-                        let old: Option<String> = c
-                            .opt(
-                                "SELECT data FROM tm_queue_tasks WHERE id = $1 \
-                             AND status = 'in_progress' AND locked_by = $2 \
-                             AND ($3::bigint IS NULL OR attempt = $3) FOR UPDATE",
-                                &[&id, &agent, &attempt],
-                            )?
-                            .map(|r| r.try_get(0))
-                            .transpose()?;
-                        let Some(old) = old else {
-                            return Ok(false);
-                        };
-                        Some(
-                            String::from_utf8(with_result(id, old.as_bytes(), r)?)
-                                .unwrap_or_default(),
-                        )
-                    }
-                };
-                let waiters: Option<bool> = c
-                .opt(
-                    "UPDATE tm_queue_tasks SET status = $4, completed_at = $5, lease_us = NULL, \
-                     updated_us = $6, data = coalesce($7, data) \
-                     WHERE id = $1 AND status = 'in_progress' AND locked_by = $2 \
-                     AND ($3::bigint IS NULL OR attempt = $3) RETURNING waiters",
-                    &[&id, &agent, &attempt, &status.as_str(), &now_iso, &now, &data],
-                )?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-                match waiters {
-                    None => Ok(false),
-                    Some(w) => {
-                        if w {
-                            settle_waiters(c, id, status.as_str(), &now_iso, now)?;
-                        }
-                        Ok(true)
-                    }
-                }
-            })?;
+        let r = self.tx(|c, ctx| complete_in(c, ctx, id, agent, attempt, status, result))?;
         self.changed_if(r)
     }
 
