@@ -74,6 +74,7 @@ class Engine:
         keep: tuple[int | None, int | None] | None = None,
         add_tasks: bool = False,
         attempts: list[tuple[int, int]] | None = None,
+        cancelled: list[int] | None = None,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
 

@@ -656,6 +656,7 @@ class Executor:
         _resume: tuple[str, list[tuple[int, Any]], list[tuple[int, int]]] | None = None,
         _on_end: Callable[[], None] | None = None,
         _record: tuple[Any, str] | None = None,
+        _cancelled: list[str] | None = None,
     ) -> Run:
         """Starts a run of ``graph`` and returns it at once (see :meth:`Run.wait`).
 
@@ -722,6 +723,7 @@ class Executor:
                 else None,
                 add_tasks=record is not None and _resume is None,
                 attempts=attempts,
+                cancelled=[graph._core.find(n) for n in _cancelled] if _cancelled else None,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None

@@ -255,13 +255,16 @@ class Executor:
             if not t._cancel_requested:
                 t.status = TaskStatus.SCHEDULED
         try:
-            run = self._engine.submit(graph)
+            # Tasks cancelled before the run are cancelled by the engine before any task starts.
+            before = [t.task_id for t in tasks if t._cancel_requested]
+            run = self._engine.submit(graph, _cancelled=before)
             index = {n: i for i, n in enumerate(run._names)}
             for t in tasks:
                 with t._lock:
                     t._live = (run._handle, index[t.task_id])
-                    pre_cancelled = t._cancel_requested
-                if pre_cancelled:
+                    late = t._cancel_requested and t.task_id not in before
+                if late:
+                    # Cancelled while the run was being submitted.
                     run._handle.cancel_task(index[t.task_id])
             run.wait()
             states = run.states()

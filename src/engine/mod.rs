@@ -215,6 +215,8 @@ pub struct Submission<V> {
     /// Nodes that completed in an earlier life of this run (resume), with their results when
     /// kept: they start `completed` and are not run again.
     pub done: Vec<(NodeId, Option<V>)>,
+    /// Nodes cancelled before the run starts (with their descendants): none of them ever runs.
+    pub cancelled: Vec<NodeId>,
 }
 
 #[cfg(test)]

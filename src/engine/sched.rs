@@ -338,6 +338,28 @@ impl<V: Send + Sync + 'static> Executor<V> {
                 run.remaining.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        // Cancelled before it starts: applied before any task is ready, so none of them can run.
+        if !sub.cancelled.is_empty() {
+            run.partly_cancelled.store(true, Ordering::Release);
+            let mut affected = Vec::new();
+            for &node in &sub.cancelled {
+                if node as usize >= run.nodes.len() {
+                    continue;
+                }
+                for n in std::iter::once(node).chain(run.plan.descendants(node)) {
+                    run.nodes[n as usize].cancel.store(true, Ordering::Release);
+                    affected.push((n, node));
+                }
+            }
+            for (n, node) in affected {
+                s.cancel_node(&run, n, if n == node { u32::MAX } else { node });
+            }
+            if run.remaining.load(Ordering::Acquire) == 0 {
+                // Everything was cancelled: the run's end is among the queued actions.
+                release(&self.shared, s);
+                return Ok(Run { inner: run });
+            }
+        }
         let roots: Vec<NodeId> = (0..run.plan.len() as NodeId)
             .filter(|&n| {
                 run.state_of(n) == TaskState::Pending

@@ -99,6 +99,7 @@ fn submit(
         body,
         options: RunOptions::default(),
         done: Vec::new(),
+        cancelled: Vec::new(),
     })
     .unwrap()
 }
@@ -309,6 +310,7 @@ fn pool_capacity_bounds_concurrency() {
             body: gauge.clone(),
             options: RunOptions::default(),
             done: Vec::new(),
+            cancelled: Vec::new(),
         })
         .unwrap();
     assert_eq!(wait(&ex, &run), RunState::Completed);
@@ -389,6 +391,7 @@ fn timed_out_attempt_frees_its_slot_and_is_retried() {
             body: body.clone(),
             options: RunOptions::default(),
             done: Vec::new(),
+            cancelled: Vec::new(),
         })
         .unwrap();
     // With one worker stuck in `slow`, `fast` can only complete if the timeout freed the slot.
@@ -438,6 +441,7 @@ fn run_deadline_fails_the_run() {
             body: body.clone(),
             options,
             done: Vec::new(),
+            cancelled: Vec::new(),
         })
         .unwrap();
     assert_eq!(wait(&ex, &run), RunState::Failed);
@@ -492,6 +496,7 @@ fn observers_see_every_transition_in_order() {
             body: Arc::new(SumBody::new(&["b"], 5)),
             options,
             done: Vec::new(),
+            cancelled: Vec::new(),
         })
         .unwrap();
     assert_eq!(wait(&ex, &run), RunState::Failed);

@@ -461,9 +461,10 @@ impl PyEngine {
     /// `callback(run_id, node, attempt, at_us, kind, error, extra, state)` is called for the event
     /// kinds whose bit is set in `mask` (see `EVENT_KINDS`); `record` is `(store, run_id)`; with
     /// `add_tasks`, the run's task rows are recorded first (a new run); `attempts` lists
-    /// `(node, attempts already recorded)` of a resumed run, whose new attempts follow them.
+    /// `(node, attempts already recorded)` of a resumed run, whose new attempts follow them;
+    /// `cancelled` nodes (and their descendants) are cancelled before any task starts.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None))]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None, cancelled = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -479,6 +480,7 @@ impl PyEngine {
         keep: Option<(Option<usize>, Option<u32>)>,
         add_tasks: bool,
         attempts: Option<Vec<(u32, u32)>>,
+        cancelled: Option<Vec<u32>>,
     ) -> PyResult<Py<PyRunHandle>> {
         let program = program.get().inner.clone();
         if let (true, Some((store, run_id))) = (add_tasks, &record) {
@@ -546,6 +548,7 @@ impl PyEngine {
             body,
             options,
             done,
+            cancelled: cancelled.unwrap_or_default(),
         };
         let exec = self.exec.clone();
         let run = py
