@@ -12,7 +12,9 @@ import dataclasses
 import gc
 import json
 import logging
+import os
 import signal
+import socket
 import threading
 import time
 import zoneinfo
@@ -36,6 +38,37 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SLICE = 0.5
 #: How many of the newest store events a start looks through for its graphs' last fires.
 _RECENT_EVENTS = 1000
+
+
+# A fire that another scheduler sharing the store claimed first (`Executor._begin_records`).
+_TAKEN = None
+
+
+def _owner_of(detail: dict[str, Any] | None) -> str | None:
+    """The ``host:pid`` that recorded a run, if it says."""
+    try:
+        owner = json.loads((detail or {}).get("meta_json") or "{}").get("owner")
+    except (ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None
+
+
+def _owner_dead(owner: str) -> bool:
+    """Whether a run's owner is known to be gone: a process of this host that no longer exists,
+    or this process itself (its live runs are skipped before this is asked). Another host's
+    process cannot be checked from here: its runs are left alone."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _to_us(t: datetime | float) -> int:
@@ -319,9 +352,19 @@ class Scheduler:
             return
         from .executor import _recorded
 
-        for row in self.ex.store.core.unfinished_runs():
+        core = self.ex.store.core
+        for row in core.unfinished_runs():
             slot = self.slots.get(row["graph"])
             if slot is None or row["run_id"] in _recorded:
+                continue
+            owner = _owner_of(core.get_run(row["run_id"]))
+            if owner is not None and not _owner_dead(owner):
+                _log.info(
+                    "%s: run %s is owned by %s, which is alive or on another host: not resuming",
+                    slot.graph.name,
+                    row["run_id"],
+                    owner,
+                )
                 continue
             _log.warning("%s: resuming interrupted run %s", slot.graph.name, row["run_id"])
             try:
@@ -414,16 +457,23 @@ class Scheduler:
             (slot.graph, {"scheduled_at": _from_us(s_us, _zone(slot.graph.tz)), "trigger": kind})
             for slot, s_us, kind in launches
         ]
-        records: list[Any] = [None] * len(launches)
+        records: list[Any] = [False] * len(launches)
         if self.ex.store is not None:
             try:
-                records = list(self.ex._begin_records(metas))
+                records = list(self.ex._begin_records(metas, fires=True))
             except Exception as e:
                 _log.error("the store could not record %d run(s): %r", len(launches), e)
                 return
         for (slot, _, trigger), (g, meta), record in zip(launches, metas, records, strict=True):
+            if record is _TAKEN:
+                _log.info(
+                    "%s: the fire at %s was taken by another process sharing the store",
+                    g.name,
+                    meta["scheduled_at"],
+                )
+                continue
             try:
-                run = self.ex.submit(g, meta=meta, _on_end=self.tt.wake, _record=record)
+                run = self.ex.submit(g, meta=meta, _on_end=self.tt.wake, _record=record or None)
             except Exception as e:
                 # A graph that cannot start (a bad config file, ...) must not stop the others.
                 _log.error(

@@ -203,6 +203,15 @@ class StoreCore:
         config_json: str | None = None,
         meta_json: str | None = None,
     ) -> None: ...
+    def claim_fire(
+        self,
+        run_id: str,
+        graph: str,
+        trigger: str,
+        scheduled_us: int,
+        now_us: int,
+        owner: str,
+    ) -> bool: ...
     def add_tasks(
         self,
         run_id: str,
@@ -370,3 +379,48 @@ class CacheIndex:
     def clear(
         self, *, func: str | None = None, created_before_us: int | None = None
     ) -> list[dict[str, Any]]: ...
+
+@final
+class Fleet:
+    """One executor process's handle on the distributed runs of a PostgreSQL database."""
+
+    def __new__(cls, url: str, owner: str, lease_seconds: float) -> Fleet: ...
+    @property
+    def owner(self) -> str: ...
+    def register(self, graph_key: str, parents: list[list[int]]) -> None: ...
+    def submit(
+        self,
+        run_id: str,
+        graph: str,
+        graph_key: str,
+        trigger: str,
+        params: bytes,
+        tasks: list[tuple[str, str, int, int]],
+        parents: list[list[int]],
+        *,
+        scheduled_us: int | None = None,
+        meta_json: str | None = None,
+    ) -> None: ...
+    def claim(
+        self, n: int, tags: list[str] | None = None
+    ) -> list[tuple[str, int, str, int, int, int, list[tuple[int, str, bytes]]]]: ...
+    def complete(
+        self, claim: tuple[int, str, int, int, int], format: str, data: bytes
+    ) -> tuple[str, str | None] | None: ...
+    def fail(
+        self,
+        claim: tuple[int, str, int, int, int],
+        error_type: str,
+        message: str,
+        traceback: str | None,
+        retryable: bool,
+        retry_at_us: int,
+    ) -> tuple[str, str | None] | None: ...
+    def cancel(self, run_id: str) -> bool: ...
+    def run_params(self, rid: int) -> tuple[str, bytes] | None: ...
+    def progress(self, run_id: str) -> list[tuple[int, str, int, str | None]]: ...
+    def run_state(self, run_id: str) -> str | None: ...
+    def wakes(self) -> int: ...
+    def wait(self, seen: int, timeout: float) -> int: ...
+    def poke(self) -> None: ...
+    def close(self) -> None: ...

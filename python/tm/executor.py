@@ -5,9 +5,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import json
 import logging
 import os
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -36,6 +38,11 @@ __all__ = ["Attempt", "Event", "Executor", "Run", "TaskRun", "default_executor"]
 
 def _default_workers() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
+
+
+def process_owner() -> str:
+    """This process as an owner of runs and fires: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _dt(us: int | None) -> datetime | None:
@@ -510,6 +517,9 @@ class Executor:
             graph and none older than this many days (pruned as each run ends).
         graphs: scheduled graphs to :meth:`add` with the default options.
         clock: a :class:`tm.VirtualClock` that the scheduler reads instead of the system clock.
+        lease: seconds a task of a distributed run stays claimed by this executor without a renewal
+            (a Rust thread renews it every third of that); past it, another executor takes the
+            task over. See :meth:`work`.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -539,6 +549,7 @@ class Executor:
         keep_days: int | None = None,
         graphs: Iterable[Graph] = (),
         clock: VirtualClock | None = None,
+        lease: float = 30.0,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -593,6 +604,11 @@ class Executor:
                 raise ValueError(f"{what} must be a non-negative int, got {n!r}")
         self.keep_runs = keep_runs
         self.keep_days = keep_days
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
+            raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
+        self.lease = float(lease)
+        self._fleet: Any = None
+        self._workers_running: list[Any] = []
         from ._scheduler import Scheduler
 
         self._scheduler = Scheduler(self, clock)
@@ -653,11 +669,12 @@ class Executor:
         kwargs: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         timeout: float | timedelta | None = None,
+        distributed: bool = False,
         _resume: tuple[str, list[tuple[int, Any]], list[tuple[int, int]]] | None = None,
         _on_end: Callable[[], None] | None = None,
         _record: tuple[Any, str] | None = None,
         _cancelled: list[str] | None = None,
-    ) -> Run:
+    ) -> Any:
         """Starts a run of ``graph`` and returns it at once (see :meth:`Run.wait`).
 
         Args:
@@ -668,11 +685,20 @@ class Executor:
             meta: run metadata visible to tasks as ``context.meta``.
             timeout: the whole run's limit in seconds: past it, running tasks fail with
                 ``tm.TaskTimeout``, the others are cancelled, and the run ends ``failed``.
+            distributed: record the run's tasks in the (PostgreSQL) store for any executor
+                process serving this graph to run (see :meth:`work`), and return a
+                ``DistributedRun``; this process runs none of them unless it calls ``work``.
         """
         from .graph import Graph
 
         if not isinstance(graph, Graph):
             raise TypeError(f"expected a tm.Graph, got {type(graph).__name__}")
+        if distributed:
+            if timeout is not None:
+                raise ExecutorError("a distributed run has no run timeout (tasks have their own)")
+            from ._fleet import submit as fleet_submit
+
+            return fleet_submit(self, graph, config, tuple(args), dict(kwargs or {}), meta)
         engine = self._get_engine()
         program = graph._compile(
             self._pool_of(engine),
@@ -816,30 +842,46 @@ class Executor:
 
     def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
         """Records a new run and its tasks; returns what the engine's recorder needs."""
-        return self._begin_records([(graph, info)])[0]
+        record = self._begin_records([(graph, info)])[0]
+        assert record is not None
+        return record
 
-    def _begin_records(self, items: list[tuple[Graph, dict[str, Any]]]) -> list[tuple[Any, str]]:
+    def _begin_records(
+        self, items: list[tuple[Graph, dict[str, Any]]], fires: bool = False
+    ) -> list[tuple[Any, str] | None]:
         """Records new runs (one commit for all: the scheduler's fires of one instant) and their
-        tasks; returns what the engine's recorder needs for each."""
+        tasks; returns what the engine's recorder needs for each.
+
+        With ``fires``, each run with a scheduled time is a schedule fire and is claimed first: its run is recorded
+        only if no process sharing the database fired the same graph at the same scheduled time,
+        and its place in the result is None otherwise (the other process runs it)."""
         assert self.store is not None
         core = self.store.core
         now = int(time.time() * 1e6)
-        records = []
+        owner = process_owner()
+        meta_json = json.dumps({"owner": owner})
+        records: list[tuple[Any, str] | None] = []
         for graph, info in items:
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
             scheduled_us = (
                 int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
             )
+            trigger = str(info.get("trigger", "manual"))
+            if fires and scheduled_us is not None:
+                won = core.claim_fire(run_id, graph.name, trigger, scheduled_us, now, owner)
+                records.append((core, run_id) if won else None)
+                continue
             core.begin_run(
                 run_id,
                 graph.name,
                 "running",
-                str(info.get("trigger", "manual")),
+                trigger,
                 now,
                 [],
                 scheduled_us=scheduled_us,
                 started_us=now,
+                meta_json=meta_json,
             )
             records.append((core, run_id))
         # The runs themselves are durable before any task runs, so a crash at any later moment
@@ -858,7 +900,8 @@ class Executor:
         meta: dict[str, Any] | None = None,
         timeout: float | timedelta | None = None,
         rollback: bool = False,
-    ) -> Run:
+        distributed: bool = False,
+    ) -> Any:
         """Runs ``graph`` to the end and returns the :class:`Run` (it does not raise on failure:
         see :meth:`Run.raise_for_state`).
 
@@ -866,12 +909,76 @@ class Executor:
         that has one, in reverse topological order, with that task's result; outcomes are in
         :attr:`Run.reverts` (``reverted`` or ``revert_failed``). Ctrl-C once stops starting tasks
         and waits for running ones; twice interrupts them; either way KeyboardInterrupt propagates.
+
+        With ``distributed=True`` the run is recorded for the whole fleet (see :meth:`submit`) and
+        this process works on it (see :meth:`work`) until it ends; returns the
+        ``DistributedRun``.
         """
+        if distributed:
+            if rollback:
+                raise ExecutorError("rollback is not available for distributed runs")
+            drun = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, distributed=True)
+            self.work([graph], run_id=drun.run_id)
+            return drun
         run = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, timeout=timeout)
         run.wait()
         if rollback and run.state == "failed":
             run._rollback(graph)
         return run
+
+    # -- distributed runs ------------------------------------------------------------------------
+
+    def _get_fleet(self) -> Any:
+        if self.store is None:
+            raise ExecutorError(
+                "distributed runs need an executor with a PostgreSQL store: "
+                "Executor(store='postgresql://...')"
+            )
+        with self._lock:
+            if self._closed:
+                raise ExecutorError("executor is shut down")
+            if self._fleet is None:
+                from ._fleet import open_fleet
+
+                self._fleet = open_fleet(self.store.url, self.lease)
+            return self._fleet
+
+    def work(
+        self,
+        graphs: Iterable[Graph],
+        *,
+        run_id: str | None = None,
+        tags: Iterable[str] | None = None,
+        max_tasks: int | None = None,
+    ) -> int:
+        """Runs tasks of distributed runs of ``graphs`` (submitted by any process sharing this
+        executor's PostgreSQL store) on this executor's ``workers`` threads; returns how many ran
+        here.
+
+        Ready tasks are claimed with ``FOR UPDATE SKIP LOCKED`` (every task runs on one executor
+        at a time) and held under a lease that a Rust thread renews; a task whose executor died
+        is taken over by another once its lease (``Executor(lease=...)``) runs out, as a new
+        attempt, and a late completion of the lost attempt is refused. Results travel through the
+        database (pickled). Idle executors sleep until the database notifies them (LISTEN/NOTIFY;
+        a one-second poll is the fallback).
+
+        Args:
+            graphs: the graphs this executor serves (their tasks' code must be importable here);
+                a run is served only by executors whose graph has the same task names and edges.
+            run_id: return once this run has ended (else run until :meth:`stop` or Ctrl-C).
+            tags: serve only tasks with one of these tags (``""`` for untagged tasks).
+            max_tasks: return after running this many tasks here.
+        """
+        from ._fleet import Worker
+
+        worker = Worker(self, graphs, tags)
+        with self._lock:
+            self._workers_running.append(worker)
+        try:
+            return worker.serve(run_id=run_id, max_tasks=max_tasks)
+        finally:
+            with self._lock:
+                self._workers_running.remove(worker)
 
     # -- schedules ---------------------------------------------------------------------------------
 
@@ -973,8 +1080,13 @@ class Executor:
 
     def stop(self, timeout: float | None = None) -> None:
         """Makes :meth:`start` stop firing and return once running runs end; past ``timeout``
-        seconds they are cancelled. Safe from any thread (and from hooks); does not block."""
+        seconds they are cancelled. Also makes :meth:`work` stop claiming and return once its
+        running tasks end. Safe from any thread (and from hooks); does not block."""
         self._scheduler.stop(timeout)
+        with self._lock:
+            workers = list(self._workers_running)
+        for w in workers:
+            w.stop()
 
     def shutdown(self) -> None:
         """Stops the worker threads after their current tasks (and makes a running :meth:`start`
@@ -983,6 +1095,9 @@ class Executor:
         self._closed = True
         if self._forked:
             return  # nothing of the parent's to stop here
+        fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            fleet.close()
         with self._lock:
             engine, self._engine = self._engine, None
         if engine is not None:

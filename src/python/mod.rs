@@ -7,6 +7,7 @@ mod cache_index;
 mod cron;
 mod engine;
 mod errors;
+mod fleet;
 mod graph;
 mod queue;
 mod store;
@@ -20,6 +21,7 @@ fn _tm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     cache_index::register(m)?;
     cron::register(m)?;
     engine::register(m)?;
+    fleet::register(m)?;
     queue::register(m)?;
     store::register(m)?;
     timetable::register(m)?;

@@ -10,8 +10,8 @@ use pyo3::PyErr;
 use std::sync::Arc;
 
 use crate::store::{
-    AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunFilter, RunRecord, RunSummary, Store,
-    StoreError, TaskFact, TaskRef, TaskRow,
+    AttemptRow, ErrorInfo, EventRow, FireClaim, GraphRecord, LogRow, RunFilter, RunRecord,
+    RunSummary, Store, StoreError, TaskFact, TaskRef, TaskRow,
 };
 
 /// The Python exception class, imported lazily from `tm.exceptions` on first use.
@@ -230,6 +230,30 @@ impl PyStoreCore {
             meta_json,
             tasks,
         })?)
+    }
+
+    /// Claims the fire of `graph` at `scheduled_us` and records its run (state `running`), in one
+    /// transaction; False when a process sharing the database fired it already (detached).
+    #[allow(clippy::too_many_arguments)]
+    fn claim_fire(
+        &self,
+        py: Python<'_>,
+        run_id: String,
+        graph: String,
+        trigger: String,
+        scheduled_us: i64,
+        now_us: i64,
+        owner: String,
+    ) -> PyResult<bool> {
+        let fire = FireClaim {
+            run_id,
+            graph,
+            trigger,
+            scheduled_us,
+            now_us,
+            owner,
+        };
+        Ok(py.detach(|| self.store.claim_fire(&fire))?)
     }
 
     /// Adds tasks, as (node, name, task_key, inputs_digest, seed, code_version), to a run begun

@@ -180,6 +180,34 @@ pub(crate) trait CacheBackend: Send + Sync {
     /// Deletes the matching entries (and the states left without an entry, unless running);
     /// returns what was deleted, so the caller can delete the files.
     fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError>;
+    /// Claims a schedule fire (see [`FireClaim`]); false when another scheduler fired it.
+    fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError>;
+}
+
+/// A scheduler's claim of one fire: the run it starts if no process has fired `(graph,
+/// scheduled_us)` yet. The claim and the run row commit together, so a fire is never run twice
+/// (two schedulers on one database) and never claimed without its run (a crash in between).
+#[derive(Debug, Clone, Default)]
+pub struct FireClaim {
+    pub run_id: String,
+    pub graph: String,
+    pub trigger: String,
+    pub scheduled_us: i64,
+    pub now_us: i64,
+    /// Who fires it (`host:pid`), also kept in the run's `meta_json` as `{"owner": ...}`.
+    pub owner: String,
+}
+
+/// The statements of a fire claim; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
+pub(crate) const CLAIM_FIRE: &str = "INSERT INTO fires (graph, scheduled_us, run_id, owner, \
+    fired_us) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (graph, scheduled_us) DO NOTHING";
+pub(crate) const FIRE_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, \
+    scheduled_us, created_us, started_us, meta_json) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6)";
+
+impl FireClaim {
+    pub(crate) fn meta_json(&self) -> String {
+        serde_json::json!({ "owner": self.owner }).to_string()
+    }
 }
 
 /// The SQLite cache index: one connection, opened on first use.
@@ -330,6 +358,37 @@ impl SqliteCache {
 }
 
 impl CacheBackend for SqliteCache {
+    fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let won = tx.execute(
+                CLAIM_FIRE,
+                params![
+                    fire.graph,
+                    fire.scheduled_us,
+                    fire.run_id,
+                    fire.owner,
+                    fire.now_us
+                ],
+            )? == 1;
+            if won {
+                tx.execute(
+                    FIRE_RUN,
+                    params![
+                        fire.run_id,
+                        fire.graph,
+                        fire.trigger,
+                        fire.scheduled_us,
+                        fire.now_us,
+                        fire.meta_json()
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(won)
+        })
+    }
+
     fn lookup(&self, key: &str, now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
         self.with(|c| latest_entry(c, key, now_us))
     }

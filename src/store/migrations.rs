@@ -31,6 +31,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("migrations/0003_cache.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("migrations/0004_fleet.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -29,6 +29,7 @@
 mod backend;
 mod cache_index;
 mod error;
+mod fleet;
 mod fold;
 mod migrations;
 mod model;
@@ -41,9 +42,11 @@ mod writer;
 mod tests;
 
 pub use cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, Owner, StoredResult,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
+    StoredResult,
 };
 pub use error::StoreError;
+pub use fleet::{Claimed, Ended, Fleet, FleetTask, NewRun, Outcome, TaskProgress};
 pub use model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunRecord,
     RunSummary, TaskFact, TaskRef, TaskRow, Transition, TERMINAL_TASK_STATUSES,
@@ -471,6 +474,12 @@ impl Store {
         self.backend
             .cache()
             .release(key, token, status, error, now_us)
+    }
+
+    /// Claims a schedule fire and records its run in one transaction; false (and nothing
+    /// recorded) when a process sharing this database already fired `(graph, scheduled_us)`.
+    pub fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError> {
+        self.backend.cache().claim_fire(fire)
     }
 
     /// Stored results, newest first.

@@ -22,7 +22,8 @@ use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statem
 
 use super::cache_index::CacheBackend;
 use super::cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, Owner, StoredResult,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
+    StoredResult, CLAIM_FIRE, FIRE_RUN,
 };
 use super::error::{pg_error, StoreError};
 use super::fold::{FoldedAttempt, FoldedState};
@@ -52,6 +53,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("migrations/pg/0003_cache.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("migrations/pg/0004_fleet.sql"),
+    },
 ];
 
 /// Taken (for the migrating transaction only) by every tm process migrating a database.
@@ -78,7 +83,7 @@ fn connect(config: &Config, place: &str) -> Result<Client, StoreError> {
 }
 
 /// Brings the database to the newest schema, in one transaction under an advisory lock.
-fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError> {
+pub(crate) fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError> {
     let latest = MIGRATIONS[MIGRATIONS.len() - 1].version;
     let failed = |e| pg_error(place, "cannot migrate the schema", e);
     let mut tx = client.transaction().map_err(failed)?;
@@ -1012,6 +1017,37 @@ impl PgCache {
 }
 
 impl CacheBackend for PgCache {
+    fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let mut tx = c.transaction()?;
+            let won = tx.execute(
+                &dollar(CLAIM_FIRE),
+                &[
+                    &fire.graph,
+                    &fire.scheduled_us,
+                    &fire.run_id,
+                    &fire.owner,
+                    &fire.now_us,
+                ],
+            )? == 1;
+            if won {
+                tx.execute(
+                    &dollar(FIRE_RUN),
+                    &[
+                        &fire.run_id,
+                        &fire.graph,
+                        &fire.trigger,
+                        &fire.scheduled_us,
+                        &fire.now_us,
+                        &fire.meta_json(),
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(won)
+        })
+    }
+
     fn lookup(&self, key: &str, now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
         self.with(|c| latest_entry(c, key, now_us))
     }

@@ -1,0 +1,398 @@
+"""Distributed runs: a run's tasks are rows in a PostgreSQL store, run by any executor process
+(on any host) that serves the graph. The claiming, leases, fencing and wake-ups are in the Rust
+core (``tm._tm.Fleet``); this module binds a claimed task to its graph's Python callable.
+
+A process submits with ``Executor.submit(graph, distributed=True)`` (or ``run(...,
+distributed=True)``, which also works on it); every process that calls ``Executor.work([graph,
+...])`` takes ready tasks of those graphs until the run it waits for ends, or until stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pickle
+import random
+import threading
+import time
+import traceback as _traceback
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ._tm import Fleet
+from .exceptions import ExecutorError, TaskFailed
+
+if TYPE_CHECKING:
+    from .executor import Executor
+    from .graph import Graph
+
+_log = logging.getLogger("tm")
+
+_PARENT, _CONFIG, _CONTEXT, _ALL_PARENTS, _VALUE = 0, 1, 2, 3, 4
+_UNFINISHED = ("pending", "running")
+
+
+def graph_key(graph: Graph) -> str:
+    """The graph's name and a digest of its shape (task names and edges): executors take only
+    tasks of runs of the very graph they were given."""
+    core = graph._core
+    names = core.names()
+    shape = [(n, sorted(names[p] for p in core.parents(i))) for i, n in enumerate(names)]
+    digest = hashlib.sha256(json.dumps([graph.name, shape]).encode()).hexdigest()[:16]
+    return f"{graph.name}:{digest}"
+
+
+def _parents(graph: Graph) -> list[list[int]]:
+    core = graph._core
+    return [list(core.parents(i)) for i in range(len(core.names()))]
+
+
+def open_fleet(url: str, lease: float) -> Fleet:
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ExecutorError(
+            "distributed runs need a PostgreSQL store (Executor(store='postgresql://...')); "
+            f"this executor's store is {url!r}"
+        )
+    owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return Fleet(url, owner, lease)
+
+
+def submit(
+    ex: Executor,
+    graph: Graph,
+    config: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    meta: dict[str, Any] | None,
+) -> DistributedRun:
+    """Records a distributed run of ``graph``; returns its handle at once."""
+    fleet = ex._get_fleet()
+    # Compiled here too, so that a graph that cannot bind its arguments fails in the submitter.
+    calls, specs = graph._compile(None, args, kwargs, defaults=ex._defaults)
+    cfg = graph.load_config() if config is None else config
+    info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
+    info.update(meta or {})
+    try:
+        params = pickle.dumps((args, kwargs, cfg, info))
+    except Exception as e:
+        raise ExecutorError(
+            f"graph {graph.name!r}: a distributed run's arguments, config and meta must pickle "
+            f"(every executor unpickles them): {e}"
+        ) from e
+    names = graph._core.names()
+    tasks = []
+    for i, name in enumerate(names):
+        o = graph._nodes[i].options
+        spec = specs[i]
+        tasks.append((name, o.tag or "", int(spec[1] or 0), int(spec[2] or 0)))
+    run_id = uuid.uuid4().hex
+    scheduled = info.get("scheduled_at")
+    fleet.submit(
+        run_id,
+        graph.name,
+        graph_key(graph),
+        str(info.get("trigger", "manual")),
+        params,
+        tasks,
+        _parents(graph),
+        scheduled_us=int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None,
+        meta_json=json.dumps({"distributed": True, "submitter": fleet.owner}),
+    )
+    del calls
+    return DistributedRun(ex, fleet, graph, run_id)
+
+
+class DistributedRun:
+    """A run whose tasks any executor serving its graph may run (see ``Executor.work``)."""
+
+    def __init__(self, ex: Executor, fleet: Fleet, graph: Graph, run_id: str) -> None:
+        self._ex = ex
+        self._fleet = fleet
+        self.graph = graph.name
+        self._graph = graph
+        #: The run's id in the store.
+        self.run_id = run_id
+
+    @property
+    def state(self) -> str:
+        """``running``, ``completed``, ``failed`` or ``cancelled``."""
+        return self._fleet.run_state(self.run_id) or "unknown"
+
+    def done(self) -> bool:
+        return self.state not in _UNFINISHED
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits (woken by the database's notifications) until the run ends; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            seen = self._fleet.wakes()
+            if self.done():
+                return True
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._fleet.wait(seen, left)
+
+    def cancel(self) -> bool:
+        """Tasks not yet started never will; running ones finish. False if the run was over."""
+        return self._fleet.cancel(self.run_id)
+
+    def states(self) -> dict[str, str]:
+        detail = self._store().core.get_run(self.run_id) or {"tasks": []}
+        return {t["name"]: t["status"] for t in detail["tasks"]}
+
+    def _store(self) -> Any:
+        assert self._ex.store is not None
+        return self._ex.store
+
+    def result(self, task: str | None = None) -> Any:
+        """A task's result (from the database); without a name, the single leaf's (or a dict of
+        leaf results)."""
+        store = self._store()
+        if task is not None:
+            return store.result(self.run_id, task)
+        leaves = self._graph.leaves()
+        if len(leaves) == 1:
+            return store.result(self.run_id, leaves[0])
+        return {leaf: store.result(self.run_id, leaf) for leaf in leaves}
+
+    @property
+    def failed_task(self) -> str | None:
+        detail = self._store().core.get_run(self.run_id) or {"tasks": []}
+        failed = [t for t in detail["tasks"] if t["status"] == "failed"]
+        failed.sort(key=lambda t: t.get("ended_us") or 0)
+        return failed[0]["name"] if failed else None
+
+    def raise_for_state(self) -> None:
+        """Raises TaskFailed (naming the failed task and its error) if the run failed."""
+        state = self.state
+        if state == "failed":
+            name = self.failed_task
+            detail = self._store().core.get_run(self.run_id) or {"tasks": []}
+            row = next((t for t in detail["tasks"] if t["name"] == name), {})
+            raise TaskFailed(
+                f"task {name!r} of graph {self.graph!r} failed: "
+                f"{row.get('error_type')}: {row.get('error_message')}",
+                task=name,
+                attempt=row.get("attempt"),
+            )
+        if state == "cancelled":
+            from .exceptions import TaskCancelled
+
+            raise TaskCancelled(f"run {self.run_id} of graph {self.graph!r} was cancelled")
+
+    def __repr__(self) -> str:
+        return f"<DistributedRun {self.run_id} of {self.graph!r}>"
+
+
+class FleetContext:
+    """What a task of a distributed run sees through a ``context`` parameter."""
+
+    def __init__(self, run_id: str, task: str, attempt: int, meta: dict[str, Any]) -> None:
+        self.run_id = run_id
+        self.task = task
+        #: 0-based, counting every claim of the task (including ones lost with an executor).
+        self.attempt = attempt
+        self.meta = meta
+        self.cancelled = False
+
+    @property
+    def graph(self) -> Any:
+        return self.meta.get("graph")
+
+    @property
+    def scheduled_at(self) -> Any:
+        return self.meta.get("scheduled_at")
+
+    @property
+    def logger(self) -> logging.Logger:
+        return logging.getLogger(f"tm.task.{self.task}")
+
+    def __repr__(self) -> str:
+        return f"FleetContext(run_id={self.run_id!r}, task={self.task!r}, attempt={self.attempt})"
+
+
+class Worker:
+    """Takes ready tasks of ``graphs`` from the database and runs them on ``workers`` threads."""
+
+    def __init__(
+        self,
+        ex: Executor,
+        graphs: Iterable[Graph],
+        tags: Iterable[str] | None,
+    ) -> None:
+        self.ex = ex
+        self.fleet = ex._get_fleet()
+        self.graphs: dict[str, Graph] = {}
+        for g in graphs:
+            key = graph_key(g)
+            self.graphs[key] = g
+            self.fleet.register(key, _parents(g))
+        if not self.graphs:
+            raise ValueError("work() needs at least one graph to serve")
+        self.tags = None if tags is None else sorted(set(tags))
+        self.size = ex.workers
+        self._runs: dict[int, tuple[Any, Any, dict[str, Any], list[str]]] = {}
+        self._lock = threading.Lock()
+        self.running = 0
+        self.ran = 0
+        self.stopping = threading.Event()
+
+    def _program(self, rid: int, key: str) -> tuple[Any, Any, dict[str, Any], list[str]]:
+        """The compiled calls, config and meta of run ``rid`` (cached per run)."""
+        with self._lock:
+            got = self._runs.get(rid)
+        if got is not None:
+            return got
+        row = self.fleet.run_params(rid)
+        if row is None:
+            raise ExecutorError(f"distributed run {rid} has no parameters in the store")
+        graph = self.graphs[key]
+        # Written by tm itself, for this run, into its own database.
+        args, kwargs, cfg, info = pickle.loads(row[1])
+        calls, specs = graph._compile(
+            None, args, kwargs, defaults=self.ex._defaults, wrap=self.ex._wrap
+        )
+        got = (calls, specs, {**info, "cfg": cfg}, graph._core.names())
+        with self._lock:
+            if len(self._runs) > 64:
+                self._runs.clear()
+            self._runs[rid] = got
+        return got
+
+    def _execute(self, claim: tuple[Any, ...]) -> None:
+        run_id, rid, key, node, attempt, started_us, inputs = claim
+        ref = (rid, key, node, attempt, started_us)
+        try:
+            calls, specs, info, names = self._program(rid, key)
+            fn, params, call_args, retry_on, give_up_on, _persist = calls[node]
+            # Written by tm itself into its own database, for this run.
+            values = {p: pickle.loads(data) for p, fmt, data in inputs if fmt == "pickle"}
+            cfg = info["cfg"]
+            meta = {k: v for k, v in info.items() if k != "cfg"}
+            meta["run_id"] = run_id
+            kw: dict[str, Any] = {}
+            for pname, kind, payload in params:
+                if kind == _PARENT:
+                    kw[pname] = values.get(payload)
+                elif kind == _CONFIG:
+                    kw[pname] = cfg
+                elif kind == _CONTEXT:
+                    kw[pname] = FleetContext(run_id, names[node], attempt - 1, meta)
+                elif kind == _ALL_PARENTS:
+                    for p in self.graphs[key]._core.parents(node):
+                        kw.setdefault(names[p], values.get(p))
+                else:
+                    kw[pname] = payload
+            try:
+                value = fn(*(call_args or ()), **kw)
+            except Exception as e:
+                retryable = isinstance(e, retry_on) and not (
+                    give_up_on and isinstance(e, give_up_on)
+                )
+                spec = specs[node]
+                delay = _delay(spec, attempt - 1)
+                ended = self.fleet.fail(
+                    ref,
+                    type(e).__name__,
+                    str(e),
+                    "".join(_traceback.format_exception(e)),
+                    retryable,
+                    int((time.time() + delay) * 1e6),
+                )
+                _log.log(
+                    logging.WARNING if ended and ended[0] == "retrying" else logging.ERROR,
+                    "%s[%s] attempt %d: %s: %s (%s)",
+                    names[node],
+                    run_id,
+                    attempt,
+                    type(e).__name__,
+                    e,
+                    ended[0] if ended else "lease lost",
+                )
+                return
+            try:
+                data = pickle.dumps(value)
+            except Exception as e:
+                self.fleet.fail(
+                    ref,
+                    type(e).__name__,
+                    f"task {names[node]!r}: its result cannot be pickled for the other "
+                    f"executors: {e}",
+                    None,
+                    False,
+                    0,
+                )
+                return
+            ended = self.fleet.complete(ref, "pickle", data)
+            if ended is None:
+                _log.warning(
+                    "%s[%s] attempt %d: completed after its lease was lost; its result was "
+                    "discarded (the task runs elsewhere)",
+                    names[node],
+                    run_id,
+                    attempt,
+                )
+        except Exception as e:  # a store error: the lease will lapse and another takes it
+            _log.error("distributed task %s of run %s: %r", node, run_id, e)
+        finally:
+            with self._lock:
+                self.running -= 1
+                self.ran += 1
+            self.fleet.poke()
+
+    def serve(self, run_id: str | None = None, max_tasks: int | None = None) -> int:
+        """Claims and runs tasks until run ``run_id`` has ended (with none of ours left running),
+        ``max_tasks`` have run here, or :meth:`stop`; returns how many tasks ran here."""
+        pool = ThreadPoolExecutor(self.size, thread_name_prefix="tm-fleet")
+        claimed = 0
+        try:
+            while not self.stopping.is_set():
+                seen = self.fleet.wakes()
+                with self._lock:
+                    free = self.size - self.running
+                if max_tasks is not None:
+                    free = min(free, max_tasks - claimed)
+                got = self.fleet.claim(free, self.tags) if free > 0 else []
+                for c in got:
+                    with self._lock:
+                        self.running += 1
+                    claimed += 1
+                    pool.submit(self._execute, c)
+                with self._lock:
+                    idle = self.running == 0
+                if max_tasks is not None and claimed >= max_tasks and idle:
+                    break
+                if got:
+                    continue
+                if idle and run_id is not None and self.fleet.run_state(run_id) not in _UNFINISHED:
+                    break
+                # Woken by a notification (tasks became ready, a run ended, a lease came back),
+                # by one of our tasks ending, or after a second (retry delays; a lost listener).
+                self.fleet.wait(seen, 1.0)
+        except BaseException:
+            # Ctrl-C: stop claiming; tasks already running here finish and are recorded.
+            self.stopping.set()
+            raise
+        finally:
+            pool.shutdown(wait=True)
+        return self.ran
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.fleet.poke()
+
+
+def _delay(spec: tuple[Any, ...], i: int) -> float:
+    """Seconds before retry ``i`` (0-based), as the engine computes them (see ``retry.rs``)."""
+    _pool, _prio, _retries, delay, backoff, max_delay, jitter = spec[:7]
+    secs = float(delay or 0.0) * (1.0 + float(backoff or 0.0)) ** i
+    if max_delay is not None:
+        secs = min(secs, float(max_delay))
+    j = min(max(float(jitter or 0.0), 0.0), 1.0)
+    return secs * (1.0 - j + 2.0 * j * random.random())
