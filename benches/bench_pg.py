@@ -15,6 +15,10 @@ Workloads:
 - graphs: P executor processes each run R graphs of T trivial tasks with the store on one
   database (each process its own runs: the store is shared, the work is not). Figure: tasks per
   second, all processes together, including every state transition committed to the store.
+- distributed: ONE distributed run of a layered graph (W wide, L layers, each task taking two
+  parents) worked on by P executor processes (4 threads each) on PostgreSQL: every task claimed,
+  its inputs read and its result written through the database. Figure: tasks per second from
+  the common start to the run's end; the same graph on one local executor for scale.
 """
 
 from __future__ import annotations
@@ -60,6 +64,20 @@ def graph_worker(url: str, runs: int, tasks: int, ready, go) -> None:  # type: i
         for _ in range(runs):
             assert ex.run(g).state == "completed"
     ex.store.close()
+
+
+def fleet_worker(url: str, run_id: str, width: int, layers: int, ready, go) -> None:  # type: ignore[no-untyped-def]
+    import _fleet_graph
+
+    import tm
+
+    g = _fleet_graph.build(width, layers)
+    ex = tm.Executor(store=url, workers=4)
+    ex._get_fleet()  # connect before the clock starts
+    ready.put(1)
+    go.wait()
+    with ex:
+        ex.work([g], run_id=run_id)
 
 
 def timed(target, args_for, procs: int) -> float:  # type: ignore[no-untyped-def]
@@ -113,6 +131,33 @@ def bench_graphs(
     return rows
 
 
+def bench_fleet(server: pg.Server, width: int, layers: int, procs: list[int]) -> list[str]:
+    import _fleet_graph
+
+    import tm
+
+    g = _fleet_graph.build(width, layers)
+    n = width * layers
+    with tm.Executor(workers=4) as ex:
+        t0 = time.perf_counter()
+        assert ex.run(g).state == "completed"
+        local = n / (time.perf_counter() - t0)
+    rows = ["| executor processes | distributed run (tasks/s) | vs 1 process |"]
+    rows.append("|---|---|---|")
+    base = None
+    for p in procs:
+        url = server.create_db()
+        with tm.Executor(store=url) as submitter:
+            run = submitter.submit(g, distributed=True)
+            secs = timed(fleet_worker, lambda i, url=url, r=run.run_id: (url, r, width, layers), p)
+            assert run.state == "completed", run.state
+        rate = n / secs
+        base = base or rate
+        rows.append(f"| {p} | {rate:,.0f} | {rate / base:.2f}x |")
+    rows.append(f"| (one local executor, no store) | {local:,.0f} | |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny runs (smoke test)")
@@ -130,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"## Graphs: each process runs {runs} graphs of {tasks} tasks, history in the store")
         print()
         print("\n".join(bench_graphs(server, tmp, runs, tasks, procs[:3])))
+        width, layers = (10, 5) if args.quick else (100, 20)
+        print()
+        print(f"## Distributed: one run of {width * layers} tasks shared by P executor processes")
+        print()
+        print("\n".join(bench_fleet(server, width, layers, [1, 2] if args.quick else [1, 2, 4])))
     return 0
 
 

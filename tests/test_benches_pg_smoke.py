@@ -22,4 +22,5 @@ def test_bench_pg_quick(pg_server) -> None:  # the fixture: the server package i
     assert (
         "| executor processes | sqlite store (tasks/s) | postgresql store (tasks/s) |" in r.stdout
     )
-    assert r.stdout.count("\n| 1 | ") == 2 and r.stdout.count("\n| 2 | ") == 2
+    assert "| executor processes | distributed run (tasks/s) | vs 1 process |" in r.stdout
+    assert r.stdout.count("\n| 1 | ") == 3 and r.stdout.count("\n| 2 | ") == 3

@@ -251,13 +251,18 @@ def test_four_executors_run_2000_tasks_once_and_survive_a_sigkill(
         survivors = [p for p in pids if p != victim.pid]
         assert len(survivors) <= 1, (name, pids)
         assert len(pids) == 1 or victim.pid in pids, (name, pids)
-    # The tasks the victim held came back after its lease ran out: a lost attempt, then another.
+    # The tasks the victim held came back after its lease ran out: a lost attempt, then another
+    # (unless the victim's completion was already on its way to the server when it died).
     assert lost
     store = tm.Store(pg_url)
+    came_back = 0
     for n in lost:
         attempts = store.attempts(run.run_id, n)
-        assert attempts[0]["error_type"] == "LeaseExpired", attempts
         assert attempts[-1]["status"] == "completed"
+        if len(attempts) > 1:
+            assert attempts[0]["error_type"] == "LeaseExpired", attempts
+            came_back += 1
+    assert came_back > 0
     store.close()
 
 

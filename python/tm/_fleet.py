@@ -52,14 +52,15 @@ def _parents(graph: Graph) -> list[list[int]]:
     return [list(core.parents(i)) for i in range(len(core.names()))]
 
 
-def open_fleet(url: str, lease: float) -> Fleet:
+def open_fleet(url: str, lease: float, workers: int) -> Fleet:
     if not url.startswith(("postgresql://", "postgres://")):
         raise ExecutorError(
             "distributed runs need a PostgreSQL store (Executor(store='postgresql://...')); "
             f"this executor's store is {url!r}"
         )
     owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    return Fleet(url, owner, lease)
+    # One connection per two task threads: completions overlap, without a connection per thread.
+    return Fleet(url, owner, lease, max(1, min(8, (workers + 1) // 2)))
 
 
 def submit(

@@ -940,7 +940,7 @@ class Executor:
             if self._fleet is None:
                 from ._fleet import open_fleet
 
-                self._fleet = open_fleet(self.store.url, self.lease)
+                self._fleet = open_fleet(self.store.url, self.lease, self.workers)
             return self._fleet
 
     def work(

@@ -53,16 +53,24 @@ pub struct PyFleet {
 #[pymethods]
 impl PyFleet {
     /// Connects as executor `owner`; claims last `lease_seconds` unless renewed (a Rust thread
-    /// renews them every third of that).
+    /// renews them every third of that); up to `connections` (1..16) connections serve claims
+    /// and completions.
     #[new]
-    fn new(py: Python<'_>, url: &str, owner: &str, lease_seconds: f64) -> PyResult<PyFleet> {
+    #[pyo3(signature = (url, owner, lease_seconds, connections = 1))]
+    fn new(
+        py: Python<'_>,
+        url: &str,
+        owner: &str,
+        lease_seconds: f64,
+        connections: usize,
+    ) -> PyResult<PyFleet> {
         if !(lease_seconds.is_finite() && lease_seconds > 0.0) {
             return Err(pyo3::exceptions::PyValueError::new_err(format!(
                 "lease must be a positive number of seconds, got {lease_seconds}"
             )));
         }
         let lease = Duration::from_secs_f64(lease_seconds);
-        let fleet = py.detach(|| Fleet::open(url, owner, lease))?;
+        let fleet = py.detach(|| Fleet::open(url, owner, lease, connections.clamp(1, 16)))?;
         Ok(PyFleet { fleet })
     }
 

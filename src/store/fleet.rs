@@ -25,7 +25,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
 use super::error::{pg_error, StoreError};
 use super::pg::migrate;
@@ -172,13 +173,96 @@ impl Signal {
     }
 }
 
+/// Statements on one connection, in a transaction or each on its own (a single statement is
+/// atomic by itself, and costs no BEGIN and COMMIT round trips). Statements are prepared once
+/// per connection: each is one round trip rather than two (prepare, then execute).
+struct Tx<'a, 'c> {
+    inner: Inner<'c>,
+    stmts: &'a mut HashMap<String, Statement>,
+}
+
+enum Inner<'c> {
+    Tx(Transaction<'c>),
+    Auto(&'c mut Client),
+}
+
+impl Tx<'_, '_> {
+    fn stmt(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = match &mut self.inner {
+            Inner::Tx(t) => t.prepare(sql)?,
+            Inner::Auto(c) => c.prepare(sql)?,
+        };
+        self.stmts.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
+    fn query(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let s = self.stmt(sql)?;
+        match &mut self.inner {
+            Inner::Tx(t) => t.query(&s, params),
+            Inner::Auto(c) => c.query(&s, params),
+        }
+    }
+
+    fn query_one(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, postgres::Error> {
+        let s = self.stmt(sql)?;
+        match &mut self.inner {
+            Inner::Tx(t) => t.query_one(&s, params),
+            Inner::Auto(c) => c.query_one(&s, params),
+        }
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error> {
+        let s = self.stmt(sql)?;
+        match &mut self.inner {
+            Inner::Tx(t) => t.query_opt(&s, params),
+            Inner::Auto(c) => c.query_opt(&s, params),
+        }
+    }
+
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, postgres::Error> {
+        let s = self.stmt(sql)?;
+        match &mut self.inner {
+            Inner::Tx(t) => t.execute(&s, params),
+            Inner::Auto(c) => c.execute(&s, params),
+        }
+    }
+}
+
+/// The executor's connection and its prepared statements.
+struct Conn {
+    client: Client,
+    stmts: HashMap<String, Statement>,
+}
+
 /// One executor process's handle on the distributed runs of a PostgreSQL database.
 pub struct Fleet {
     place: String,
     config: Config,
     owner: String,
     lease_us: i64,
-    conn: Mutex<Option<Client>>,
+    /// Connections for claims and completions, so that an executor's task threads end their
+    /// tasks side by side rather than one at a time; opened on first use.
+    conns: Vec<Mutex<Option<Conn>>>,
     shapes: Mutex<HashMap<String, Arc<Shape>>>,
     signal: Arc<Signal>,
     stop: Arc<AtomicBool>,
@@ -194,9 +278,74 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
+/// Ends a completed attempt in one statement (so one round trip, atomic without a transaction):
+/// the fence (only the current claim's owner), the result, the task's recorded state (and an
+/// attempts row for a later attempt), the children's parent counts (those reaching zero become
+/// ready), the run's count of tasks left, and the run's end when none is. Notifies the listening
+/// executors when a task became ready or the run ended. Returns (1 if recorded else 0, the run's
+/// final state if it ended).
+static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH fenced AS ( \
+           UPDATE work SET state = 'done', owner = NULL, lease_until_us = NULL \
+           WHERE rid = $1 AND node = $2 AND attempt = $3 AND owner = $4 AND state = 'claimed' \
+           RETURNING rid, node), \
+         result AS ( \
+           INSERT INTO task_results (rid, node, format, data) \
+           SELECT rid, node, $5, $6 FROM fenced \
+           ON CONFLICT (rid, node) DO UPDATE SET format = EXCLUDED.format, data = EXCLUDED.data), \
+         recorded AS ( \
+           UPDATE task_state s SET status = 'completed', ended_us = {NOW_US} \
+           FROM fenced f WHERE s.rid = f.rid AND s.node = f.node), \
+         later AS ( \
+           INSERT INTO attempts (rid, node, attempt, started_us, ended_us, status) \
+           SELECT rid, node, $3, $7, {NOW_US}, 'completed' FROM fenced WHERE $3 > 1 \
+           ON CONFLICT (rid, node, attempt) DO NOTHING), \
+         kids AS ( \
+           UPDATE work k SET waiting = k.waiting - 1, \
+             state = CASE WHEN k.waiting = 1 AND k.state = 'waiting' THEN 'ready' \
+                          ELSE k.state END \
+           FROM fenced WHERE k.rid = fenced.rid AND k.node = ANY($8::bigint[]) \
+           RETURNING k.state), \
+         left_ AS ( \
+           UPDATE fleet_runs r SET remaining = r.remaining - 1 \
+           FROM fenced WHERE r.rid = fenced.rid \
+           RETURNING r.rid, r.remaining, r.failed, r.cancelled), \
+         ended AS ( \
+           UPDATE runs u SET ended_us = {NOW_US}, state = CASE WHEN l.failed > 0 THEN 'failed' \
+             WHEN l.cancelled THEN 'cancelled' ELSE 'completed' END \
+           FROM left_ l WHERE u.rid = l.rid AND l.remaining = 0 RETURNING u.state) \
+         SELECT (SELECT count(*) FROM fenced), (SELECT state FROM ended), \
+           CASE WHEN EXISTS (SELECT 1 FROM kids WHERE state = 'ready') \
+                  OR EXISTS (SELECT 1 FROM ended) \
+                THEN pg_notify('{CHANNEL}', '')::text END"
+    )
+});
+
+/// Connects a claim-and-complete connection. Its statements are prepared once and run
+/// thousands of times with the same shape of arguments: a generic plan spares the planning that
+/// PostgreSQL would otherwise redo on every execution of the multi-statement completion.
+fn connect(config: &Config, place: &str) -> Result<Client, StoreError> {
+    let mut client = config
+        .connect(NoTls)
+        .map_err(|e| pg_error(place, "cannot connect", e))?;
+    client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .map_err(|e| pg_error(place, "cannot set the session up", e))?;
+    Ok(client)
+}
+
+/// A small number per thread, to spread threads over connections when all are busy.
+fn thread_slot() -> usize {
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local!(static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed));
+    SLOT.with(|s| *s)
+}
+
 /// Ends a run whose last task just ended; returns its final state.
 fn end_run_if_done(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_, '_>,
     rid: i64,
     ended: i64,
     failed: i64,
@@ -226,7 +375,7 @@ fn end_run_if_done(
 
 /// Sets the recorded state of tasks (the ordinary `task_state` table readers use).
 fn set_states(
-    tx: &mut Transaction<'_>,
+    tx: &mut Tx<'_, '_>,
     rid: i64,
     nodes: &[i64],
     status: &str,
@@ -246,19 +395,23 @@ fn set_states(
     Ok(())
 }
 
-fn notify(tx: &mut Transaction<'_>) -> Result<(), postgres::Error> {
+fn notify(tx: &mut Tx<'_, '_>) -> Result<(), postgres::Error> {
     tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL])?;
     Ok(())
 }
 
 impl Fleet {
     /// Connects to the database at `url` (migrating it if needed) as executor `owner`, whose
-    /// claims last `lease` unless renewed; starts the watcher thread.
-    pub fn open(url: &str, owner: &str, lease: Duration) -> Result<Fleet, StoreError> {
+    /// claims last `lease` unless renewed, with up to `connections` connections for claims and
+    /// completions; starts the watcher thread.
+    pub fn open(
+        url: &str,
+        owner: &str,
+        lease: Duration,
+        connections: usize,
+    ) -> Result<Fleet, StoreError> {
         let (config, place) = pg_config(url)?;
-        let mut client = config
-            .connect(NoTls)
-            .map_err(|e| pg_error(&place, "cannot connect", e))?;
+        let mut client = connect(&config, &place)?;
         migrate(&mut client, &place)?;
         let lease_us = i64::try_from(lease.as_micros())
             .unwrap_or(i64::MAX)
@@ -268,7 +421,12 @@ impl Fleet {
             config,
             owner: owner.to_string(),
             lease_us,
-            conn: Mutex::new(Some(client)),
+            conns: std::iter::once(Mutex::new(Some(Conn {
+                client,
+                stmts: HashMap::new(),
+            })))
+            .chain((1..connections.max(1)).map(|_| Mutex::new(None)))
+            .collect(),
             shapes: Mutex::new(HashMap::new()),
             signal: Arc::new(Signal::default()),
             stop: Arc::new(AtomicBool::new(false)),
@@ -296,29 +454,61 @@ impl Fleet {
         &self.owner
     }
 
-    /// Runs `f` in a transaction on the connection (reconnecting if the server dropped it).
+    /// Runs `f` in a transaction on a connection (reconnecting if the server dropped it).
     fn with_tx<T>(
         &self,
         what: &str,
-        f: impl FnOnce(&mut Transaction<'_>) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut Tx<'_, '_>) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        self.with_conn(what, true, f)
+    }
+
+    /// Runs `f` on a connection, in a transaction if `atomic` (else each statement commits
+    /// by itself: for verbs that are one statement).
+    fn with_conn<T>(
+        &self,
+        what: &str,
+        atomic: bool,
+        f: impl FnOnce(&mut Tx<'_, '_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        // The first idle connection, else wait for this thread's share.
+        let mut guard = match self.conns.iter().find_map(|c| c.try_lock().ok()) {
+            Some(g) => g,
+            None => {
+                let i = thread_slot() % self.conns.len();
+                self.conns[i].lock().unwrap_or_else(PoisonError::into_inner)
+            }
+        };
         if self.stop.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(
-                self.config
-                    .connect(NoTls)
-                    .map_err(|e| pg_error(&self.place, "cannot connect", e))?,
-            );
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            let client = connect(&self.config, &self.place)?;
+            *guard = Some(Conn {
+                client,
+                stmts: HashMap::new(),
+            });
         }
-        let client = guard.as_mut().ok_or(StoreError::Closed)?;
-        let result = client.transaction().and_then(|mut tx| {
-            let out = f(&mut tx)?;
-            tx.commit()?;
-            Ok(out)
-        });
+        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
+        let result = if atomic {
+            conn.client.transaction().and_then(|tx| {
+                let mut tx = Tx {
+                    inner: Inner::Tx(tx),
+                    stmts: &mut conn.stmts,
+                };
+                let out = f(&mut tx)?;
+                match tx.inner {
+                    Inner::Tx(t) => t.commit()?,
+                    Inner::Auto(_) => {}
+                }
+                Ok(out)
+            })
+        } else {
+            f(&mut Tx {
+                inner: Inner::Auto(&mut conn.client),
+                stmts: &mut conn.stmts,
+            })
+        };
         result.map_err(|e| pg_error(&self.place, what, e))
     }
 
@@ -419,7 +609,9 @@ impl Fleet {
         }
         let tags: Option<Vec<String>> = tags.map(<[String]>::to_vec);
         let limit = n as i64;
-        let mut claimed = self.with_tx("cannot claim tasks", |tx| {
+        // One statement claims and records the attempts (atomic without a transaction); a second
+        // reads the inputs, which are immutable once written.
+        let claimed = self.with_conn("cannot claim tasks", false, |tx| {
             let rows = tx.query(
                 &format!(
                     "WITH picked AS ( \
@@ -428,12 +620,21 @@ impl Fleet {
                          AND ($2::text[] IS NULL OR tag = ANY($2)) \
                          AND not_before_us <= {NOW_US} \
                        ORDER BY rid, priority DESC, node LIMIT $3 \
-                       FOR UPDATE SKIP LOCKED) \
-                     UPDATE work w SET state = 'claimed', attempt = w.attempt + 1, owner = $4, \
-                       started_us = {NOW_US}, lease_until_us = {NOW_US} + $5 \
-                     FROM picked WHERE w.rid = picked.rid AND w.node = picked.node \
-                     RETURNING w.rid, w.node, w.attempt, w.graph_key, w.started_us, \
-                       (SELECT run_id FROM runs r WHERE r.rid = w.rid)"
+                       FOR UPDATE SKIP LOCKED), \
+                     claimed AS ( \
+                       UPDATE work w SET state = 'claimed', attempt = w.attempt + 1, owner = $4, \
+                         started_us = {NOW_US}, lease_until_us = {NOW_US} + $5 \
+                       FROM picked WHERE w.rid = picked.rid AND w.node = picked.node \
+                       RETURNING w.rid, w.node, w.attempt, w.graph_key, w.started_us), \
+                     recorded AS ( \
+                       INSERT INTO task_state (rid, node, status, attempt, started_us) \
+                       SELECT rid, node, 'running', attempt, started_us FROM claimed \
+                       ON CONFLICT (rid, node) DO UPDATE SET status = 'running', \
+                         attempt = EXCLUDED.attempt, started_us = EXCLUDED.started_us, \
+                         ended_us = NULL, error_type = NULL, error_message = NULL, \
+                         traceback = NULL) \
+                     SELECT c.rid, c.node, c.attempt, c.graph_key, c.started_us, r.run_id \
+                     FROM claimed c JOIN runs r ON r.rid = c.rid"
                 ),
                 &[&keys, &tags, &limit, &self.owner, &self.lease_us],
             )?;
@@ -451,31 +652,20 @@ impl Fleet {
                     inputs: Vec::new(),
                 });
             }
-            if out.is_empty() {
-                return Ok(out);
+            if !out.is_empty() {
+                self.load_inputs(tx, &mut out)?;
             }
-            let rids: Vec<i64> = out.iter().map(|c| c.rid).collect();
-            let nodes: Vec<i64> = out.iter().map(|c| i64::from(c.node)).collect();
-            let attempts: Vec<i64> = out.iter().map(|c| i64::from(c.attempt)).collect();
-            let started: Vec<i64> = out.iter().map(|c| c.started_us).collect();
-            tx.execute(
-                "INSERT INTO task_state (rid, node, status, attempt, started_us) \
-                 SELECT t.rid, t.node, 'running', t.attempt, t.started \
-                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) \
-                      AS t (rid, node, attempt, started) \
-                 ON CONFLICT (rid, node) DO UPDATE SET status = 'running', \
-                   attempt = EXCLUDED.attempt, started_us = EXCLUDED.started_us, ended_us = NULL, \
-                   error_type = NULL, error_message = NULL, traceback = NULL",
-                &[&rids, &nodes, &attempts, &started],
-            )?;
             Ok(out)
         })?;
-        self.load_inputs(&mut claimed)?;
         Ok(claimed)
     }
 
     /// Reads the stored results of the claimed tasks' parents.
-    fn load_inputs(&self, claimed: &mut [Claimed]) -> Result<(), StoreError> {
+    fn load_inputs(
+        &self,
+        tx: &mut Tx<'_, '_>,
+        claimed: &mut [Claimed],
+    ) -> Result<(), postgres::Error> {
         let mut rids = Vec::new();
         let mut nodes = Vec::new();
         for c in claimed.iter() {
@@ -494,14 +684,12 @@ impl Fleet {
         if rids.is_empty() {
             return Ok(());
         }
-        let rows = self.with_tx("cannot read task inputs", |tx| {
-            tx.query(
-                "SELECT r.rid, r.node, r.format, r.data FROM task_results r \
-                 JOIN (SELECT DISTINCT * FROM UNNEST($1::bigint[], $2::bigint[])) AS k (rid, node) \
-                 ON r.rid = k.rid AND r.node = k.node",
-                &[&rids, &nodes],
-            )
-        })?;
+        let rows = tx.query(
+            "SELECT r.rid, r.node, r.format, r.data FROM task_results r \
+             JOIN (SELECT DISTINCT * FROM UNNEST($1::bigint[], $2::bigint[])) AS k (rid, node) \
+             ON r.rid = k.rid AND r.node = k.node",
+            &[&rids, &nodes],
+        )?;
         let mut by_key: HashMap<(i64, u32), (String, Vec<u8>)> = HashMap::new();
         for r in rows {
             let node: i64 = r.get(1);
@@ -529,160 +717,142 @@ impl Fleet {
 
     /// Ends a claimed attempt, if it is still this executor's.
     pub fn end(&self, c: &Claimed, outcome: &Outcome) -> Result<Ended, StoreError> {
-        let shape = self.shape(&c.graph_key);
-        let rid = c.rid;
-        let node = i64::from(c.node);
-        let attempt = i64::from(c.attempt);
-        self.with_tx("cannot record the task's end", |tx| {
-            // The fence: only the current claim of this executor may end the task.
-            let (new_state, retry_at) = match outcome {
-                Outcome::Completed { .. } => ("done", None),
-                Outcome::Failed {
-                    retryable,
-                    retry_at_us,
-                    ..
-                } => {
-                    let row = tx.query_opt(
-                        "SELECT failures < retries FROM work \
-                         WHERE rid = $1 AND node = $2 AND attempt = $3 AND owner = $4 \
-                           AND state = 'claimed' FOR UPDATE",
-                        &[&rid, &node, &attempt, &self.owner],
-                    )?;
-                    match row {
-                        None => return Ok(Ended::Refused),
-                        Some(r) if *retryable && r.get::<_, bool>(0) => {
-                            ("ready", Some(*retry_at_us))
-                        }
-                        Some(_) => ("failed", None),
-                    }
-                }
-            };
-            let updated = tx.execute(
-                "UPDATE work SET state = $5, owner = NULL, lease_until_us = NULL, \
-                   failures = failures + CASE WHEN $5 = 'done' THEN 0 ELSE 1 END, \
-                   not_before_us = COALESCE($6, not_before_us) \
-                 WHERE rid = $1 AND node = $2 AND attempt = $3 AND owner = $4 \
-                   AND state = 'claimed'",
-                &[&rid, &node, &attempt, &self.owner, &new_state, &retry_at],
+        match outcome {
+            Outcome::Completed { format, data } => self.complete(c, format, data),
+            Outcome::Failed {
+                error_type,
+                message,
+                traceback,
+                retryable,
+                retry_at_us,
+            } => self.fail(
+                c,
+                (error_type, message, traceback.as_deref()),
+                *retryable,
+                *retry_at_us,
+            ),
+        }
+    }
+
+    fn complete(&self, c: &Claimed, format: &str, data: &[u8]) -> Result<Ended, StoreError> {
+        let children: Vec<i64> = self
+            .shape(&c.graph_key)
+            .as_ref()
+            .and_then(|s| s.children.get(c.node as usize))
+            .map(|v| v.iter().map(|&x| i64::from(x)).collect())
+            .unwrap_or_default();
+        self.with_conn("cannot record the task's end", false, |tx| {
+            let row = tx.query_one(
+                &COMPLETE,
+                &[
+                    &c.rid,
+                    &i64::from(c.node),
+                    &i64::from(c.attempt),
+                    &self.owner,
+                    &format,
+                    &data,
+                    &c.started_us,
+                    &children,
+                ],
             )?;
-            if updated == 0 {
+            if row.get::<_, i64>(0) == 0 {
                 return Ok(Ended::Refused);
             }
-            let mut run_ended = None;
-            let state = match outcome {
-                Outcome::Completed { format, data } => {
-                    tx.execute(
-                        "INSERT INTO task_results (rid, node, format, data) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (rid, node) DO UPDATE \
-                         SET format = EXCLUDED.format, data = EXCLUDED.data",
-                        &[&rid, &node, format, data],
-                    )?;
-                    tx.execute(
-                        &format!(
-                            "UPDATE task_state SET status = 'completed', ended_us = {NOW_US} \
-                             WHERE rid = $1 AND node = $2"
-                        ),
-                        &[&rid, &node],
-                    )?;
-                    if c.attempt > 1 {
-                        tx.execute(
-                            &format!(
-                                "INSERT INTO attempts (rid, node, attempt, started_us, ended_us, \
-                                 status) VALUES ($1, $2, $3, $4, {NOW_US}, 'completed') \
-                                 ON CONFLICT (rid, node, attempt) DO NOTHING"
-                            ),
-                            &[&rid, &node, &attempt, &c.started_us],
-                        )?;
-                    }
-                    let children: Vec<i64> = shape
-                        .as_ref()
-                        .and_then(|s| s.children.get(c.node as usize))
-                        .map(|v| v.iter().map(|&x| i64::from(x)).collect())
-                        .unwrap_or_default();
-                    let readied = if children.is_empty() {
-                        0
-                    } else {
-                        tx.query(
-                            "UPDATE work SET waiting = waiting - 1, \
-                               state = CASE WHEN waiting = 1 AND state = 'waiting' THEN 'ready' \
-                                            ELSE state END \
-                             WHERE rid = $1 AND node = ANY($2) RETURNING state",
-                            &[&rid, &children],
-                        )?
-                        .iter()
-                        .filter(|r| r.get::<_, &str>(0) == "ready")
-                        .count()
-                    };
-                    run_ended = end_run_if_done(tx, rid, 1, 0)?;
-                    if readied > 0 || run_ended.is_some() {
-                        notify(tx)?;
-                    }
-                    "completed"
-                }
-                Outcome::Failed {
-                    error_type,
-                    message,
-                    traceback,
-                    retry_at_us,
-                    ..
-                } => {
-                    let retrying = new_state == "ready";
-                    let status = if retrying { "retrying" } else { "failed" };
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO attempts (rid, node, attempt, started_us, ended_us, \
-                             status, error_type, error_message, traceback, retry_at_us) \
-                             VALUES ($1, $2, $3, $4, {NOW_US}, 'failed', $5, $6, $7, $8) \
-                             ON CONFLICT (rid, node, attempt) DO NOTHING"
-                        ),
-                        &[
-                            &rid,
-                            &node,
-                            &attempt,
-                            &c.started_us,
-                            error_type,
-                            message,
-                            traceback,
-                            &retrying.then_some(*retry_at_us),
-                        ],
-                    )?;
-                    tx.execute(
-                        &format!(
-                            "UPDATE task_state SET status = $3, ended_us = {NOW_US}, \
-                             error_type = $4, error_message = $5, traceback = $6 \
-                             WHERE rid = $1 AND node = $2"
-                        ),
-                        &[&rid, &node, &status, error_type, message, traceback],
-                    )?;
-                    if !retrying {
-                        let below = shape
-                            .as_ref()
-                            .map(|s| s.descendants(c.node))
-                            .unwrap_or_default();
-                        let skipped: Vec<i64> = if below.is_empty() {
-                            Vec::new()
-                        } else {
-                            tx.query(
-                                "UPDATE work SET state = 'skipped' WHERE rid = $1 \
-                                 AND node = ANY($2) AND state IN ('waiting', 'ready') \
-                                 RETURNING node",
-                                &[&rid, &below],
-                            )?
-                            .iter()
-                            .map(|r| r.get(0))
-                            .collect()
-                        };
-                        set_states(tx, rid, &skipped, "skipped")?;
-                        run_ended = end_run_if_done(tx, rid, 1 + skipped.len() as i64, 1)?;
-                        if run_ended.is_some() {
-                            notify(tx)?;
-                        }
-                    }
-                    status
-                }
-            };
             Ok(Ended::Recorded {
-                state: state.to_string(),
+                state: "completed".into(),
+                run_ended: row.get(1),
+            })
+        })
+    }
+
+    /// Records a failed attempt: retried later while its retries last (and the error is
+    /// `retryable`), else the task fails and every task below it is skipped.
+    fn fail(
+        &self,
+        c: &Claimed,
+        (error_type, message, traceback): (&str, &str, Option<&str>),
+        retryable: bool,
+        retry_at_us: i64,
+    ) -> Result<Ended, StoreError> {
+        let shape = self.shape(&c.graph_key);
+        let (rid, node, attempt) = (c.rid, i64::from(c.node), i64::from(c.attempt));
+        self.with_tx("cannot record the task's end", |tx| {
+            // The fence: only the current claim of this executor may end the task.
+            let Some(row) = tx.query_opt(
+                "SELECT failures < retries FROM work \
+                 WHERE rid = $1 AND node = $2 AND attempt = $3 AND owner = $4 \
+                   AND state = 'claimed' FOR UPDATE",
+                &[&rid, &node, &attempt, &self.owner],
+            )?
+            else {
+                return Ok(Ended::Refused);
+            };
+            let retrying = retryable && row.get::<_, bool>(0);
+            let retry_at = retrying.then_some(retry_at_us);
+            tx.execute(
+                "UPDATE work SET state = $3, owner = NULL, lease_until_us = NULL, \
+                   failures = failures + 1, not_before_us = COALESCE($4, not_before_us) \
+                 WHERE rid = $1 AND node = $2",
+                &[
+                    &rid,
+                    &node,
+                    &if retrying { "ready" } else { "failed" },
+                    &retry_at,
+                ],
+            )?;
+            let status = if retrying { "retrying" } else { "failed" };
+            tx.execute(
+                &format!(
+                    "INSERT INTO attempts (rid, node, attempt, started_us, ended_us, \
+                     status, error_type, error_message, traceback, retry_at_us) \
+                     VALUES ($1, $2, $3, $4, {NOW_US}, 'failed', $5, $6, $7, $8) \
+                     ON CONFLICT (rid, node, attempt) DO NOTHING"
+                ),
+                &[
+                    &rid,
+                    &node,
+                    &attempt,
+                    &c.started_us,
+                    &error_type,
+                    &message,
+                    &traceback,
+                    &retry_at,
+                ],
+            )?;
+            tx.execute(
+                &format!(
+                    "UPDATE task_state SET status = $3, ended_us = {NOW_US}, \
+                     error_type = $4, error_message = $5, traceback = $6 \
+                     WHERE rid = $1 AND node = $2"
+                ),
+                &[&rid, &node, &status, &error_type, &message, &traceback],
+            )?;
+            let mut run_ended = None;
+            if !retrying {
+                let below = shape
+                    .as_ref()
+                    .map(|s| s.descendants(c.node))
+                    .unwrap_or_default();
+                let skipped: Vec<i64> = if below.is_empty() {
+                    Vec::new()
+                } else {
+                    tx.query(
+                        "UPDATE work SET state = 'skipped' WHERE rid = $1 \
+                         AND node = ANY($2) AND state IN ('waiting', 'ready') RETURNING node",
+                        &[&rid, &below],
+                    )?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+                };
+                set_states(tx, rid, &skipped, "skipped")?;
+                run_ended = end_run_if_done(tx, rid, 1 + skipped.len() as i64, 1)?;
+                if run_ended.is_some() {
+                    notify(tx)?;
+                }
+            }
+            Ok(Ended::Recorded {
+                state: status.to_string(),
                 run_ended,
             })
         })
@@ -816,7 +986,9 @@ impl Fleet {
         if let Some(h) = handle {
             let _ = h.join();
         }
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        for c in &self.conns {
+            *c.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
     }
 }
 
