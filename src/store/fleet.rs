@@ -305,7 +305,8 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
            UPDATE work k SET waiting = k.waiting - 1, \
              state = CASE WHEN k.waiting = 1 AND k.state = 'waiting' THEN 'ready' \
                           ELSE k.state END \
-           FROM fenced WHERE k.rid = fenced.rid AND k.node = ANY($8::bigint[]) \
+           FROM UNNEST($8::bigint[]) AS c (node) \
+           WHERE k.rid = $1 AND k.node = c.node AND EXISTS (SELECT 1 FROM fenced) \
            RETURNING k.state), \
          left_ AS ( \
            UPDATE fleet_runs r SET remaining = r.remaining - 1 \
@@ -591,7 +592,8 @@ impl Fleet {
                 )?;
             }
             notify(tx)
-        })
+        })?;
+        Ok(())
     }
 
     /// Claims up to `n` ready tasks of the registered graphs (only tasks tagged one of `tags`,
@@ -618,7 +620,7 @@ impl Fleet {
                        SELECT rid, node FROM work \
                        WHERE state = 'ready' AND graph_key = ANY($1) \
                          AND ($2::text[] IS NULL OR tag = ANY($2)) \
-                         AND not_before_us <= {NOW_US} \
+                         AND not_before_us <= (SELECT {NOW_US}) \
                        ORDER BY rid, priority DESC, node LIMIT $3 \
                        FOR UPDATE SKIP LOCKED), \
                      claimed AS ( \

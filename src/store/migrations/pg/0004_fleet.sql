@@ -42,6 +42,7 @@ CREATE TABLE work (
     lease_until_us  BIGINT,
     PRIMARY KEY (rid, node)
 );
-CREATE INDEX work_ready ON work (graph_key, priority DESC, rid, node) WHERE state = 'ready';
+-- Claims take the oldest run's ready tasks first, higher priority first within a run.
+CREATE INDEX work_ready ON work (graph_key, rid, priority DESC, node) WHERE state = 'ready';
 CREATE INDEX work_leases ON work (lease_until_us) WHERE state = 'claimed';
 CREATE INDEX work_owner ON work (owner) WHERE state = 'claimed';
