@@ -61,3 +61,44 @@ def test_a_queue_migrates_from_sqlite_to_postgresql_and_back(tmp_path: Path, pg_
     assert migrate(pg_url, str(tmp_path / "back.json")) == 2
     back = TaskManager(tmp_path / "back.json")
     assert {t["status"] for t in back.list_tasks()} == {"completed", "in_progress"}
+
+
+def test_a_blocked_claim_sleeps_on_listen_and_another_process_wakes_it(pg_url: str) -> None:
+    """A claim with ``wait=`` listens for the queue's notifications instead of polling the
+    server; a task created by another process wakes it."""
+    import sys
+    import time
+
+    TaskManager(pg_url)  # the schema exists before the waiter starts
+    code = (
+        "import json, sys\n"
+        "from tm.queue import TaskManager\n"
+        f"tm = TaskManager({pg_url!r})\n"
+        "print('waiting', flush=True)\n"
+        "t = tm.get_next_task('w', wait=600)\n"
+        "print(json.dumps(t['data']), flush=True)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "waiting"
+
+    def listening() -> bool:
+        out = subprocess.run(
+            [
+                "psql",
+                pg_url,
+                "-Atc",
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN tm_queue'",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return int(out.stdout) >= 1
+
+    while not listening():  # the waiter's first version check precedes its LISTEN session
+        assert p.poll() is None
+        time.sleep(0.01)
+    TaskManager(pg_url).create_task("job", {"from": "another process"})
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and '{"from": "another process"}' in out

@@ -16,6 +16,7 @@ use pyo3::{intern, IntoPyObjectExt};
 use crate::clock::Clock;
 use crate::queue::{
     self, Backend, Completion, Holder, ListFilter, NewTask, Options, QueueError, Status, Task,
+    Waiter,
 };
 
 mod exc {
@@ -104,6 +105,9 @@ const POLL: Duration = Duration::from_millis(2);
 #[pyclass(name = "QueueCore", module = "tm._tm", frozen)]
 pub struct PyQueueCore {
     backend: Mutex<Box<dyn Backend>>,
+    /// The store's change signal for blocking claims (PostgreSQL), opened on first use; the
+    /// outer None means not asked yet, the inner None that the store has none (poll instead).
+    waiter: Mutex<Option<Option<Box<dyn Waiter>>>>,
     kind: &'static str,
 }
 
@@ -123,6 +127,35 @@ impl PyQueueCore {
 
     /// Waits (detached) until the store's version differs from `version` or `until` passes.
     fn wait_change(&self, version: u64, until: Instant) -> queue::Result<bool> {
+        let mut waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner());
+        if waiter.is_none() {
+            let w = self
+                .backend
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waiter()?;
+            *waiter = Some(w);
+        }
+        if let Some(Some(w)) = waiter.as_mut() {
+            // Listening began before this version check, so a change committed after it wakes
+            // the wait below; a missed signal costs at most one slice.
+            loop {
+                let v = self
+                    .backend
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .version()?;
+                if v != version {
+                    return Ok(true);
+                }
+                let now = Instant::now();
+                if now >= until {
+                    return Ok(false);
+                }
+                w.wait(until - now)?;
+            }
+        }
+        drop(waiter);
         loop {
             let v = {
                 let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,6 +199,7 @@ impl PyQueueCore {
         let backend = py.detach(|| parsed.open(opts)).map_err(to_py)?;
         Ok(PyQueueCore {
             backend: Mutex::new(backend),
+            waiter: Mutex::new(None),
             kind,
         })
     }

@@ -295,6 +295,12 @@ impl Default for Options {
     }
 }
 
+/// Sleeps until a store signals a change (PostgreSQL: `LISTEN`), or a timeout. A signal may be
+/// spurious; callers compare [`Backend::version`] before and after.
+pub trait Waiter: Send {
+    fn wait(&mut self, timeout: Duration) -> Result<()>;
+}
+
 /// One queue store. Every method is one atomic step against the shared store.
 pub trait Backend: Send {
     /// Creates tasks (all or none) and returns their ids.
@@ -340,6 +346,12 @@ pub trait Backend: Send {
     fn update_metadata(&mut self, members: &[u8]) -> Result<()>;
     /// A number that changes when another process changes the store (cheap; for blocking waits).
     fn version(&mut self) -> Result<u64>;
+    /// Something that sleeps until the store may have changed, on a connection of its own (so
+    /// a waiting thread does not hold the backend); None where there is no such signal and
+    /// waiters poll [`version`](Backend::version).
+    fn waiter(&mut self) -> Result<Option<Box<dyn Waiter>>> {
+        Ok(None)
+    }
     /// When (µs since the epoch) the earliest current lease expires.
     fn next_expiry(&mut self) -> Result<Option<i64>>;
     /// The whole queue.

@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement, Transaction};
 
@@ -152,7 +153,36 @@ pub struct PgBackend {
 
 /// Advances the change counter, after a commit so that whoever sees the new value also sees the
 /// change (a sequence is not transactional: bumped inside, it could announce an uncommitted row).
-const BUMP: &str = "SELECT nextval('tm_queue_version')";
+/// It also notifies the processes blocked in a claim (see [`PgWaiter`]).
+const BUMP: &str = "SELECT nextval('tm_queue_version'), pg_notify('tm_queue', '')";
+
+/// A blocking claim's wake-up: a connection listening on `tm_queue`.
+pub struct PgWaiter {
+    client: Client,
+    place: String,
+    ctx: Ctx,
+}
+
+impl super::Waiter for PgWaiter {
+    fn wait(&mut self, timeout: std::time::Duration) -> Result<()> {
+        let (place, ctx) = (&self.place, &self.ctx);
+        let mut notes = self.client.notifications();
+        let got = notes
+            .timeout_iter(timeout)
+            .next()
+            .map_err(|e| pg_err(place, ctx, e))?;
+        if got.is_some() {
+            // Drop the ones already queued behind it: one wake-up is enough.
+            while notes
+                .iter()
+                .next()
+                .map_err(|e| pg_err(place, ctx, e))?
+                .is_some()
+            {}
+        }
+        Ok(())
+    }
+}
 
 fn pg_err(place: &str, ctx: &Ctx, e: postgres::Error) -> QueueError {
     if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
@@ -964,6 +994,17 @@ impl Backend for PgBackend {
             Ok(())
         })?;
         self.changed(())
+    }
+
+    fn waiter(&mut self) -> Result<Option<Box<dyn super::Waiter>>> {
+        let err = |e| pg_err(&self.place, &self.ctx, e);
+        let mut client = self.config.connect(NoTls).map_err(err)?;
+        client.batch_execute("LISTEN tm_queue").map_err(err)?;
+        Ok(Some(Box::new(PgWaiter {
+            client,
+            place: self.place.clone(),
+            ctx: self.ctx.clone(),
+        })))
     }
 
     fn version(&mut self) -> Result<u64> {
