@@ -62,19 +62,8 @@ def runs(gate: Path) -> list[str]:
     return f.read_text().split() if f.exists() else []
 
 
-def test_identical_calls_from_four_processes_compute_once(
-    setup: tuple[str, Path, Path], request: pytest.FixtureRequest
-) -> None:
+def test_identical_calls_from_four_processes_compute_once(setup: tuple[str, Path, Path]) -> None:
     db, results, gate = setup
-    if db.startswith("postgresql"):
-        # A known bug, open in issue 9: under heavy load (CI's clean-clone runs), two of the four
-        # processes have both run the call on PostgreSQL (2 runs in 2 of ~10 full runs); SQLite
-        # has never done so. Kept running so a fix shows as XPASS.
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="PostgreSQL cached-call exclusion race (issue 9)", strict=False
-            )
-        )
     procs = [start(db, results, gate, 7) for _ in range(4)]
     # Every worker has called, and one of them is inside the function.
     wait_for(lambda: len(list(gate.glob("calling-*"))) == 4, "4 callers", procs)

@@ -1122,6 +1122,14 @@ impl CacheBackend for PgCache {
     ) -> Result<CacheEntry, StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;
+            // Under the key's lock, as a claim is: a claim reads the newest entry and then the
+            // state in two statements, each with its own snapshot under READ COMMITTED, so a
+            // completion committed between them would show no entry but a COMPLETED state, and
+            // the claimer would run the call again (seen as two runs among four processes).
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                &[&facts.key],
+            )?;
             let id: i64 = tx
                 .query_one(
                     "INSERT INTO cache_entries (key, module, func, seed, inputs_json, version, \
