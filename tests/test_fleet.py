@@ -209,9 +209,11 @@ def test_four_executors_run_2000_tasks_once_and_survive_a_sigkill(
     log = tmp_path / "executions.log"
     with tm.Executor(store=pg_url) as submitter:
         run = submitter.submit(g, distributed=True)
+        # The victim's tasks take longer, so that when it is killed its threads are inside tasks
+        # (not sending completions that the server would still apply after the kill).
         procs = [
-            worker(pg_url, run.run_id, log=log, work=0.004, lease=1.5, graph=(width, layers))
-            for _ in range(4)
+            worker(pg_url, run.run_id, log=log, work=w, lease=1.5, graph=(width, layers))
+            for w in (0.2, 0.004, 0.004, 0.004)
         ]
         victim = procs[0]
         fleet = submitter._get_fleet()

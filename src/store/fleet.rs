@@ -186,6 +186,19 @@ enum Inner<'c> {
     Auto(&'c mut Client),
 }
 
+/// Calls `$method` on whichever client `$tx` holds, with a prepared statement for `$sql`.
+macro_rules! run_on {
+    ($tx:ident, $method:ident, $sql:expr, $params:expr) => {{
+        let s = $tx.stmt($sql)?;
+        match &mut $tx.inner {
+            Inner::Tx(t) => t.$method(&s, $params),
+            Inner::Auto(c) => c.$method(&s, $params),
+        }
+    }};
+}
+
+type Params<'p> = &'p [&'p (dyn ToSql + Sync)];
+
 impl Tx<'_, '_> {
     fn stmt(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
         if let Some(s) = self.stmts.get(sql) {
@@ -199,52 +212,20 @@ impl Tx<'_, '_> {
         Ok(s)
     }
 
-    fn query(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Row>, postgres::Error> {
-        let s = self.stmt(sql)?;
-        match &mut self.inner {
-            Inner::Tx(t) => t.query(&s, params),
-            Inner::Auto(c) => c.query(&s, params),
-        }
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
+        run_on!(self, query, sql, params)
     }
 
-    fn query_one(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Row, postgres::Error> {
-        let s = self.stmt(sql)?;
-        match &mut self.inner {
-            Inner::Tx(t) => t.query_one(&s, params),
-            Inner::Auto(c) => c.query_one(&s, params),
-        }
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
+        run_on!(self, query_one, sql, params)
     }
 
-    fn query_opt(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Option<Row>, postgres::Error> {
-        let s = self.stmt(sql)?;
-        match &mut self.inner {
-            Inner::Tx(t) => t.query_opt(&s, params),
-            Inner::Auto(c) => c.query_opt(&s, params),
-        }
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
+        run_on!(self, query_opt, sql, params)
     }
 
-    fn execute(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, postgres::Error> {
-        let s = self.stmt(sql)?;
-        match &mut self.inner {
-            Inner::Tx(t) => t.execute(&s, params),
-            Inner::Auto(c) => c.execute(&s, params),
-        }
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        run_on!(self, execute, sql, params)
     }
 }
 
