@@ -57,6 +57,17 @@ def setup(tmp_path: Path, db_url: str) -> tuple[str, Path, Path]:
     return db_url, tmp_path / "results", gate
 
 
+def listeners(db: str, query: str) -> int:
+    """How many sessions of the PostgreSQL server last ran ``query``."""
+    out = subprocess.run(
+        ["psql", db, "-Atc", f"SELECT count(*) FROM pg_stat_activity WHERE query = '{query}'"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout)
+
+
 def runs(gate: Path) -> list[str]:
     f = gate / "runs"
     return f.read_text().split() if f.exists() else []
@@ -68,6 +79,9 @@ def test_identical_calls_from_four_processes_compute_once(setup: tuple[str, Path
     # Every worker has called, and one of them is inside the function.
     wait_for(lambda: len(list(gate.glob("calling-*"))) == 4, "4 callers", procs)
     wait_for(lambda: list(gate.glob("started-*")), "the first run", procs)
+    if db.startswith("postgresql"):
+        # The three waiters sleep on LISTEN (woken when the call ends), not on a polling loop.
+        wait_for(lambda: listeners(db, "LISTEN tm_cache") == 3, "3 listening waiters", procs)
     (gate / "release").touch()
     outs = []
     for p in procs:

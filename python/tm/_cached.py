@@ -286,8 +286,11 @@ class CachedFunction:
                     key=key,
                     owner=owner,
                 )
-            # Wait for the other caller: exponential backoff with jitter, no busy spin.
-            time.sleep(pause * (0.5 + random.random()))
+            # Wait for the other caller: woken when a call ends (PostgreSQL notifies), else after
+            # an exponential backoff with jitter; never a busy spin.
+            delay = pause * (0.5 + random.random())
+            if index.wait_for_end(delay) is None:
+                time.sleep(delay)
             pause = min(pause * 2, MAX_POLL_SECONDS)
             takeover = None
             use = use or self.use_cache

@@ -164,6 +164,13 @@ impl PyCacheIndex {
         })
     }
 
+    /// Sleeps (detached) until a cached call ends in any process, or `timeout` seconds: True when
+    /// woken, False on timeout, None where the database cannot signal (SQLite: sleep instead).
+    fn wait_for_end(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<bool>> {
+        let t = std::time::Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        Ok(py.detach(|| self.store.cache_wait(t))?)
+    }
+
     /// Extends the lease of an owned key; False when it was taken over.
     fn heartbeat(
         &self,

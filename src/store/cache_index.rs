@@ -182,6 +182,13 @@ pub(crate) trait CacheBackend: Send + Sync {
     fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError>;
     /// Claims a schedule fire (see [`FireClaim`]); false when another scheduler fired it.
     fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError>;
+    /// Sleeps until some key's call ends (completed or released) anywhere, or `timeout`:
+    /// Some(true) when woken, Some(false) on timeout, None where the database has no such
+    /// signal (SQLite: the caller sleeps and asks again).
+    fn wait_for_end(&self, timeout: std::time::Duration) -> Result<Option<bool>, StoreError> {
+        let _ = timeout;
+        Ok(None)
+    }
 }
 
 /// A scheduler's claim of one fire: the run it starts if no process has fired `(graph,

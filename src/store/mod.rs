@@ -482,6 +482,12 @@ impl Store {
         self.backend.cache().claim_fire(fire)
     }
 
+    /// Sleeps until a cached call ends anywhere (PostgreSQL notifies), or `timeout`: Some(true)
+    /// when woken, Some(false) on timeout, None where the database cannot signal (SQLite).
+    pub fn cache_wait(&self, timeout: std::time::Duration) -> Result<Option<bool>, StoreError> {
+        self.backend.cache().wait_for_end(timeout)
+    }
+
     /// Stored results, newest first.
     pub fn cache_entries(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
         self.backend.cache().entries(filter)

@@ -165,6 +165,7 @@ impl Postgres {
                 config: config.clone(),
                 place: place.clone(),
                 conn: Mutex::new(None),
+                listener: Mutex::new(None),
                 closed: AtomicBool::new(false),
             },
             place,
@@ -917,8 +918,13 @@ struct PgCache {
     config: Config,
     place: String,
     conn: Mutex<Option<Client>>,
+    /// A connection listening on `tm_cache` for waiters (opened on first wait).
+    listener: Mutex<Option<Client>>,
     closed: AtomicBool,
 }
+
+/// Sent (with the key) when a call's key stops running: waiters ask again at once.
+const CACHE_CHANNEL: &str = "tm_cache";
 
 const ENTRY_COLS: &str = "id, key, module, func, seed, inputs_json, version, result_path, format, \
                           content_hash, size, created_us, expires_us, duration_us";
@@ -1013,10 +1019,37 @@ impl PgCache {
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self.listener.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
 impl CacheBackend for PgCache {
+    fn wait_for_end(&self, timeout: Duration) -> Result<Option<bool>, StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut guard = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        let failed = |e| pg_error(&self.place, "cannot wait for cached calls", e);
+        if guard.as_ref().is_none_or(Client::is_closed) {
+            let mut c = connect(&self.config, &self.place)?;
+            c.batch_execute(&format!("LISTEN {CACHE_CHANNEL}"))
+                .map_err(failed)?;
+            *guard = Some(c);
+        }
+        let client = guard.as_mut().ok_or(StoreError::Closed)?;
+        let mut notes = client.notifications();
+        let woke = notes
+            .timeout_iter(timeout)
+            .next()
+            .map_err(failed)?
+            .is_some();
+        if woke {
+            while notes.iter().next().map_err(failed)?.is_some() {}
+        }
+        Ok(Some(woke))
+    }
+
     fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;
@@ -1164,6 +1197,7 @@ impl CacheBackend for PgCache {
                  updated_us = $4 WHERE key = $1",
                 &[&facts.key, &id, &token, &now_us, &result.duration_us],
             )?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CACHE_CHANNEL, &facts.key])?;
             tx.commit()?;
             Ok(CacheEntry {
                 id,
@@ -1184,12 +1218,15 @@ impl CacheBackend for PgCache {
     ) -> Result<bool, StoreError> {
         let (etype, emsg) = error.unzip();
         self.with(|c| {
-            let n = c.execute(
+            let mut tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE cache_state SET status = $3, error_type = $4, error_message = $5, \
                  ended_us = $6, duration_us = $6 - started_us, lease_until_us = NULL, \
                  updated_us = $6 WHERE key = $1 AND token = $2 AND status = 'RUNNING'",
                 &[&key, &token, &status, &etype, &emsg, &now_us],
             )?;
+            tx.execute("SELECT pg_notify($1, $2)", &[&CACHE_CHANNEL, &key])?;
+            tx.commit()?;
             Ok(n == 1)
         })
     }
