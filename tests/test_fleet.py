@@ -296,3 +296,32 @@ def test_a_completion_after_the_lease_was_lost_is_refused(pg_url: str, tmp_path:
         assert attempts[0]["error_type"] == "LeaseExpired"
         assert [r[2] for r in fleet.progress(run.run_id)] == [2]
         assert run.result("n0_0") == 0
+
+
+def test_tm_work_serves_runs_until_sigterm(pg_url: str, tmp_path: Path) -> None:
+    """``tm work FILE.py --db URL``: serves every run of the file's graphs; SIGTERM stops it
+    cleanly (exit 0) after recording what it ran."""
+    target = tmp_path / "graphs.py"
+    target.write_text("import _fleet_graph\n\ngraph = _fleet_graph.build(6, 4)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tm", "work", str(target), "--db", pg_url, "--workers", "2"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    g = _fleet_graph.build(6, 4)
+    with tm.Executor(store=pg_url) as ex:
+        runs = [ex.submit(g, distributed=True) for _ in range(2)]
+        for run in runs:
+            while not run.wait(timeout=1.0):
+                assert p.poll() is None, p.communicate()[1]
+        expected = _fleet_graph.expected(6, 4)
+        for run in runs:
+            assert run.state == "completed"
+            assert run.result("n3_5") == expected["n3_5"]
+    p.send_signal(signal.SIGTERM)
+    _out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "ran 48 task(s) here" in err

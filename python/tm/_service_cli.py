@@ -1,10 +1,12 @@
-"""``tm start`` (run an executor as a service) and ``tm status`` (its graphs in the store)."""
+"""``tm start`` (run an executor as a service), ``tm work`` (serve distributed runs) and ``tm status``
+(scheduled graphs in the store)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 import zoneinfo
 from datetime import datetime, timedelta, timezone
@@ -68,6 +70,85 @@ def run_start(args: argparse.Namespace) -> int:
     finally:
         ex.shutdown()
     return EXIT_CANCELLED if ex._scheduler.forced else 0
+
+
+def configure_work(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "target",
+        help="FILE.py (its graphs and executor), FILE.py:ATTR or MODULE:ATTR (a graph or executor)",
+    )
+    _add_store_options(parser, json=False)
+    parser.add_argument("--workers", type=int, help="task threads (default: the executor's)")
+    parser.add_argument("--tags", help="serve only these task tags, comma-separated ('' untagged)")
+    parser.add_argument("--lease", type=float, help="seconds a claim holds without renewal")
+    parser.add_argument("--run", dest="run_id", help="return once this run has ended")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+
+def _work_targets(target: str) -> tuple[Any, list[Any]]:
+    """(the target's executor or None, its graphs)."""
+    from .executor import Executor
+    from .graph import Graph
+
+    if target.endswith(".py"):
+        objects = list(load_object(f"{target}:__dict__").values())
+    else:
+        obj = load_object(target)
+        objects = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    executors = [o for o in objects if isinstance(o, Executor)]
+    if len(executors) > 1:
+        raise CommandError(f"{target} has {len(executors)} executors: name one as FILE.py:ATTR")
+    graphs = [o for o in objects if isinstance(o, Graph)]
+    if executors and not graphs:
+        graphs = [slot.graph for slot in executors[0]._scheduler.slots.values()]
+    if not graphs:
+        raise CommandError(f"{target} has no tm.Graph to serve")
+    return (executors[0] if executors else None), graphs
+
+
+def run_work(args: argparse.Namespace) -> int:
+    import signal
+
+    from .executor import Executor
+    from .store import Store
+
+    ex, graphs = _work_targets(args.target)
+    db = args.db or os.environ.get("TM_DB_URL")
+    if ex is None:
+        if not db:
+            raise CommandError("no executor in the target: give the store with --db URL")
+        ex = Executor(
+            store=db,
+            workers=args.workers,
+            lease=args.lease if args.lease is not None else 30.0,
+        )
+    else:
+        if db:
+            ex.store = Store(db)
+        if args.workers:
+            ex.workers = args.workers
+        if args.lease is not None:
+            ex.lease = args.lease
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    tags = None if args.tags is None else [t.strip() for t in args.tags.split(",")]
+    # SIGTERM: stop claiming, let the running tasks finish and record them, exit 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: ex.stop())
+    log = logging.getLogger("tm")
+    log.info("serving %s as %s", ", ".join(g.name for g in graphs), ex._get_fleet().owner)
+    try:
+        ran = ex.work(graphs, run_id=args.run_id, tags=tags)
+    except KeyboardInterrupt:
+        log.warning("interrupted: stopped claiming; the tasks that were running have ended")
+        return EXIT_CANCELLED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        ex.shutdown()
+    log.info("ran %d task(s) here", ran)
+    return 0
 
 
 def configure_status(parser: argparse.ArgumentParser) -> None:

@@ -460,6 +460,11 @@ COMMANDS: dict[str, Command] = {
         configure=lambda p: _service_cli().configure_start(p),
         run=lambda a: _service_cli().run_start(a),
     ),
+    "work": Command(
+        help="serve distributed runs: run ready tasks of the target's graphs from a PostgreSQL store",
+        configure=lambda p: _service_cli().configure_work(p),
+        run=lambda a: _service_cli().run_work(a),
+    ),
     "status": Command(
         help="list scheduled graphs with their next fire times and last runs",
         configure=lambda p: _service_cli().configure_status(p),
