@@ -68,11 +68,52 @@ def _free_port() -> int:
 class Server:
     """One running cluster; `url(db)` names a database on it, `create_db()` makes a fresh one."""
 
-    def __init__(self, bindir: Path, root: Path, port: int) -> None:
+    def __init__(self, bindir: Path, root: Path, port: int, options: str = "") -> None:
         self.bindir = bindir
         self.root = root
         self.port = port
+        self.options = options
         self._names = itertools.count()
+
+    def stop(self) -> None:
+        """Stops the server (fast: open sessions are ended), as an outage would."""
+        subprocess.run(
+            _as_owner(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.root / "data"),
+                    "-m",
+                    "fast",
+                    "-w",
+                    "stop",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        """Starts the stopped server again on the same port."""
+        subprocess.run(
+            _as_owner(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.root / "data"),
+                    "-l",
+                    str(self.root / "server.log"),
+                    "-o",
+                    self.options,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
 
     def url(self, db: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
@@ -162,7 +203,7 @@ def server() -> Iterator[Server]:
             log = (root / "server.log").read_text(errors="replace")
             raise RuntimeError(f"PostgreSQL did not start:\n{log}")
         try:
-            yield Server(bindir, root, port)
+            yield Server(bindir, root, port, options)
         finally:
             subprocess.run(
                 _as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),

@@ -325,3 +325,32 @@ def test_tm_work_serves_runs_until_sigterm(pg_url: str, tmp_path: Path) -> None:
     _out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "ran 48 task(s) here" in err
+
+
+@pytest.mark.timeout(300)
+def test_an_executor_rides_out_a_database_restart(tmp_path: Path) -> None:
+    """The server stops (sessions ended) in the middle of a run and starts again: the executor
+    keeps its tasks, reconnects, and the run completes with every result right."""
+    import pg
+
+    log = tmp_path / "executions.log"
+    with pg.server() as server:
+        url = server.create_db()
+        g = _fleet_graph.build(20, 10)
+        with tm.Executor(store=url) as ex:
+            run = ex.submit(g, distributed=True)
+            fleet = ex._get_fleet()
+            w = worker(url, run.run_id, log=log, work=0.01, lease=30.0, graph=(20, 10))
+
+            def some_done() -> bool:
+                return sum(1 for r in fleet.progress(run.run_id) if r[1] == "done") >= 40
+
+            wait_for(some_done, "some tasks done", [w])
+            server.stop()
+            server.start()
+            _out, err = w.communicate(timeout=240)
+            assert w.returncode == 0, err
+            assert "unreachable" in err or "cannot claim" in err
+            assert run.state == "completed"
+            expected = _fleet_graph.expected(20, 10)
+            assert {n: run.result(n) for n in expected} == expected

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ._tm import Fleet
-from .exceptions import ExecutorError, TaskFailed
+from .exceptions import ExecutorError, StoreError, TaskFailed
 
 if TYPE_CHECKING:
     from .executor import Executor
@@ -250,7 +250,7 @@ class Worker:
             got = self._runs.get(rid)
         if got is not None:
             return got
-        row = self.fleet.run_params(rid)
+        row = self._persist(self.fleet.run_params, rid)
         if row is None:
             raise ExecutorError(f"distributed run {rid} has no parameters in the store")
         graph = self.graphs[key]
@@ -298,7 +298,8 @@ class Worker:
                 )
                 spec = specs[node]
                 delay = _delay(spec, attempt - 1)
-                ended = self.fleet.fail(
+                ended = self._persist(
+                    self.fleet.fail,
                     ref,
                     type(e).__name__,
                     str(e),
@@ -320,7 +321,8 @@ class Worker:
             try:
                 data = pickle.dumps(value)
             except Exception as e:
-                self.fleet.fail(
+                self._persist(
+                    self.fleet.fail,
                     ref,
                     type(e).__name__,
                     f"task {names[node]!r}: its result cannot be pickled for the other "
@@ -330,7 +332,7 @@ class Worker:
                     0,
                 )
                 return
-            ended = self.fleet.complete(ref, "pickle", data)
+            ended = self._persist(self.fleet.complete, ref, "pickle", data)
             if ended is None:
                 _log.warning(
                     "%s[%s] attempt %d: completed after its lease was lost; its result was "
@@ -347,6 +349,22 @@ class Worker:
                 self.ran += 1
             self.fleet.poke()
 
+    def _persist(self, verb: Any, *args: Any) -> Any:
+        """Records a task's end, retrying while the database is unreachable (a restart, a
+        network cut): the attempt stays claimed by this executor, whose watcher renews its lease
+        once the server is back, so giving up would strand the task. A retry after a lost reply
+        is refused by the fence, never recorded twice."""
+        pause = 0.05
+        while True:
+            try:
+                return verb(*args)
+            except StoreError as e:
+                if self.stopping.is_set() and pause >= 5.0:
+                    raise
+                _log.warning("the store is unreachable (%s); retrying in %.2fs", e, pause)
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
     def serve(self, run_id: str | None = None, max_tasks: int | None = None) -> int:
         """Claims and runs tasks until run ``run_id`` has ended (with none of ours left running),
         ``max_tasks`` have run here, or :meth:`stop`; returns how many tasks ran here."""
@@ -359,7 +377,19 @@ class Worker:
                     free = self.size - self.running
                 if max_tasks is not None:
                     free = min(free, max_tasks - claimed)
-                got = self.fleet.claim(free, self.tags) if free > 0 else []
+                try:
+                    got = self.fleet.claim(free, self.tags) if free > 0 else []
+                    finished = (
+                        run_id is not None
+                        and not got
+                        and self.running == 0
+                        and self.fleet.run_state(run_id) not in _UNFINISHED
+                    )
+                except StoreError as e:
+                    # The server is down or unreachable: keep the running tasks, try again.
+                    _log.warning("cannot claim tasks (%s); retrying in 1s", e)
+                    self.fleet.wait(seen, 1.0)
+                    continue
                 for c in got:
                     with self._lock:
                         self.running += 1
@@ -371,7 +401,7 @@ class Worker:
                     break
                 if got:
                     continue
-                if idle and run_id is not None and self.fleet.run_state(run_id) not in _UNFINISHED:
+                if idle and finished:
                     break
                 # Woken by a notification (tasks became ready, a run ended, a lease came back),
                 # by one of our tasks ending, or after a second (retry delays; a lost listener).

@@ -248,7 +248,14 @@ pub struct Fleet {
     signal: Arc<Signal>,
     stop: Arc<AtomicBool>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    /// The attempts this executor is running, the only leases its watcher renews: a claim that
+    /// committed but whose reply was lost (a dropped connection) is not among them, so its lease
+    /// lapses and another executor takes the task.
+    held: Held,
 }
+
+/// Attempts by (run key, node).
+type Held = Arc<Mutex<HashMap<(i64, u32), u32>>>;
 
 impl std::fmt::Debug for Fleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -315,6 +322,11 @@ fn connect(config: &Config, place: &str) -> Result<Client, StoreError> {
         .batch_execute("SET plan_cache_mode = force_generic_plan")
         .map_err(|e| pg_error(place, "cannot set the session up", e))?;
     Ok(client)
+}
+
+/// Whether the server ended the session (shutdown, restart, terminated backend): class 57P.
+fn ended(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code().starts_with("57P"))
 }
 
 /// A small number per thread, to spread threads over connections when all are busy.
@@ -413,6 +425,7 @@ impl Fleet {
             signal: Arc::new(Signal::default()),
             stop: Arc::new(AtomicBool::new(false)),
             watcher: Mutex::new(None),
+            held: Held::default(),
         };
         let watcher = Watcher {
             config: fleet.config.clone(),
@@ -420,6 +433,7 @@ impl Fleet {
             lease_us,
             signal: fleet.signal.clone(),
             stop: fleet.stop.clone(),
+            held: fleet.held.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("tm-fleet-watch".into())
@@ -440,7 +454,7 @@ impl Fleet {
     fn with_tx<T>(
         &self,
         what: &str,
-        f: impl FnOnce(&mut Tx<'_, '_>) -> Result<T, postgres::Error>,
+        f: impl FnMut(&mut Tx<'_, '_>) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         self.with_conn(what, true, f)
     }
@@ -451,7 +465,7 @@ impl Fleet {
         &self,
         what: &str,
         atomic: bool,
-        f: impl FnOnce(&mut Tx<'_, '_>) -> Result<T, postgres::Error>,
+        mut f: impl FnMut(&mut Tx<'_, '_>) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         // The first idle connection, else wait for this thread's share.
         let mut guard = match self.conns.iter().find_map(|c| c.try_lock().ok()) {
@@ -464,15 +478,34 @@ impl Fleet {
         if self.stop.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
-        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            let client = connect(&self.config, &self.place)?;
-            *guard = Some(Conn {
-                client,
-                stmts: HashMap::new(),
-            });
+        let mut fresh = false;
+        loop {
+            if !fresh && guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+                let client = connect(&self.config, &self.place)?;
+                *guard = Some(Conn {
+                    client,
+                    stmts: HashMap::new(),
+                });
+                fresh = true;
+            }
+            let conn = guard.as_mut().ok_or(StoreError::Closed)?;
+            match Self::run_on(conn, atomic, &mut f) {
+                // A kept connection that the server ended meanwhile (a restart, an idle
+                // timeout): the statement never ran; once more on a new connection.
+                Err(e) if !fresh && (e.is_closed() || conn.client.is_closed() || ended(&e)) => {
+                    *guard = None;
+                }
+                result => return result.map_err(|e| pg_error(&self.place, what, e)),
+            }
         }
-        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
-        let result = if atomic {
+    }
+
+    fn run_on<T>(
+        conn: &mut Conn,
+        atomic: bool,
+        f: &mut impl FnMut(&mut Tx<'_, '_>) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        if atomic {
             conn.client.transaction().and_then(|tx| {
                 let mut tx = Tx {
                     inner: Inner::Tx(tx),
@@ -490,8 +523,7 @@ impl Fleet {
                 inner: Inner::Auto(&mut conn.client),
                 stmts: &mut conn.stmts,
             })
-        };
-        result.map_err(|e| pg_error(&self.place, what, e))
+        }
     }
 
     /// Declares that this executor serves graph `graph_key`, whose nodes have these parents.
@@ -640,6 +672,10 @@ impl Fleet {
             }
             Ok(out)
         })?;
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for c in &claimed {
+            held.insert((c.rid, c.node), c.attempt);
+        }
         Ok(claimed)
     }
 
@@ -700,6 +736,17 @@ impl Fleet {
 
     /// Ends a claimed attempt, if it is still this executor's.
     pub fn end(&self, c: &Claimed, outcome: &Outcome) -> Result<Ended, StoreError> {
+        let ended = self.record_end(c, outcome)?;
+        // Recorded or refused, the attempt is over here (an error keeps it held: the caller
+        // retries once the database is back).
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.get(&(c.rid, c.node)) == Some(&c.attempt) {
+            held.remove(&(c.rid, c.node));
+        }
+        Ok(ended)
+    }
+
+    fn record_end(&self, c: &Claimed, outcome: &Outcome) -> Result<Ended, StoreError> {
         match outcome {
             Outcome::Completed { format, data } => self.complete(c, format, data),
             Outcome::Failed {
@@ -989,6 +1036,7 @@ struct Watcher {
     lease_us: i64,
     signal: Arc<Signal>,
     stop: Arc<AtomicBool>,
+    held: Held,
 }
 
 impl Watcher {
@@ -1046,16 +1094,31 @@ impl Watcher {
         Ok(())
     }
 
-    /// Renews this executor's leases; hands expired leases (of executors that stopped renewing
+    /// Renews the leases of the attempts this executor runs; hands expired leases (of executors that stopped renewing
     /// them) back to `ready`, recording the lost attempts.
     fn tick(&self, client: &mut Client) -> Result<(), postgres::Error> {
-        client.execute(
-            &format!(
-                "UPDATE work SET lease_until_us = {NOW_US} + $2 \
-                 WHERE owner = $1 AND state = 'claimed'"
-            ),
-            &[&self.owner, &self.lease_us],
-        )?;
+        let (mut rids, mut nodes, mut attempts) = (Vec::new(), Vec::new(), Vec::new());
+        for (&(rid, node), &attempt) in self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            rids.push(rid);
+            nodes.push(i64::from(node));
+            attempts.push(i64::from(attempt));
+        }
+        if !rids.is_empty() {
+            client.execute(
+                &format!(
+                    "UPDATE work w SET lease_until_us = {NOW_US} + $2 \
+                     FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[]) AS h (rid, node, attempt) \
+                     WHERE w.rid = h.rid AND w.node = h.node AND w.attempt = h.attempt \
+                       AND w.owner = $1 AND w.state = 'claimed'"
+                ),
+                &[&self.owner, &self.lease_us, &rids, &nodes, &attempts],
+            )?;
+        }
         let mut tx = client.transaction()?;
         let lost = tx.query(
             &format!(

@@ -45,4 +45,3 @@ CREATE TABLE work (
 -- Claims take the oldest run's ready tasks first, higher priority first within a run.
 CREATE INDEX work_ready ON work (graph_key, rid, priority DESC, node) WHERE state = 'ready';
 CREATE INDEX work_leases ON work (lease_until_us) WHERE state = 'claimed';
-CREATE INDEX work_owner ON work (owner) WHERE state = 'claimed';
