@@ -14,3 +14,10 @@ pub mod store;
 
 #[cfg(feature = "python")]
 mod python;
+
+/// The extension's allocator. The engine, the recorder and the store's writer allocate on one
+/// thread and free on another (events, queued writes); mimalloc's per-thread heaps with
+/// delayed cross-thread frees make that cheap, where the system allocator contends on arenas.
+#[cfg(feature = "python")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
