@@ -137,6 +137,11 @@ impl Shape {
         Shape { parents, children }
     }
 
+    /// The parents of `node` (none for a node the shape does not have).
+    fn parents_of(&self, node: u32) -> &[u32] {
+        self.parents.get(node as usize).map_or(&[], Vec::as_slice)
+    }
+
     /// Every node below `node`.
     fn descendants(&self, node: u32) -> Vec<i64> {
         let mut seen = vec![false; self.children.len()];
@@ -689,12 +694,7 @@ impl Fleet {
         let mut nodes = Vec::new();
         for c in claimed.iter() {
             if let Some(shape) = self.shape(&c.graph_key) {
-                for &p in shape
-                    .parents
-                    .get(c.node as usize)
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[])
-                {
+                for &p in shape.parents_of(c.node) {
                     rids.push(c.rid);
                     nodes.push(i64::from(p));
                 }
@@ -719,12 +719,7 @@ impl Fleet {
         }
         for c in claimed.iter_mut() {
             if let Some(shape) = self.shape(&c.graph_key) {
-                for &p in shape
-                    .parents
-                    .get(c.node as usize)
-                    .map(Vec::as_slice)
-                    .unwrap_or(&[])
-                {
+                for &p in shape.parents_of(c.node) {
                     if let Some((format, data)) = by_key.get(&(c.rid, p)) {
                         c.inputs.push((p, format.clone(), data.clone()));
                     }
