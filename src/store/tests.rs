@@ -494,6 +494,22 @@ fn prune_runs(store: Store) {
     ok(store.prune(None, None, now));
     ok(store.flush());
     assert_eq!(ids().len(), 3);
+
+    // Claimed fires older than the cutoff go; a recent one still guards its tick.
+    let fire = |id: &str, scheduled_us: i64, now_us: i64| FireClaim {
+        run_id: id.into(),
+        graph: "c".into(),
+        trigger: "schedule".into(),
+        scheduled_us,
+        now_us,
+        owner: "host:1".into(),
+    };
+    assert!(ok(store.claim_fire(&fire("c-old", 1, now - 20 * DAY))));
+    assert!(ok(store.claim_fire(&fire("c-new", 2, now))));
+    ok(store.prune(None, Some(7), now));
+    ok(store.flush());
+    assert!(ok(store.claim_fire(&fire("c-old-again", 1, now))));
+    assert!(!ok(store.claim_fire(&fire("c-new-again", 2, now))));
 }
 
 #[test]

@@ -955,6 +955,12 @@ static PRUNE_EVENTS: LazyLock<String> = LazyLock::new(|| {
 static PRUNE_RUNS: LazyLock<String> =
     LazyLock::new(|| format!("DELETE FROM runs WHERE run_id IN ({})", *DOOMED_RUNS));
 
+/// Claimed schedule fires older than the cutoff (`?2`): a scheduler never fires that far back
+/// again (catch-up starts from the graph's last fire), so their rows no longer guard anything.
+/// (Both parameters are named, as every prune statement takes the same two; no cutoff, no delete.)
+const PRUNE_FIRES: &str = "WITH p AS (SELECT CAST(?1 AS BIGINT) AS keep, \
+    CAST(?2 AS BIGINT) AS cutoff) DELETE FROM fires WHERE fired_us < (SELECT cutoff FROM p)";
+
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Inserts a run's row and returns its integer key.
@@ -1276,6 +1282,7 @@ pub(crate) fn apply<R: Rows>(
             let p = [Param::Int(keep), Param::Int(cutoff)];
             c.exec(PRUNE_EVENTS.as_str(), &p)?;
             c.exec(PRUNE_RUNS.as_str(), &p)?;
+            c.exec(PRUNE_FIRES, &p)?;
             keys.forget_all();
         }
         #[cfg(test)]
