@@ -3,6 +3,7 @@
 //! Task calls attach to the interpreter inside a worker's session ([`PyHost::session`]); every wait
 //! (for a run, for shutdown) happens detached, in slices, with signal checks in between.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1002,7 +1003,7 @@ impl Observer for StoreRecorder {
                     node,
                     attempt,
                     at_us,
-                    status: "completed",
+                    status: Cow::Borrowed("completed"),
                     error: None,
                     retry_at_us: None,
                 },
@@ -1010,7 +1011,7 @@ impl Observer for StoreRecorder {
                     node,
                     attempt,
                     at_us,
-                    status: "failed",
+                    status: Cow::Borrowed("failed"),
                     error: Some(Box::new(error_info(error))),
                     retry_at_us: Some(*retry_at_us),
                 },
@@ -1018,18 +1019,18 @@ impl Observer for StoreRecorder {
                     node,
                     attempt,
                     at_us,
-                    status: "failed",
+                    status: Cow::Borrowed("failed"),
                     error: Some(Box::new(error_info(error))),
                     retry_at_us: None,
                 },
                 (EventKind::Skipped { .. }, Some(node)) => Transition::Status {
                     node,
-                    status: "skipped",
+                    status: Cow::Borrowed("skipped"),
                     at_us,
                 },
                 (EventKind::Cancelled, Some(node)) => Transition::Status {
                     node,
-                    status: "cancelled",
+                    status: Cow::Borrowed("cancelled"),
                     at_us,
                 },
                 (EventKind::RunFinished { .. }, _) => {

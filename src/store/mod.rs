@@ -147,12 +147,14 @@ impl Store {
         attempt: u32,
         at_us: i64,
     ) -> Result<(), StoreError> {
-        self.backend.submit(Write::TaskStarted {
-            run_id: run_id.to_string(),
-            node,
-            attempt,
-            at_us,
-        })
+        self.transitions(
+            run_id,
+            vec![Transition::Started {
+                node,
+                attempt,
+                at_us,
+            }],
+        )
     }
 
     /// Records the end of an attempt with its `status` (`completed`, `failed`, `cancelled`, ...)
@@ -169,15 +171,17 @@ impl Store {
         error: Option<ErrorInfo>,
         retry_at_us: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.backend.submit(Write::TaskEnded {
-            run_id: run_id.to_string(),
-            node,
-            attempt,
-            at_us,
-            status: status.to_string(),
-            error,
-            retry_at_us,
-        })
+        self.transitions(
+            run_id,
+            vec![Transition::Ended {
+                node,
+                attempt,
+                at_us,
+                status: status.to_string().into(),
+                error: error.map(Box::new),
+                retry_at_us,
+            }],
+        )
     }
 
     /// Sets a task's status without an attempt (`skipped`, `cancelled`, or back to `pending` on
@@ -190,12 +194,14 @@ impl Store {
         status: &str,
         at_us: i64,
     ) -> Result<(), StoreError> {
-        self.backend.submit(Write::TaskStatus {
-            run_id: run_id.to_string(),
-            node,
-            status: status.to_string(),
-            at_us,
-        })
+        self.transitions(
+            run_id,
+            vec![Transition::Status {
+                node,
+                status: status.to_string().into(),
+                at_us,
+            }],
+        )
     }
 
     /// Records several task transitions of one run as one queued write (what the engine's

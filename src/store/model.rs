@@ -1,6 +1,8 @@
 //! The records the store writes and the rows it reads back. Times are microseconds since the
 //! Unix epoch, supplied by the caller: the store never reads the clock.
 
+use std::borrow::Cow;
+
 /// Run states that mean "not finished": such runs are resumable and never pruned.
 pub const UNFINISHED_RUN_STATES: [&str; 4] = ["pending", "scheduled", "running", "retrying"];
 
@@ -74,14 +76,14 @@ pub enum Transition {
         node: u32,
         attempt: u32,
         at_us: i64,
-        status: &'static str,
+        status: Cow<'static, str>,
         error: Option<Box<ErrorInfo>>,
         retry_at_us: Option<i64>,
     },
-    /// A status set without an attempt (`skipped`, `cancelled`).
+    /// A status set without an attempt (`skipped`, `cancelled`, `pending` on resume).
     Status {
         node: u32,
-        status: &'static str,
+        status: Cow<'static, str>,
         at_us: i64,
     },
 }
@@ -245,27 +247,8 @@ pub(crate) enum Write {
         run_id: String,
         tasks: Vec<TaskFact>,
     },
-    TaskStarted {
-        run_id: String,
-        node: u32,
-        attempt: u32,
-        at_us: i64,
-    },
-    TaskEnded {
-        run_id: String,
-        node: u32,
-        attempt: u32,
-        at_us: i64,
-        status: String,
-        error: Option<ErrorInfo>,
-        retry_at_us: Option<i64>,
-    },
-    TaskStatus {
-        run_id: String,
-        node: u32,
-        status: String,
-        at_us: i64,
-    },
+    /// Task transitions of one run: one from each single-task verb, a delivery's worth from the
+    /// engine's recorder.
     Transitions {
         run_id: String,
         items: Vec<Transition>,
@@ -315,10 +298,12 @@ impl Write {
         match self {
             Write::BeginRun(_) => "begin_run",
             Write::AddTasks { .. } => "add_tasks",
-            Write::TaskStarted { .. } => "task_started",
-            Write::TaskEnded { .. } => "task_ended",
-            Write::TaskStatus { .. } => "task_status",
-            Write::Transitions { .. } => "transitions",
+            Write::Transitions { items, .. } => match items.as_slice() {
+                [Transition::Started { .. }] => "task_started",
+                [Transition::Ended { .. }] => "task_ended",
+                [Transition::Status { .. }] => "task_status",
+                _ => "transitions",
+            },
             Write::SaveResult { .. } => "save_result",
             Write::AppendLog { .. } => "append_log",
             Write::FinishRun { .. } => "finish_run",
@@ -336,9 +321,6 @@ impl Write {
         match self {
             Write::BeginRun(r) => Some(&r.run_id),
             Write::AddTasks { run_id, .. }
-            | Write::TaskStarted { run_id, .. }
-            | Write::TaskEnded { run_id, .. }
-            | Write::TaskStatus { run_id, .. }
             | Write::Transitions { run_id, .. }
             | Write::SaveResult { run_id, .. }
             | Write::AppendLog { run_id, .. }

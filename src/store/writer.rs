@@ -807,35 +807,6 @@ pub(crate) fn apply_batch<R: Rows>(
                 let rid = keys.rid(c, run_id)?;
                 insert_facts(c, rid, tasks)?;
             }
-            Write::TaskStarted {
-                run_id,
-                node,
-                attempt,
-                at_us,
-            } => fold.started(keys.rid(c, run_id)?, *node, *attempt, *at_us),
-            Write::TaskEnded {
-                run_id,
-                node,
-                attempt,
-                at_us,
-                status,
-                error,
-                retry_at_us,
-            } => fold.ended(
-                keys.rid(c, run_id)?,
-                *node,
-                *attempt,
-                *at_us,
-                status,
-                error.as_ref(),
-                *retry_at_us,
-            ),
-            Write::TaskStatus {
-                run_id,
-                node,
-                status,
-                at_us,
-            } => fold.status(keys.rid(c, run_id)?, *node, status, *at_us),
             Write::Transitions { run_id, items } => {
                 let rid = keys.rid(c, run_id)?;
                 for t in items {
@@ -1101,45 +1072,6 @@ pub(crate) fn apply<R: Rows>(
         Write::AddTasks { run_id, tasks } => {
             let rid = keys.rid(c, run_id)?;
             insert_facts(c, rid, tasks)?;
-        }
-        Write::TaskStarted {
-            run_id,
-            node,
-            attempt,
-            at_us,
-        } => {
-            let rid = keys.rid(c, run_id)?;
-            started(c, rid, *node, *attempt, *at_us)?;
-        }
-        Write::TaskEnded {
-            run_id,
-            node,
-            attempt,
-            at_us,
-            status,
-            error,
-            retry_at_us,
-        } => {
-            let rid = keys.rid(c, run_id)?;
-            ended(
-                c,
-                rid,
-                *node,
-                *attempt,
-                *at_us,
-                status,
-                error.as_ref(),
-                *retry_at_us,
-            )?;
-        }
-        Write::TaskStatus {
-            run_id,
-            node,
-            status,
-            at_us,
-        } => {
-            let rid = keys.rid(c, run_id)?;
-            task_status(c, rid, *node, status, *at_us)?;
         }
         Write::Transitions { run_id, items } => {
             let rid = keys.rid(c, run_id)?;
