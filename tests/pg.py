@@ -77,43 +77,11 @@ class Server:
 
     def stop(self) -> None:
         """Stops the server (fast: open sessions are ended), as an outage would."""
-        subprocess.run(
-            _as_owner(
-                [
-                    str(self.bindir / "pg_ctl"),
-                    "-D",
-                    str(self.root / "data"),
-                    "-m",
-                    "fast",
-                    "-w",
-                    "stop",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
+        _pg_ctl_stop(self.bindir, self.root).check_returncode()
 
     def start(self) -> None:
         """Starts the stopped server again on the same port."""
-        subprocess.run(
-            _as_owner(
-                [
-                    str(self.bindir / "pg_ctl"),
-                    "-D",
-                    str(self.root / "data"),
-                    "-l",
-                    str(self.root / "server.log"),
-                    "-o",
-                    self.options,
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ]
-            ),
-            check=True,
-            capture_output=True,
-        )
+        _pg_ctl_start(self.bindir, self.root, self.options).check_returncode()
 
     def url(self, db: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{db}"
@@ -139,6 +107,52 @@ class Server:
         name = f"tm_{os.getpid()}_{next(self._names)}"
         self._client("createdb", name)
         return self.url(name)
+
+
+def _pg_ctl_start(bindir: Path, root: Path, options: str) -> subprocess.CompletedProcess[bytes]:
+    """Starts the cluster in ``root/data`` with ``options``, logging to ``root/server.log``."""
+    return subprocess.run(
+        _as_owner(
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(root / "data"),
+                "-l",
+                str(root / "server.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        ),
+        capture_output=True,
+    )
+
+
+def _pg_ctl_stop(bindir: Path, root: Path) -> subprocess.CompletedProcess[bytes]:
+    """Stops the cluster in ``root/data`` (fast: open sessions are ended)."""
+    return subprocess.run(
+        _as_owner([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-m", "fast", "-w", "stop"]),
+        capture_output=True,
+    )
+
+
+def listening(url: str, channel: str) -> int:
+    """How many sessions of the server at ``url`` last ran ``LISTEN channel``."""
+    out = subprocess.run(
+        [
+            "psql",
+            url,
+            "-Atc",
+            f"SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN {channel}'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout)
 
 
 def _as_owner(cmd: list[str]) -> list[str]:
@@ -179,24 +193,7 @@ def server() -> Iterator[Server]:
                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
-            started = subprocess.run(
-                _as_owner(
-                    [
-                        str(bindir / "pg_ctl"),
-                        "-D",
-                        str(data),
-                        "-l",
-                        str(root / "server.log"),
-                        "-o",
-                        options,
-                        "-w",
-                        "-t",
-                        "60",
-                        "start",
-                    ]
-                ),
-                capture_output=True,
-            )
+            started = _pg_ctl_start(bindir, root, options)
             if started.returncode == 0:
                 break
         else:
@@ -205,9 +202,6 @@ def server() -> Iterator[Server]:
         try:
             yield Server(bindir, root, port, options)
         finally:
-            subprocess.run(
-                _as_owner([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]),
-                capture_output=True,
-            )
+            _pg_ctl_stop(bindir, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)

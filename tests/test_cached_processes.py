@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pg
 import pytest
 
 import tm
@@ -57,17 +58,6 @@ def setup(tmp_path: Path, db_url: str) -> tuple[str, Path, Path]:
     return db_url, tmp_path / "results", gate
 
 
-def listeners(db: str, query: str) -> int:
-    """How many sessions of the PostgreSQL server last ran ``query``."""
-    out = subprocess.run(
-        ["psql", db, "-Atc", f"SELECT count(*) FROM pg_stat_activity WHERE query = '{query}'"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout)
-
-
 def runs(gate: Path) -> list[str]:
     f = gate / "runs"
     return f.read_text().split() if f.exists() else []
@@ -81,7 +71,7 @@ def test_identical_calls_from_four_processes_compute_once(setup: tuple[str, Path
     wait_for(lambda: list(gate.glob("started-*")), "the first run", procs)
     if db.startswith("postgresql"):
         # The three waiters sleep on LISTEN (woken when the call ends), not on a polling loop.
-        wait_for(lambda: listeners(db, "LISTEN tm_cache") == 3, "3 listening waiters", procs)
+        wait_for(lambda: pg.listening(db, "tm_cache") == 3, "3 listening waiters", procs)
     (gate / "release").touch()
     outs = []
     for p in procs:

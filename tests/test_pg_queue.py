@@ -11,8 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pg
 import pytest
 
 from tm.queue import TaskManager, migrate
@@ -66,9 +69,6 @@ def test_a_queue_migrates_from_sqlite_to_postgresql_and_back(tmp_path: Path, pg_
 def test_a_blocked_claim_sleeps_on_listen_and_another_process_wakes_it(pg_url: str) -> None:
     """A claim with ``wait=`` listens for the queue's notifications instead of polling the
     server; a task created by another process wakes it."""
-    import sys
-    import time
-
     TaskManager(pg_url)  # the schema exists before the waiter starts
     code = (
         "import json, sys\n"
@@ -82,21 +82,9 @@ def test_a_blocked_claim_sleeps_on_listen_and_another_process_wakes_it(pg_url: s
     assert p.stdout is not None
     assert p.stdout.readline().strip() == "waiting"
 
-    def listening() -> bool:
-        out = subprocess.run(
-            [
-                "psql",
-                pg_url,
-                "-Atc",
-                "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN tm_queue'",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return int(out.stdout) >= 1
-
-    while not listening():  # the waiter's first version check precedes its LISTEN session
+    while (
+        pg.listening(pg_url, "tm_queue") < 1
+    ):  # the waiter's first version check precedes its LISTEN session
         assert p.poll() is None
         time.sleep(0.01)
     TaskManager(pg_url).create_task("job", {"from": "another process"})

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import random
 import threading
@@ -58,7 +57,9 @@ def open_fleet(url: str, lease: float, workers: int) -> Fleet:
             "distributed runs need a PostgreSQL store (Executor(store='postgresql://...')); "
             f"this executor's store is {url!r}"
         )
-    owner = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    from .executor import process_owner
+
+    owner = f"{process_owner()}:{uuid.uuid4().hex[:8]}"
     # One connection per two task threads: completions overlap, without a connection per thread.
     return Fleet(url, owner, lease, max(1, min(8, (workers + 1) // 2)))
 

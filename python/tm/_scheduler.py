@@ -57,18 +57,12 @@ def _owner_dead(owner: str) -> bool:
     """Whether a run's owner is known to be gone: a process of this host that no longer exists,
     or this process itself (its live runs are skipped before this is asked). Another host's
     process cannot be checked from here: its runs are left alone."""
+    from ._cached import _pid_alive
+
     host, _, pid = owner.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    if int(pid) == os.getpid():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return int(pid) == os.getpid() or not _pid_alive(int(pid))
 
 
 def _to_us(t: datetime | float) -> int:
