@@ -15,6 +15,7 @@
 //! stays readable through [`Writer::last_error`].
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -212,6 +213,7 @@ impl Writer {
         Writer::spawn(
             place.name.clone(),
             Box::new(SqliteCommitter {
+                checkpointer: Checkpointer::new(place),
                 conn,
                 name: place.name.clone(),
                 keys: RunKeys::default(),
@@ -701,20 +703,87 @@ impl Worker {
     }
 }
 
+fn checkpoint(conn: &Connection) {
+    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+}
+
+/// Checkpoints a database file on a thread and connection of its own, so that the writer goes on
+/// committing meanwhile: under sustained load a checkpoint (tens of milliseconds for 100,000
+/// writes) would otherwise delay the next commit, and the caller waiting for it (a run's start,
+/// a scheduler's fire). Started at the first request; in-memory databases have no log to copy.
+struct Checkpointer {
+    path: Option<PathBuf>,
+    wanted: Option<mpsc::SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn new(place: &SqlitePlace) -> Checkpointer {
+        Checkpointer {
+            path: (!place.memory).then(|| place.path.clone()),
+            wanted: None,
+            thread: None,
+        }
+    }
+
+    /// Asks the thread for a checkpoint, starting it if needed; never blocks (a checkpoint
+    /// already asked for covers this request). False if there is no thread to ask.
+    fn request(&mut self) -> bool {
+        if self.wanted.is_none() {
+            let Some(path) = self.path.take() else {
+                return false;
+            };
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let Ok(conn) = Connection::open_with_flags(&path, flags) else {
+                return false;
+            };
+            let (tx, rx) = mpsc::sync_channel::<()>(1);
+            let thread = std::thread::Builder::new()
+                .name("tm-store-checkpoint".into())
+                .spawn(move || {
+                    while rx.recv().is_ok() {
+                        checkpoint(&conn);
+                    }
+                });
+            let Ok(thread) = thread else {
+                return false;
+            };
+            self.wanted = Some(tx);
+            self.thread = Some(thread);
+        }
+        match &self.wanted {
+            Some(tx) => !matches!(tx.try_send(()), Err(mpsc::TrySendError::Disconnected(_))),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.wanted = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The SQLite writer: the one write connection.
 struct SqliteCommitter {
+    // Before `conn`: dropped (its thread joined) first.
+    checkpointer: Checkpointer,
     conn: Connection,
     keys: RunKeys,
     name: String,
 }
 
 impl Committer for SqliteCommitter {
-    /// Copies the write-ahead log into the database file (without waiting for readers). Best
-    /// effort: a busy checkpoint leaves the log for the next one, nothing is lost.
+    /// Copies the write-ahead log into the database file (without waiting for readers), on the
+    /// checkpointer's thread when there is one. Best effort: a busy checkpoint leaves the log for
+    /// the next one, nothing is lost.
     fn quiet(&mut self) {
-        let _ = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        if !self.checkpointer.request() {
+            checkpoint(&self.conn);
+        }
     }
 
     fn commit(&mut self, batch: &[Write], report: &mut Report) {
@@ -1221,4 +1290,62 @@ pub(crate) fn apply<R: Rows>(
         Write::Raw(sql) => c.batch(sql)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use crate::store::tests::TempDb;
+
+    fn db_size(place: &SqlitePlace) -> u64 {
+        std::fs::metadata(&place.path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[test]
+    fn quiet_checkpoints_on_a_connection_of_its_own() {
+        let tmp = TempDb::new("checkpointer");
+        std::fs::create_dir_all(tmp.path().parent().unwrap()).unwrap();
+        let place = SqlitePlace {
+            name: tmp.path().display().to_string(),
+            path: tmp.path(),
+            memory: false,
+        };
+        let mut c = SqliteCommitter {
+            checkpointer: Checkpointer::new(&place),
+            conn: open_with_retry(&place).unwrap(),
+            keys: RunKeys::default(),
+            name: place.name.clone(),
+        };
+        c.conn
+            .execute_batch(
+                "CREATE TABLE filler (x BLOB); \
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) \
+                 INSERT INTO filler SELECT randomblob(1000) FROM n;",
+            )
+            .unwrap();
+        // The writer never checkpoints by itself: the rows are in the log only.
+        let before = db_size(&place);
+        c.quiet();
+        assert!(c.checkpointer.thread.is_some(), "no checkpointer thread");
+        // Dropping the checkpointer joins its thread once it has served the request.
+        c.checkpointer = Checkpointer::new(&place);
+        assert!(
+            db_size(&place) >= before + 500 * 1000,
+            "the log was not copied into the database: {} -> {} bytes",
+            before,
+            db_size(&place)
+        );
+    }
+
+    #[test]
+    fn an_in_memory_database_checkpoints_inline() {
+        let place = SqlitePlace {
+            name: ":memory:".into(),
+            path: "file:tm-checkpoint-test?mode=memory&cache=shared".into(),
+            memory: true,
+        };
+        let mut cp = Checkpointer::new(&place);
+        assert!(!cp.request());
+        assert!(cp.thread.is_none());
+    }
 }
