@@ -307,7 +307,10 @@ def _duration(start: int | None, end: int | None) -> str:
     return f"{(end - start) / 1e6:.3f}s"
 
 
-def _open_store(url: str | None) -> object:
+def _open_store(url: str | None, *, reading: bool = False) -> object:
+    """The store at ``url``, opened now (errors become a command error). For commands that only
+    read (``reading``), a database that cannot be opened for writing (a read-only file system or
+    directory) is opened read-only instead."""
     from .exceptions import StoreError
     from .store import Store
 
@@ -315,6 +318,13 @@ def _open_store(url: str | None) -> object:
     try:
         store.core  # noqa: B018 - opening reports a missing or corrupt database now
     except StoreError as exc:
+        if reading:
+            try:
+                store = Store(url, read_only=True)
+                store.core  # noqa: B018
+                return store
+            except StoreError:
+                pass  # the first error says more (a corrupt file, a missing directory, ...)
         raise CommandError(str(exc), EXIT_FAILURE) from exc
     return store
 
@@ -350,7 +360,7 @@ def _configure_runs(parser: argparse.ArgumentParser) -> None:
 def _run_runs(args: argparse.Namespace) -> int:
     import json
 
-    store = _open_store(args.db)
+    store = _open_store(args.db, reading=True)
     rows = store.runs(graph=args.graph, state=args.state, limit=args.n)  # type: ignore[attr-defined]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -372,7 +382,7 @@ def _configure_show(parser: argparse.ArgumentParser) -> None:
 def _run_show(args: argparse.Namespace) -> int:
     import json
 
-    store = _open_store(args.db)
+    store = _open_store(args.db, reading=True)
     run = store.run(args.run_id)  # type: ignore[attr-defined]
     if run is None:
         raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
@@ -402,7 +412,7 @@ def _configure_logs(parser: argparse.ArgumentParser) -> None:
 def _run_logs(args: argparse.Namespace) -> int:
     import json
 
-    store = _open_store(args.db)
+    store = _open_store(args.db, reading=True)
     if store.run(args.run_id) is None:  # type: ignore[attr-defined]
         raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
     rows = store.core.logs(args.run_id, args.task)  # type: ignore[attr-defined]

@@ -71,6 +71,10 @@ class Store:
         cache_bytes: the budget of each in-memory cache (recently used cached-call results, so a
             hit reads no file though the database is still asked; persisted task results): 64 MiB
             by default, 0 keeps none.
+        read_only: open an existing SQLite database for reading only: nothing is created,
+            migrated or written beside it, so history on a read-only file system or in a
+            directory this process cannot write can be inspected; every write raises
+            ``tm.StoreError``. (PostgreSQL databases open as usual.)
     """
 
     def __init__(
@@ -79,12 +83,14 @@ class Store:
         result_dir: str | os.PathLike[str] | None = None,
         *,
         cache_bytes: int = 64 << 20,
+        read_only: bool = False,
     ) -> None:
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.url = db_url or default_url()
         self.result_dir = Path(result_dir or default_result_dir()).absolute()
         self.cache_bytes = cache_bytes
+        self.read_only = read_only
         self._core: StoreCore | None = None
         self._cache: CacheIndex | None = None
         self._lock = threading.Lock()
@@ -94,7 +100,7 @@ class Store:
         """The open database (opened, created and migrated on first use; raises ``tm.StoreError``)."""
         with self._lock:
             if self._core is None:
-                core = StoreCore(self.url)
+                core = StoreCore(self.url, read_only=self.read_only)
                 core.set_cache_capacity(self.cache_bytes)
                 self._core = core
             return self._core

@@ -187,8 +187,15 @@ impl PyStoreCore {
 impl PyStoreCore {
     /// Opens (creating and migrating) the database at `url`; raises `tm.StoreError`.
     #[new]
-    fn new(py: Python<'_>, url: &str) -> PyResult<Self> {
-        let store = py.detach(|| Store::open(url))?;
+    #[pyo3(signature = (url, *, read_only = false))]
+    fn new(py: Python<'_>, url: &str, read_only: bool) -> PyResult<Self> {
+        let store = py.detach(|| {
+            if read_only {
+                Store::open_read_only(url)
+            } else {
+                Store::open(url)
+            }
+        })?;
         Ok(PyStoreCore {
             store: Arc::new(store),
         })

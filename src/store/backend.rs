@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use rusqlite::OpenFlags;
+
 use super::cache_index::{CacheBackend, SqliteCache};
 use super::error::StoreError;
 use super::model::{
@@ -50,6 +52,14 @@ pub(crate) trait Backend: Send + Sync {
     fn cache(&self) -> &dyn CacheBackend;
 }
 
+/// Opens the existing database `url` names for reading only (PostgreSQL: as usual).
+pub(crate) fn open_read_only(url: &str) -> Result<Box<dyn Backend>, StoreError> {
+    match DbUrl::parse(url)? {
+        DbUrl::Sqlite(target) => Ok(Box::new(Sqlite::open_read_only(target)?)),
+        DbUrl::Postgres(url) => Ok(Box::new(super::pg::Postgres::open(&url)?)),
+    }
+}
+
 /// Opens the backend that `url` names.
 pub(crate) fn open(url: &str) -> Result<Box<dyn Backend>, StoreError> {
     match DbUrl::parse(url)? {
@@ -66,9 +76,56 @@ pub(crate) struct SqlitePlace {
     pub(crate) path: PathBuf,
     /// Whether `path` is a memory URI (opened with `SQLITE_OPEN_URI`).
     pub(crate) memory: bool,
+    /// Opened read-only: `path` is a `file:` URI with `mode=ro` or `immutable=1`, and there is no
+    /// writer.
+    pub(crate) read_only: bool,
 }
 
 impl SqlitePlace {
+    /// How readers (and the cached-call index) open this database.
+    pub(crate) fn reader_flags(&self) -> OpenFlags {
+        if self.read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI
+        } else if self.memory {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        }
+    }
+
+    /// An existing database file, to be read without writing anything beside it: on a read-only
+    /// file system or in a directory this process cannot write. A write-ahead log beside the
+    /// file means a writer may be at work (SQLite reads it, `mode=ro`); without one the file
+    /// cannot change while it stays read-only to everyone (`immutable=1`: no locks, no files).
+    fn read_only(path: PathBuf) -> Result<SqlitePlace, StoreError> {
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let name = path.display().to_string();
+        if !path.is_file() {
+            return Err(StoreError::Open {
+                path: name,
+                detail: "no such database file (a read-only store does not create one)".into(),
+                source: None,
+            });
+        }
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let mode = if Path::new(&wal).exists() {
+            "mode=ro"
+        } else {
+            "immutable=1"
+        };
+        Ok(SqlitePlace {
+            path: PathBuf::from(format!("file:{}?{mode}", uri_path(&path))),
+            name,
+            memory: false,
+            read_only: true,
+        })
+    }
+
     fn resolve(target: SqliteTarget) -> Result<SqlitePlace, StoreError> {
         match target {
             SqliteTarget::Memory => {
@@ -83,6 +140,7 @@ impl SqlitePlace {
                     name: ":memory:".into(),
                     path: PathBuf::from(uri),
                     memory: true,
+                    read_only: false,
                 })
             }
             SqliteTarget::File(path) => {
@@ -102,10 +160,23 @@ impl SqlitePlace {
                     name,
                     path,
                     memory: false,
+                    read_only: false,
                 })
             }
         }
     }
+}
+
+/// `path` as the path part of a `file:` URI: the characters a URI gives meaning to are escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            _ => out.push(*b as char),
+        }
+    }
+    out
 }
 
 fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
@@ -127,7 +198,8 @@ fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
 /// The embedded SQLite backend: one writer thread and a pool of read connections.
 struct Sqlite {
     place: Arc<SqlitePlace>,
-    writer: Writer,
+    /// None when opened read-only.
+    writer: Option<Writer>,
     readers: Readers,
     cache: SqliteCache,
 }
@@ -140,9 +212,36 @@ impl Sqlite {
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
-            writer,
+            writer: Some(writer),
             readers,
             cache,
+        })
+    }
+
+    /// Opens an existing database for reading only (see [`SqlitePlace::read_only`]).
+    fn open_read_only(target: SqliteTarget) -> Result<Sqlite, StoreError> {
+        let SqliteTarget::File(path) = target else {
+            return Err(StoreError::Open {
+                path: ":memory:".into(),
+                detail: "an in-memory database cannot be opened read-only".into(),
+                source: None,
+            });
+        };
+        let place = Arc::new(SqlitePlace::read_only(path)?);
+        let readers = Readers::new(place.clone());
+        readers.check_schema()?;
+        let cache = SqliteCache::new(place.clone());
+        Ok(Sqlite {
+            place,
+            writer: None,
+            readers,
+            cache,
+        })
+    }
+
+    fn writer(&self) -> Result<&Writer, StoreError> {
+        self.writer.as_ref().ok_or_else(|| StoreError::ReadOnly {
+            path: self.place.name.clone(),
         })
     }
 }
@@ -152,19 +251,20 @@ impl Backend for Sqlite {
         &self.place.name
     }
     fn submit(&self, w: Write) -> Result<(), StoreError> {
-        self.writer.submit(w)
+        self.writer()?.submit(w)
     }
     fn flush(&self) -> Result<(), StoreError> {
-        self.writer.flush()
+        // Nothing is ever queued in a read-only store.
+        self.writer.as_ref().map_or(Ok(()), Writer::flush)
     }
     fn close(&self) -> Result<(), StoreError> {
         // Readers first, so the writer's connection is the last one and checkpoints the WAL.
         self.readers.close();
         self.cache.close();
-        self.writer.close()
+        self.writer.as_ref().map_or(Ok(()), Writer::close)
     }
     fn last_error(&self) -> Option<StoreError> {
-        self.writer.last_error()
+        self.writer.as_ref().and_then(Writer::last_error)
     }
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         self.readers.list_runs(filter)

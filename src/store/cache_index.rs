@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
@@ -330,11 +330,7 @@ impl SqliteCache {
 
     fn connect(&self) -> Result<Connection, StoreError> {
         let name = self.place.name.as_str();
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if self.place.memory {
-            flags |= OpenFlags::SQLITE_OPEN_URI;
-        }
-        let conn = Connection::open_with_flags(&self.place.path, flags)
+        let conn = Connection::open_with_flags(&self.place.path, self.place.reader_flags())
             .map_err(|e| open_error(name, e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .and_then(|_| conn.pragma_update(None, "synchronous", "NORMAL"))

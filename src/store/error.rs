@@ -139,6 +139,13 @@ pub enum StoreError {
     /// The writer thread ended unexpectedly; writes queued since the last flush may be lost.
     #[error("the store's writer thread stopped unexpectedly: {0}")]
     WriterStopped(String),
+
+    /// A write to a store opened read-only.
+    #[error("database {path} was opened read-only: it can be read, not written")]
+    ReadOnly {
+        /// Where the database is.
+        path: String,
+    },
 }
 
 /// An open-time SQLite error as a [`StoreError::Open`] naming `path`, in words a user can act on.

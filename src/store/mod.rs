@@ -110,14 +110,26 @@ impl Store {
     /// `sqlite:///relative.db`, `sqlite:////absolute.db`, a bare path, `:memory:` or
     /// `sqlite://:memory:`. A file that is not a tm database is refused and left untouched.
     pub fn open(url: &str) -> Result<Store, StoreError> {
-        Ok(Store {
-            backend: backend::open(url)?,
+        Ok(Store::with_backend(backend::open(url)?))
+    }
+
+    fn with_backend(backend: Box<dyn Backend>) -> Store {
+        Store {
+            backend,
             results: Mutex::new(ResultCache {
                 lru: ByteLru::new(DEFAULT_RESULT_CACHE_BYTES),
                 hits: 0,
                 misses: 0,
             }),
-        })
+        }
+    }
+
+    /// Opens an existing database for reading only: nothing is created, migrated or written, so
+    /// history on a read-only file system or in a directory this process cannot write can be
+    /// inspected. Every write fails with [`StoreError::ReadOnly`]. A database that needs a
+    /// migration must be opened read-write once first. PostgreSQL databases open as usual.
+    pub fn open_read_only(url: &str) -> Result<Store, StoreError> {
+        Ok(Store::with_backend(backend::open_read_only(url)?))
     }
 
     /// Where the data lives: the database file's absolute path, or `:memory:`.

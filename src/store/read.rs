@@ -5,10 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
+use super::migrations::LATEST;
 use super::model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary,
     TaskFact, TaskRef, TaskRow, UNFINISHED_RUN_STATES,
@@ -100,6 +101,28 @@ impl Readers {
         }
     }
 
+    /// Refuses a database whose schema is not this build's (a read-only store cannot migrate).
+    pub(crate) fn check_schema(&self) -> Result<(), StoreError> {
+        let found: u32 = self.with(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))?;
+        let path = self.place.name.clone();
+        match found.cmp(&LATEST) {
+            std::cmp::Ordering::Equal => Ok(()),
+            std::cmp::Ordering::Greater => Err(StoreError::SchemaTooNew {
+                path,
+                found,
+                supported: LATEST,
+            }),
+            std::cmp::Ordering::Less => Err(StoreError::Open {
+                path,
+                detail: format!(
+                    "it has schema version {found} and this tm needs {LATEST}; open it once \
+                     read-write to upgrade it (a read-only store cannot)"
+                ),
+                source: None,
+            }),
+        }
+    }
+
     /// Closes the idle connections; later reads fail with [`StoreError::Closed`].
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -111,11 +134,7 @@ impl Readers {
 
     fn connect(&self) -> Result<Connection, StoreError> {
         let name = self.place.name.as_str();
-        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        if self.place.memory {
-            flags |= OpenFlags::SQLITE_OPEN_URI;
-        }
-        let conn = Connection::open_with_flags(&self.place.path, flags)
+        let conn = Connection::open_with_flags(&self.place.path, self.place.reader_flags())
             .map_err(|e| open_error(name, e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .and_then(|_| conn.pragma_update(None, "query_only", true))

@@ -1309,6 +1309,7 @@ mod checkpoint_tests {
             name: tmp.path().display().to_string(),
             path: tmp.path(),
             memory: false,
+            read_only: false,
         };
         let mut c = SqliteCommitter {
             checkpointer: Checkpointer::new(&place),
@@ -1343,6 +1344,7 @@ mod checkpoint_tests {
             name: ":memory:".into(),
             path: "file:tm-checkpoint-test?mode=memory&cache=shared".into(),
             memory: true,
+            read_only: false,
         };
         let mut cp = Checkpointer::new(&place);
         assert!(!cp.request());
