@@ -1540,3 +1540,24 @@ def test_a_forked_child_refuses_an_inherited_executor_but_can_make_its_own() -> 
         os.waitpid(pid, 0)
         assert out == b"refused own:completed"
         assert ex.run(g).state == "completed"  # the parent is unaffected
+
+
+def test_executors_taking_turns_on_one_graph_each_keep_their_compiled_form() -> None:
+    # A graph caches its compiled form per executor: two executors taking turns (say, one
+    # recording runs and one not) must not recompile the graph on every run.
+    g = tm.Graph("turns")
+    g.add(tm.task(lambda: 1, name="a"))
+    with tm.Executor(workers=2) as first, tm.Executor(workers=2) as second:
+        assert first.run(g).state == "completed"
+        assert second.run(g).state == "completed"
+        kept = {key: compiled for key, (_, compiled) in g._compiled.items()}
+        assert len(kept) == 2
+        for _ in range(3):
+            assert first.run(g).result("a") == 1
+            assert second.run(g).result("a") == 1
+        assert {key: compiled for key, (_, compiled) in g._compiled.items()} == kept
+        assert all(g._compiled[key][1] is kept[key] for key in kept)
+        # A change to the graph invalidates them.
+        g.add(tm.task(lambda a: a + 1, name="b"), depends_on=["a"])
+        assert first.run(g).result("b") == 2
+        assert g._compiled[first._token][1] is not kept[first._token]

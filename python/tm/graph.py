@@ -51,6 +51,9 @@ class _Sig:
 
 _SIGS: weakref.WeakKeyDictionary[Any, _Sig] = weakref.WeakKeyDictionary()
 
+# Compiled forms a graph keeps, one per executor that ran it (most recently used).
+_COMPILED_KEPT = 4
+
 
 def _sig_of(fn: Callable[..., Any]) -> _Sig:
     """The signature analysis of ``fn``, cached per callable (many tasks share one function)."""
@@ -183,7 +186,9 @@ class Graph:
         self._nodes: list[_Node] = []
         self._by_source: dict[int, int] = {}
         self._version = 0
-        self._compiled: tuple[int, Any, Any] | None = None
+        # Compiled forms by executor (its cache key), most recently used last, each with the graph
+        # version it was compiled from.
+        self._compiled: dict[Any, tuple[int, Any]] = {}
         self._config_base = _caller_dir()
         self._config: Any = None
         self.config = config
@@ -432,10 +437,11 @@ class Graph:
         is cached until the graph changes (a scheduled graph compiles once, not on every fire).
         """
         cacheable = cache_key is not None and not args and not kwargs
-        if cacheable and self._compiled is not None:
-            version, key, compiled = self._compiled
-            if version == self._version and key == cache_key:
-                return compiled
+        if cacheable:
+            hit = self._compiled.pop(cache_key, None)
+            if hit is not None and hit[0] == self._version:
+                self._compiled[cache_key] = hit
+                return hit[1]
         names = self._core.names()
         calls: list[Any] = []
         specs: list[Any] = []
@@ -490,7 +496,11 @@ class Graph:
         # The engine keeps its own compiled form; the lists are not kept once it has it.
         compiled = prepare(self._core, calls, specs) if prepare is not None else (calls, specs)
         if cacheable:
-            self._compiled = (self._version, cache_key, compiled)
+            self._compiled[cache_key] = (self._version, compiled)
+            # A few executors may take turns running one graph; more than that is unusual, and
+            # each compiled form holds a per-task table.
+            while len(self._compiled) > _COMPILED_KEPT:
+                del self._compiled[next(iter(self._compiled))]
         return compiled
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
