@@ -707,6 +707,16 @@ fn checkpoint(conn: &Connection) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
 }
 
+/// Lowers the calling thread's scheduling priority (Linux: `nice` is per thread), for work that
+/// nobody waits for: it then takes CPU time that runs and commits leave over.
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority on this thread's own id; a failure leaves the priority as it was.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+    }
+}
+
 /// Checkpoints a database file on a thread and connection of its own, so that the writer goes on
 /// committing meanwhile: under sustained load a checkpoint (tens of milliseconds for 100,000
 /// writes) would otherwise delay the next commit, and the caller waiting for it (a run's start,
@@ -741,6 +751,7 @@ impl Checkpointer {
             let thread = std::thread::Builder::new()
                 .name("tm-store-checkpoint".into())
                 .spawn(move || {
+                    background_priority();
                     while rx.recv().is_ok() {
                         checkpoint(&conn);
                     }
