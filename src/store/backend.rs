@@ -167,13 +167,15 @@ impl SqlitePlace {
     }
 }
 
-/// `path` as the path part of a `file:` URI: the characters a URI gives meaning to are escaped.
+/// `path` as the path part of a `file:` URI: the characters a URI gives meaning to, and every
+/// byte outside ASCII, are percent-escaped (SQLite decodes them back to the same bytes).
 fn uri_path(path: &Path) -> String {
     let mut out = String::new();
-    for b in path.as_os_str().as_encoded_bytes() {
-        match b {
-            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
-            _ => out.push(*b as char),
+    for &b in path.as_os_str().as_encoded_bytes() {
+        if b.is_ascii() && !matches!(b, b'%' | b'?' | b'#') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
     out
@@ -317,6 +319,37 @@ mod tests {
                 e
             }
         }
+    }
+
+    #[test]
+    fn read_only_opens_paths_with_uri_characters_and_non_ascii_names() {
+        let tmp = TempDb::new("ro-names");
+        let dir = tmp.dir.join("100% sure? #1 Zürich");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("tm.db");
+        let url = path.to_str().expect("utf-8").to_owned();
+        let store = open(&url);
+        ok(store.begin_run(run("r1", "g", 1, &["a"])));
+        ok(store.close());
+        // Closed cleanly: no log beside the file, so the immutable form of the URI is used.
+        let ro = ok(Store::open_read_only(&url));
+        assert_eq!(ro.location(), path.display().to_string());
+        let detail = ok(ro.get_run("r1")).expect("the run is there");
+        assert_eq!(detail.run.graph, "g");
+        assert_eq!(detail.tasks.len(), 1);
+        assert!(matches!(
+            ro.begin_run(run("r2", "g", 2, &["a"])),
+            Err(StoreError::ReadOnly { .. })
+        ));
+        ok(ro.close());
+        // A live writer leaves its log beside the file: the mode=ro form follows it.
+        let writer = open(&url);
+        ok(writer.begin_run(run("r2", "g", 2, &["a"])));
+        ok(writer.flush());
+        let ro = ok(Store::open_read_only(&url));
+        assert!(ok(ro.get_run("r2")).is_some());
+        ok(ro.close());
+        ok(writer.close());
     }
 
     #[test]
