@@ -722,24 +722,24 @@ fn background_priority() {
 /// writes) would otherwise delay the next commit, and the caller waiting for it (a run's start,
 /// a scheduler's fire). Started at the first request; in-memory databases have no log to copy.
 struct Checkpointer {
+    /// The database file, until the thread is started (None: in memory, or it could not start).
     path: Option<PathBuf>,
-    wanted: Option<mpsc::SyncSender<()>>,
-    thread: Option<JoinHandle<()>>,
+    /// Where requests go, and the thread serving them.
+    running: Option<(mpsc::SyncSender<()>, JoinHandle<()>)>,
 }
 
 impl Checkpointer {
     fn new(place: &SqlitePlace) -> Checkpointer {
         Checkpointer {
             path: (!place.memory).then(|| place.path.clone()),
-            wanted: None,
-            thread: None,
+            running: None,
         }
     }
 
     /// Asks the thread for a checkpoint, starting it if needed; never blocks (a checkpoint
     /// already asked for covers this request). False if there is no thread to ask.
     fn request(&mut self) -> bool {
-        if self.wanted.is_none() {
+        if self.running.is_none() {
             let Some(path) = self.path.take() else {
                 return false;
             };
@@ -759,21 +759,19 @@ impl Checkpointer {
             let Ok(thread) = thread else {
                 return false;
             };
-            self.wanted = Some(tx);
-            self.thread = Some(thread);
+            self.running = Some((tx, thread));
         }
-        match &self.wanted {
-            Some(tx) => !matches!(tx.try_send(()), Err(mpsc::TrySendError::Disconnected(_))),
-            None => false,
-        }
+        self.running.as_ref().is_some_and(|(tx, _)| {
+            !matches!(tx.try_send(()), Err(mpsc::TrySendError::Disconnected(_)))
+        })
     }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.wanted = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some((tx, thread)) = self.running.take() {
+            drop(tx); // the thread serves what is queued, then ends
+            let _ = thread.join();
         }
     }
 }
@@ -1338,7 +1336,7 @@ mod checkpoint_tests {
         // The writer never checkpoints by itself: the rows are in the log only.
         let before = db_size(&place);
         c.quiet();
-        assert!(c.checkpointer.thread.is_some(), "no checkpointer thread");
+        assert!(c.checkpointer.running.is_some(), "no checkpointer thread");
         // Dropping the checkpointer joins its thread once it has served the request.
         c.checkpointer = Checkpointer::new(&place);
         assert!(
@@ -1359,6 +1357,6 @@ mod checkpoint_tests {
         };
         let mut cp = Checkpointer::new(&place);
         assert!(!cp.request());
-        assert!(cp.thread.is_none());
+        assert!(cp.running.is_none());
     }
 }
