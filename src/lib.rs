@@ -11,6 +11,7 @@ pub mod engine;
 pub mod queue;
 pub mod retry;
 pub mod store;
+mod walvfs;
 
 #[cfg(feature = "python")]
 mod python;

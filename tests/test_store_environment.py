@@ -8,52 +8,17 @@ once the disk has room again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _disk import fill, integrity, tmpfs
 
 import tm
 from tm.exceptions import StoreError
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str) -> Iterator[Path]:
-    where.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(path: Path, leave: int) -> None:
-    """Writes a filler file until at most ``leave`` bytes are free on ``path``'s filesystem."""
-    import os
-
-    st = os.statvfs(path)
-    free = st.f_bavail * st.f_frsize
-    with open(path / "filler", "wb") as f:
-        f.write(b"\0" * max(0, free - leave))
-
-
-def integrity(db: Path) -> str:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
-    finally:
-        con.close()
 
 
 def blob_graph(name: str, n: int, size: int) -> tm.Graph:

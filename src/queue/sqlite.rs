@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
 use super::jsontext;
 use super::{
@@ -321,7 +321,11 @@ impl SqliteBackend {
 
     fn connect(path: &Path, ctx: &Ctx) -> Result<Connection> {
         let err = |e| sqlite_err(path, ctx.lock_timeout, e);
-        let mut conn = Connection::open(path).map_err(err)?;
+        let mut conn = match crate::walvfs::name() {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs),
+            None => Connection::open(path),
+        }
+        .map_err(err)?;
         let timeout = ctx.lock_timeout;
         let mut started = Instant::now();
         conn.busy_handler(Some(move |count: i32| {
