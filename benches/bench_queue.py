@@ -1,7 +1,7 @@
 """Benchmark the agent queue (``tm.queue.TaskManager``) against its peers, in one run.
 
 Usage:
-    python benches/bench_queue.py            # full run, about two minutes
+    python benches/bench_queue.py            # full run, about eight minutes
     python benches/bench_queue.py --quick    # tiny stores and runs: a smoke test only
 
 Workload: a store already holding N pending tasks (1,000 and 20,000); 1, 2 or 8 worker processes
@@ -420,14 +420,16 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="tm-bench-queue-") as tmp:
             for n in sizes:
                 for k in procs:
-                    for c in contenders:
-                        rates = []
-                        # Short runs (the store drains quickly) are repeated; the median is kept.
-                        for r in range(repeats if n <= 1_000 else 1):
+                    # Every contender runs once per round, so a burst of load on a shared machine
+                    # lands on all of them rather than on one; each keeps the median of its rounds.
+                    rates: dict[str, list[float]] = {c.name: [] for c in contenders}
+                    for r in range(repeats):
+                        for c in contenders:
                             path = Path(tmp) / f"{c.name.replace(' ', '_')}-{n}-{k}-{r}{c.suffix}"
                             c.setup(path, n)
-                            rates.append(pool.run(c.name, path, k, seconds))
-                        results[(c.name, n, k)] = statistics.median(rates)
+                            rates[c.name].append(pool.run(c.name, path, k, seconds))
+                    for c in contenders:
+                        results[(c.name, n, k)] = statistics.median(rates[c.name])
                         print(
                             f"  {c.name:10} n={n:>6} procs={k}: {fmt(results[(c.name, n, k)])}/s",
                             file=sys.stderr,

@@ -992,7 +992,7 @@ fn probe_sqlite_throughput() {
     let dir = TempDir::new();
     let path = dir.join("p.db");
     let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
-    let n = 4000;
+    let n = std::env::var("TM_PROBE_N").map_or(4000, |v| v.parse().unwrap());
     let tasks: Vec<NewTask> = (0..n)
         .map(|i| task("job", &format!("{{\"n\":{i}}}")))
         .collect();
