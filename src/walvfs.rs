@@ -20,6 +20,10 @@
 //! file is never observed without a byte SQLite wrote to it, and a write anywhere but right after
 //! the held bytes writes them out first, so writes reach the file in SQLite's order. Only WAL
 //! files are wrapped; the database file and every other file are SQLite's own.
+//!
+//! What this relies on in SQLite (bundled, so it changes only when we upgrade): a frame's header
+//! and page are two `xWrite` calls, the header first. The tests below fail if that changes
+//! (another connection would read a commit's page before it is written).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr;
