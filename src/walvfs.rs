@@ -51,11 +51,15 @@ struct WalFile {
     held_at: i64,
     /// The last write was a commit frame's header: its page, the next write, is not held.
     commit_next: bool,
-    inner: *mut ffi::sqlite3_file,
 }
 
 /// Where the wrapped VFS's file structure starts in an allocation of `szOsFile` bytes.
 const INNER_AT: usize = std::mem::size_of::<WalFile>().next_multiple_of(16);
+
+/// The wrapped VFS's file inside a WAL file's allocation.
+unsafe fn inner_file(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
+    file.cast::<u8>().add(INNER_AT).cast()
+}
 
 /// Set in the environment, connections use SQLite's default VFS (a comparison, an escape hatch).
 const OPT_OUT: &str = "TM_SQLITE_DEFAULT_VFS";
@@ -140,7 +144,7 @@ unsafe extern "C" fn x_open(
         return open(inner_vfs, name, file, flags, out_flags);
     }
     (*file).pMethods = ptr::null();
-    let inner = file.cast::<u8>().add(INNER_AT).cast::<ffi::sqlite3_file>();
+    let inner = inner_file(file);
     (*inner).pMethods = ptr::null();
     let rc = open(inner_vfs, name, inner, flags, out_flags);
     if rc != ffi::SQLITE_OK {
@@ -160,7 +164,6 @@ unsafe extern "C" fn x_open(
             held: Vec::new(),
             held_at: 0,
             commit_next: false,
-            inner,
         },
     );
     ffi::SQLITE_OK
@@ -277,7 +280,7 @@ unsafe fn wal<'a>(file: *mut ffi::sqlite3_file) -> &'a mut WalFile {
 /// Calls a method of the wrapped file, or returns `$missing` if it has none.
 macro_rules! forward_file {
     ($w:expr, $method:ident, $missing:expr $(, $arg:expr)*) => {{
-        let inner = $w.inner;
+        let inner = inner_file(ptr::from_mut::<WalFile>($w).cast());
         match (*(*inner).pMethods).$method {
             Some(f) => f(inner $(, $arg)*),
             None => $missing,
