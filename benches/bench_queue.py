@@ -403,12 +403,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny stores and runs (smoke test)")
     ap.add_argument("--only", help="comma-separated contender names")
+    ap.add_argument("--sizes", help="comma-separated store sizes (default 1000,20000)")
+    ap.add_argument("--procs", help="comma-separated process counts (default 1,2,8)")
+    ap.add_argument("--rounds", type=int, help="runs per cell, median kept (default 3)")
     args = ap.parse_args(argv)
 
     sizes = [100, 400] if args.quick else [1_000, 20_000]
     procs = [1, 2, 8]
     seconds = 0.15 if args.quick else 3.0
     repeats = 1 if args.quick else 3
+    if args.sizes:
+        sizes = [int(x) for x in args.sizes.split(",")]
+    if args.procs:
+        procs = [int(x) for x in args.procs.split(",")]
+    if args.rounds:
+        repeats = args.rounds
     contenders = CONTENDERS
     if args.only:
         wanted = {s.strip() for s in args.only.split(",")}

@@ -311,10 +311,29 @@ impl Doc {
                         }
                         entries.clear();
                         same_places = true;
-                        r.members(|r, id, start| {
+                        // The previous version's entry expected next: between two versions most
+                        // entries are unchanged and in the same order, so comparing the text
+                        // here with that entry's finds them without reading the key.
+                        let mut next = 0;
+                        r.members(|r| {
                             let at = entries.len();
+                            let start = r.pos;
+                            if let Some(e) = take_next(&src, start, next, &mut old) {
+                                let Text::Src(_, end) = e.text else {
+                                    unreachable!("take_next returns entries with text")
+                                };
+                                // While `same_places` holds, `next == at`: no check needed.
+                                r.pos = end;
+                                next += 1;
+                                entries.push(e);
+                                return Ok(());
+                            }
+                            let id = r.key()?;
                             let was_at = old.as_ref().and_then(|o| o.2.get(&id).copied());
                             same_places &= was_at == Some(at);
+                            if let Some(j) = was_at {
+                                next = j + 1;
+                            }
                             if let Some(e) = reuse(r, &src, start, &id, &mut old)? {
                                 entries.push(e);
                                 return Ok(());
@@ -746,6 +765,24 @@ fn index_entries(entries: &mut Vec<Entry>) -> HashMap<String, usize> {
 
 /// The previous version of a document, taken apart for [`reuse`].
 type Prev = Option<(Vec<u8>, Vec<Option<Entry>>, HashMap<String, usize>)>;
+
+/// Takes over the previous version's entry number `j` if the text at `start` is its whole member
+/// (key and value), byte for byte. Entries are objects, so their text ends at the object's `}`
+/// and equal bytes cannot be the beginning of a longer value.
+fn take_next(src: &[u8], start: usize, j: usize, prev: &mut Prev) -> Option<Entry> {
+    let (old_src, slots, _) = prev.as_mut()?;
+    let slot = slots.get_mut(j)?;
+    let Some(Text::Src(a, b)) = slot.as_ref().map(|e| e.text) else {
+        return None;
+    };
+    let text = old_src.get(a..b)?;
+    if text.last() != Some(&b'}') || src.get(start..start + text.len()) != Some(text) {
+        return None;
+    }
+    let mut e = slot.take()?;
+    e.text = Text::Src(start, start + text.len());
+    Some(e)
+}
 
 /// Takes over the previous version's entry `id` if its text is unchanged (the reader is then past
 /// the value); otherwise leaves the reader where it was.
@@ -1472,6 +1509,33 @@ impl Backend for JsonBackend {
 pub(crate) fn parse_for_test(bytes: &[u8]) -> std::result::Result<Snapshot, String> {
     let ctx = Ctx::new(&Options::default());
     Doc::parse(bytes.to_vec(), &ctx, None).map(|d| d.to_snapshot())
+}
+
+/// Parses `new` as the version after `old` (reusing `old`'s entries), checks the index, and
+/// returns the state and its rendering.
+#[cfg(test)]
+pub(crate) fn parse_after_for_test(
+    old: &[u8],
+    new: &[u8],
+) -> std::result::Result<(Snapshot, Vec<u8>), String> {
+    let ctx = Ctx::new(&Options::default());
+    let prev = Doc::parse(old.to_vec(), &ctx, None)?;
+    let mut d = Doc::parse(new.to_vec(), &ctx, Some(prev))?;
+    if d.index.len() != d.entries.len() {
+        return Err(format!(
+            "{} ids indexed for {} entries",
+            d.index.len(),
+            d.entries.len()
+        ));
+    }
+    for (i, e) in d.entries.iter().enumerate() {
+        if d.find(&e.id) != Some(i) {
+            return Err(format!("{} is not indexed at {i}", e.id));
+        }
+    }
+    let mut out = Vec::new();
+    d.render(&mut out);
+    Ok((d.to_snapshot(), out))
 }
 
 #[cfg(test)]

@@ -128,14 +128,16 @@ impl<'a> Reader<'a> {
 
     /// Iterates the members of an object: `f` is called with each key and must consume the value.
     pub fn object(&mut self, mut f: impl FnMut(&mut Self, String) -> Result<()>) -> Result<()> {
-        self.members(|r, key, _| f(r, key))
+        self.members(|r| {
+            let key = r.key()?;
+            f(r, key)
+        })
     }
 
-    /// As [`Reader::object`], also passing the byte offset where each key starts.
-    pub fn members(
-        &mut self,
-        mut f: impl FnMut(&mut Self, String, usize) -> Result<()>,
-    ) -> Result<()> {
+    /// Iterates the members of an object: `f` is called at the start of each (the reader's
+    /// position is the key's opening quote) and must consume the member, usually with
+    /// [`Reader::key`] and then the value.
+    pub fn members(&mut self, mut f: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
         self.ws();
         if self.b.get(self.pos) != Some(&b'{') {
             return self.unexpected("'{'");
@@ -151,14 +153,7 @@ impl<'a> Reader<'a> {
             if self.b.get(self.pos) != Some(&b'"') {
                 return self.unexpected("a string key");
             }
-            let key_start = self.pos;
-            let key = self.string()?;
-            self.ws();
-            if self.b.get(self.pos) != Some(&b':') {
-                return self.unexpected("':'");
-            }
-            self.pos += 1;
-            f(self, key, key_start)?;
+            f(self)?;
             self.ws();
             match self.b.get(self.pos) {
                 Some(b',') => self.pos += 1,
@@ -169,6 +164,17 @@ impl<'a> Reader<'a> {
                 _ => return self.unexpected("',' or '}'"),
             }
         }
+    }
+
+    /// Reads a member's key and the `:` after it.
+    pub fn key(&mut self) -> Result<String> {
+        let key = self.string()?;
+        self.ws();
+        if self.b.get(self.pos) != Some(&b':') {
+            return self.unexpected("':'");
+        }
+        self.pos += 1;
+        Ok(key)
     }
 
     /// Decodes a string value. Lone surrogates (which Rust strings cannot hold) are an error.
