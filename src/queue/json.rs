@@ -310,6 +310,8 @@ impl Doc {
                             return Ok(());
                         }
                         entries.clear();
+                        // Most versions have as many entries as the one before.
+                        entries.reserve(old.as_ref().map_or(0, |o| o.1.len()));
                         same_places = true;
                         // The previous version's entry expected next: between two versions most
                         // entries are unchanged and in the same order, so comparing the text
