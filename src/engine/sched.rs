@@ -43,6 +43,15 @@ struct Job<V> {
     node: NodeId,
 }
 
+/// A job a thread has taken to run: its attempt is opened, and the node's generation read, under
+/// the scheduler lock, so a cancel or timeout that lands before the thread starts it is seen.
+struct Taken<V> {
+    job: Job<V>,
+    /// The node's generation when taken; [`Sched::abandon`] moves it on.
+    generation: u32,
+    attempt: u32,
+}
+
 impl<V> PartialEq for Job<V> {
     fn eq(&self, o: &Self) -> bool {
         self.priority == o.priority && self.seq == o.seq
@@ -596,8 +605,8 @@ impl<V: Send + Sync + 'static> Sched<V> {
         (x >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Takes the best ready job from any pool with a free slot.
-    fn take(&mut self) -> Option<Job<V>> {
+    /// Takes the best ready job from any pool with a free slot, and opens its attempt.
+    fn take(&mut self) -> Option<Taken<V>> {
         loop {
             let mut best: Option<usize> = None;
             for (i, p) in self.pools.iter().enumerate() {
@@ -618,7 +627,27 @@ impl<V: Send + Sync + 'static> Sched<V> {
             }
             self.pools[i].running += 1;
             job.run.set_state(job.node, TaskState::Running);
-            return Some(job);
+            let node = &job.run.nodes[job.node as usize];
+            let generation = node.generation.load(Ordering::Acquire);
+            let attempt = {
+                let mut log = node.log.lock().unwrap_or_else(|p| p.into_inner());
+                let number = log.len() as u32;
+                // Most tasks run once: don't let the first push reserve room for four attempts.
+                log.reserve_exact(1);
+                log.push(Attempt {
+                    number,
+                    started_us: self.now_us,
+                    ended_us: 0,
+                    error: None,
+                    retry_at_us: None,
+                });
+                number
+            };
+            return Some(Taken {
+                job,
+                generation,
+                attempt,
+            });
         }
     }
 
@@ -876,26 +905,30 @@ struct Executed {
 }
 
 /// Runs one job on this thread (inside a host session) and records its outcome.
-fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, job: Job<V>) -> Executed {
+fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, taken: Taken<V>) -> Executed {
+    #[cfg(test)]
+    tests_hook::before_execute(taken.job.run.plan.name(taken.job.node));
+    let Taken {
+        job,
+        generation,
+        attempt,
+    } = taken;
     let run = &job.run;
     let n = job.node;
     let node = &run.nodes[n as usize];
-    let generation = node.generation.load(Ordering::Acquire);
-    let started = shared.clock.now_micros();
-    let attempt = {
-        let mut log = node.log.lock().unwrap_or_else(|p| p.into_inner());
-        let number = log.len() as u32;
-        // Most tasks run once: don't let the first push reserve room for four attempts.
-        log.reserve_exact(1);
-        log.push(Attempt {
-            number,
-            started_us: started,
-            ended_us: 0,
-            error: None,
-            retry_at_us: None,
-        });
-        number
-    };
+    // Cancelled (or timed out) between being taken and now: the attempt is settled and the slot
+    // given back; the task must not start. (One that lands after this check interrupts the task
+    // as it starts, or, before the body marks itself running, lets it run to its end unwatched on
+    // this thread, which has been replaced.)
+    if node.generation.load(Ordering::Acquire) != generation {
+        let mut s = shared.lock();
+        s.stuck = s.stuck.saturating_sub(1);
+        release(shared, s);
+        return Executed {
+            made_ready: 0,
+            abandoned: true,
+        };
+    }
     let spec = &run.specs[n as usize];
     if let Some(limit) = spec.timeout {
         let mut s = shared.lock();
@@ -963,13 +996,13 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, job: Job<V>) -> Ex
 /// Runs `first` and then keeps taking ready jobs within one host session while any remain.
 /// Returns true when this thread should retire (it was stuck in an abandoned attempt and has been
 /// replaced).
-fn run_session<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, first: Job<V>) -> bool {
+fn run_session<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, first: Taken<V>) -> bool {
     let me = Arc::as_ptr(shared) as usize;
     let mut next = Some(first);
     let mut retire = false;
     shared.host.clone().session(&mut || {
         while let Some(job) = next.take() {
-            let pool = job.run.specs[job.node as usize].pool;
+            let pool = job.job.run.specs[job.job.node as usize].pool;
             let outer = CURRENT.with(|c| c.replace(Some((me, pool))));
             let done = execute(shared, job);
             CURRENT.with(|c| c.set(outer));
@@ -1067,4 +1100,25 @@ fn help_once<V: Send + Sync + 'static>(
         .map(|r| r.0)
         .unwrap_or_else(|p| p.into_inner().0);
     s.idle -= 1;
+}
+
+/// A point tests can stop a worker at: after it took a job, before it runs it.
+#[cfg(test)]
+pub(crate) mod tests_hook {
+    use std::sync::{Arc, Mutex};
+
+    type Hook = Arc<dyn Fn(&str) + Send + Sync>;
+    static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+
+    /// Installs (or removes) the function called with the task's name.
+    pub(crate) fn set(hook: Option<Hook>) {
+        *HOOK.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    pub(super) fn before_execute(name: &str) {
+        let hook = HOOK.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(h) = hook {
+            h(name);
+        }
+    }
 }

@@ -513,3 +513,56 @@ fn observers_see_every_transition_in_order() {
     ];
     assert_eq!(*rec.0.lock().unwrap(), expect);
 }
+
+/// A cancel that lands after a worker took a task but before it started it: the task does not
+/// run, its attempt is closed as cancelled, and the worker's slot is given back exactly once (the
+/// slot was once given back twice, and the pool then never ran anything again).
+#[test]
+fn a_cancel_between_taking_and_starting_a_task_gives_its_slot_back_once() {
+    use std::sync::mpsc::channel;
+
+    let p = plan(&[], &["taken-then-cancelled"]);
+    let ex = executor(1);
+    let (reached_tx, reached) = channel::<()>();
+    let (go, go_rx) = channel::<()>();
+    let (reached_tx, go_rx) = (Mutex::new(reached_tx), Mutex::new(go_rx));
+    sched::tests_hook::set(Some(Arc::new(move |name: &str| {
+        if name == "taken-then-cancelled" {
+            reached_tx.lock().unwrap().send(()).unwrap();
+            go_rx.lock().unwrap().recv().unwrap();
+        }
+    })));
+    let body = Arc::new(SumBody::new(&[], 0));
+    let run = submit(&ex, &p, body.clone(), RetryPolicy::default());
+    reached.recv().unwrap();
+    ex.cancel(&run, CancelMode::Interrupt);
+    go.send(()).unwrap();
+    assert_eq!(wait(&ex, &run), RunState::Cancelled);
+    sched::tests_hook::set(None);
+    let n = id(&p, "taken-then-cancelled");
+    assert_eq!(run.task_state(n), TaskState::Cancelled);
+    let attempts = run.attempts(n);
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].ended_us > 0);
+    assert!(matches!(
+        attempts[0].error.as_deref(),
+        Some(TaskError::Cancelled)
+    ));
+    // The one worker slot is free again: the next run runs (a leaked slot would leave it queued).
+    let p2 = plan(&[("a", "b")], &[]);
+    let run2 = submit(&ex, &p2, body.clone(), RetryPolicy::default());
+    let mut waited = 0;
+    while !ex.wait(&run2, Duration::from_millis(100)) {
+        waited += 1;
+        assert!(
+            waited < 300,
+            "the next run never ran: the pool's slot was lost"
+        );
+    }
+    assert_eq!(run2.state(), RunState::Completed);
+    assert_eq!(
+        body.calls.load(Ordering::SeqCst),
+        2,
+        "the cancelled task never ran"
+    );
+}
