@@ -83,6 +83,9 @@ class Program:
     """A graph compiled for the engine, reused by every run."""
 
     def __len__(self) -> int: ...
+    def with_roots(
+        self, roots: list[tuple[int, list[tuple[str, int, Any]], tuple[Any, ...] | None]]
+    ) -> Program: ...
 
 @final
 class RunHandle:

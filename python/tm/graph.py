@@ -435,7 +435,21 @@ class Graph:
 
         Without root arguments the result depends only on the graph and the executor's pools, so it
         is cached until the graph changes (a scheduled graph compiles once, not on every fire).
+        With them, only the root tasks' parameters depend on the arguments: the engine's program
+        for the graph with its roots left open is cached, and each run binds just the roots.
         """
+        if (args or kwargs) and cache_key is not None and prepare is not None:
+            base = self._compile(
+                pool_of,
+                (),
+                {},
+                check_roots=False,
+                cache_key=(cache_key, "roots"),
+                defaults=defaults,
+                wrap=wrap,
+                prepare=prepare,
+            )
+            return base.with_roots(self._bind_roots(args, kwargs, check_roots))
         cacheable = cache_key is not None and not args and not kwargs
         if cacheable:
             hit = self._compiled.pop(cache_key, None)
@@ -459,9 +473,7 @@ class Graph:
                 names[i], node.sig, by_name, is_root, args, kwargs, check_roots
             )
             if is_root:
-                used_kwargs.update(name for name, kind, _ in params if kind == _VALUE)
-                if node.sig.var_keyword:
-                    used_kwargs.update(kwargs)
+                _note_used(used_kwargs, params, node.sig, kwargs)
             o = node.options
             # Many tasks share a function and their options differ only by name: wrap and derive
             # the scheduling spec once per distinct (function, tag) and option set.
@@ -488,11 +500,8 @@ class Graph:
             if spec is None:
                 spec = spec_for[skey] = _spec(o, pool_of(o.tag) if pool_of is not None else 0, d)
             specs.append(spec)
-        unused = set(kwargs) - used_kwargs
-        if unused and check_roots:
-            raise TypeError(
-                f"graph {self.name!r}: no root task accepts argument(s) {', '.join(sorted(unused))}"
-            )
+        if check_roots:
+            self._check_used(kwargs, used_kwargs)
         # The engine keeps its own compiled form; the lists are not kept once it has it.
         compiled = prepare(self._core, calls, specs) if prepare is not None else (calls, specs)
         if cacheable:
@@ -502,6 +511,37 @@ class Graph:
             while len(self._compiled) > _COMPILED_KEPT:
                 del self._compiled[next(iter(self._compiled))]
         return compiled
+
+    def _bind_roots(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], check_roots: bool
+    ) -> list[tuple[int, list[tuple[str, int, Any]], tuple[Any, ...] | None]]:
+        """The root tasks' parameters for a run with these arguments (as :meth:`_compile` binds)."""
+        names = self._core.names()
+        cached = getattr(self, "_root_ids", None)
+        if cached is None or cached[0] != self._version:
+            cached = self._root_ids = (
+                self._version,
+                [i for i in range(len(self._nodes)) if not self._core.parents(i)],
+            )
+        roots = []
+        used_kwargs: set[str] = set()
+        for i in cached[1]:
+            node = self._nodes[i]
+            if node.sig is None:
+                node.sig = _sig_of(node.call)
+            params, call_args = _bind(names[i], node.sig, {}, True, args, kwargs, check_roots)
+            _note_used(used_kwargs, params, node.sig, kwargs)
+            roots.append((i, params, call_args))
+        if check_roots:
+            self._check_used(kwargs, used_kwargs)
+        return roots
+
+    def _check_used(self, kwargs: dict[str, Any], used: set[str]) -> None:
+        unused = set(kwargs) - used
+        if unused:
+            raise TypeError(
+                f"graph {self.name!r}: no root task accepts argument(s) {', '.join(sorted(unused))}"
+            )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Runs the graph now on the default executor and returns its result.
@@ -515,6 +555,15 @@ class Graph:
         run = default_executor().run(self, args=args, kwargs=kwargs)
         run.raise_for_state()
         return run.result()
+
+
+def _note_used(
+    used: set[str], params: list[tuple[str, int, Any]], sig: _Sig, kwargs: dict[str, Any]
+) -> None:
+    """Adds the run's keyword arguments a root task's parameters take to ``used``."""
+    used.update(name for name, kind, _ in params if kind == _VALUE)
+    if sig.var_keyword:
+        used.update(kwargs)
 
 
 def _spec(o: TaskOptions, pool: int, d: dict[str, Any]) -> tuple[Any, ...]:

@@ -88,9 +88,28 @@ struct PyBody {
 /// parameters, the scheduling specs and the task names.
 struct Program {
     plan: Arc<crate::dag::Plan>,
-    nodes: Vec<NodeCall>,
+    /// Shared with the programs [`PyProgram::with_roots`] derives, which replace only the roots.
+    nodes: Vec<Arc<NodeCall>>,
     specs: Arc<Vec<TaskSpec>>,
-    names: Vec<Py<PyString>>,
+    names: Arc<Vec<Py<PyString>>>,
+}
+
+/// Parameter descriptions as `Engine.prepare` takes them: `(name, kind, payload)`.
+type ParamSpec = (Py<PyString>, u8, Py<PyAny>);
+
+fn sources(py: Python<'_>, params: Vec<ParamSpec>) -> PyResult<Vec<(Py<PyString>, Source)>> {
+    let mut ps = Vec::with_capacity(params.len());
+    for (name, kind, payload) in params {
+        let source = match kind {
+            0 => Source::Parent(payload.extract::<u32>(py)?),
+            1 => Source::Config,
+            2 => Source::Context,
+            3 => Source::AllParents,
+            _ => Source::Value(payload),
+        };
+        ps.push((name, source));
+    }
+    Ok(ps)
 }
 
 /// A compiled graph (see `Engine.prepare`).
@@ -103,6 +122,42 @@ pub struct PyProgram {
 impl PyProgram {
     fn __len__(&self) -> usize {
         self.inner.nodes.len()
+    }
+
+    /// This program with new parameters for some tasks (a graph's roots, for a run with
+    /// arguments): `roots` holds `(node, params, args)` as in `Engine.prepare`'s calls. Everything
+    /// else is shared with this program, so this costs a pointer copy per task, not a compile.
+    fn with_roots(
+        &self,
+        py: Python<'_>,
+        roots: Vec<(usize, Vec<ParamSpec>, Option<Py<PyTuple>>)>,
+    ) -> PyResult<PyProgram> {
+        let p = &self.inner;
+        let mut nodes = p.nodes.clone();
+        for (i, params, args) in roots {
+            let Some(base) = p.nodes.get(i) else {
+                return Err(PyValueError::new_err(format!(
+                    "the program has no task {i}"
+                )));
+            };
+            nodes[i] = Arc::new(NodeCall {
+                func: base.func.clone_ref(py),
+                params: sources(py, params)?,
+                args,
+                retry_on: base.retry_on.as_ref().map(|r| r.clone_ref(py)),
+                give_up_on: base.give_up_on.as_ref().map(|g| g.clone_ref(py)),
+                interrupt_hook: base.interrupt_hook.as_ref().map(|h| h.clone_ref(py)),
+                persist: base.persist,
+            });
+        }
+        Ok(PyProgram {
+            inner: Arc::new(Program {
+                plan: p.plan.clone(),
+                nodes,
+                specs: p.specs.clone(),
+                names: p.names.clone(),
+            }),
+        })
     }
 }
 
@@ -359,7 +414,7 @@ impl PyEngine {
         graph: &Bound<'_, PyGraphCore>,
         calls: Vec<(
             Py<PyAny>,
-            Vec<(Py<PyString>, u8, Py<PyAny>)>,
+            Vec<ParamSpec>,
             Option<Py<PyTuple>>,
             Option<Py<PyAny>>,
             Option<Py<PyAny>>,
@@ -385,22 +440,12 @@ impl PyEngine {
         }
         let mut nodes = Vec::with_capacity(calls.len());
         for (func, params, args, retry_on, give_up_on, persist) in calls {
-            let mut ps = Vec::with_capacity(params.len());
-            for (name, kind, payload) in params {
-                let source = match kind {
-                    0 => Source::Parent(payload.extract::<u32>(py)?),
-                    1 => Source::Config,
-                    2 => Source::Context,
-                    3 => Source::AllParents,
-                    _ => Source::Value(payload),
-                };
-                ps.push((name, source));
-            }
+            let ps = sources(py, params)?;
             let interrupt_hook = func
                 .bind(py)
                 .getattr_opt("_tm_interrupt")?
                 .map(Bound::unbind);
-            nodes.push(NodeCall {
+            nodes.push(Arc::new(NodeCall {
                 func,
                 params: ps,
                 args,
@@ -408,7 +453,7 @@ impl PyEngine {
                 give_up_on,
                 interrupt_hook,
                 persist,
-            });
+            }));
         }
         let mut task_specs = Vec::with_capacity(specs.len());
         for (
@@ -444,9 +489,11 @@ impl PyEngine {
                 retry_timeouts,
             });
         }
-        let names = (0..plan.len() as NodeId)
-            .map(|i| PyString::new(py, plan.name(i)).unbind())
-            .collect();
+        let names = Arc::new(
+            (0..plan.len() as NodeId)
+                .map(|i| PyString::new(py, plan.name(i)).unbind())
+                .collect(),
+        );
         let program = Program {
             plan,
             nodes,
