@@ -7,8 +7,8 @@
 
 use std::cell::Cell;
 use std::cmp::{Ordering as CmpOrdering, Reverse};
-use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{BinaryHeap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -141,6 +141,8 @@ struct Sched<V> {
     after: Vec<After<V>>,
     now_us: i64,
     jitter: u64,
+    /// (run, node) of running tasks whose slot is lent while they wait on a nested run.
+    lent: HashSet<(u64, NodeId)>,
 }
 
 struct Shared<V> {
@@ -161,9 +163,31 @@ struct Shared<V> {
 /// Run ids are unique within the process, across executors (callers key per-run state by them).
 static NEXT_RUN_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The task a worker thread is running (see [`Executor::wait`]).
+#[derive(Clone, Copy)]
+struct Current {
+    /// The executor's identity.
+    exec: usize,
+    pool: usize,
+    run: u64,
+    node: NodeId,
+    /// The node's generation when the task was taken, and the node's generation counter: they
+    /// differ once the attempt has been abandoned. The pointer is valid while `CURRENT` holds it:
+    /// [`run_session`] sets it around [`execute`], which holds the run.
+    generation: u32,
+    live: *const AtomicU32,
+}
+
+impl Current {
+    fn is_live(&self) -> bool {
+        // SAFETY: see the field's comment; only read on the thread that set it, inside execute.
+        unsafe { &*self.live }.load(Ordering::Acquire) == self.generation
+    }
+}
+
 thread_local! {
-    /// (executor identity, pool) of the task this thread is running, if it is a worker mid-task.
-    static CURRENT: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+    /// The task this thread is running, if it is a worker mid-task.
+    static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
 /// Runs plans on worker threads. Threads start with the first run, not before.
@@ -199,6 +223,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
             after: Vec::new(),
             now_us: 0,
             jitter: 0x9E37_79B9_7F4A_7C15,
+            lent: HashSet::new(),
         };
         Executor {
             shared: Arc::new(Shared {
@@ -405,20 +430,33 @@ impl<V: Send + Sync + 'static> Executor<V> {
     pub fn wait(&self, run: &Run<V>, slice: Duration) -> bool {
         let me = Arc::as_ptr(&self.shared) as usize;
         match CURRENT.with(|c| c.get()) {
-            Some((exec, pool)) if exec == me => {
-                {
+            Some(cur) if cur.exec == me => {
+                // Lend the slot, unless the task was abandoned already (its slot is free then).
+                // An abandon while the slot is lent finds it in `lent` and leaves the count alone.
+                let lent = {
                     let mut s = self.shared.lock();
-                    s.pools[pool].running -= 1;
-                    s.after.push(After::NotifyOne);
+                    let live = cur.is_live();
+                    if live {
+                        s.pools[cur.pool].running -= 1;
+                        s.lent.insert((cur.run, cur.node));
+                        s.after.push(After::NotifyOne);
+                    }
                     release(&self.shared, s);
-                }
+                    live
+                };
                 CURRENT.with(|c| c.set(None));
                 while !run.is_settled() {
                     help_once(&self.shared, &run.inner, slice);
                 }
-                CURRENT.with(|c| c.set(Some((exec, pool))));
-                // Take the slot back even if the pool is full: the outer task is still running.
-                self.shared.lock().pools[pool].running += 1;
+                CURRENT.with(|c| c.set(Some(cur)));
+                if lent {
+                    // Take the slot back even if the pool is full: the outer task is still
+                    // running. Not if it was abandoned meanwhile: the abandon took it back.
+                    let mut s = self.shared.lock();
+                    if s.lent.remove(&(cur.run, cur.node)) {
+                        s.pools[cur.pool].running += 1;
+                    }
+                }
                 true
             }
             _ => run.inner.wait_for(slice).is_some(),
@@ -705,7 +743,10 @@ impl<V: Send + Sync + 'static> Sched<V> {
     fn abandon(&mut self, run: &Arc<RunInner<V>>, n: NodeId, reason: TaskError, may_retry: bool) {
         let node = &run.nodes[n as usize];
         node.generation.fetch_add(1, Ordering::AcqRel);
-        self.pools[run.specs[n as usize].pool].running -= 1;
+        // A task waiting on a nested run has lent its slot already.
+        if !self.lent.remove(&(run.id, n)) {
+            self.pools[run.specs[n as usize].pool].running -= 1;
+        }
         self.stuck += 1;
         self.after.push(After::SpawnThread);
         let interrupt = match &reason {
@@ -1002,8 +1043,16 @@ fn run_session<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, first: Taken<V
     let mut retire = false;
     shared.host.clone().session(&mut || {
         while let Some(job) = next.take() {
-            let pool = job.job.run.specs[job.job.node as usize].pool;
-            let outer = CURRENT.with(|c| c.replace(Some((me, pool))));
+            let (run, node) = (&job.job.run, job.job.node);
+            let current = Current {
+                exec: me,
+                pool: run.specs[node as usize].pool,
+                run: run.id,
+                node,
+                generation: job.generation,
+                live: &run.nodes[node as usize].generation,
+            };
+            let outer = CURRENT.with(|c| c.replace(Some(current)));
             let done = execute(shared, job);
             CURRENT.with(|c| c.set(outer));
             if done.abandoned {

@@ -537,7 +537,7 @@ fn a_cancel_between_taking_and_starting_a_task_gives_its_slot_back_once() {
     reached.recv().unwrap();
     ex.cancel(&run, CancelMode::Interrupt);
     go.send(()).unwrap();
-    assert_eq!(wait(&ex, &run), RunState::Cancelled);
+    assert_eq!(wait_at_most_30s(&ex, &run), RunState::Cancelled);
     sched::tests_hook::set(None);
     let n = id(&p, "taken-then-cancelled");
     assert_eq!(run.task_state(n), TaskState::Cancelled);
@@ -551,18 +551,97 @@ fn a_cancel_between_taking_and_starting_a_task_gives_its_slot_back_once() {
     // The one worker slot is free again: the next run runs (a leaked slot would leave it queued).
     let p2 = plan(&[("a", "b")], &[]);
     let run2 = submit(&ex, &p2, body.clone(), RetryPolicy::default());
-    let mut waited = 0;
-    while !ex.wait(&run2, Duration::from_millis(100)) {
-        waited += 1;
-        assert!(
-            waited < 300,
-            "the next run never ran: the pool's slot was lost"
-        );
-    }
-    assert_eq!(run2.state(), RunState::Completed);
+    assert_eq!(wait_at_most_30s(&ex, &run2), RunState::Completed);
     assert_eq!(
         body.calls.load(Ordering::SeqCst),
         2,
         "the cancelled task never ran"
     );
+}
+
+/// Runs a nested graph (its one task, "slow", waits for the gate) from inside its own task and
+/// waits for it, as a task calling `Executor.run` does.
+struct Nesting {
+    ex: std::sync::OnceLock<Arc<Executor<u64>>>,
+    inner: Arc<Blocking>,
+    inner_runs: Mutex<Vec<Run<u64>>>,
+}
+
+impl Body<u64> for Nesting {
+    fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+        let ex = self.ex.get().expect("executor set");
+        let p = plan(&[], &["slow"]);
+        let run = submit(ex, &p, self.inner.clone(), RetryPolicy::default());
+        self.inner_runs.lock().unwrap().push(run.clone());
+        while !ex.wait(&run, Duration::from_millis(100)) {}
+        Ok(run.value(0).copied().unwrap_or(0))
+    }
+}
+
+/// A task that is cancelled while it waits on a nested run has lent its slot to that run: the
+/// cancel must not give the slot back a second time (the count went one below the truth, and
+/// below zero when the nested task then ended).
+#[test]
+fn a_task_cancelled_while_waiting_on_a_nested_run_gives_its_slot_back_once() {
+    let ex = Arc::new(executor(1));
+    let body = Arc::new(Nesting {
+        ex: std::sync::OnceLock::new(),
+        inner: Arc::new(Blocking::new()),
+        inner_runs: Mutex::new(Vec::new()),
+    });
+    let _ = body.ex.set(ex.clone());
+    let p = plan(&[], &["outer"]);
+    let run = submit(&ex, &p, body.clone(), RetryPolicy::default());
+    // The outer task is waiting and its nested task is running (on the same, only worker).
+    while body.inner.calls.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    ex.cancel(&run, CancelMode::Interrupt);
+    assert_eq!(wait_at_most_30s(&ex, &run), RunState::Cancelled);
+    body.inner.open();
+    let inner = body.inner_runs.lock().unwrap()[0].clone();
+    assert_eq!(wait_at_most_30s(&ex, &inner), RunState::Completed);
+    // The pool has its one slot, neither lost nor doubled: two one-task runs in turn complete,
+    // and a run of two independent tasks never has both running at once.
+    let counting = Arc::new(Concurrency::default());
+    for _ in 0..2 {
+        let r = submit(
+            &ex,
+            &plan(&[], &["a", "b"]),
+            counting.clone(),
+            RetryPolicy::default(),
+        );
+        assert_eq!(wait_at_most_30s(&ex, &r), RunState::Completed);
+    }
+    assert_eq!(counting.most.load(Ordering::SeqCst), 1);
+}
+
+/// Records the most tasks ever running at once.
+#[derive(Default)]
+struct Concurrency {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Body<u64> for Concurrency {
+    fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(n, Ordering::SeqCst);
+        for _ in 0..200 {
+            std::thread::yield_now();
+        }
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        Ok(1)
+    }
+}
+
+/// Like [`wait`], but a run that has not ended after 30 s fails the test instead of hanging it
+/// (what a lost worker slot or a dead worker looks like).
+fn wait_at_most_30s(ex: &Executor<u64>, run: &Run<u64>) -> RunState {
+    for _ in 0..300 {
+        if ex.wait(run, Duration::from_millis(100)) {
+            return run.state();
+        }
+    }
+    panic!("the run did not end: a worker slot was lost or a worker died");
 }
