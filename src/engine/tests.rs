@@ -259,21 +259,25 @@ fn cancel_stops_pending_tasks_and_is_idempotent() {
     assert_eq!(run.state(), RunState::Cancelled);
 }
 
+/// Records the most tasks ever running at once (each stays 2 ms, so tasks that can overlap do).
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Body<u64> for Gauge {
+    fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(2));
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        Ok(0)
+    }
+}
+
 #[test]
 fn pool_capacity_bounds_concurrency() {
-    struct Gauge {
-        now: AtomicUsize,
-        max: AtomicUsize,
-    }
-    impl Body<u64> for Gauge {
-        fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
-            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-            self.max.fetch_max(n, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(2));
-            self.now.fetch_sub(1, Ordering::SeqCst);
-            Ok(0)
-        }
-    }
     let names: Vec<String> = (0..24).map(|i| format!("t{i}")).collect();
     let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let p = plan(&[], &refs);
@@ -291,10 +295,7 @@ fn pool_capacity_bounds_concurrency() {
         ],
         Clock::System,
     );
-    let gauge = Arc::new(Gauge {
-        now: AtomicUsize::new(0),
-        max: AtomicUsize::new(0),
-    });
+    let gauge = Arc::new(Gauge::default());
     let specs = Arc::new(
         (0..24)
             .map(|i| TaskSpec {
@@ -603,7 +604,7 @@ fn a_task_cancelled_while_waiting_on_a_nested_run_gives_its_slot_back_once() {
     assert_eq!(wait_at_most_30s(&ex, &inner), RunState::Completed);
     // The pool has its one slot, neither lost nor doubled: two one-task runs in turn complete,
     // and a run of two independent tasks never has both running at once.
-    let counting = Arc::new(Concurrency::default());
+    let counting = Arc::new(Gauge::default());
     for _ in 0..2 {
         let r = submit(
             &ex,
@@ -613,26 +614,7 @@ fn a_task_cancelled_while_waiting_on_a_nested_run_gives_its_slot_back_once() {
         );
         assert_eq!(wait_at_most_30s(&ex, &r), RunState::Completed);
     }
-    assert_eq!(counting.most.load(Ordering::SeqCst), 1);
-}
-
-/// Records the most tasks ever running at once.
-#[derive(Default)]
-struct Concurrency {
-    now: AtomicUsize,
-    most: AtomicUsize,
-}
-
-impl Body<u64> for Concurrency {
-    fn call(&self, _cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
-        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-        self.most.fetch_max(n, Ordering::SeqCst);
-        for _ in 0..200 {
-            std::thread::yield_now();
-        }
-        self.now.fetch_sub(1, Ordering::SeqCst);
-        Ok(1)
-    }
+    assert_eq!(counting.max.load(Ordering::SeqCst), 1);
 }
 
 /// Like [`wait`], but a run that has not ended after 30 s fails the test instead of hanging it
