@@ -962,13 +962,7 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, taken: Taken<V>) -
     // as it starts, or, before the body marks itself running, lets it run to its end unwatched on
     // this thread, which has been replaced.)
     if node.generation.load(Ordering::Acquire) != generation {
-        let mut s = shared.lock();
-        s.stuck = s.stuck.saturating_sub(1);
-        release(shared, s);
-        return Executed {
-            made_ready: 0,
-            abandoned: true,
-        };
+        return given_up(shared, shared.lock());
     }
     let spec = &run.specs[n as usize];
     if let Some(limit) = spec.timeout {
@@ -1004,15 +998,11 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, taken: Taken<V>) -
         _ => true,
     };
     let ended = shared.clock.now_micros();
+    // Checked under the lock: an abandon (which moves the generation) holds it too.
     let mut s = shared.lock();
     if node.generation.load(Ordering::Acquire) != generation {
         // Timed out or cancelled meanwhile: the attempt is settled and this thread was replaced.
-        s.stuck = s.stuck.saturating_sub(1);
-        release(shared, s);
-        return Executed {
-            made_ready: 0,
-            abandoned: true,
-        };
+        return given_up(shared, s);
     }
     let pool = spec.pool;
     s.pools[pool].running -= 1;
@@ -1031,6 +1021,20 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, taken: Taken<V>) -
     Executed {
         made_ready,
         abandoned: false,
+    }
+}
+
+/// The end of an attempt that was abandoned (its slot given back, this thread replaced): the
+/// thread no longer counts as stuck, and retires.
+fn given_up<V: Send + Sync + 'static>(
+    shared: &Arc<Shared<V>>,
+    mut s: MutexGuard<'_, Sched<V>>,
+) -> Executed {
+    s.stuck = s.stuck.saturating_sub(1);
+    release(shared, s);
+    Executed {
+        made_ready: 0,
+        abandoned: true,
     }
 }
 
