@@ -4,6 +4,7 @@
 //! `cargo test --no-default-features`.
 
 pub mod cache;
+mod checkpoint;
 pub mod clock;
 pub mod cron;
 pub mod dag;

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -670,6 +673,54 @@ def test_seed_readme_examples_run_as_written(
     assert all(t["status"] == "completed" for t in transforms)
     for name in ("my_workflow", "data_processing", "code_review", "test_execution"):
         assert json.loads((tmp_path / "states" / f"{name}.json").read_text())["tasks"] is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_children_forked_while_the_log_is_checkpointed_neither_hang_nor_lose_work(
+    tmp_path: Path,
+) -> None:
+    # The parent's commits keep its checkpointer thread copying the log (every 4,000 pages);
+    # each child drops the TaskManager it inherited without using it (the parent's connection
+    # and checkpointer: closing them in the child would wait for a thread it does not have),
+    # then opens its own and completes a task while the parent goes on.
+    path = tmp_path / "q.db"
+    tm = TaskManager(path)
+    ids = tm.create_tasks([("t", {"n": i}) for i in range(5000)])
+    by_child = set()
+    for _ in range(20):
+        for _ in range(150):
+            t = tm.get_next_task("parent")
+            assert tm.complete_task(t["id"], "parent")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                del tm
+                gc.collect()
+                own = TaskManager(path)
+                t = own.get_next_task("child")
+                ok = own.complete_task(t["id"], "child")
+                os.write(w, f"{int(ok)} {t['id']}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        ready, _, _ = select.select([r], [], [], 60)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("a forked child hung")
+        with os.fdopen(r) as f:
+            ok, task_id = f.read().split()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0 and ok == "1"
+        by_child.add(task_id)
+    assert len(by_child) == 20
+    done = {t["id"]: t["locked_by"] for t in tm.list_tasks(status="completed")}
+    assert len(done) == 20 * 151
+    assert all(done[i] == "child" for i in by_child)
+    assert tm.get_status_summary()["status_counts"]["pending"] == len(ids) - len(done)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")

@@ -973,6 +973,44 @@ fn sqlite_lock_timeout_is_a_lock_timeout() {
 }
 
 #[test]
+fn the_log_is_copied_back_and_starts_over_while_an_agent_keeps_committing() {
+    // Checkpoints run on the checkpointer's thread while the agent goes on committing. Without
+    // its final full checkpoint (or with no checkpoint at all) the log would never be copied
+    // back whole, so it would never start over: these 12,000 commits append 40 MB of frames.
+    let dir = TempDir::new();
+    let path = dir.join("log.db");
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let tasks: Vec<NewTask> = (0..6000)
+        .map(|i| task("job", &format!("{{\"n\":{i}}}")))
+        .collect();
+    b.create(&tasks).unwrap();
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let mut largest = 0;
+    for _ in 0..tasks.len() {
+        let t = b.claim("w", None).unwrap().unwrap();
+        assert!(b
+            .complete(&t.id, "w", None, Status::Completed, None)
+            .unwrap());
+        largest = largest.max(std::fs::metadata(&wal).unwrap().len());
+    }
+    // The log file is reused from its start, so its size is the most it ever held: about the
+    // 4,000-page threshold plus what was appended while a checkpoint ran.
+    assert!(
+        largest < 16 << 20,
+        "the log grew to {largest} bytes: it never started over"
+    );
+    let db_bytes = std::fs::metadata(&path).unwrap().len();
+    assert!(
+        db_bytes > 1 << 20,
+        "nothing was copied back: {db_bytes} bytes"
+    );
+    assert_eq!(
+        b.summary().unwrap().status_counts,
+        vec![("completed".to_owned(), 6000)]
+    );
+}
+
+#[test]
 fn a_file_that_is_not_a_database_is_an_error() {
     let dir = TempDir::new();
     let path = dir.join("text.db");

@@ -15,7 +15,6 @@
 //! stays readable through [`Writer::last_error`].
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -34,6 +33,7 @@ use super::model::{
     ErrorInfo, RunRecord, TaskFact, Transition, Write, TERMINAL_TASK_STATUSES,
     UNFINISHED_RUN_STATES,
 };
+use crate::checkpoint::{checkpoint, Checkpointer, Mode};
 
 /// Most writes applied in one transaction; more wait for the next batch.
 pub(crate) const MAX_BATCH: usize = 10_000;
@@ -213,7 +213,11 @@ impl Writer {
         Writer::spawn(
             place.name.clone(),
             Box::new(SqliteCommitter {
-                checkpointer: Checkpointer::new(place),
+                checkpointer: Checkpointer::new(
+                    (!place.memory).then(|| place.path.clone()),
+                    None,
+                    Mode::Quiet,
+                ),
                 conn,
                 name: place.name.clone(),
                 keys: RunKeys::default(),
@@ -700,79 +704,6 @@ impl Worker {
     fn quiet(&mut self) {
         self.unchecked = 0;
         self.committer.quiet();
-    }
-}
-
-fn checkpoint(conn: &Connection) {
-    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-}
-
-/// Lowers the calling thread's scheduling priority (Linux: `nice` is per thread), for work that
-/// nobody waits for: it then takes CPU time that runs and commits leave over.
-fn background_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: setpriority on this thread's own id; a failure leaves the priority as it was.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
-    }
-}
-
-/// Checkpoints a database file on a thread and connection of its own, so that the writer goes on
-/// committing meanwhile: under sustained load a checkpoint (tens of milliseconds for 100,000
-/// writes) would otherwise delay the next commit, and the caller waiting for it (a run's start,
-/// a scheduler's fire). Started at the first request; in-memory databases have no log to copy.
-struct Checkpointer {
-    /// The database file, until the thread is started (None: in memory, or it could not start).
-    path: Option<PathBuf>,
-    /// Where requests go, and the thread serving them.
-    running: Option<(mpsc::SyncSender<()>, JoinHandle<()>)>,
-}
-
-impl Checkpointer {
-    fn new(place: &SqlitePlace) -> Checkpointer {
-        Checkpointer {
-            path: (!place.memory).then(|| place.path.clone()),
-            running: None,
-        }
-    }
-
-    /// Asks the thread for a checkpoint, starting it if needed; never blocks (a checkpoint
-    /// already asked for covers this request). False if there is no thread to ask.
-    fn request(&mut self) -> bool {
-        if self.running.is_none() {
-            let Some(path) = self.path.take() else {
-                return false;
-            };
-            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let Ok(conn) = Connection::open_with_flags(&path, flags) else {
-                return false;
-            };
-            let (tx, rx) = mpsc::sync_channel::<()>(1);
-            let thread = std::thread::Builder::new()
-                .name("tm-store-checkpoint".into())
-                .spawn(move || {
-                    background_priority();
-                    while rx.recv().is_ok() {
-                        checkpoint(&conn);
-                    }
-                });
-            let Ok(thread) = thread else {
-                return false;
-            };
-            self.running = Some((tx, thread));
-        }
-        self.running.as_ref().is_some_and(|(tx, _)| {
-            !matches!(tx.try_send(()), Err(mpsc::TrySendError::Disconnected(_)))
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        if let Some((tx, thread)) = self.running.take() {
-            drop(tx); // the thread serves what is queued, then ends
-            let _ = thread.join();
-        }
     }
 }
 
@@ -1321,7 +1252,11 @@ mod checkpoint_tests {
             read_only: false,
         };
         let mut c = SqliteCommitter {
-            checkpointer: Checkpointer::new(&place),
+            checkpointer: Checkpointer::new(
+                (!place.memory).then(|| place.path.clone()),
+                None,
+                Mode::Quiet,
+            ),
             conn: open_with_retry(&place).unwrap(),
             keys: RunKeys::default(),
             name: place.name.clone(),
@@ -1336,9 +1271,9 @@ mod checkpoint_tests {
         // The writer never checkpoints by itself: the rows are in the log only.
         let before = db_size(&place);
         c.quiet();
-        assert!(c.checkpointer.running.is_some(), "no checkpointer thread");
+        assert!(c.checkpointer.is_running(), "no checkpointer thread");
         // Dropping the checkpointer joins its thread once it has served the request.
-        c.checkpointer = Checkpointer::new(&place);
+        c.checkpointer = Checkpointer::new(None, None, Mode::Quiet);
         assert!(
             db_size(&place) >= before + 500 * 1000,
             "the log was not copied into the database: {} -> {} bytes",
@@ -1355,8 +1290,12 @@ mod checkpoint_tests {
             memory: true,
             read_only: false,
         };
-        let mut cp = Checkpointer::new(&place);
+        let mut cp = Checkpointer::new(
+            (!place.memory).then(|| place.path.clone()),
+            None,
+            Mode::Quiet,
+        );
         assert!(!cp.request());
-        assert!(cp.running.is_none());
+        assert!(!cp.is_running());
     }
 }
