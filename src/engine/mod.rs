@@ -13,6 +13,7 @@ mod run;
 mod sched;
 pub mod timetable;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -141,6 +142,8 @@ pub struct CallContext<'a, V> {
     pub node: NodeId,
     /// 0-based attempt number.
     pub attempt: u32,
+    /// The node's generation when this attempt was taken (see [`CallContext::is_abandoned`]).
+    generation: u32,
 }
 
 impl<'a, V> CallContext<'a, V> {
@@ -169,6 +172,17 @@ impl<'a, V> CallContext<'a, V> {
     /// Whether the run or this task was asked to stop.
     pub fn is_cancelled(&self) -> bool {
         self.run.is_cancel_requested(self.node)
+    }
+
+    /// Whether the engine has given up on this attempt (timed out or cancelled): its outcome
+    /// will be ignored, and [`Body::interrupt`] was or will be called for it. A body that marks
+    /// itself interruptible checks this afterwards, so that an interrupt which came before the
+    /// mark (and found nothing to interrupt) is not lost.
+    pub fn is_abandoned(&self) -> bool {
+        self.run.nodes[self.node as usize]
+            .generation
+            .load(Ordering::Acquire)
+            != self.generation
     }
 }
 

@@ -958,9 +958,9 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, taken: Taken<V>) -
     let n = job.node;
     let node = &run.nodes[n as usize];
     // Cancelled (or timed out) between being taken and now: the attempt is settled and the slot
-    // given back; the task must not start. (One that lands after this check interrupts the task
-    // as it starts, or, before the body marks itself running, lets it run to its end unwatched on
-    // this thread, which has been replaced.)
+    // given back; the task must not start. (One that lands after this check reaches the body
+    // through `Body::interrupt`; a body that marks itself interruptible checks
+    // `CallContext::is_abandoned` after marking, for an interrupt that came before the mark.)
     if node.generation.load(Ordering::Acquire) != generation {
         return given_up(shared, shared.lock());
     }
@@ -989,6 +989,7 @@ fn execute<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, taken: Taken<V>) -
             run,
             node: n,
             attempt,
+            generation,
         };
         run.body.call(&cx)
     };

@@ -560,6 +560,68 @@ fn a_cancel_between_taking_and_starting_a_task_gives_its_slot_back_once() {
     );
 }
 
+/// Reports, once let go, whether the engine had given up on the attempt it was running.
+struct Asks {
+    started: Mutex<std::sync::mpsc::Sender<()>>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+    abandoned: Mutex<Vec<(String, bool)>>,
+}
+
+impl Body<u64> for Asks {
+    fn call(&self, cx: &CallContext<'_, u64>) -> Result<u64, TaskError> {
+        let name = cx.plan().name(cx.node).to_owned();
+        if name == "held" {
+            self.started.lock().unwrap().send(()).unwrap();
+            self.go.lock().unwrap().recv().unwrap();
+        }
+        self.abandoned
+            .lock()
+            .unwrap()
+            .push((name, cx.is_abandoned()));
+        Ok(0)
+    }
+}
+
+/// A body that marks itself interruptible checks `is_abandoned` afterwards (the Python body
+/// does): it must be true once the engine has given up on the running attempt, and only then.
+#[test]
+fn a_body_can_tell_that_its_attempt_was_abandoned() {
+    use std::sync::mpsc::channel;
+
+    let (started_tx, started) = channel::<()>();
+    let (go, go_rx) = channel::<()>();
+    let body = Arc::new(Asks {
+        started: Mutex::new(started_tx),
+        go: Mutex::new(go_rx),
+        abandoned: Mutex::new(Vec::new()),
+    });
+    let ex = executor(2);
+    let held = plan(&[], &["held"]);
+    let run = submit(&ex, &held, body.clone(), RetryPolicy::default());
+    started.recv().unwrap();
+    ex.cancel(&run, CancelMode::Interrupt);
+    go.send(()).unwrap();
+    assert_eq!(wait_at_most_30s(&ex, &run), RunState::Cancelled);
+    let free = plan(&[("free", "after")], &[]);
+    let run = submit(&ex, &free, body.clone(), RetryPolicy::default());
+    assert_eq!(wait_at_most_30s(&ex, &run), RunState::Completed);
+    // The abandoned body reports on its own (replaced) thread, after its run has ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while body.abandoned.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    let mut seen = body.abandoned.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("after".to_owned(), false),
+            ("free".to_owned(), false),
+            ("held".to_owned(), true)
+        ]
+    );
+}
+
 /// Runs a nested graph (its one task, "slow", waits for the gate) from inside its own task and
 /// waits for it, as a task calling `Executor.run` does.
 struct Nesting {

@@ -246,6 +246,15 @@ impl Body<Value> for PyBody {
                 live.thread.store(me, Ordering::Release);
                 live.attempt.store(cx.attempt, Ordering::Release);
                 live.state.store(RUNNING, Ordering::Release);
+                if cx.is_abandoned() {
+                    // Given up on (timed out, cancelled) before the mark above: an interrupt
+                    // that came meanwhile found nothing to stop, so the task must not start.
+                    // One that comes later waits for the GIL and then finds the call IDLE.
+                    live.state.store(IDLE, Ordering::Release);
+                    return Err(exc::TaskCancelled::new_err(
+                        "the task was stopped before it started",
+                    ));
+                }
                 let out = call.func.bind(py).call(args, Some(&kw));
                 // A later attempt (timed out meanwhile, retried on another thread) may own the
                 // record now: leave it alone. Either way, an interrupt aimed at this call must not
