@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use std::ffi::c_int;
 
+use rusqlite::config::DbConfig;
 use rusqlite::hooks::Wal;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
@@ -176,6 +177,14 @@ fn claim_sql(n: usize) -> String {
 
 static CLAIM_ANY: OnceLock<String> = OnceLock::new();
 static CLAIM_ONE: OnceLock<String> = OnceLock::new();
+
+#[cfg(test)]
+impl SqliteBackend {
+    /// This process's connection, to look at its statements.
+    pub(crate) fn conn_for_test(&mut self) -> &Connection {
+        self.conn().unwrap()
+    }
+}
 
 #[cfg(test)]
 pub(crate) fn claim_sql_for_test(n: usize) -> String {
@@ -371,6 +380,13 @@ impl SqliteBackend {
         }))
         .map_err(err)?;
         conn.set_prepared_statement_cache_capacity(64);
+        // Plans must not depend on bound values. Otherwise SQLite (built with STAT4) marks a
+        // statement such as the typed claim (`type = ?4` next to partial indexes) to be compiled
+        // again whenever a value is bound, which is at every call: a claim of one type cost
+        // 130 µs per task instead of 60. Every statement here names its statuses as literals,
+        // so the partial indexes are chosen without looking at values.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(err)?;
         // Only takes effect in a new, empty database (before the WAL switch below).
         conn.execute_batch(PAGE_SIZE).map_err(err)?;
         let mode: String = conn

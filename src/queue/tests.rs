@@ -933,6 +933,12 @@ fn claims_use_the_partial_indexes() {
     let path = dir.join("q.db");
     SqliteBackend::open(&path, Options::default()).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
+    // As the backend's connections are configured (plans never depend on bound values).
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .unwrap();
     let plan = |sql: &str, n: usize| -> String {
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let args: Vec<String> = (0..3 + n).map(|i| format!("v{i}")).collect();
@@ -946,12 +952,70 @@ fn claims_use_the_partial_indexes() {
     for n in [0, 1, 3, 20] {
         let p = plan(&sqlite::claim_sql_for_test(n), n);
         eprintln!("{n}: {p}");
+        // One probe per type of the by-type index, or a walk of the any-type index.
+        let by_type = matches!(n, 1 | 3);
         for step in p.split(" | ").filter(|s| s.contains("tm_queue_tasks")) {
-            assert!(
-                step.contains("INDEX tm_queue_ready") || step.contains("PRIMARY KEY"),
-                "{n}: {p}"
-            );
+            let ready = step.contains("INDEX tm_queue_ready")
+                && step.contains("tm_queue_ready_by_type") == by_type;
+            assert!(ready || step.contains("PRIMARY KEY"), "{n}: {p}");
         }
+    }
+}
+
+#[test]
+fn claims_and_completions_are_compiled_once() {
+    // SQLite (built with STAT4) would compile a statement again at each call if its plan could
+    // depend on a bound value: the typed claims did, next to the partial indexes (twice the cost
+    // of the claim). The backend's connections forbid that.
+    let dir = TempDir::new();
+    let path = dir.join("q.db");
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let tasks: Vec<NewTask> = (0..40).map(|i| task(["a", "b"][i % 2], "{}")).collect();
+    b.create(&tasks).unwrap();
+    let one = vec!["a".to_owned()];
+    let two = vec!["a".to_owned(), "b".to_owned()];
+    for i in 0..30 {
+        let types = match i % 3 {
+            0 => None,
+            1 => Some(one.as_slice()),
+            _ => Some(two.as_slice()),
+        };
+        let t = b.claim(&format!("w{i}"), types).unwrap().unwrap();
+        assert!(b
+            .complete(&t.id, &format!("w{i}"), None, Status::Completed, None)
+            .unwrap());
+    }
+    let conn = b.conn_for_test();
+    // Every statement the backend keeps prepared, claims, completions and the rest.
+    let mut again = Vec::new();
+    // SAFETY: walks this connection's statements on its own thread; none is finalized meanwhile.
+    unsafe {
+        let db = conn.handle();
+        let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+        while !stmt.is_null() {
+            let n = rusqlite::ffi::sqlite3_stmt_status(
+                stmt,
+                rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
+                0,
+            );
+            // Once is the schema being created after `BEGIN IMMEDIATE` was first prepared.
+            if n > 1 {
+                let sql = std::ffi::CStr::from_ptr(rusqlite::ffi::sqlite3_sql(stmt));
+                again.push((n, sql.to_string_lossy().into_owned()));
+            }
+            stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
+        }
+    }
+    assert!(again.is_empty(), "compiled again: {again:#?}");
+    for n in [0, 1, 2] {
+        let stmt = conn.prepare_cached(&sqlite::claim_sql_for_test(n)).unwrap();
+        let again = stmt.get_status(rusqlite::StatementStatus::RePrepare);
+        let runs = stmt.get_status(rusqlite::StatementStatus::Run);
+        assert_eq!((n, again), (n, 0), "claim of {n} types compiled again");
+        assert!(
+            runs >= 10,
+            "claim of {n} types not taken from the cache: {runs} runs"
+        );
     }
 }
 
