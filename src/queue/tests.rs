@@ -960,10 +960,18 @@ fn claims_use_the_partial_indexes() {
             assert!(ready || step.contains("PRIMARY KEY"), "{n}: {p}");
         }
     }
+    let children: String = conn
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT id FROM tm_queue_tasks WHERE parent_id = ?1 ORDER BY seq",
+            ["p"],
+            |r| r.get(3),
+        )
+        .unwrap();
+    assert!(children.contains("INDEX tm_queue_children"), "{children}");
 }
 
 #[test]
-fn claims_and_completions_are_compiled_once() {
+fn statements_are_compiled_once() {
     // SQLite (built with STAT4) would compile a statement again at each call if its plan could
     // depend on a bound value: the typed claims did, next to the partial indexes (twice the cost
     // of the claim). The backend's connections forbid that.
@@ -980,10 +988,37 @@ fn claims_and_completions_are_compiled_once() {
             1 => Some(one.as_slice()),
             _ => Some(two.as_slice()),
         };
-        let t = b.claim(&format!("w{i}"), types).unwrap().unwrap();
-        assert!(b
-            .complete(&t.id, &format!("w{i}"), None, Status::Completed, None)
-            .unwrap());
+        let w = format!("w{i}");
+        let t = b.claim(&w, types).unwrap().unwrap();
+        assert!(b.extend_lease(&t.id, &w, Some(t.attempt)).unwrap());
+        // The other statements, with values that change from call to call.
+        let mut child = task("c", "{}");
+        child.parent_id = Some(t.id.clone());
+        child.wait_for_parent = i % 2 == 0;
+        let child = create1(&mut b, child);
+        assert_eq!(b.children(&t.id).unwrap().len(), 1);
+        assert!(b.get(&child).unwrap().is_some());
+        let result = format!("{{\"i\":{i}}}");
+        let (result, status) = match i % 4 {
+            0 => (None, Status::Completed),
+            1 => (Some(result.as_bytes()), Status::Completed),
+            2 => (None, Status::Failed),
+            _ => {
+                assert!(b.release(&t.id, agent(&w)).unwrap());
+                let again = b.claim(&w, types).unwrap().unwrap();
+                assert_eq!(again.id, t.id);
+                (Some(result.as_bytes()), Status::Cancelled)
+            }
+        };
+        assert!(b.complete(&t.id, &w, None, status, result).unwrap());
+        b.cancel(&child).unwrap();
+        let filter = ListFilter {
+            status: Some(["pending", "completed"][i % 2].to_owned()),
+            task_type: Some(["a", "b", "c"][i % 3].to_owned()),
+            limit: Some(i + 1),
+        };
+        b.list(&filter).unwrap();
+        b.summary().unwrap();
     }
     let conn = b.conn_for_test();
     // Every statement the backend keeps prepared, claims, completions and the rest.
