@@ -20,12 +20,11 @@
 //! agent whose commit filled it: the checkpoint's `fsync`s no longer stall a claim.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::c_int;
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-use std::ffi::c_int;
 
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::Wal;
@@ -325,7 +324,7 @@ fn settle_waiters(
 impl Drop for SqliteBackend {
     /// A forked child that never used its parent's connection leaves it alone: closing it could
     /// touch the parent's locks, and its log hook owns the parent's checkpointer, whose thread
-    /// the child does not have (joining it would never return).
+    /// the child does not have (joining it fails, and the child aborts).
     fn drop(&mut self) {
         if std::process::id() == self.pid {
             // SAFETY: dropped once, here; the field is not used afterwards.
