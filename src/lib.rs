@@ -11,6 +11,7 @@ pub mod dag;
 pub mod engine;
 pub mod queue;
 pub mod retry;
+mod sqlite_fork;
 pub mod store;
 mod walvfs;
 

@@ -724,6 +724,48 @@ def test_children_forked_while_the_log_is_checkpointed_neither_hang_nor_lose_wor
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("manager", ["inherited", "new"])
+def test_a_parent_closing_its_queue_loses_nothing_a_forked_child_writes(
+    tmp_path: Path, manager: str
+) -> None:
+    # The child's connection sits on SQLite records inherited from the parent, which claim locks
+    # the child does not hold: the parent, closing what it took for the last connection, deleted
+    # the write-ahead log the child went on committing to (49 of 50 tasks were lost).
+    path = tmp_path / "q.db"
+    tm = TaskManager(path)
+    first = tm.create_task("t", {"by": "parent"})
+    connected_r, connected_w = os.pipe()
+    closed_r, closed_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            own = tm if manager == "inherited" else TaskManager(path)
+            ids = [own.create_task("t", {"by": "child", "i": 0})]
+            os.write(connected_w, b"x")
+            os.read(closed_r, 1)
+            ids += [own.create_task("t", {"by": "child", "i": i}) for i in range(1, 50)]
+            os.write(done_w, " ".join(ids).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(done_w)
+    assert os.read(connected_r, 1) == b"x"
+    del tm
+    gc.collect()
+    os.write(closed_w, b"x")
+    with os.fdopen(done_r) as f:
+        child_ids = f.read().split()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and len(child_ids) == 50
+    again = TaskManager(path)
+    assert again.get_status_summary()["total_tasks"] == 51
+    assert again.get_task(first)["data"] == {"by": "parent"}
+    assert [again.get_task(i)["data"]["i"] for i in child_ids] == list(range(50))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_opens_its_own_connection(tmp_path: Path, kind: str) -> None:
     tm = TaskManager(store(tmp_path, kind))
     parent_task = tm.create_task("t", {"by": "parent"})

@@ -356,6 +356,7 @@ impl SqliteBackend {
 
     fn connect(path: &Path, ctx: &Ctx) -> Result<Connection> {
         let err = |e| sqlite_err(path, ctx.lock_timeout, e);
+        crate::sqlite_fork::before_open(path);
         let mut conn = match crate::walvfs::name() {
             Some(vfs) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs),
             None => Connection::open(path),
