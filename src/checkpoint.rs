@@ -107,6 +107,7 @@ impl Checkpointer {
                 return false;
             };
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            crate::sqlite_fork::before_open(&path);
             let conn = match self.vfs {
                 Some(vfs) => Connection::open_with_flags_and_vfs(&path, flags, vfs),
                 None => Connection::open_with_flags(&path, flags),

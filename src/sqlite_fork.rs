@@ -9,7 +9,8 @@
 //! holds neither. The parent closing its last connection then finds nobody else and, as SQLite
 //! does for the last connection, checkpoints and deletes the write-ahead log, which the child
 //! goes on writing: every commit the child makes from then on is lost (measured: 49 of 50
-//! tasks created by the child were gone).
+//! tasks created by the child were gone, and 28 of 29 cached results). The agent queue, the
+//! store's connections and the checkpointer call [`before_open`].
 //!
 //! [`before_open`] makes the kernel's view match what the inherited records claim: in a forked
 //! child, before its first connection to a database, it takes those two shared locks itself, on

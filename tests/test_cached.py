@@ -590,3 +590,51 @@ def test_cli_ls_show_why_clear(store: Any, capsys: pytest.CaptureFixture[str]) -
     assert not any(p.exists() for p in paths)
     assert store.cache_entries() == []
     assert cli(["cache", "clear", "--older-than", "soon", *db]) == 2
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_parent_closing_its_store_loses_nothing_a_forked_child_records(
+    store: Any,
+) -> None:
+    # A forked child's new Store sits on SQLite records inherited from the parent, which claim
+    # locks the child does not hold: a parent closing its store must not take the database as
+    # its own (checkpoint and delete the log the child commits to).
+    double = store.task()(_double)
+    assert double(0) == 0
+    connected_r, connected_w = os.pipe()
+    closed_r, closed_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            own = fresh(store)
+            mine = own.task()(_double)
+            assert mine(1) == 2
+            os.write(connected_w, b"x")
+            os.read(closed_r, 1)
+            assert [mine(i) for i in range(2, 30)] == [2 * i for i in range(2, 30)]
+            own.close()
+            os.write(done_w, b"done")
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(done_w)
+    assert os.read(connected_r, 1) == b"x"
+    store.close()
+    os.write(closed_w, b"x")
+    with os.fdopen(done_r) as f:
+        assert f.read() == "done"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    again = fresh(store)
+    try:
+        looked = again.task()(_double)
+        missing = [i for i in range(30) if not looked.why(i)["hit"]]
+        assert missing == []
+    finally:
+        again.close()

@@ -82,6 +82,15 @@ pub(crate) struct SqlitePlace {
 }
 
 impl SqlitePlace {
+    /// Call before opening a connection: in a forked child, holds the locks SQLite's inherited
+    /// records claim (see [`crate::sqlite_fork`]). Memory databases and read-only URIs have
+    /// nothing a parent could delete under the child.
+    pub(crate) fn before_open(&self) {
+        if !self.memory && !self.read_only {
+            crate::sqlite_fork::before_open(&self.path);
+        }
+    }
+
     /// How readers (and the cached-call index) open this database.
     pub(crate) fn reader_flags(&self) -> OpenFlags {
         if self.read_only {

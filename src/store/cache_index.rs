@@ -330,6 +330,7 @@ impl SqliteCache {
 
     fn connect(&self) -> Result<Connection, StoreError> {
         let name = self.place.name.as_str();
+        self.place.before_open();
         let conn = Connection::open_with_flags(&self.place.path, self.place.reader_flags())
             .map_err(|e| open_error(name, e))?;
         conn.busy_timeout(BUSY_TIMEOUT)

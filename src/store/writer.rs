@@ -361,6 +361,7 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
     if place.memory {
         flags |= OpenFlags::SQLITE_OPEN_URI;
     }
+    place.before_open();
     let mut conn =
         Connection::open_with_flags(&place.path, flags).map_err(|e| open_error(name, e))?;
     let setup = |conn: &Connection| -> rusqlite::Result<()> {
