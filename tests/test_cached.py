@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _forking import TwoStepChild
 
 import tm
 import tm._cached
@@ -605,32 +606,21 @@ def test_a_parent_closing_its_store_loses_nothing_a_forked_child_records(
     # its own (checkpoint and delete the log the child commits to).
     double = store.task()(_double)
     assert double(0) == 0
-    connected_r, connected_w = os.pipe()
-    closed_r, closed_w = os.pipe()
-    done_r, done_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            own = fresh(store)
-            mine = own.task()(_double)
-            assert mine(1) == 2
-            os.write(connected_w, b"x")
-            os.read(closed_r, 1)
-            assert [mine(i) for i in range(2, 30)] == [2 * i for i in range(2, 30)]
-            own.close()
-            os.write(done_w, b"done")
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(done_w)
-    assert os.read(connected_r, 1) == b"x"
+    own: list[Any] = []
+
+    def connect() -> None:
+        own.append(fresh(store))
+        assert own[0].task()(_double)(1) == 2
+
+    def record_more() -> str:
+        mine = own[0].task()(_double)
+        assert [mine(i) for i in range(2, 30)] == [2 * i for i in range(2, 30)]
+        own[0].close()
+        return "done"
+
+    child = TwoStepChild(connect, record_more)
     store.close()
-    os.write(closed_w, b"x")
-    with os.fdopen(done_r) as f:
-        assert f.read() == "done"
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert child.go() == "done"
     again = fresh(store)
     try:
         looked = again.task()(_double)

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from _forking import TwoStepChild
 
 from tm.exceptions import TmError
 from tm.queue import CorruptStateError, QueueLockTimeout, TaskManager, TaskStatus, migrate
@@ -732,33 +733,24 @@ def test_a_parent_closing_its_queue_loses_nothing_a_forked_child_writes(
     # the child does not hold: the parent, closing what it took for the last connection, deleted
     # the write-ahead log the child went on committing to (49 of 50 tasks were lost).
     path = tmp_path / "q.db"
-    tm = TaskManager(path)
-    first = tm.create_task("t", {"by": "parent"})
-    connected_r, connected_w = os.pipe()
-    closed_r, closed_w = os.pipe()
-    done_r, done_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            own = tm if manager == "inherited" else TaskManager(path)
-            ids = [own.create_task("t", {"by": "child", "i": 0})]
-            os.write(connected_w, b"x")
-            os.read(closed_r, 1)
-            ids += [own.create_task("t", {"by": "child", "i": i}) for i in range(1, 50)]
-            os.write(done_w, " ".join(ids).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(done_w)
-    assert os.read(connected_r, 1) == b"x"
-    del tm
+    parent = [TaskManager(path)]
+    first = parent[0].create_task("t", {"by": "parent"})
+    own: list[TaskManager] = []
+    ids: list[str] = []
+
+    def connect() -> None:
+        own.append(parent[0] if manager == "inherited" else TaskManager(path))
+        ids.append(own[0].create_task("t", {"by": "child", "i": 0}))
+
+    def write_more() -> str:
+        ids.extend(own[0].create_task("t", {"by": "child", "i": i}) for i in range(1, 50))
+        return " ".join(ids)
+
+    child = TwoStepChild(connect, write_more)
+    parent.clear()  # the parent's last connection closes
     gc.collect()
-    os.write(closed_w, b"x")
-    with os.fdopen(done_r) as f:
-        child_ids = f.read().split()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0 and len(child_ids) == 50
+    child_ids = child.go().split()
+    assert len(child_ids) == 50
     again = TaskManager(path)
     assert again.get_status_summary()["total_tasks"] == 51
     assert again.get_task(first)["data"] == {"by": "parent"}
