@@ -10,10 +10,10 @@
 //!
 //! Fork safety: a child process forked while the thread is inside SQLite would inherit SQLite's
 //! process-wide mutexes (its allocator's, its file-lock table's) held by a thread it does not
-//! have, and hang on its first use of SQLite. Checkpoints therefore run under a process-wide
-//! gate that `fork` takes first (`pthread_atfork`): a fork waits for a running checkpoint to end,
-//! and no checkpoint starts until the fork is done. The child has no checkpointer thread; its
-//! owners start their own (the agent queue reconnects in a forked child).
+//! have, and hang on its first use of SQLite. Checkpoints therefore run under the process-wide
+//! gate that `fork` takes first ([`crate::fork_gate`]): a fork waits for a running checkpoint to
+//! end, and no checkpoint starts until the fork is done. The child has no checkpointer thread;
+//! its owners start their own (the agent queue reconnects in a forked child).
 
 use std::ffi::CStr;
 use std::path::PathBuf;
@@ -122,7 +122,7 @@ impl Checkpointer {
             let Ok(conn) = conn else {
                 return false;
             };
-            fork_gate::install();
+            crate::fork_gate::install();
             let mode = self.mode;
             let (tx, rx) = mpsc::sync_channel::<()>(1);
             let thread = std::thread::Builder::new()
@@ -145,7 +145,7 @@ fn serve(mut conn: Connection, mode: Mode, requests: &Receiver<()>) {
         Mode::Quiet => {
             background_priority();
             while requests.recv().is_ok() {
-                let _gate = fork_gate::Pass::enter();
+                let _gate = crate::fork_gate::Pass::enter();
                 checkpoint(&conn);
             }
         }
@@ -160,7 +160,7 @@ fn serve(mut conn: Connection, mode: Mode, requests: &Receiver<()>) {
             }));
             while requests.recv().is_ok() {
                 {
-                    let _gate = fork_gate::Pass::enter();
+                    let _gate = crate::fork_gate::Pass::enter();
                     catch_up(&conn);
                 }
                 // Requests made during that round were for the log it copied.
@@ -190,70 +190,6 @@ impl Drop for Checkpointer {
         if let Some((tx, thread)) = self.running.take() {
             drop(tx); // the thread serves what is queued, then ends
             let _ = thread.join();
-        }
-    }
-}
-
-/// The process-wide gate between checkpoints and `fork` (see the module documentation): a plain
-/// mutex, so checkpoints of several databases in one process take turns (each is bound by its
-/// `fsync`s anyway). A default-type mutex, because the child unlocks the copy its forking thread
-/// locked under another thread id, which only that type allows.
-#[cfg(unix)]
-mod fork_gate {
-    use std::cell::UnsafeCell;
-    use std::sync::Once;
-
-    struct Gate(UnsafeCell<libc::pthread_mutex_t>);
-    // SAFETY: the mutex is only used through pthread calls, which synchronise it.
-    unsafe impl Sync for Gate {}
-
-    static GATE: Gate = Gate(UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER));
-
-    extern "C" fn before_fork() {
-        // SAFETY: a statically initialised mutex, released by one of the two handlers below.
-        unsafe { libc::pthread_mutex_lock(GATE.0.get()) };
-    }
-
-    extern "C" fn after_fork() {
-        // SAFETY: locked by `before_fork` on the thread that forked (the child's only thread).
-        unsafe { libc::pthread_mutex_unlock(GATE.0.get()) };
-    }
-
-    /// Registers the fork handlers (once per process; a forked child inherits them).
-    pub(super) fn install() {
-        static ONCE: Once = Once::new();
-        // SAFETY: registers plain functions that only lock and unlock a static mutex.
-        ONCE.call_once(|| unsafe {
-            libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork));
-        });
-    }
-
-    /// Held while a checkpoint runs: a fork waits for it to end.
-    pub(super) struct Pass(());
-
-    impl Pass {
-        pub(super) fn enter() -> Pass {
-            // SAFETY: a statically initialised mutex, released in `drop` on this thread.
-            unsafe { libc::pthread_mutex_lock(GATE.0.get()) };
-            Pass(())
-        }
-    }
-
-    impl Drop for Pass {
-        fn drop(&mut self) {
-            // SAFETY: locked by `enter` on this thread.
-            unsafe { libc::pthread_mutex_unlock(GATE.0.get()) };
-        }
-    }
-}
-
-#[cfg(not(unix))]
-mod fork_gate {
-    pub(super) fn install() {}
-    pub(super) struct Pass(());
-    impl Pass {
-        pub(super) fn enter() -> Pass {
-            Pass(())
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod cron;
 pub mod dag;
 pub mod engine;
+mod fork_gate;
 pub mod queue;
 pub mod retry;
 mod sqlite_fork;

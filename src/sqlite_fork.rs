@@ -7,71 +7,78 @@
 //! parent had open believes it holds the two locks every connection keeps while it is open (a
 //! shared lock on the database file, and the shared-memory index's "dead man switch"), and
 //! holds neither. The parent closing its last connection then finds nobody else and, as SQLite
-//! does for the last connection, checkpoints and deletes the write-ahead log, which the child
-//! goes on writing: every commit the child makes from then on is lost (measured: 49 of 50
-//! tasks created by the child were gone, and 28 of 29 cached results). The agent queue, the
-//! store's connections and the checkpointer call [`before_open`].
+//! does for the last connection, checkpoints and deletes the write-ahead log and the index,
+//! which the child goes on using: measured, 49 of 50 tasks the child created afterwards were
+//! lost (28 of 29 cached results for the store), and when the parent closed before the child's
+//! first use and another connection wrote meanwhile, the two indexes split and 20 of 60 tasks
+//! were lost.
 //!
-//! [`before_open`] makes the kernel's view match what the inherited records claim: in a forked
-//! child, before its first connection to a database, it takes those two shared locks itself, on
-//! descriptors of its own that stay open until the process ends (closing any descriptor of a
-//! file drops all of the process's POSIX locks on it, SQLite's included). Shared locks held by
-//! one more process change nothing for the others; they only keep a closing parent from taking
-//! the database as its own. The byte ranges are SQLite's locking protocol, which every SQLite
-//! that shares a database must agree on, so they do not change between versions.
-//!
-//! Not covered: a parent that closes its last connection after the fork but before the child's
-//! first use of the database has already deleted the log by then; the child should open its
-//! databases before its parent closes them (or be started with `spawn`).
+//! The fix makes the kernel's view match what the inherited records claim: at the fork itself,
+//! in the child (a `pthread_atfork` handler, see [`crate::fork_gate`]), before any of its code
+//! runs, it takes those two shared locks for every database file this process (or an ancestor)
+//! opened through tm, on descriptors of its own that stay open until the process ends or execs
+//! (closing any descriptor of a file drops all of the process's POSIX locks on it, SQLite's
+//! included). Shared locks held by one more process change nothing for the others; they only
+//! keep a closing parent from taking the database as its own. The byte ranges are SQLite's
+//! locking protocol, which every SQLite that shares a database must agree on, so they do not
+//! change between versions. What is left is the moment between the `fork` system call and that
+//! handler, while the parent runs on: a parent that closes its last connection in those
+//! microseconds can still delete the log under the child.
 
-use std::collections::HashSet;
+use std::cell::UnsafeCell;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock, PoisonError};
 
-/// The process that first opened a connection through [`before_open`]: any other process is a
-/// forked child (or grandchild) of it, and may have inherited SQLite's records.
-static FIRST_PID: OnceLock<u32> = OnceLock::new();
+/// The database files this process, or a process it was forked from, opened a connection to.
+/// Only touched holding a [`crate::fork_gate::Pass`], or in the child's fork handler (which
+/// runs holding the gate).
+struct Opened(UnsafeCell<Vec<PathBuf>>);
+// SAFETY: see the comment above: every access holds the fork gate.
+unsafe impl Sync for Opened {}
 
-/// The databases this process holds the locks for, and the process they were taken in.
-static HELD: Mutex<Option<(u32, HashSet<PathBuf>)>> = Mutex::new(None);
+static OPENED: Opened = Opened(UnsafeCell::new(Vec::new()));
 
 /// SQLite's shared lock on a database file: `SHARED_SIZE` bytes from `PENDING_BYTE + 2`.
+#[cfg(unix)]
 const SHARED_FIRST: i64 = 0x4000_0000 + 2;
+#[cfg(unix)]
 const SHARED_SIZE: i64 = 510;
 /// The shared-memory index's dead man switch: the byte after its eight lock bytes at 120.
+#[cfg(unix)]
 const SHM_DMS: i64 = 120 + 8;
 
-/// Call before opening a connection to the database file at `db` (see the module documentation).
+/// Call before opening a connection to the database file at `db`: a child forked later takes
+/// its locks (see the module documentation).
 pub(crate) fn before_open(db: &Path) {
-    let pid = std::process::id();
-    if *FIRST_PID.get_or_init(|| pid) == pid {
-        return;
+    crate::fork_gate::install();
+    let _gate = crate::fork_gate::Pass::enter();
+    // SAFETY: the gate is held.
+    let opened = unsafe { &mut *OPENED.0.get() };
+    if !opened.iter().any(|p| p == db) {
+        opened.push(db.to_owned());
     }
-    let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
-    if held.as_ref().is_none_or(|(p, _)| *p != pid) {
-        *held = Some((pid, HashSet::new()));
-    }
-    let Some((_, paths)) = held.as_mut() else {
-        return;
-    };
-    if paths.contains(db) {
-        return;
-    }
-    #[cfg(unix)]
-    {
-        let mut shm = db.as_os_str().to_owned();
-        shm.push("-shm");
-        // Best effort: a file that is not there yet (no parent had it open) needs no lock.
-        if hold_shared(db, SHARED_FIRST, SHARED_SIZE) {
-            hold_shared(Path::new(&shm), SHM_DMS, 1);
-        }
-    }
-    paths.insert(db.to_owned());
 }
 
-/// Takes a shared POSIX lock on `len` bytes of `path` from `start`, waiting for an exclusive
-/// holder (SQLite's last connection closing) to finish, on a descriptor that is never closed
-/// (not even when the lock fails: closing it would drop this process's locks on the file).
+/// The child's fork handler: takes the locks its inherited records claim. Runs with the fork
+/// gate held, as the child's only thread.
+pub(crate) fn after_fork_in_child() {
+    #[cfg(unix)]
+    {
+        // SAFETY: the gate is held (see above).
+        let opened = unsafe { &*OPENED.0.get() };
+        for db in opened {
+            let mut shm = db.as_os_str().to_owned();
+            shm.push("-shm");
+            // A file that is gone (or was never more than a name) has no lock to keep.
+            if hold_shared(db, SHARED_FIRST, SHARED_SIZE) {
+                hold_shared(Path::new(&shm), SHM_DMS, 1);
+            }
+        }
+    }
+}
+
+/// Takes a shared POSIX lock on `len` bytes of `path` from `start` on a descriptor that is never
+/// closed (not even when the lock fails: closing it would drop this process's locks on the
+/// file). An exclusive holder (SQLite's last connection closing) is waited for, up to 2 s.
 #[cfg(unix)]
 fn hold_shared(path: &Path, start: i64, len: i64) -> bool {
     use std::os::unix::io::IntoRawFd;
@@ -86,15 +93,12 @@ fn hold_shared(path: &Path, start: i64, len: i64) -> bool {
     lock.l_whence = libc::SEEK_SET as libc::c_short;
     lock.l_start = start as libc::off_t;
     lock.l_len = len as libc::off_t;
-    loop {
+    for _ in 0..2000 {
         // SAFETY: fcntl on a descriptor this function owns, with a valid flock.
-        let rc = unsafe { libc::fcntl(fd, libc::F_SETLKW, &lock) };
-        if rc == 0 {
+        if unsafe { libc::fcntl(fd, libc::F_SETLK, &lock) } == 0 {
             return true;
         }
-        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            // Left open: closing it would drop every POSIX lock this process has on the file.
-            return false;
-        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    false
 }

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from _forking import TwoStepChild
+from _forking import SteppedChild
 
 from tm.exceptions import TmError
 from tm.queue import CorruptStateError, QueueLockTimeout, TaskManager, TaskStatus, migrate
@@ -738,23 +738,57 @@ def test_a_parent_closing_its_queue_loses_nothing_a_forked_child_writes(
     own: list[TaskManager] = []
     ids: list[str] = []
 
-    def connect() -> None:
+    def connect() -> str:
         own.append(parent[0] if manager == "inherited" else TaskManager(path))
         ids.append(own[0].create_task("t", {"by": "child", "i": 0}))
+        return ""
 
     def write_more() -> str:
         ids.extend(own[0].create_task("t", {"by": "child", "i": i}) for i in range(1, 50))
         return " ".join(ids)
 
-    child = TwoStepChild(connect, write_more)
+    child = SteppedChild(connect, write_more)
     parent.clear()  # the parent's last connection closes
     gc.collect()
-    child_ids = child.go().split()
+    child_ids = child.next().split()
     assert len(child_ids) == 50
     again = TaskManager(path)
     assert again.get_status_summary()["total_tasks"] == 51
     assert again.get_task(first)["data"] == {"by": "parent"}
     assert [again.get_task(i)["data"]["i"] for i in child_ids] == list(range(50))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_parent_closing_before_a_forked_child_connects_splits_nothing(tmp_path: Path) -> None:
+    # The parent closes between the fork and the child's first use, then another connection
+    # writes while the child does: with the log and index deleted under the child's inherited
+    # records, the two sides kept separate indexes and overwrote each other's commits.
+    path = tmp_path / "q.db"
+    parent = [TaskManager(path)]
+    first = parent[0].create_task("t", {"by": "parent"})
+    own: list[TaskManager] = []
+
+    def write(start: int) -> str:
+        if not own:
+            own.append(TaskManager(path))
+        ids = [own[0].create_task("t", {"by": "child", "i": i}) for i in range(start, start + 20)]
+        return " ".join(ids)
+
+    child = SteppedChild(lambda: "forked", lambda: write(0), lambda: write(20))
+    assert child.first == "forked"
+    parent.clear()  # the parent's last connection closes
+    gc.collect()
+    child_ids = child.next().split()
+    other = TaskManager(path)
+    other_ids = [other.create_task("t", {"by": "other", "i": i}) for i in range(20)]
+    child_ids += child.next().split()
+    del other
+    gc.collect()
+    again = TaskManager(path)
+    assert again.get_status_summary()["total_tasks"] == 61
+    assert again.get_task(first)["data"] == {"by": "parent"}
+    assert [again.get_task(i)["data"]["i"] for i in child_ids] == list(range(40))
+    assert [again.get_task(i)["data"]["by"] for i in other_ids] == ["other"] * 20
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
