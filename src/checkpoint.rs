@@ -107,6 +107,7 @@ impl Checkpointer {
                 return false;
             };
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            // Also installs the fork gate the thread's checkpoints hold.
             crate::sqlite_fork::before_open(&path);
             let conn = match self.vfs {
                 Some(vfs) => Connection::open_with_flags_and_vfs(&path, flags, vfs),
@@ -122,7 +123,6 @@ impl Checkpointer {
             let Ok(conn) = conn else {
                 return false;
             };
-            crate::fork_gate::install();
             let mode = self.mode;
             let (tx, rx) = mpsc::sync_channel::<()>(1);
             let thread = std::thread::Builder::new()
