@@ -8,8 +8,10 @@
 //! - `tm_queue_leases (lease_us) WHERE status = 'in_progress'`: finding expired leases is a probe;
 //! - `tm_queue_children (parent_id) WHERE parent_id IS NOT NULL`.
 //!
-//! A claim is a single `UPDATE ... WHERE seq = (SELECT ... LIMIT 1) RETURNING ...`: the statement
-//! takes the write lock before it reads, so two processes can never pick the same row. A task that
+//! A claim reads the row `SELECT ... WHERE seq = (SELECT seq ... LIMIT 1)` picks and updates it by
+//! `seq`, in one `BEGIN IMMEDIATE` transaction: the write lock is taken before the read, so two
+//! processes can never pick the same row. (Not one `UPDATE ... RETURNING`: SQLite collects
+//! returned rows in a temporary table it creates and drops in every call.) A task that
 //! waits for its parent is `blocked` until the parent completes; the parent's `waiters` flag says
 //! whether a completion must look for such children, so the common completion is one UPDATE.
 //!
@@ -133,14 +135,15 @@ fn row_task(r: &Row<'_>) -> rusqlite::Result<Task> {
     })
 }
 
-/// The claim statement for `n` types (0: any type).
+/// The claim's read for `n` types (0: any type, else `?1..?n`): the oldest claimable row's
+/// [`COLS`], then its `seq`. Runs inside the claim's write transaction, before [`CLAIM_ROW`].
 fn claim_sql(n: usize) -> String {
     let pick = if n == 0 {
         "SELECT seq FROM tm_queue_tasks WHERE status = 'pending' AND blocked = 0 \
          ORDER BY priority DESC, seq LIMIT 1"
             .to_owned()
     } else if n == 1 {
-        "SELECT seq FROM tm_queue_tasks WHERE status = 'pending' AND blocked = 0 AND type = ?4 \
+        "SELECT seq FROM tm_queue_tasks WHERE status = 'pending' AND blocked = 0 AND type = ?1 \
          ORDER BY priority DESC, seq LIMIT 1"
             .to_owned()
     } else if n <= MAX_UNION_TYPES {
@@ -150,7 +153,7 @@ fn claim_sql(n: usize) -> String {
                     "SELECT * FROM (SELECT seq, priority FROM tm_queue_tasks \
                      WHERE status = 'pending' AND blocked = 0 AND type = ?{} \
                      ORDER BY priority DESC, seq LIMIT 1)",
-                    i + 4
+                    i + 1
                 )
             })
             .collect();
@@ -159,7 +162,7 @@ fn claim_sql(n: usize) -> String {
             arms.join(" UNION ALL ")
         )
     } else {
-        let marks: Vec<String> = (0..n).map(|i| format!("?{}", i + 4)).collect();
+        let marks: Vec<String> = (0..n).map(|i| format!("?{}", i + 1)).collect();
         format!(
             "SELECT seq FROM tm_queue_tasks INDEXED BY tm_queue_ready \
              WHERE status = 'pending' AND blocked = 0 AND type IN ({}) \
@@ -167,12 +170,13 @@ fn claim_sql(n: usize) -> String {
             marks.join(", ")
         )
     };
-    format!(
-        "UPDATE tm_queue_tasks SET status = 'in_progress', locked_by = ?1, locked_at = ?2, \
-         lease_us = ?3, updated_us = ?3, attempt = attempt + 1 \
-         WHERE seq = ({pick}) RETURNING {COLS}"
-    )
+    format!("SELECT {COLS}, seq FROM tm_queue_tasks WHERE seq = ({pick})")
 }
+
+/// Takes the row [`claim_sql`] picked (inside the same transaction).
+const CLAIM_ROW: &str = "UPDATE tm_queue_tasks SET status = 'in_progress', locked_by = ?1, \
+                         locked_at = ?2, lease_us = ?3, updated_us = ?3, attempt = attempt + 1 \
+                         WHERE seq = ?4";
 
 static CLAIM_ANY: OnceLock<String> = OnceLock::new();
 static CLAIM_ONE: OnceLock<String> = OnceLock::new();
@@ -543,12 +547,22 @@ impl SqliteBackend {
             1 => c.prepare_cached(CLAIM_ONE.get_or_init(|| claim_sql(1)))?,
             n => c.prepare_cached(&claim_sql(n))?,
         };
+        let picked = stmt
+            .query_row(rusqlite::params_from_iter(types), |r| {
+                Ok((row_task(r)?, r.get::<_, i64>(14)?))
+            })
+            .optional()?;
+        let Some((mut task, seq)) = picked else {
+            return Ok(None);
+        };
         let now_iso = ctx.iso(now);
-        let mut args: Vec<&dyn rusqlite::ToSql> = vec![&agent, &now_iso, &now];
-        for t in types {
-            args.push(t);
-        }
-        stmt.query_row(args.as_slice(), row_task).optional()
+        c.prepare_cached(CLAIM_ROW)?
+            .execute(params![agent, now_iso, now, seq])?;
+        task.status = Status::InProgress.as_str().to_owned();
+        task.locked_by = Some(agent.to_owned());
+        task.locked_at = Some(now_iso);
+        task.attempt = task.attempt.saturating_add(1);
+        Ok(Some(task))
     }
 
     /// Whether a lease may have expired at `now` (then a claim sweeps first). The earliest lease
@@ -742,7 +756,7 @@ impl Backend for SqliteBackend {
                 Ok(Self::claim_in(c, ctx, now, agent, &types)?)
             })
         } else {
-            self.run(|c, ctx| Self::claim_in(c, ctx, now, agent, &types))
+            self.tx(|c, ctx| Ok(Self::claim_in(c, ctx, now, agent, &types)?))
         }
     }
 
