@@ -960,6 +960,10 @@ fn claims_use_the_partial_indexes() {
             assert!(ready || step.contains("PRIMARY KEY"), "{n}: {p}");
         }
     }
+    let [by_id, by_row] = sqlite::COMPLETE_SQL_FOR_TEST;
+    assert!(plan(by_id, 6).contains("INDEX sqlite_autoindex_tm_queue_tasks"));
+    let p = plan(by_row, 7);
+    assert!(p.contains("INTEGER PRIMARY KEY"), "{p}");
     let children: String = conn
         .query_row(
             "EXPLAIN QUERY PLAN SELECT id FROM tm_queue_tasks WHERE parent_id = ?1 ORDER BY seq",
@@ -1052,6 +1056,59 @@ fn statements_are_compiled_once() {
             "claim of {n} types not taken from the cache: {runs} runs"
         );
     }
+}
+
+#[test]
+fn a_completion_finds_the_row_its_process_claimed() {
+    let dir = TempDir::new();
+    let path = dir.join("q.db");
+    let mut a = SqliteBackend::open(&path, Options::default()).unwrap();
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let tasks: Vec<NewTask> = (0..8)
+        .map(|i| task("job", &format!("{{\"n\":{i}}}")))
+        .collect();
+    let ids = a.create(&tasks).unwrap();
+    let runs = |b: &mut SqliteBackend| -> Vec<i32> {
+        let conn = b.conn_for_test();
+        sqlite::COMPLETE_SQL_FOR_TEST
+            .iter()
+            .map(|sql| {
+                let stmt = conn.prepare_cached(sql).unwrap();
+                stmt.get_status(rusqlite::StatementStatus::Run)
+            })
+            .collect()
+    };
+    // Claimed and completed by one backend: by row. Claimed by `a`, completed by `b` (another
+    // process's completion, as the agent may hand its id on): by id. Released and claimed again
+    // by `b`: `a`'s note is stale and its completion is refused all the same.
+    for _ in 0..3 {
+        let t = a.claim("w", None).unwrap().unwrap();
+        assert!(a
+            .complete(&t.id, "w", None, Status::Completed, None)
+            .unwrap());
+    }
+    let t = a.claim("w", None).unwrap().unwrap();
+    assert!(b.complete(&t.id, "w", None, Status::Failed, None).unwrap());
+    let t = a.claim("w", None).unwrap().unwrap();
+    assert!(a.release(&t.id, agent("w")).unwrap());
+    let again = b.claim("v", None).unwrap().unwrap();
+    assert_eq!(again.id, t.id);
+    assert!(!a
+        .complete(&t.id, "w", None, Status::Completed, None)
+        .unwrap());
+    assert!(b
+        .complete(&t.id, "v", None, Status::Completed, None)
+        .unwrap());
+    assert_eq!(runs(&mut a), vec![0, 4]);
+    assert_eq!(runs(&mut b), vec![1, 1]);
+    let done: Vec<String> = ids[..5]
+        .iter()
+        .map(|id| a.get(id).unwrap().unwrap().status)
+        .collect();
+    assert_eq!(
+        done,
+        ["completed", "completed", "completed", "failed", "completed"]
+    );
 }
 
 #[test]
