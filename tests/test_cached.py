@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import threading
 import time
 from datetime import timedelta
@@ -627,5 +628,52 @@ def test_a_parent_closing_its_store_loses_nothing_a_forked_child_records(
         looked = again.task()(_double)
         missing = [i for i in range(30) if not looked.why(i)["hit"]]
         assert missing == []
+    finally:
+        again.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_store_a_forked_child_inherits_records_what_the_child_does(store: Any) -> None:
+    # multiprocessing forks its workers on Linux: they inherit the parent's Store, with the
+    # writer's queue but not its thread, and the parent's connections. The child writes through
+    # a writer of its own and reads on connections of its own; closing the store there (which
+    # had failed with a Rust panic) leaves the parent's store working.
+    double = store.task()(_double)
+    assert double(0) == 0
+
+    @tm.task
+    def triple(x: int) -> int:
+        return 3 * x
+
+    g = tm.Graph("forked")
+    g.add(triple)
+
+    def work() -> str:
+        signal.alarm(120)  # a watchdog: a child stuck on the parent's writer dies, and fails
+        got = [double(i) for i in range(1, 10)]
+        with tm.Executor(store=store) as ex:
+            run = ex.run(g, args=(7,))
+            assert run.result() == 21
+        store.flush()
+        seen = store.run(run.run_id)
+        return f"{' '.join(map(str, got))} {run.run_id} {seen['state'] if seen else None}"
+
+    def close() -> str:
+        store.close()
+        return "closed"
+
+    child = SteppedChild(work, close)
+    *got, run_id, state = child.first.split(" ")
+    assert got == [str(2 * i) for i in range(1, 10)]
+    assert state == "completed"
+    assert double(20) == 40
+    assert child.next() == "closed"
+    assert double(21) == 42
+    store.flush()
+    again = fresh(store)
+    try:
+        looked = again.task()(_double)
+        assert [i for i in [*range(10), 20, 21] if not looked.why(i)["hit"]] == []
+        assert (again.run(run_id) or {}).get("state") == "completed"
     finally:
         again.close()

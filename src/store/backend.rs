@@ -1,11 +1,15 @@
 //! The boundary between [`Store`](super::Store) and a database engine. `Store` talks only to
 //! [`Backend`]: SQLite here, PostgreSQL in [`super::pg`].
 
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rusqlite::OpenFlags;
+
+use crate::fork_gate::{self, ForkLocal};
 
 use super::cache_index::{CacheBackend, SqliteCache};
 use super::error::StoreError;
@@ -207,23 +211,51 @@ fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
 }
 
 /// The embedded SQLite backend: one writer thread and a pool of read connections.
+///
+/// A process forked from the one that opened it (`multiprocessing`'s default on Linux) inherits
+/// the writer's queue but not its thread, and the parent's connections: such a child starts a
+/// writer of its own at its first write and opens its own read connections, and never closes,
+/// joins or flushes the parent's.
 struct Sqlite {
     place: Arc<SqlitePlace>,
-    /// None when opened read-only.
-    writer: Option<Writer>,
+    /// The opening process's writer; None when opened read-only. Dropped only by that process.
+    writer: Option<ManuallyDrop<Writer>>,
+    /// [`fork_gate::generation`] of the opening process.
+    born: u64,
+    /// A forked child's own writer, started at its first write.
+    child_writer: Mutex<ForkLocal<Option<Arc<Writer>>>>,
     readers: Readers,
     cache: SqliteCache,
+}
+
+/// The writer of the process at hand (see [`Sqlite`]).
+enum WriterRef<'a> {
+    Own(&'a Writer),
+    Child(Arc<Writer>),
+}
+
+impl Deref for WriterRef<'_> {
+    type Target = Writer;
+    fn deref(&self) -> &Writer {
+        match self {
+            WriterRef::Own(w) => w,
+            WriterRef::Child(w) => w,
+        }
+    }
 }
 
 impl Sqlite {
     fn open(target: SqliteTarget) -> Result<Sqlite, StoreError> {
         let place = Arc::new(SqlitePlace::resolve(target)?);
+        fork_gate::install();
         let writer = Writer::start(&place)?;
         let readers = Readers::new(place.clone());
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
-            writer: Some(writer),
+            writer: Some(ManuallyDrop::new(writer)),
+            born: fork_gate::generation(),
+            child_writer: Mutex::new(ForkLocal::new(None)),
             readers,
             cache,
         })
@@ -245,15 +277,60 @@ impl Sqlite {
         Ok(Sqlite {
             place,
             writer: None,
+            born: fork_gate::generation(),
+            child_writer: Mutex::new(ForkLocal::new(None)),
             readers,
             cache,
         })
     }
 
-    fn writer(&self) -> Result<&Writer, StoreError> {
-        self.writer.as_ref().ok_or_else(|| StoreError::ReadOnly {
+    fn is_opener(&self) -> bool {
+        fork_gate::generation() == self.born
+    }
+
+    /// This process's writer, started now in a forked child that has none yet.
+    fn writer(&self) -> Result<WriterRef<'_>, StoreError> {
+        let own = self.writer.as_deref().ok_or_else(|| StoreError::ReadOnly {
             path: self.place.name.clone(),
-        })
+        })?;
+        if self.is_opener() {
+            return Ok(WriterRef::Own(own));
+        }
+        let mut slot = self
+            .child_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let slot = slot.get();
+        if let Some(w) = slot {
+            return Ok(WriterRef::Child(w.clone()));
+        }
+        let w = Arc::new(Writer::start(&self.place)?);
+        *slot = Some(w.clone());
+        Ok(WriterRef::Child(w))
+    }
+
+    /// This process's writer if it has one (a forked child that never wrote has none).
+    fn current_writer(&self) -> Option<WriterRef<'_>> {
+        let own = self.writer.as_deref()?;
+        if self.is_opener() {
+            return Some(WriterRef::Own(own));
+        }
+        let mut slot = self
+            .child_writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slot.get().clone().map(WriterRef::Child)
+    }
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.as_mut() {
+            if fork_gate::generation() == self.born {
+                // SAFETY: dropped once, here, and never used again.
+                unsafe { ManuallyDrop::drop(w) };
+            }
+        }
     }
 }
 
@@ -265,17 +342,17 @@ impl Backend for Sqlite {
         self.writer()?.submit(w)
     }
     fn flush(&self) -> Result<(), StoreError> {
-        // Nothing is ever queued in a read-only store.
-        self.writer.as_ref().map_or(Ok(()), Writer::flush)
+        // Nothing is ever queued in a read-only store, or by a child that never wrote.
+        self.current_writer().map_or(Ok(()), |w| w.flush())
     }
     fn close(&self) -> Result<(), StoreError> {
         // Readers first, so the writer's connection is the last one and checkpoints the WAL.
         self.readers.close();
         self.cache.close();
-        self.writer.as_ref().map_or(Ok(()), Writer::close)
+        self.current_writer().map_or(Ok(()), |w| w.close())
     }
     fn last_error(&self) -> Option<StoreError> {
-        self.writer.as_ref().and_then(Writer::last_error)
+        self.current_writer().and_then(|w| w.last_error())
     }
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         self.readers.list_runs(filter)

@@ -16,6 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
 use super::writer::BUSY_TIMEOUT;
+use crate::fork_gate::ForkLocal;
 
 /// The immutable facts of one call: what the key was computed from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -220,7 +221,8 @@ impl FireClaim {
 /// The SQLite cache index: one connection, opened on first use.
 pub(crate) struct SqliteCache {
     place: Arc<SqlitePlace>,
-    conn: Mutex<Option<Connection>>,
+    /// This process's connection (a forked child opens its own).
+    conn: Mutex<ForkLocal<Option<Connection>>>,
     closed: AtomicBool,
 }
 
@@ -317,7 +319,7 @@ impl SqliteCache {
     pub(crate) fn new(place: Arc<SqlitePlace>) -> SqliteCache {
         SqliteCache {
             place,
-            conn: Mutex::new(None),
+            conn: Mutex::new(ForkLocal::new(None)),
             closed: AtomicBool::new(false),
         }
     }
@@ -325,7 +327,11 @@ impl SqliteCache {
     /// Drops the connection; later verbs fail with [`StoreError::Closed`].
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        *self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get() = None;
     }
 
     fn connect(&self) -> Result<Connection, StoreError> {
@@ -350,10 +356,11 @@ impl SqliteCache {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
-        if guard.is_none() {
-            *guard = Some(self.connect()?);
+        let slot = guard.get();
+        if slot.is_none() {
+            *slot = Some(self.connect()?);
         }
-        let conn = guard.as_mut().ok_or(StoreError::Closed)?;
+        let conn = slot.as_mut().ok_or(StoreError::Closed)?;
         f(conn).map_err(|e| StoreError::Query {
             path: self.place.name.clone(),
             source: Arc::new(e),

@@ -15,6 +15,7 @@ use super::model::{
     TaskFact, TaskRef, TaskRow, UNFINISHED_RUN_STATES,
 };
 use super::writer::BUSY_TIMEOUT;
+use crate::fork_gate::ForkLocal;
 
 /// Idle connections kept for reuse; more may exist while many threads read at once.
 const POOL_SIZE: usize = 4;
@@ -22,7 +23,8 @@ const POOL_SIZE: usize = 4;
 /// The read side of one SQLite store.
 pub(crate) struct Readers {
     place: Arc<SqlitePlace>,
-    pool: Mutex<Vec<Connection>>,
+    /// Idle connections of this process (a forked child opens its own).
+    pool: Mutex<ForkLocal<Vec<Connection>>>,
     closed: AtomicBool,
 }
 
@@ -96,7 +98,7 @@ impl Readers {
     pub(crate) fn new(place: Arc<SqlitePlace>) -> Readers {
         Readers {
             place,
-            pool: Mutex::new(Vec::new()),
+            pool: Mutex::new(ForkLocal::new(Vec::new())),
             closed: AtomicBool::new(false),
         }
     }
@@ -129,6 +131,7 @@ impl Readers {
         self.pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .get()
             .clear();
     }
 
@@ -156,6 +159,7 @@ impl Readers {
             .pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .get()
             .pop();
         let mut conn = match pooled {
             Some(c) => c,
@@ -179,6 +183,7 @@ impl Readers {
         };
         if !self.closed.load(Ordering::SeqCst) {
             let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            let pool = pool.get();
             if pool.len() < POOL_SIZE {
                 pool.push(conn);
             }
