@@ -288,38 +288,37 @@ impl Sqlite {
         fork_gate::generation() == self.born
     }
 
-    /// This process's writer, started now in a forked child that has none yet.
-    fn writer(&self) -> Result<WriterRef<'_>, StoreError> {
-        let own = self.writer.as_deref().ok_or_else(|| StoreError::ReadOnly {
-            path: self.place.name.clone(),
-        })?;
+    /// This process's writer (None when read-only). A forked child has none until its first
+    /// write, which starts one (`start`).
+    fn process_writer(&self, start: bool) -> Result<Option<WriterRef<'_>>, StoreError> {
+        let Some(own) = self.writer.as_deref() else {
+            return Ok(None);
+        };
         if self.is_opener() {
-            return Ok(WriterRef::Own(own));
+            return Ok(Some(WriterRef::Own(own)));
         }
-        let mut slot = self
+        let mut guard = self
             .child_writer
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let slot = slot.get();
-        if let Some(w) = slot {
-            return Ok(WriterRef::Child(w.clone()));
+        let slot = guard.get();
+        if slot.is_none() && start {
+            *slot = Some(Arc::new(Writer::start(&self.place)?));
         }
-        let w = Arc::new(Writer::start(&self.place)?);
-        *slot = Some(w.clone());
-        Ok(WriterRef::Child(w))
+        Ok(slot.clone().map(WriterRef::Child))
     }
 
-    /// This process's writer if it has one (a forked child that never wrote has none).
+    /// The writer to write through.
+    fn writer(&self) -> Result<WriterRef<'_>, StoreError> {
+        self.process_writer(true)?
+            .ok_or_else(|| StoreError::ReadOnly {
+                path: self.place.name.clone(),
+            })
+    }
+
+    /// The writer that may hold writes of this process (flush, close, last error).
     fn current_writer(&self) -> Option<WriterRef<'_>> {
-        let own = self.writer.as_deref()?;
-        if self.is_opener() {
-            return Some(WriterRef::Own(own));
-        }
-        let mut slot = self
-            .child_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        slot.get().clone().map(WriterRef::Child)
+        self.process_writer(false).ok().flatten()
     }
 }
 
