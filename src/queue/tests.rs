@@ -1341,3 +1341,28 @@ proptest! {
         prop_assert_eq!(rendered, json::render_doc_for_test(&new));
     }
 }
+
+/// `.cargo/config.toml` builds the bundled SQLite with options that save work on every call
+/// (see the comments there); a build that lost them would be slower without failing anything.
+#[test]
+fn the_bundled_sqlite_is_built_with_the_chosen_options() {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
+    let options: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    for wanted in [
+        "DEFAULT_MEMSTATUS=0",
+        "OMIT_SHARED_CACHE",
+        "MAX_EXPR_DEPTH=0",
+        "USE_ALLOCA",
+        "ENABLE_API_ARMOR",
+    ] {
+        assert!(
+            options.iter().any(|o| o == wanted),
+            "{wanted} not in {options:?}"
+        );
+    }
+}
