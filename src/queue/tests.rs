@@ -1130,19 +1130,34 @@ fn sqlite_lock_timeout_is_a_lock_timeout() {
 
 #[test]
 fn the_log_is_copied_back_and_starts_over_while_an_agent_keeps_committing() {
+    log_starts_over_with_agents(1);
+}
+
+#[test]
+fn the_log_starts_over_while_agents_with_checkpointers_of_their_own_take_turns() {
+    // Each agent's commits ask its own checkpointer, and only again after the log grew by
+    // another `ASK_AGAIN_PAGES`: the asks of one must not leave the log to grow because another
+    // agent's checkpointer was at work when it asked.
+    log_starts_over_with_agents(4);
+}
+
+fn log_starts_over_with_agents(agents: usize) {
     // Checkpoints run on the checkpointer's thread while the agent goes on committing. Without
     // its final full checkpoint (or with no checkpoint at all) the log would never be copied
     // back whole, so it would never start over: these 12,000 commits append 40 MB of frames.
     let dir = TempDir::new();
     let path = dir.join("log.db");
-    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let mut backends: Vec<SqliteBackend> = (0..agents)
+        .map(|_| SqliteBackend::open(&path, Options::default()).unwrap())
+        .collect();
     let tasks: Vec<NewTask> = (0..6000)
         .map(|i| task("job", &format!("{{\"n\":{i}}}")))
         .collect();
-    b.create(&tasks).unwrap();
+    backends[0].create(&tasks).unwrap();
     let wal = PathBuf::from(format!("{}-wal", path.display()));
     let mut largest = 0;
-    for _ in 0..tasks.len() {
+    for i in 0..tasks.len() {
+        let b = &mut backends[i % agents];
         let t = b.claim("w", None).unwrap().unwrap();
         assert!(b
             .complete(&t.id, "w", None, Status::Completed, None)
@@ -1161,7 +1176,7 @@ fn the_log_is_copied_back_and_starts_over_while_an_agent_keeps_committing() {
         "nothing was copied back: {db_bytes} bytes"
     );
     assert_eq!(
-        b.summary().unwrap().status_counts,
+        backends[0].summary().unwrap().status_counts,
         vec![("completed".to_owned(), 6000)]
     );
 }
