@@ -19,7 +19,10 @@
 //! `lock_timeout`, then reports [`QueueError::LockTimeout`].
 //!
 //! The log is checkpointed on a thread of the process (see [`crate::checkpoint`]), not by the
-//! agent whose commit filled it: the checkpoint's `fsync`s no longer stall a claim.
+//! agent whose commit filled it: the checkpoint's `fsync`s no longer stall a claim. A process
+//! asks its thread once the log passes [`CHECKPOINT_PAGES`], then again only every
+//! [`ASK_AGAIN_PAGES`] more (with many agents, one process's checkpointer does the work and the
+//! others' asks would only wake threads to find it busy).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
