@@ -1381,3 +1381,97 @@ fn the_bundled_sqlite_is_built_with_the_chosen_options() {
         );
     }
 }
+
+/// Leaf pages of the task table, and the bytes of `room` its rows hold, by status.
+fn task_pages(path: &Path) -> (i64, Vec<(String, Option<i64>)>) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let pages = c
+        .query_row(
+            "SELECT count(*) FROM dbstat WHERE name = 'tm_queue_tasks' AND pagetype = 'leaf'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let rooms = c
+        .prepare("SELECT DISTINCT status, length(room) FROM tm_queue_tasks ORDER BY 1, 2")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    (pages, rooms)
+}
+
+#[test]
+fn claims_and_completions_rewrite_rows_in_their_pages() {
+    // A row that grew past its page's free space would be moved by a rebalance that splits
+    // pages: with rows appended in order (pages full), every claim and completion did.
+    let dir = TempDir::new();
+    let path = dir.join("room.db");
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let tasks: Vec<NewTask> = (0..400)
+        .map(|i| task("job", &format!("{{\"n\":{i}}}")))
+        .collect();
+    b.create(&tasks).unwrap();
+    let (before, rooms) = task_pages(&path);
+    assert_eq!(rooms, vec![("pending".to_owned(), Some(112))]);
+    let agent = "agent-0123456789abcdef0123456789abcdef0123456789"; // 48 characters
+    for _ in 0..tasks.len() / 2 {
+        let t = b.claim(agent, None).unwrap().unwrap();
+        assert!(b
+            .complete(&t.id, agent, None, Status::Completed, None)
+            .unwrap());
+    }
+    let held = b.claim(agent, None).unwrap().unwrap();
+    let (after, rooms) = task_pages(&path);
+    assert_eq!(
+        rooms,
+        vec![
+            ("completed".to_owned(), None),
+            ("in_progress".to_owned(), Some(24)),
+            ("pending".to_owned(), Some(112)),
+        ]
+    );
+    assert!(
+        after <= before,
+        "the task table went from {before} to {after} leaf pages"
+    );
+    assert!(b
+        .complete(&held.id, agent, None, Status::Completed, None)
+        .unwrap());
+}
+
+#[test]
+fn a_queue_made_before_rows_had_room_gains_the_column_and_keeps_working() {
+    let dir = TempDir::new();
+    let path = dir.join("old.db");
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let old = create1(&mut b, task("job", "{\"n\":1}"));
+    drop(b);
+    // The table as an earlier tm made it.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "UPDATE tm_queue_tasks SET room = NULL; ALTER TABLE tm_queue_tasks DROP COLUMN room",
+        )
+        .unwrap();
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let new = create1(&mut b, task("job", "{\"n\":2}"));
+    let (_, rooms) = task_pages(&path);
+    assert_eq!(
+        rooms,
+        vec![
+            ("pending".to_owned(), None),
+            ("pending".to_owned(), Some(112))
+        ]
+    );
+    for want in [&old, &new] {
+        let t = b.claim("w", None).unwrap().unwrap();
+        assert_eq!(&t.id, want);
+        assert!(b
+            .complete(&t.id, "w", None, Status::Completed, None)
+            .unwrap());
+    }
+    let (_, rooms) = task_pages(&path);
+    assert_eq!(rooms, vec![("completed".to_owned(), None)]);
+}
