@@ -189,8 +189,6 @@ fn claim_sql(n: usize) -> String {
     format!("SELECT {COLS}, seq FROM tm_queue_tasks WHERE seq = ({pick})")
 }
 
-/// The common completion (no result, no waiting children) of a task found by id, or by its row
-/// (`?7`, from [`SqliteBackend::claimed`]; the id is checked all the same).
 /// Every row of a pending task carries `room`: zero bytes that a claim shrinks and a completion
 /// drops, so that the row never grows. A claim adds the holder, the lease time and a longer
 /// status (38 bytes and the agent id), a completion the completion time (16 bytes net). SQLite
@@ -205,13 +203,16 @@ fn claim_sql(n: usize) -> String {
 /// keeps what its claim and completion did not use (about 50 bytes with an 8-character agent id).
 /// A database made by an earlier tm gains the column when opened; earlier tm ignores it (it names
 /// every column it reads and writes, and the rows it inserts have no room).
-/// `room` of a new row whose status is parameter 3.
+///
+/// This is `room` of a new row whose status is parameter 3.
 macro_rules! room_of_new_row {
     () => {
         "CASE WHEN ?3 = 'pending' THEN zeroblob(112) END"
     };
 }
 
+/// The common completion (no result, no waiting children) of a task found by id, or by its row
+/// (`?7`, from [`SqliteBackend::claimed`]; the id is checked all the same).
 const COMPLETE_ID: &str = "UPDATE tm_queue_tasks SET status = ?4, completed_at = ?5, \
                            lease_us = NULL, updated_us = ?6, room = NULL \
                            WHERE id = ?1 AND status = 'in_progress' AND locked_by = ?2 \
