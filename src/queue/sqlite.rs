@@ -29,7 +29,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
-use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -39,6 +38,7 @@ use rusqlite::hooks::Wal;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
 use crate::checkpoint::{Checkpointer, Mode};
+use crate::fork_gate::ForkLocal;
 
 use super::jsontext;
 use super::{
@@ -228,6 +228,18 @@ const CLAIM_ROW: &str = "UPDATE tm_queue_tasks SET status = 'in_progress', locke
                          room = CASE WHEN room IS NULL THEN NULL ELSE zeroblob(24) END \
                          WHERE seq = ?4"; // leaves the completion its room
 
+/// The connection in `slot` (a [`SqliteBackend`]'s), opened first in a forked child.
+fn own_conn<'a>(
+    slot: &'a mut ForkLocal<Option<Connection>>,
+    path: &Path,
+    ctx: &Ctx,
+) -> Result<&'a Connection> {
+    match slot.get() {
+        Some(conn) => Ok(conn),
+        empty => Ok(empty.insert(SqliteBackend::connect(path, ctx)?)),
+    }
+}
+
 static CLAIM_ANY: OnceLock<String> = OnceLock::new();
 static CLAIM_ONE: OnceLock<String> = OnceLock::new();
 
@@ -235,7 +247,7 @@ static CLAIM_ONE: OnceLock<String> = OnceLock::new();
 impl SqliteBackend {
     /// This process's connection, to look at its statements.
     pub(crate) fn conn_for_test(&mut self) -> &Connection {
-        self.conn().unwrap()
+        own_conn(&mut self.conn, &self.path, &self.ctx).unwrap()
     }
 }
 
@@ -252,12 +264,12 @@ pub(crate) const COMPLETE_SQL_FOR_TEST: [&str; 2] = [COMPLETE_ID, COMPLETE_ROW];
 pub struct SqliteBackend {
     path: PathBuf,
     ctx: Ctx,
-    /// Closed on drop only by the process that opened it (see the `Drop` impl).
-    conn: ManuallyDrop<Connection>,
-    /// The fork generation (see [`crate::fork_gate::generation`]) of the process that opened
-    /// `conn`: a forked child must not use its parent's connection. Checked at every call, so an
-    /// atomic load rather than a `getpid` system call (1.5% of a claim-and-complete loop).
-    generation: u64,
+    /// This process's connection. A forked child must not use its parent's, nor close it (that
+    /// could touch the parent's locks, and its log hook owns the parent's checkpointer, whose
+    /// thread the child does not have): the child forgets it and opens its own at its first
+    /// call. Told by the fork generation (an atomic load, where a `getpid` system call at every
+    /// call had cost 1.5% of a claim-and-complete loop).
+    conn: ForkLocal<Option<Connection>>,
     /// No lease can expire before this time (µs), so claims until then skip looking for one.
     next_sweep_at: i64,
     /// Rows of tasks this process claimed, by task id: a completion finds its row by `seq`
@@ -388,18 +400,6 @@ fn settle_waiters(
     }
 }
 
-impl Drop for SqliteBackend {
-    /// A forked child that never used its parent's connection leaves it alone: closing it could
-    /// touch the parent's locks, and its log hook owns the parent's checkpointer, whose thread
-    /// the child does not have (joining it fails, and the child aborts).
-    fn drop(&mut self) {
-        if crate::fork_gate::generation() == self.generation {
-            // SAFETY: dropped once, here; the field is not used afterwards.
-            unsafe { ManuallyDrop::drop(&mut self.conn) };
-        }
-    }
-}
-
 impl SqliteBackend {
     /// Opens (creating if needed) the database and its tables.
     pub fn open(path: &Path, opts: Options) -> Result<SqliteBackend> {
@@ -415,9 +415,8 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             path: path.to_owned(),
             ctx,
-            conn: ManuallyDrop::new(conn),
             // `connect` installed the fork handlers that count generations.
-            generation: crate::fork_gate::generation(),
+            conn: ForkLocal::new(Some(conn)),
             next_sweep_at: i64::MIN,
             claimed: HashMap::new(),
         })
@@ -541,19 +540,6 @@ impl SqliteBackend {
         }
     }
 
-    /// The connection for this process (a forked child opens its own).
-    fn conn(&mut self) -> Result<&Connection> {
-        let generation = crate::fork_gate::generation();
-        if generation != self.generation {
-            let fresh = Self::connect(&self.path, &self.ctx)?;
-            // The parent's connection must not be closed here: closing it could touch the
-            // parent's locks and WAL state. Its memory is the child's to lose.
-            let _ = std::mem::replace(&mut self.conn, ManuallyDrop::new(fresh));
-            self.generation = generation;
-        }
-        Ok(&self.conn)
-    }
-
     fn err(&self, e: rusqlite::Error) -> QueueError {
         sqlite_err(&self.path, self.ctx.lock_timeout, e)
     }
@@ -567,15 +553,15 @@ impl SqliteBackend {
 
     /// Runs `f` in an immediate transaction on this process's connection.
     fn tx<R>(&mut self, f: impl FnOnce(&Connection, &Ctx) -> TxResult<R>) -> Result<R> {
-        self.conn()?;
-        let r = in_tx(&self.conn, |c| f(c, &self.ctx));
+        let conn = own_conn(&mut self.conn, &self.path, &self.ctx)?;
+        let r = in_tx(conn, |c| f(c, &self.ctx));
         r.map_err(|e| self.tx_err(e))
     }
 
     /// Runs a read or single-statement `f` on this process's connection.
     fn run<R>(&mut self, f: impl FnOnce(&Connection, &Ctx) -> rusqlite::Result<R>) -> Result<R> {
-        self.conn()?;
-        let r = f(&self.conn, &self.ctx);
+        let conn = own_conn(&mut self.conn, &self.path, &self.ctx)?;
+        let r = f(conn, &self.ctx);
         r.map_err(|e| self.err(e))
     }
 
