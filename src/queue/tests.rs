@@ -899,6 +899,35 @@ fn iso_timestamps_match_python_isoformat() {
     assert_eq!(ctx.parse_iso("yesterday"), None);
 }
 
+proptest! {
+    /// The digit-by-digit `iso` writes what `format!` would, in a zone with transitions, for any
+    /// instant from year 1 to 9999, and reads back to the same microsecond.
+    #[test]
+    fn iso_matches_formatting_and_round_trips(us in -62_135_596_800_000_000i64..253_402_300_799_999_999) {
+        let ctx = Ctx {
+            clock: Clock::manual(0),
+            tz: jiff::tz::TimeZone::get("America/New_York").unwrap(),
+            lease_us: 0,
+            lock_timeout: Duration::ZERO,
+        };
+        let dt = ctx.tz.to_datetime(jiff::Timestamp::from_microsecond(us).unwrap());
+        prop_assume!((1..=9999).contains(&dt.year()));
+        let mut want = format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            dt.year(), dt.month(), dt.day(), dt.hour(), dt.minute(), dt.second()
+        );
+        let micro = dt.subsec_nanosecond() / 1000;
+        if micro != 0 {
+            want.push_str(&format!(".{micro:06}"));
+        }
+        let got = ctx.iso(us);
+        prop_assert_eq!(&got, &want);
+        let back = ctx.parse_iso(&got).unwrap();
+        // A wall time in a repeated hour reads back as its first occurrence.
+        prop_assert!(back == us || back == us - 3_600_000_000, "{got}: {back} vs {us}");
+    }
+}
+
 #[test]
 fn targets_pick_the_backend() {
     assert_eq!(
