@@ -8,6 +8,7 @@ import os
 import re
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -266,6 +267,68 @@ def test_data_round_trips_unicode_and_numbers(tm: TaskManager) -> None:
     data = {"text": 'café € 😀 \n\t"', "big": 2**70, "f": 1e-7, "nan": float("inf"), "l": [None]}
     t = tm.get_task(tm.create_task("t", data))
     assert t["data"] == data
+
+
+@pytest.mark.parametrize(
+    "dump",
+    [
+        {"indent": 2},
+        {"indent": "\t"},
+        {"separators": (",", ":")},
+        {"separators": (" , ", " :  ")},
+        {"indent": 1, "ensure_ascii": False},
+    ],
+)
+def test_data_read_from_any_layout_is_what_json_load_reads(tmp_path: Path, dump: dict) -> None:
+    values = [
+        {"a": [1, 2.5, {"b": None}], "s": 'é€😀\\"', "n": float("nan")},
+        [],
+        "text",
+        -0.0,
+        10**30,
+        None,
+        True,
+        {},
+        {"nested": {"deep": [[[]]], "ws": " \n "}},
+    ]
+    tasks = {
+        f"t_{i:08x}": {
+            "type": "t",
+            "status": "pending",
+            "parent_id": None,
+            "locked_by": None,
+            "locked_at": None,
+            "created_at": f"2024-01-01T10:00:{i:02d}",
+            "completed_at": None,
+            "data": v,
+        }
+        for i, v in enumerate(values)
+    }
+    path = tmp_path / "layout.json"
+    path.write_text(
+        json.dumps({"workflow_type": "generic", "metadata": {}, "tasks": tasks}, **dump)
+    )
+    want = json.loads(path.read_text())["tasks"]
+    tm = TaskManager(path)
+    for task_id, entry in want.items():
+        got = tm.get_task(task_id)["data"]
+        assert json.dumps(got) == json.dumps(entry["data"]), task_id  # NaN != NaN, dumps agree
+    claimed = [tm.get_next_task("w") for _ in values]
+    assert [json.dumps(t["data"]) for t in claimed] == [
+        json.dumps(e["data"]) for e in want.values()
+    ]
+    db = TaskManager(tmp_path / "layout.db")
+    ids = [db.create_task("t", v) for v in values if isinstance(v, dict)]
+    assert [json.dumps(db.get_task(i)["data"]) for i in ids] == [
+        json.dumps(v) for v in values if isinstance(v, dict)
+    ]
+    # Text another program wrote: surrounding space is JSON too; trailing text is an error.
+    with sqlite3.connect(tmp_path / "layout.db") as c:
+        c.execute("UPDATE tm_queue_tasks SET data = ? WHERE id = ?", (' \n{"a": 1} \t', ids[0]))
+        c.execute("UPDATE tm_queue_tasks SET data = ? WHERE id = ?", ('{"a": 1} x', ids[1]))
+    assert db.get_task(ids[0])["data"] == {"a": 1}
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        db.get_task(ids[1])
 
 
 def test_list_tasks(tm: TaskManager) -> None:

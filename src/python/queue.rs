@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
 use pyo3::{intern, IntoPyObjectExt};
 
 use crate::clock::Clock;
@@ -39,12 +39,36 @@ fn to_py(e: QueueError) -> PyErr {
 }
 
 static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// `json.loads`'s own C scanner (`json._default_decoder.scan_once`), if this Python has it.
+static JSON_SCAN: PyOnceLock<Option<Py<PyAny>>> = PyOnceLock::new();
 
+/// `json.loads(text)`. Text the scanner reads whole from its first character (what the queue
+/// stores: compact JSON) is decoded by the scanner alone, skipping the three Python-level calls
+/// `json.loads` makes around it (0.4 µs against 1.9 µs for a small object); anything else
+/// (leading or trailing space, an error) goes through `json.loads`, for its result or its error.
 fn loads<'py>(py: Python<'py>, text: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let s = std::str::from_utf8(text).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    let s = PyString::new(py, s);
+    let scan = JSON_SCAN.get_or_init(py, || {
+        py.import("json")
+            .and_then(|j| j.getattr("_default_decoder")?.getattr("scan_once"))
+            .ok()
+            .map(Bound::unbind)
+    });
+    if let Some(scan) = scan {
+        if let Ok((value, end)) = scan
+            .bind(py)
+            .call1((&s, 0))
+            .and_then(|r| r.extract::<(Bound<'py, PyAny>, usize)>())
+        {
+            if end == s.len()? {
+                return Ok(value);
+            }
+        }
+    }
     let f = JSON_LOADS.get_or_try_init(py, || {
         Ok::<_, PyErr>(py.import("json")?.getattr("loads")?.unbind())
     })?;
-    let s = std::str::from_utf8(text).map_err(|e| PyValueError::new_err(e.to_string()))?;
     f.bind(py).call1((s,))
 }
 
