@@ -379,6 +379,40 @@ fn cancel_waiters(c: &Connection, id: &str, now_iso: &str, now: i64) -> rusqlite
     Ok(())
 }
 
+/// Whether the database has every table and index [`SCHEMA`] makes, the `room` column, and a
+/// schema version this code reads: then opening it changes nothing.
+fn schema_is_current(c: &Connection) -> rusqlite::Result<bool> {
+    let have: HashSet<String> = c
+        .prepare("SELECT name FROM sqlite_master")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let made = SCHEMA
+        .split("IF NOT EXISTS ")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next());
+    if !made.into_iter().all(|name| have.contains(name)) {
+        return Ok(false);
+    }
+    let version: Option<String> = c
+        .query_row(
+            "SELECT value FROM tm_queue_meta WHERE key = 'schema'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let readable = matches!(version.map(|v| v.parse::<i64>()), Some(Ok(v)) if v <= SCHEMA_VERSION);
+    Ok(readable && has_room(c)?)
+}
+
+/// Whether the task table has the `room` column (tables made before it was added do not).
+fn has_room(c: &Connection) -> rusqlite::Result<bool> {
+    c.query_row(
+        "SELECT count(*) FROM pragma_table_info('tm_queue_tasks') WHERE name = 'room'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )
+}
+
 /// After task `id` reached final `status`: its waiting children become claimable (completed) or
 /// are cancelled (failed, cancelled).
 fn settle_waiters(
@@ -490,12 +524,7 @@ impl SqliteBackend {
         let init = || -> TxResult<()> {
             in_tx(&conn, |c| {
                 c.execute_batch(SCHEMA)?;
-                let has_room: bool = c.query_row(
-                    "SELECT count(*) FROM pragma_table_info('tm_queue_tasks') WHERE name = 'room'",
-                    [],
-                    |r| r.get::<_, i64>(0).map(|n| n > 0),
-                )?;
-                if !has_room {
+                if !has_room(c)? {
                     c.execute_batch("ALTER TABLE tm_queue_tasks ADD COLUMN room BLOB")?;
                 }
                 let version: Option<String> = c
@@ -533,6 +562,11 @@ impl SqliteBackend {
                 Ok(())
             })
         };
+        // A database made already is only read: no write lock to wait for (another process
+        // may hold it as long as it likes; readers open and read meanwhile).
+        if schema_is_current(&conn).map_err(err)? {
+            return Ok(conn);
+        }
         match init() {
             Ok(()) => Ok(conn),
             Err(TxError::Db(e)) => Err(err(e)),

@@ -1504,3 +1504,38 @@ fn a_queue_made_before_rows_had_room_gains_the_column_and_keeps_working() {
     let (_, rooms) = task_pages(&path);
     assert_eq!(rooms, vec![("completed".to_owned(), None)]);
 }
+
+#[test]
+fn opening_a_made_queue_only_reads_so_a_held_write_lock_does_not_stop_it() {
+    let dir = TempDir::new();
+    let path = dir.join("q.db");
+    let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+    let id = create1(&mut b, task("job", "{}"));
+    drop(b);
+    // An index an earlier tm did not make is made at the next open (which then writes).
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP INDEX tm_queue_children").unwrap();
+    drop(SqliteBackend::open(&path, Options::default()).unwrap());
+    let indexes: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'tm_queue_children'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 1);
+    // Another connection holds the write lock: opening and reading go on, writing waits.
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let opts = Options {
+        lock_timeout: Duration::from_millis(50),
+        ..Options::default()
+    };
+    let mut b = SqliteBackend::open(&path, opts).unwrap();
+    assert_eq!(b.get(&id).unwrap().unwrap().status, "pending");
+    assert!(matches!(
+        b.claim("w", None),
+        Err(QueueError::LockTimeout { .. })
+    ));
+    c.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(b.claim("w", None).unwrap().unwrap().id, id);
+}
