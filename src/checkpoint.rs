@@ -185,6 +185,8 @@ fn catch_up(conn: &Connection) {
     let _ = conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::FULL);
 }
 
+/// Never dropped holding a fork pass: the join below waits for the thread, whose next checkpoint
+/// may wait for a fork that waits for that pass.
 impl Drop for Checkpointer {
     fn drop(&mut self) {
         if let Some((tx, thread)) = self.running.take() {

@@ -25,17 +25,13 @@
 //! handler, while the parent runs on: a parent that closes its last connection in those
 //! microseconds can still delete the log under the child.
 
-use std::cell::UnsafeCell;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The database files this process, or a process it was forked from, opened a connection to.
-/// Only touched holding a [`crate::fork_gate::Pass`], or in the child's fork handler (which
-/// runs holding the gate).
-struct Opened(UnsafeCell<Vec<PathBuf>>);
-// SAFETY: see the comment above: every access holds the fork gate.
-unsafe impl Sync for Opened {}
-
-static OPENED: Opened = Opened(UnsafeCell::new(Vec::new()));
+/// Changed holding a [`crate::fork_gate::Pass`] as well, so a fork never finds it locked (a fork
+/// waits for passes), except one made by a thread holding a pass (see `after_fork_in_child`).
+static OPENED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// SQLite's shared lock on a database file: `SHARED_SIZE` bytes from `PENDING_BYTE + 2`.
 #[cfg(unix)]
@@ -49,23 +45,26 @@ const SHM_DMS: i64 = 120 + 8;
 /// Call before opening a connection to the database file at `db`: a child forked later takes
 /// its locks (see the module documentation).
 pub(crate) fn before_open(db: &Path) {
-    crate::fork_gate::install();
     let _gate = crate::fork_gate::Pass::enter();
-    // SAFETY: the gate is held.
-    let opened = unsafe { &mut *OPENED.0.get() };
+    let mut opened = OPENED.lock().unwrap_or_else(|p| p.into_inner());
     if !opened.iter().any(|p| p == db) {
         opened.push(db.to_owned());
     }
 }
 
-/// The child's fork handler: takes the locks its inherited records claim. Runs with the fork
-/// gate held, as the child's only thread.
+/// The child's fork handler: takes the locks its inherited records claim. Runs as the child's
+/// only thread, before anything else in it. The record is free unless the fork was made by a
+/// thread holding a pass while another thread was changing it (nothing in tm forks holding a
+/// pass); then there is nothing safe to read, and the child goes without the locks.
 pub(crate) fn after_fork_in_child() {
     #[cfg(unix)]
     {
-        // SAFETY: the gate is held (see above).
-        let opened = unsafe { &*OPENED.0.get() };
-        for db in opened {
+        let opened = match OPENED.try_lock() {
+            Ok(opened) => opened,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        for db in opened.iter() {
             let mut shm = db.as_os_str().to_owned();
             shm.push("-shm");
             // A file that is gone (or was never more than a name) has no lock to keep.

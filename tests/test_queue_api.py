@@ -739,6 +739,143 @@ def test_seed_readme_examples_run_as_written(
         assert json.loads((tmp_path / "states" / f"{name}.json").read_text())["tasks"] is not None
 
 
+def _child_reads_summary(tm: TaskManager) -> int:
+    """Forks a child that reads ``tm``'s summary; returns the task count it saw. Fails if the
+    child does not answer within 20 s (it hangs; well before the suite's per-test timeout, so
+    the hung child is killed) or fails."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.write(w, str(tm.get_status_summary()["total_tasks"]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], 20)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        pytest.fail("a forked child hung at its first queue call")
+    with os.fdopen(r) as f:
+        said = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed"
+    return int(said)
+
+
+class _StoreLockHeld:
+    """Holds the store's write lock from elsewhere: the JSON lock file's flock (on a descriptor
+    of its own), or an SQLite write transaction in another process."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path, self.kind = path, kind
+
+    def __enter__(self) -> None:
+        if self.kind == "json":
+            import fcntl
+
+            self.holder = open(f"{self.path}.lock", "w")
+            fcntl.flock(self.holder, fcntl.LOCK_EX)
+            return
+        self.holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys\n"
+                f"c = sqlite3.connect({str(self.path)!r}, isolation_level=None)\n"
+                "c.execute('BEGIN IMMEDIATE')\n"
+                "print('locked', flush=True)\n"
+                "sys.stdin.readline()\n"
+                "c.execute('ROLLBACK')\n",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.holder.stdout.readline().strip() == "locked"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.kind == "json":
+            self.holder.close()
+        else:
+            self.holder.communicate("\n", timeout=30)
+
+
+def _sleeps_in_the_kernel(tid: int) -> bool:
+    """Whether thread ``tid`` of this process sleeps in nanosleep (not waiting for the GIL)."""
+    return "nanosleep" in Path(f"/proc/self/task/{tid}/wchan").read_text()
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "fork") or not Path("/proc/self/task").is_dir(),
+    reason="needs os.fork, and /proc to see where a thread waits",
+)
+@pytest.mark.parametrize("kind", ["json", "sqlite"])
+def test_a_fork_waits_for_a_queue_call_in_flight_on_another_thread(
+    tmp_path: Path, kind: str
+) -> None:
+    # A thread's call waits for the store's lock, held elsewhere, inside the queue (holding its
+    # mutex); the main thread forks meanwhile. The fork waits for the call to end (here, at its
+    # lock timeout), so the child never inherits the mutex locked by a thread it does not have:
+    # its first call used to wait forever.
+    path = tmp_path / f"q.{kind}"
+    tm = TaskManager(path if kind == "json" else f"sqlite:///{path}", lock_timeout=1)
+    tm.create_task("t", {})
+    outcome: list[str] = []
+
+    def call() -> None:
+        try:
+            tm.create_task("t", {})
+            outcome.append("created")
+        except QueueLockTimeout:
+            outcome.append("timed out")
+
+    with _StoreLockHeld(path, kind):
+        thread = threading.Thread(target=call)
+        thread.start()
+        # In flight: sleeping between two tries for the lock (before the call, or after it,
+        # the thread waits for the GIL on a futex instead).
+        while not _sleeps_in_the_kernel(thread.native_id):
+            assert thread.is_alive()
+        assert _child_reads_summary(tm) == 1
+        thread.join()
+    assert outcome == ["timed out"]
+    assert tm.create_task("t", {}) and tm.get_status_summary()["total_tasks"] == 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("kind", ["json", "sqlite"])
+def test_forks_go_through_while_threads_keep_calling_the_queue(tmp_path: Path, kind: str) -> None:
+    # Three threads call the queue without pause (most of the time inside a call, without the
+    # GIL); the main thread forks twenty times. Every fork waits for the calls in flight and
+    # no stream of new calls keeps it waiting; every child's first call answers.
+    tm = TaskManager(tmp_path / f"q.{kind}")
+    stop = threading.Event()
+    made = [0, 0, 0]
+
+    def work(i: int) -> None:
+        while not stop.is_set():
+            t = tm.get_next_task(f"w{i}") or tm.get_task(tm.create_task("t", {"by": i}))
+            tm.complete_task(t["id"], f"w{i}") if t["locked_by"] else tm.release_task(t["id"], "x")
+            made[i] += 1
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        seen = [_child_reads_summary(tm) for _ in range(20)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert all(n >= 0 for n in seen) and sum(made) > 0
+    assert seen == sorted(seen)  # each child saw the queue as it had grown by then
+    assert tm.get_status_summary()["total_tasks"] >= seen[-1]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_children_forked_while_the_log_is_checkpointed_neither_hang_nor_lose_work(
     tmp_path: Path,

@@ -14,6 +14,7 @@ use pyo3::types::{PyDict, PyList, PyString};
 use pyo3::{intern, IntoPyObjectExt};
 
 use crate::clock::Clock;
+use crate::fork_gate::{ForkLocal, Pass};
 use crate::queue::{
     self, Backend, Completion, Holder, ListFilter, NewTask, Options, QueueError, Status, Task,
     Waiter,
@@ -126,74 +127,83 @@ const SLICE: Duration = Duration::from_millis(100);
 const POLL: Duration = Duration::from_millis(2);
 
 /// One queue store (a JSON state file or an SQLite database), shared by the threads of a process.
+///
+/// Fork safety: every call into the store holds a fork pass ([`crate::fork_gate`]), so a
+/// `fork` by another thread waits for calls in flight, and the child never inherits the
+/// backend's mutex (or SQLite's) locked by a thread it does not have. Blocking claims wait
+/// outside the pass and outside any mutex.
 #[pyclass(name = "QueueCore", module = "tm._tm", frozen)]
 pub struct PyQueueCore {
     backend: Mutex<Box<dyn Backend>>,
-    /// The store's change signal for blocking claims (PostgreSQL), opened on first use; the
-    /// outer None means not asked yet, the inner None that the store has none (poll instead).
-    waiter: Mutex<Option<Option<Box<dyn Waiter>>>>,
+    /// The store's change signals for blocking claims (PostgreSQL), this process's own.
+    waiters: Mutex<ForkLocal<Waiters>>,
     kind: &'static str,
 }
 
+/// Change signals not in use: a blocking claim takes one out for its wait (or opens one) and
+/// puts it back after, so no mutex is held while it waits.
+#[derive(Default)]
+struct Waiters {
+    /// Whether the store has change signals at all (None: not asked yet; false: poll).
+    known: Option<bool>,
+    idle: Vec<Box<dyn Waiter>>,
+}
+
 impl PyQueueCore {
+    /// Runs `f` on the backend, holding a fork pass and the backend's mutex. Call detached.
+    fn op<R>(&self, f: impl FnOnce(&mut dyn Backend) -> queue::Result<R>) -> queue::Result<R> {
+        let _pass = Pass::enter();
+        let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
+        f(b.as_mut())
+    }
+
     /// Runs `f` on the backend with the interpreter detached.
     fn with<R: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut dyn Backend) -> queue::Result<R> + Send,
     ) -> PyResult<R> {
-        py.detach(|| {
-            let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
-            f(b.as_mut())
-        })
-        .map_err(to_py)
+        py.detach(|| self.op(f)).map_err(to_py)
     }
 
     /// Waits (detached) until the store's version differs from `version` or `until` passes.
     fn wait_change(&self, version: u64, until: Instant) -> queue::Result<bool> {
-        let mut waiter = self.waiter.lock().unwrap_or_else(|p| p.into_inner());
-        if waiter.is_none() {
-            let w = self
-                .backend
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .waiter()?;
-            *waiter = Some(w);
-        }
-        if let Some(Some(w)) = waiter.as_mut() {
-            // Listening began before this version check, so a change committed after it wakes
-            // the wait below; a missed signal costs at most one slice.
-            loop {
-                let v = self
-                    .backend
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .version()?;
-                if v != version {
-                    return Ok(true);
+        let mut waiter = {
+            let _pass = Pass::enter();
+            let mut slot = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            let slot = slot.get();
+            match slot.idle.pop() {
+                Some(w) => Some(w),
+                None if slot.known == Some(false) => None,
+                None => {
+                    let w = self.op(|b| b.waiter())?;
+                    slot.known = Some(w.is_some());
+                    w
                 }
-                let now = Instant::now();
-                if now >= until {
-                    return Ok(false);
-                }
-                w.wait(until - now)?;
             }
-        }
-        drop(waiter);
-        loop {
-            let v = {
-                let mut b = self.backend.lock().unwrap_or_else(|p| p.into_inner());
-                b.version()?
-            };
+        };
+        // Listening began before this version check, so a change committed after it wakes
+        // the wait below; a missed signal costs at most one slice.
+        let changed = loop {
+            let v = self.op(|b| b.version())?;
             if v != version {
-                return Ok(true);
+                break true;
             }
             let now = Instant::now();
             if now >= until {
-                return Ok(false);
+                break false;
             }
-            std::thread::sleep(POLL.min(until - now));
+            match waiter.as_mut() {
+                Some(w) => w.wait(until - now)?,
+                None => std::thread::sleep(POLL.min(until - now)),
+            }
+        };
+        if let Some(w) = waiter {
+            let _pass = Pass::enter();
+            let mut slot = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get().idle.push(w);
         }
+        Ok(changed)
     }
 }
 
@@ -220,10 +230,15 @@ impl PyQueueCore {
             queue::Target::Sqlite(_) => "sqlite",
             queue::Target::Postgres(_) => "postgresql",
         };
-        let backend = py.detach(|| parsed.open(opts)).map_err(to_py)?;
+        let backend = py
+            .detach(|| {
+                let _pass = Pass::enter();
+                parsed.open(opts)
+            })
+            .map_err(to_py)?;
         Ok(PyQueueCore {
             backend: Mutex::new(backend),
-            waiter: Mutex::new(None),
+            waiters: Mutex::new(ForkLocal::new(Waiters::default())),
             kind,
         })
     }
@@ -499,6 +514,8 @@ fn queue_migrate(py: Python<'_>, src: String, dst: String, lock_timeout: f64) ->
         lock_timeout: seconds(lock_timeout, "lock_timeout")?,
         ..Options::default()
     };
+    // Without a fork pass: it drops its queues at the end, and dropping one joins its
+    // checkpointer thread, which may wait for a fork that waits for the pass.
     py.detach(|| queue::migrate(&src, &dst, opts))
         .map_err(to_py)
 }
