@@ -386,22 +386,29 @@ fn schema_is_current(c: &Connection) -> rusqlite::Result<bool> {
         .prepare("SELECT name FROM sqlite_master")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let made = SCHEMA
+    let all_made = SCHEMA
         .split("IF NOT EXISTS ")
         .skip(1)
-        .filter_map(|rest| rest.split_whitespace().next());
-    if !made.into_iter().all(|name| have.contains(name)) {
+        .filter_map(|rest| rest.split_whitespace().next())
+        .all(|name| have.contains(name));
+    if !all_made {
         return Ok(false);
     }
-    let version: Option<String> = c
-        .query_row(
-            "SELECT value FROM tm_queue_meta WHERE key = 'schema'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
-    let readable = matches!(version.map(|v| v.parse::<i64>()), Some(Ok(v)) if v <= SCHEMA_VERSION);
+    let readable = matches!(
+        schema_version(c)?.map(|v| v.parse::<i64>()),
+        Some(Ok(v)) if v <= SCHEMA_VERSION
+    );
     Ok(readable && has_room(c)?)
+}
+
+/// The schema version the queue's tables were written with (None: not recorded yet).
+fn schema_version(c: &Connection) -> rusqlite::Result<Option<String>> {
+    c.query_row(
+        "SELECT value FROM tm_queue_meta WHERE key = 'schema'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
 }
 
 /// Whether the task table has the `room` column (tables made before it was added do not).
@@ -527,13 +534,7 @@ impl SqliteBackend {
                 if !has_room(c)? {
                     c.execute_batch("ALTER TABLE tm_queue_tasks ADD COLUMN room BLOB")?;
                 }
-                let version: Option<String> = c
-                    .query_row(
-                        "SELECT value FROM tm_queue_meta WHERE key = 'schema'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
+                let version = schema_version(c)?;
                 match version.as_deref().map(str::parse::<i64>) {
                     None => {
                         let ts = String::from_utf8(jsontext::str_text(&ctx.iso(now)))
