@@ -30,12 +30,13 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::Wal;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
+use rusqlite::{params, CachedStatement, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
 use crate::checkpoint::{Checkpointer, Mode};
 use crate::fork_gate::ForkLocal;
@@ -233,10 +234,11 @@ fn own_conn<'a>(
     slot: &'a mut ForkLocal<Option<Connection>>,
     path: &Path,
     ctx: &Ctx,
+    no_wait: &Arc<AtomicBool>,
 ) -> Result<&'a Connection> {
     match slot.get() {
         Some(conn) => Ok(conn),
-        empty => Ok(empty.insert(SqliteBackend::connect(path, ctx)?)),
+        empty => Ok(empty.insert(SqliteBackend::connect(path, ctx, no_wait)?)),
     }
 }
 
@@ -247,7 +249,7 @@ static CLAIM_ONE: OnceLock<String> = OnceLock::new();
 impl SqliteBackend {
     /// This process's connection, to look at its statements.
     pub(crate) fn conn_for_test(&mut self) -> &Connection {
-        own_conn(&mut self.conn, &self.path, &self.ctx).unwrap()
+        own_conn(&mut self.conn, &self.path, &self.ctx, &self.no_wait).unwrap()
     }
 }
 
@@ -276,6 +278,8 @@ pub struct SqliteBackend {
     /// instead of through the id index (three fewer pages to read after another process's
     /// commit emptied the page cache). A hint only: the completion still checks the id.
     claimed: HashMap<String, i64>,
+    /// Set, the connection's busy handler gives up at once (see [`SqliteBackend::claim_tx`]).
+    no_wait: Arc<AtomicBool>,
 }
 
 /// Most entries [`SqliteBackend::claimed`] keeps (it starts over when full).
@@ -310,6 +314,14 @@ fn in_tx<R>(
     f: impl FnOnce(&Connection) -> std::result::Result<R, TxError>,
 ) -> std::result::Result<R, TxError> {
     exec(conn, "BEGIN IMMEDIATE")?;
+    end_tx(conn, f)
+}
+
+/// Runs `f` in the transaction begun on `conn`: committed if `f` succeeds, rolled back otherwise.
+fn end_tx<R>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> std::result::Result<R, TxError>,
+) -> std::result::Result<R, TxError> {
     match f(conn) {
         Ok(r) => match exec(conn, "COMMIT") {
             Ok(()) => Ok(r),
@@ -452,7 +464,8 @@ impl SqliteBackend {
                 source: e,
             })?;
         }
-        let conn = Self::connect(path, &ctx)?;
+        let no_wait = Arc::new(AtomicBool::new(false));
+        let conn = Self::connect(path, &ctx, &no_wait)?;
         Ok(SqliteBackend {
             path: path.to_owned(),
             ctx,
@@ -460,10 +473,11 @@ impl SqliteBackend {
             conn: ForkLocal::new(Some(conn)),
             next_sweep_at: i64::MIN,
             claimed: HashMap::new(),
+            no_wait,
         })
     }
 
-    fn connect(path: &Path, ctx: &Ctx) -> Result<Connection> {
+    fn connect(path: &Path, ctx: &Ctx, no_wait: &Arc<AtomicBool>) -> Result<Connection> {
         let err = |e| sqlite_err(path, ctx.lock_timeout, e);
         crate::sqlite_fork::before_open(path);
         let mut conn = match crate::walvfs::name() {
@@ -473,7 +487,11 @@ impl SqliteBackend {
         .map_err(err)?;
         let timeout = ctx.lock_timeout;
         let mut started = Instant::now();
+        let no_wait = Arc::clone(no_wait);
         conn.busy_handler(Some(move |count: i32| {
+            if no_wait.load(Ordering::Relaxed) {
+                return false;
+            }
             if count == 0 {
                 started = Instant::now();
             }
@@ -588,14 +606,46 @@ impl SqliteBackend {
 
     /// Runs `f` in an immediate transaction on this process's connection.
     fn tx<R>(&mut self, f: impl FnOnce(&Connection, &Ctx) -> TxResult<R>) -> Result<R> {
-        let conn = own_conn(&mut self.conn, &self.path, &self.ctx)?;
+        let conn = own_conn(&mut self.conn, &self.path, &self.ctx, &self.no_wait)?;
         let r = in_tx(conn, |c| f(c, &self.ctx));
+        r.map_err(|e| self.tx_err(e))
+    }
+
+    /// Runs a claim's transaction `f`, except when another connection holds the write lock and
+    /// a read finds nothing `types` could claim (no lease expired either): then the claim is
+    /// empty at once, instead of after waiting for the lock. An agent polling a drained queue
+    /// does not queue up behind the agents still writing to it.
+    fn claim_tx<R: Default>(
+        &mut self,
+        types: &[&str],
+        expired: bool,
+        f: impl FnOnce(&Connection, &Ctx) -> TxResult<R>,
+    ) -> Result<R> {
+        let conn = own_conn(&mut self.conn, &self.path, &self.ctx, &self.no_wait)?;
+        self.no_wait.store(true, Ordering::Relaxed);
+        let begun = exec(conn, "BEGIN IMMEDIATE");
+        self.no_wait.store(false, Ordering::Relaxed);
+        let r = match begun {
+            Ok(()) => end_tx(conn, |c| f(c, &self.ctx)),
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                let claimable = expired
+                    || Self::claim_stmt(conn, types.len())
+                        .and_then(|mut q| q.exists(rusqlite::params_from_iter(types)))
+                        .map_err(|e| sqlite_err(&self.path, self.ctx.lock_timeout, e))?;
+                if claimable {
+                    in_tx(conn, |c| f(c, &self.ctx))
+                } else {
+                    Ok(R::default())
+                }
+            }
+            Err(e) => Err(e.into()),
+        };
         r.map_err(|e| self.tx_err(e))
     }
 
     /// Runs a read or single-statement `f` on this process's connection.
     fn run<R>(&mut self, f: impl FnOnce(&Connection, &Ctx) -> rusqlite::Result<R>) -> Result<R> {
-        let conn = own_conn(&mut self.conn, &self.path, &self.ctx)?;
+        let conn = own_conn(&mut self.conn, &self.path, &self.ctx, &self.no_wait)?;
         let r = f(conn, &self.ctx);
         r.map_err(|e| self.err(e))
     }
@@ -636,6 +686,16 @@ impl SqliteBackend {
         Ok(())
     }
 
+    /// The claim's read for `n` types (see [`claim_sql`]).
+    fn claim_stmt(c: &Connection, n: usize) -> rusqlite::Result<CachedStatement<'_>> {
+        match n {
+            // The two common shapes skip building the statement's text again.
+            0 => c.prepare_cached(CLAIM_ANY.get_or_init(|| claim_sql(0))),
+            1 => c.prepare_cached(CLAIM_ONE.get_or_init(|| claim_sql(1))),
+            n => c.prepare_cached(&claim_sql(n)),
+        }
+    }
+
     fn claim_in(
         c: &Connection,
         ctx: &Ctx,
@@ -643,13 +703,7 @@ impl SqliteBackend {
         agent: &str,
         types: &[&str],
     ) -> rusqlite::Result<Option<(Task, i64)>> {
-        let mut stmt = match types.len() {
-            // The two common shapes skip building the statement's text again.
-            0 => c.prepare_cached(CLAIM_ANY.get_or_init(|| claim_sql(0)))?,
-            1 => c.prepare_cached(CLAIM_ONE.get_or_init(|| claim_sql(1)))?,
-            n => c.prepare_cached(&claim_sql(n))?,
-        };
-        let picked = stmt
+        let picked = Self::claim_stmt(c, types.len())?
             .query_row(rusqlite::params_from_iter(types), |r| {
                 Ok((row_task(r)?, r.get::<_, i64>(14)?))
             })
@@ -862,7 +916,7 @@ impl Backend for SqliteBackend {
         let types = distinct(types);
         let now = self.ctx.now();
         let expired = self.lease_expired(now)?;
-        let claimed = self.tx(|c, ctx| {
+        let claimed = self.claim_tx(&types, expired, |c, ctx| {
             if expired {
                 Self::sweep(c, ctx, now)?;
             }
@@ -883,7 +937,7 @@ impl Backend for SqliteBackend {
         let types = distinct(types);
         let now = self.ctx.now();
         let expired = self.lease_expired(now)?;
-        let got = self.tx(|c, ctx| {
+        let got = self.claim_tx(&types, expired, |c, ctx| {
             if expired {
                 Self::sweep(c, ctx, now)?;
             }

@@ -1539,3 +1539,37 @@ fn opening_a_made_queue_only_reads_so_a_held_write_lock_does_not_stop_it() {
     c.execute_batch("ROLLBACK").unwrap();
     assert_eq!(b.claim("w", None).unwrap().unwrap().id, id);
 }
+
+#[test]
+fn a_claim_with_nothing_to_claim_does_not_wait_for_a_held_write_lock() {
+    let dir = TempDir::new();
+    let path = dir.join("q.db");
+    let opts = Options {
+        lock_timeout: Duration::from_millis(50),
+        ..Options::default()
+    };
+    let mut b = SqliteBackend::open(&path, opts.clone()).unwrap();
+    let id = create1(&mut b, task("job", "{}"));
+    let held = b.claim("w", None).unwrap().unwrap();
+    assert_eq!(held.id, id);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Nothing claimable (the one task is held): empty at once, not a lock timeout; for batches too.
+    assert_eq!(b.claim("w", None).unwrap().map(|t| t.id), None);
+    assert!(b.claim_many("w", None, 4).unwrap().is_empty());
+    c.execute_batch("ROLLBACK").unwrap();
+    let other = create1(&mut b, task("other", "{}"));
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // A task of another type is not claimable by this filter; a claimable one waits for the lock.
+    let job = ["job".to_owned()];
+    assert_eq!(b.claim("w", Some(&job)).unwrap().map(|t| t.id), None);
+    assert!(matches!(
+        b.claim("w", None),
+        Err(QueueError::LockTimeout { .. })
+    ));
+    c.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(b.claim("w", None).unwrap().unwrap().id, other);
+    // Without the lock held elsewhere the claim is the usual transaction.
+    assert!(b.complete(&id, "w", None, Status::Completed, None).unwrap());
+    assert_eq!(b.claim("w", None).unwrap().map(|t| t.id), None);
+}
