@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -539,29 +540,12 @@ def test_sqlite_lock_timeout(tmp_path: Path) -> None:
     tm.create_task("t", {})
     # The write lock is held by another process (within one process, Python's sqlite3 and tm's
     # own SQLite cannot see each other's locks).
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sqlite3, sys\n"
-            f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
-            "c.execute('BEGIN IMMEDIATE')\n"
-            "print('locked', flush=True)\n"
-            "sys.stdin.readline()\n"
-            "c.execute('ROLLBACK')\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None and holder.stdin is not None
-    assert holder.stdout.readline().strip() == "locked"
-    try:
+    with _StoreLockHeld(path, "sqlite"):
         with pytest.raises(TimeoutError, match="could not lock"):
             tm.create_task("t", {})
         assert len(tm.list_tasks()) == 1  # WAL readers are not blocked
-    finally:
-        holder.communicate("\n", timeout=30)
+        # Nor is opening a queue that has its tables (it only reads them).
+        assert TaskManager(path, lock_timeout=0.05).get_status_summary()["total_tasks"] == 1
     assert tm.get_next_task("w") is not None
 
 
@@ -739,16 +723,16 @@ def test_seed_readme_examples_run_as_written(
         assert json.loads((tmp_path / "states" / f"{name}.json").read_text())["tasks"] is not None
 
 
-def _child_reads_summary(tm: TaskManager) -> int:
-    """Forks a child that reads ``tm``'s summary; returns the task count it saw. Fails if the
-    child does not answer within 20 s (it hangs; well before the suite's per-test timeout, so
-    the hung child is killed) or fails."""
+def _in_forked_child(work: Callable[[], str]) -> str:
+    """Runs ``work`` in a forked child; returns the text it returned. Fails if the child does not
+    answer within 20 s (it hangs; well before the suite's per-test timeout, so the hung child is
+    killed) or fails."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            os.write(w, str(tm.get_status_summary()["total_tasks"]).encode())
+            os.write(w, work().encode())
             code = 0
         finally:
             os._exit(code)
@@ -758,12 +742,17 @@ def _child_reads_summary(tm: TaskManager) -> int:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(r)
-        pytest.fail("a forked child hung at its first queue call")
+        pytest.fail("a forked child hung")
     with os.fdopen(r) as f:
         said = f.read()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed"
-    return int(said)
+    return said
+
+
+def _child_reads_summary(tm: TaskManager) -> int:
+    """The task count a forked child's first call on ``tm`` reads."""
+    return int(_in_forked_child(lambda: str(tm.get_status_summary()["total_tasks"])))
 
 
 class _StoreLockHeld:
@@ -888,34 +877,22 @@ def test_children_forked_while_the_log_is_checkpointed_neither_hang_nor_lose_wor
     tm = TaskManager(path)
     ids = tm.create_tasks([("t", {"n": i}) for i in range(5000)])
     by_child = set()
+
+    def child() -> str:
+        nonlocal tm
+        del tm
+        gc.collect()
+        own = TaskManager(path)
+        t = own.get_next_task("child")
+        ok = own.complete_task(t["id"], "child")
+        return f"{int(ok)} {t['id']}"
+
     for _ in range(20):
         for _ in range(150):
             t = tm.get_next_task("parent")
             assert tm.complete_task(t["id"], "parent")
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                del tm
-                gc.collect()
-                own = TaskManager(path)
-                t = own.get_next_task("child")
-                ok = own.complete_task(t["id"], "child")
-                os.write(w, f"{int(ok)} {t['id']}".encode())
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-        ready, _, _ = select.select([r], [], [], 60)
-        if not ready:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("a forked child hung")
-        with os.fdopen(r) as f:
-            ok, task_id = f.read().split()
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0 and ok == "1"
+        ok, task_id = _in_forked_child(child).split()
+        assert ok == "1"
         by_child.add(task_id)
     assert len(by_child) == 20
     done = {t["id"]: t["locked_by"] for t in tm.list_tasks(status="completed")}
