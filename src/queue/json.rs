@@ -211,7 +211,12 @@ pub(crate) struct Doc {
     src: Vec<u8>,
     top: Vec<Top>,
     metadata: Vec<(String, Vec<u8>)>,
-    entries: Vec<Entry>,
+    /// Boxed: reading another process's version moves every entry twice (into the previous
+    /// version's slots, then into the new list): 8 bytes a pointer instead of an entry's 304;
+    /// with 20,000 tasks that was 12 MB copied under the lock at every handover, and boxing
+    /// measured 8-11% more operations per second with eight agents (none lost with one).
+    #[allow(clippy::vec_box)]
+    entries: Vec<Box<Entry>>,
     index: HashMap<String, usize>,
 }
 
@@ -269,16 +274,18 @@ impl Doc {
     /// the same id in `prev` is taken over without parsing it again (between two versions only the
     /// entries an operation changed differ).
     fn parse(src: Vec<u8>, ctx: &Ctx, prev: Option<Doc>) -> Result<Doc, String> {
-        if let Err(e) = std::str::from_utf8(&src) {
-            return Err(format!("not UTF-8 text (byte {})", e.valid_up_to()));
-        }
+        // The text must be UTF-8. An entry taken over from `prev` is bytes of a text that was,
+        // from a `"` to a `}` (character boundaries), so only the text around such entries is
+        // checked, as the reader passes it (`checked`: up to where).
+        let mut checked = 0;
+        let mut utf8 = true;
         let mut top = Vec::new();
         let mut metadata = Vec::new();
-        let mut entries: Vec<Entry> = Vec::new();
+        let mut entries: Vec<Box<Entry>> = Vec::new();
         let mut field_error: Option<String> = None;
         let mut same_places = false;
         let mut old = prev.map(|p| {
-            let slots: Vec<Option<Entry>> = p.entries.into_iter().map(Some).collect();
+            let slots: Vec<Option<Box<Entry>>> = p.entries.into_iter().map(Some).collect();
             (p.src, slots, p.index)
         });
         let mut r = Reader::new(&src);
@@ -328,6 +335,8 @@ impl Doc {
                                 let Text::Src(_, end) = e.text else {
                                     unreachable!("take_next returns entries with text")
                                 };
+                                utf8 &= src.get(checked..start).is_some_and(is_utf8);
+                                checked = end;
                                 // While `same_places` holds, `next == at`: no check needed.
                                 r.pos = end;
                                 next += 1;
@@ -341,11 +350,13 @@ impl Doc {
                                 next = j + 1;
                             }
                             if let Some(e) = reuse(r, &src, start, &id, &mut old)? {
+                                utf8 &= src.get(checked..start).is_some_and(is_utf8);
+                                checked = r.pos;
                                 entries.push(e);
                                 return Ok(());
                             }
                             match parse_entry(r, id, start, ctx)? {
-                                Ok(e) => entries.push(e),
+                                Ok(e) => entries.push(Box::new(e)),
                                 Err(msg) => {
                                     field_error.get_or_insert(msg);
                                 }
@@ -371,6 +382,17 @@ impl Doc {
             })?;
             r.end()
         })();
+        // Text that is not UTF-8 is reported first (at its first such byte), whatever else is
+        // wrong with it.
+        if !utf8
+            || parsed.is_err()
+            || field_error.is_some()
+            || !src.get(checked..).is_some_and(is_utf8)
+        {
+            if let Err(e) = std::str::from_utf8(&src) {
+                return Err(format!("not UTF-8 text (byte {})", e.valid_up_to()));
+            }
+        }
         if let Err(e) = parsed {
             return Err(syntax_message(&e, &src));
         }
@@ -407,7 +429,11 @@ impl Doc {
             .collect();
         top.push(Top::Metadata);
         top.push(Top::Tasks);
-        let entries: Vec<Entry> = s.tasks.iter().map(|t| Entry::from_task(t, ctx)).collect();
+        let entries: Vec<Box<Entry>> = s
+            .tasks
+            .iter()
+            .map(|t| Box::new(Entry::from_task(t, ctx)))
+            .collect();
         let index = entries
             .iter()
             .enumerate()
@@ -433,7 +459,7 @@ impl Doc {
                 })
                 .collect(),
             metadata: self.metadata.clone(),
-            tasks: self.entries.iter().map(Entry::to_task).collect(),
+            tasks: self.entries.iter().map(|e| e.to_task()).collect(),
         }
     }
 
@@ -675,7 +701,7 @@ impl Doc {
                 }
             };
             self.index.insert(id.clone(), self.entries.len());
-            self.entries.push(Entry {
+            self.entries.push(Box::new(Entry {
                 id: id.clone(),
                 ty: t.task_type.clone(),
                 status,
@@ -692,7 +718,7 @@ impl Doc {
                 wait_for_parent: t.wait_for_parent,
                 extra: Vec::new(),
                 text: Text::Dirty,
-            });
+            }));
             ids.push(id);
         }
         Ok(ids)
@@ -739,9 +765,14 @@ impl Doc {
     }
 }
 
+fn is_utf8(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok()
+}
+
 /// Indexes entries by id. A repeated id (a JSON object may repeat a key) keeps the last value in
 /// the first one's place, as Python's `json.load` does.
-fn index_entries(entries: &mut Vec<Entry>) -> HashMap<String, usize> {
+#[allow(clippy::vec_box)] // see `Doc::entries`
+fn index_entries(entries: &mut Vec<Box<Entry>>) -> HashMap<String, usize> {
     let mut index: HashMap<String, usize> = HashMap::with_capacity(entries.len());
     let mut repeated = false;
     for i in 0..entries.len() {
@@ -770,12 +801,12 @@ fn index_entries(entries: &mut Vec<Entry>) -> HashMap<String, usize> {
 }
 
 /// The previous version of a document, taken apart for [`reuse`].
-type Prev = Option<(Vec<u8>, Vec<Option<Entry>>, HashMap<String, usize>)>;
+type Prev = Option<(Vec<u8>, Vec<Option<Box<Entry>>>, HashMap<String, usize>)>;
 
 /// Takes over the previous version's entry number `j` if the text at `start` is its whole member
 /// (key and value), byte for byte. Entries are objects, so their text ends at the object's `}`
 /// and equal bytes cannot be the beginning of a longer value.
-fn take_next(src: &[u8], start: usize, j: usize, prev: &mut Prev) -> Option<Entry> {
+fn take_next(src: &[u8], start: usize, j: usize, prev: &mut Prev) -> Option<Box<Entry>> {
     let (old_src, slots, _) = prev.as_mut()?;
     let slot = slots.get_mut(j)?;
     let Some(Text::Src(a, b)) = slot.as_ref().map(|e| e.text) else {
@@ -798,7 +829,7 @@ fn reuse(
     start: usize,
     id: &str,
     prev: &mut Prev,
-) -> Result<Option<Entry>, SyntaxError> {
+) -> Result<Option<Box<Entry>>, SyntaxError> {
     let Some((old_src, slots, old_index)) = prev else {
         return Ok(None);
     };
@@ -1464,7 +1495,7 @@ impl Backend for JsonBackend {
             doc.entries
                 .iter()
                 .filter(|e| e.parent_id.as_deref() == Some(id))
-                .map(Entry::to_task)
+                .map(|e| e.to_task())
                 .collect()
         })
     }
@@ -1481,7 +1512,7 @@ impl Backend for JsonBackend {
                 })
                 .filter(|e| filter.task_type.as_deref().is_none_or(|t| e.ty == t))
                 .take(filter.limit.unwrap_or(usize::MAX))
-                .map(Entry::to_task)
+                .map(|e| e.to_task())
                 .collect()
         })
     }

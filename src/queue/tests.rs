@@ -1384,6 +1384,32 @@ proptest! {
         prop_assert_eq!(&after, &fresh);
         prop_assert_eq!(rendered, json::render_doc_for_test(&new));
     }
+
+    /// A version with a byte that is not UTF-8 anywhere (between entries taken over from the
+    /// version before, inside one, or in one that changed) is refused with the message reading
+    /// it afresh gives, which names that byte.
+    #[test]
+    fn a_byte_that_is_not_utf8_is_found_wherever_it_is(
+        base in proptest::collection::vec((0u8..48, any::<u8>()), 1..24),
+        changed in any::<prop::sample::Index>(),
+        value in any::<u8>(),
+        at in any::<prop::sample::Index>(),
+        bad in 0x80u8..=0xff,
+    ) {
+        let old_tasks: Vec<Task> = base.iter().map(|&(k, v)| entry(k, v)).collect();
+        let old = file_of(old_tasks.clone(), "a");
+        let mut tasks = json::parse_for_test(&old).unwrap().tasks;
+        let i = changed.index(tasks.len());
+        let k = u8::from_str_radix(&tasks[i].id[2..], 16).unwrap_or(0);
+        tasks[i] = entry(k, value);
+        let mut new = file_of(tasks, "a");
+        let at = at.index(new.len());
+        // A lone continuation byte or a lead byte followed by ASCII: never UTF-8.
+        new[at] = bad;
+        let expected = format!("not UTF-8 text (byte {at})");
+        prop_assert_eq!(json::parse_for_test(&new).unwrap_err(), expected.clone());
+        prop_assert_eq!(json::parse_after_for_test(&old, &new).unwrap_err(), expected);
+    }
 }
 
 /// `.cargo/config.toml` builds the bundled SQLite with options that save work on every call
