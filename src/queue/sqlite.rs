@@ -18,7 +18,7 @@
 //! waits for its parent is `blocked` until the parent completes; the parent's `waiters` flag says
 //! whether a completion must look for such children, so the common completion is one UPDATE.
 //!
-//! Waiting for the write lock uses a busy handler that sleeps (1 ms, doubling up to 8 ms) until
+//! Waiting for the write lock uses a busy handler that sleeps (1 ms, then 2 ms) until
 //! `lock_timeout`, then reports [`QueueError::LockTimeout`].
 //!
 //! The log is checkpointed on a thread of the process (see [`crate::checkpoint`]), not by the
@@ -123,9 +123,13 @@ const COLS: &str = "id, type, status, parent_id, locked_by, locked_at, created_a
 /// needs: with 8 agents on 2 cores, starting at 250 µs cost 120-140 µs of CPU per task against
 /// 80-100 µs starting at 1 ms (as SQLite's own busy timeout does), for the same throughput or
 /// better; the agents that are not waiting keep the lock busy meanwhile. The longest pause bounds
-/// how late a waiter notices a free lock.
+/// how late a waiter notices a free lock, and so how long agents asleep in it go on sleeping
+/// once the queue is drained: with 8 agents draining 1,000 tasks (about 25 ms), the last agent
+/// to find the queue empty did so up to 12 ms after the first with 8 ms pauses. Pauses of at most
+/// 2 ms measured 10-15% more claims and completions per second there (medians of 7 runs, three
+/// interleaved rounds), the same at 20,000 tasks.
 const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(1);
-const BUSY_MAX_PAUSE: Duration = Duration::from_millis(8);
+const BUSY_MAX_PAUSE: Duration = Duration::from_millis(2);
 
 /// Claims with more types than this scan the any-type index instead of one probe per type.
 const MAX_UNION_TYPES: usize = 16;
