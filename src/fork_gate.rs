@@ -2,9 +2,11 @@
 //!
 //! Work that must not be cut in two by a fork runs holding a [`Pass`]: every call into an agent
 //! queue (a child would otherwise inherit the queue's mutex, or SQLite's, locked by a thread it
-//! does not have, and wait forever at its first call), a checkpoint, and the record of open
-//! databases in [`crate::sqlite_fork`], which the child reads as soon as it exists. A fork waits
-//! for such work to end, and none starts until the fork is done.
+//! does not have, and wait forever at its first call), a store's reads, cached-call index calls,
+//! writer commits and result cache, a checkpoint, and the record of open databases in
+//! [`crate::sqlite_fork`], which the child reads as soon as it exists. A fork waits for such
+//! work to end, and none starts until the fork is done. Work holding a pass never waits for
+//! another thread of the process that may need one (a pending fork would hold that thread back).
 //!
 //! The child handler also counts forks ([`generation`]), which [`ForkLocal`] compares to tell a
 //! value this process made from one a forked child inherited.

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 from collections.abc import Callable
+
+import pytest
 
 
 class SteppedChild:
@@ -50,3 +54,30 @@ class SteppedChild:
             _, status = os.waitpid(self.pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
         return text
+
+
+def in_forked_child(work: Callable[[], str]) -> str:
+    """Runs ``work`` in a forked child; returns the text it returned. Fails if the child does not
+    answer within 20 s (it hangs; well before the suite's per-test timeout, so the hung child is
+    killed) or fails."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.write(w, work().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], 20)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+        pytest.fail("a forked child hung")
+    with os.fdopen(r) as f:
+        said = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed"
+    return said

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _forking import SteppedChild
+from _forking import SteppedChild, in_forked_child
 
 import tm
 import tm._cached
@@ -677,3 +677,86 @@ def test_a_store_a_forked_child_inherits_records_what_the_child_does(store: Any)
         assert (again.run(run_id) or {}).get("state") == "completed"
     finally:
         again.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forks_go_through_while_threads_keep_using_the_store(store: Any) -> None:
+    # One thread makes cached calls without pause (the cache index's connection: lookups,
+    # claims, completions); another records runs and results and reads them back (the writer
+    # thread's commits, the result cache, the read pool). The main thread forks twenty times;
+    # each child's first calls of every kind answer, and the parent loses nothing.
+    @store.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    core = store.core
+    stop = threading.Event()
+    made = {"calls": 0, "runs": 0}
+
+    def call() -> None:
+        while not stop.is_set():
+            n = made["calls"]
+            assert double(n) == 2 * n
+            made["calls"] = n + 1
+
+    def record() -> None:
+        while not stop.is_set():
+            n = made["runs"]
+            core.begin_run(f"r{n}", "g", "running", "manual", n, [(0, "t", None, None, None, None)])
+            core.save_result(f"r{n}", 0, "pickle", pickle.dumps(n))
+            assert store.result(f"r{n}", 0) == n
+            store.runs(limit=1)
+            made["runs"] = n + 1
+
+    def child(k: int) -> str:
+        core.begin_run(f"child{k}", "g", "running", "manual", 0, [])
+        core.flush()
+        runs = {r["run_id"] for r in store.runs(limit=None)}
+        return f"{double(-k - 1)} {f'child{k}' in runs} {store.result('r0', 0)}"
+
+    threads = [threading.Thread(target=f) for f in (call, record)]
+    for t in threads:
+        t.start()
+    try:
+        said = [in_forked_child(lambda k=k: child(k)) for k in range(20)]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert said == [f"{-2 * (k + 1)} True 0" for k in range(20)]
+    store.flush()
+    assert len(store.runs(limit=None)) == made["runs"] + 20
+    stored = {json.loads(e["inputs_json"])["x"] for e in store.cache_entries()}
+    assert stored == set(range(made["calls"])) | {-k - 1 for k in range(20)}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_renew_the_leases_of_its_parents_calls(store: Any) -> None:
+    # A call runs in a thread of the parent (its lease renewed by the parent's heartbeat thread)
+    # when the main thread forks: the child has neither the call nor the thread, so it must not
+    # renew that lease (were the parent killed, the call would stay claimed for as long as the
+    # child lives), and its own calls still get renewed by a heartbeat thread of its own.
+    started, release = threading.Event(), threading.Event()
+
+    @store.task
+    def slow(x: int) -> int:
+        started.set()
+        release.wait()
+        return x
+
+    @store.task
+    def quick(x: int) -> int:
+        return x
+
+    t = threading.Thread(target=slow, args=(1,))
+    t.start()
+    started.wait()
+    beats = tm._cached._heartbeats
+    try:
+        in_parent = len(beats.owned)
+        said = in_forked_child(lambda: f"{len(beats.owned)} {quick(2)} {len(beats.owned)}")
+    finally:
+        release.set()
+        t.join()
+    assert in_parent == 1
+    assert said == "0 2 0"

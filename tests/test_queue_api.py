@@ -6,17 +6,14 @@ import gc
 import json
 import os
 import re
-import select
-import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _forking import SteppedChild
+from _forking import SteppedChild, in_forked_child
 
 from tm.exceptions import TmError
 from tm.queue import CorruptStateError, QueueLockTimeout, TaskManager, TaskStatus, migrate
@@ -723,36 +720,9 @@ def test_seed_readme_examples_run_as_written(
         assert json.loads((tmp_path / "states" / f"{name}.json").read_text())["tasks"] is not None
 
 
-def _in_forked_child(work: Callable[[], str]) -> str:
-    """Runs ``work`` in a forked child; returns the text it returned. Fails if the child does not
-    answer within 20 s (it hangs; well before the suite's per-test timeout, so the hung child is
-    killed) or fails."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.write(w, work().encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    ready, _, _ = select.select([r], [], [], 20)
-    if not ready:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(r)
-        pytest.fail("a forked child hung")
-    with os.fdopen(r) as f:
-        said = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the forked child failed"
-    return said
-
-
 def _child_reads_summary(tm: TaskManager) -> int:
     """The task count a forked child's first call on ``tm`` reads."""
-    return int(_in_forked_child(lambda: str(tm.get_status_summary()["total_tasks"])))
+    return int(in_forked_child(lambda: str(tm.get_status_summary()["total_tasks"])))
 
 
 class _StoreLockHeld:
@@ -894,7 +864,7 @@ def test_children_forked_while_the_log_is_checkpointed_neither_hang_nor_lose_wor
         for _ in range(150):
             t = tm.get_next_task("parent")
             assert tm.complete_task(t["id"], "parent")
-        ok, task_id = _in_forked_child(child).split()
+        ok, task_id = in_forked_child(child).split()
         assert ok == "1"
         by_child.add(task_id)
     assert len(by_child) == 20

@@ -86,6 +86,14 @@ class _Heartbeats:
         with self.lock:
             self.owned.pop((id(index), key, token), None)
 
+    def forked(self) -> None:
+        """In a forked child, before anything else runs: the parent's calls are not the child's
+        to renew, and the lock may have been held by a thread the child does not have."""
+        self.lock = threading.Lock()
+        self.owned = {}
+        self.wake = threading.Event()
+        self.pid = 0
+
     def beat_now(self) -> None:
         """Renews every lease now rather than at the next interval."""
         self.wake.set()
@@ -104,6 +112,8 @@ class _Heartbeats:
 
 
 _heartbeats = _Heartbeats()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_heartbeats.forked)
 
 
 class CachedFunction:

@@ -98,6 +98,10 @@ class Store:
     @property
     def core(self) -> StoreCore:
         """The open database (opened, created and migrated on first use; raises ``tm.StoreError``)."""
+        # Once open, no lock: a child forked while another thread held it would wait forever.
+        core = self._core
+        if core is not None:
+            return core
         with self._lock:
             if self._core is None:
                 core = StoreCore(self.url, read_only=self.read_only)

@@ -16,7 +16,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use super::backend::SqlitePlace;
 use super::error::{open_error, StoreError};
 use super::writer::BUSY_TIMEOUT;
-use crate::fork_gate::ForkLocal;
+use crate::fork_gate::{ForkLocal, Pass};
 
 /// The immutable facts of one call: what the key was computed from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -327,6 +327,7 @@ impl SqliteCache {
     /// Drops the connection; later verbs fail with [`StoreError::Closed`].
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        let _gate = Pass::enter();
         *self
             .conn
             .lock()
@@ -348,10 +349,14 @@ impl SqliteCache {
     }
 
     /// Runs `f` on the connection (opening it first if needed); SQLite errors name the database.
+    /// Holds a fork pass (see [`crate::fork_gate`]): a child forked while another thread is in
+    /// here would otherwise inherit the connection's mutex, or SQLite's for the file, locked. A
+    /// fork may so wait for a call waiting for the database's lock (`BUSY_TIMEOUT` at most).
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
+        let _gate = Pass::enter();
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);

@@ -55,9 +55,10 @@ pub use model::{
 pub(crate) use url::pg_config;
 pub use url::{DbUrl, SqliteTarget};
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::cache::ByteLru;
+use crate::fork_gate::Pass;
 use backend::Backend;
 use model::Write;
 
@@ -83,6 +84,27 @@ struct ResultCache {
     misses: u64,
 }
 
+/// The result cache, locked, with a fork pass (see [`crate::fork_gate`]) held until the lock is
+/// released: a child forked meanwhile would otherwise inherit it locked.
+struct LockedResults<'a> {
+    // Dropped first: the lock is released before the pass.
+    guard: MutexGuard<'a, ResultCache>,
+    _gate: Pass,
+}
+
+impl std::ops::Deref for LockedResults<'_> {
+    type Target = ResultCache;
+    fn deref(&self) -> &ResultCache {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for LockedResults<'_> {
+    fn deref_mut(&mut self) -> &mut ResultCache {
+        &mut self.guard
+    }
+}
+
 /// How many bytes of results a store keeps in memory unless told otherwise.
 pub const DEFAULT_RESULT_CACHE_BYTES: usize = 64 << 20;
 
@@ -106,6 +128,14 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    fn result_cache(&self) -> LockedResults<'_> {
+        let gate = Pass::enter();
+        LockedResults {
+            guard: self.results.lock().unwrap_or_else(PoisonError::into_inner),
+            _gate: gate,
+        }
+    }
+
     /// Opens (creating if needed, with its parent directory) and migrates the database at `url`:
     /// `sqlite:///relative.db`, `sqlite:////absolute.db`, a bare path, `:memory:` or
     /// `sqlite://:memory:`. A file that is not a tm database is refused and left untouched.
@@ -251,7 +281,7 @@ impl Store {
 
     fn remember_result(&self, run_id: &str, node: u32, format: String, data: Arc<[u8]>) {
         let size = data.len() + format.len() + run_id.len();
-        let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.result_cache();
         cache
             .lru
             .insert((run_id.to_string(), node), (format, data), size);
@@ -260,13 +290,13 @@ impl Store {
     /// Bounds the in-memory result cache to `bytes` (evicting the least recently used results
     /// beyond it; 0 disables it).
     pub fn set_cache_capacity(&self, bytes: usize) {
-        let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.result_cache();
         cache.lru.set_capacity(bytes);
     }
 
     /// The result cache's size and counters.
     pub fn cache_info(&self) -> CacheInfo {
-        let cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        let cache = self.result_cache();
         CacheInfo {
             entries: cache.lru.len(),
             bytes: cache.lru.bytes(),
@@ -350,7 +380,7 @@ impl Store {
             now_us,
         })?;
         // Pruned runs' results must not outlive them here.
-        let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = self.result_cache();
         cache.lru.clear();
         Ok(())
     }
@@ -408,7 +438,7 @@ impl Store {
     /// task there) is seen here once the cached copy is evicted.
     pub fn result(&self, run_id: &str, node: u32) -> Result<Option<ResultBytes>, StoreError> {
         {
-            let mut cache = self.results.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = self.result_cache();
             let key = (run_id.to_string(), node);
             if let Some((format, data)) = cache.lru.get(&key).cloned() {
                 cache.hits += 1;

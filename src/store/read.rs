@@ -15,7 +15,7 @@ use super::model::{
     TaskFact, TaskRef, TaskRow, UNFINISHED_RUN_STATES,
 };
 use super::writer::BUSY_TIMEOUT;
-use crate::fork_gate::ForkLocal;
+use crate::fork_gate::{ForkLocal, Pass};
 
 /// Idle connections kept for reuse; more may exist while many threads read at once.
 const POOL_SIZE: usize = 4;
@@ -128,6 +128,7 @@ impl Readers {
     /// Closes the idle connections; later reads fail with [`StoreError::Closed`].
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        let _gate = Pass::enter();
         self.pool
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -148,6 +149,11 @@ impl Readers {
 
     /// Runs `f` on a pooled connection. Retries while the database is busy or locked: WAL readers
     /// rarely are, but an in-memory database has no WAL, so a commit briefly excludes readers.
+    ///
+    /// The pool and each try hold a fork pass (see [`crate::fork_gate`]): a child forked while
+    /// another thread reads would otherwise inherit the pool's mutex, or SQLite's for the file,
+    /// locked, and wait forever at its first read. The pauses between tries hold none, so a fork
+    /// never waits for another process's lock.
     fn with<T>(
         &self,
         mut f: impl FnMut(&mut Connection) -> rusqlite::Result<T>,
@@ -155,20 +161,26 @@ impl Readers {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
-        let pooled = self
-            .pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get()
-            .pop();
+        let pooled = {
+            let _gate = Pass::enter();
+            let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            pool.get().pop()
+        };
         let mut conn = match pooled {
             Some(c) => c,
-            None => self.connect()?,
+            None => {
+                let _gate = Pass::enter();
+                self.connect()?
+            }
         };
         let deadline = Instant::now() + BUSY_TIMEOUT;
         let mut pause = Duration::from_micros(200);
         let result = loop {
-            match f(&mut conn) {
+            let tried = {
+                let _gate = Pass::enter();
+                f(&mut conn)
+            };
+            match tried {
                 Err(e)
                     if matches!(
                         e.sqlite_error_code(),
@@ -181,6 +193,7 @@ impl Readers {
                 other => break other,
             }
         };
+        let _gate = Pass::enter();
         if !self.closed.load(Ordering::SeqCst) {
             let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
             let pool = pool.get();

@@ -34,6 +34,7 @@ use super::model::{
     UNFINISHED_RUN_STATES,
 };
 use crate::checkpoint::{checkpoint, Checkpointer, Mode};
+use crate::fork_gate::Pass;
 
 /// Most writes applied in one transaction; more wait for the next batch.
 pub(crate) const MAX_BATCH: usize = 10_000;
@@ -329,7 +330,13 @@ impl Drop for Writer {
 fn open_with_retry(place: &SqlitePlace) -> Result<Connection, StoreError> {
     let mut tries = BACKOFF_MS.iter();
     loop {
-        match open(place) {
+        // A fork pass for SQLite's work on the file (see `SqliteCommitter::commit`); none while
+        // pausing.
+        let opened = {
+            let _gate = Pass::enter();
+            open(place)
+        };
+        match opened {
             Err(e) if is_busy_open(&e) => match tries.next() {
                 Some(ms) => std::thread::sleep(Duration::from_millis(*ms)),
                 None => return Err(e),
@@ -723,13 +730,18 @@ impl Committer for SqliteCommitter {
     /// the next one, nothing is lost.
     fn quiet(&mut self) {
         if !self.checkpointer.request() {
+            let _gate = Pass::enter();
             checkpoint(&self.conn);
         }
     }
 
+    /// Each try holds a fork pass (see [`crate::fork_gate`]): a child forked while this thread
+    /// is inside SQLite would otherwise inherit SQLite's mutexes for the file locked, and hang at
+    /// its first use of the database. Nothing here waits for another thread of the process.
     fn commit(&mut self, batch: &[Write], report: &mut Report) {
         let mut backoff = BACKOFF_MS.iter();
         loop {
+            let gate = Pass::enter();
             let applied = (|| {
                 let tx = self
                     .conn
@@ -742,6 +754,7 @@ impl Committer for SqliteCommitter {
                 // Rolled back: keys remembered for runs it inserted are void.
                 self.keys.forget_all();
             }
+            drop(gate);
             match applied {
                 Ok(()) => return,
                 Err(Fail::Db(e)) if is_environmental(&e) => match backoff.next() {
@@ -767,6 +780,7 @@ impl SqliteCommitter {
     /// Applies `batch` with a savepoint around each write, skipping and reporting the ones that
     /// fail; an environmental failure drops the whole batch.
     fn commit_each(&mut self, batch: &[Write], report: &mut Report) {
+        let _gate = Pass::enter(); // see `commit`
         let mut refused = Vec::new();
         let keys = &mut self.keys;
         let outcome = (|| -> rusqlite::Result<()> {
