@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _forking import in_forked_child
 
 import tm
 from tm import Executor, Graph, Store, task
@@ -159,3 +160,43 @@ def test_cached_calls_hit_across_stores_on_postgresql(tmp_path: Path, pg_url: st
     assert calls == [4, 5]
     first.close()
     second.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_talks_to_postgresql_on_connections_of_its_own(
+    tmp_path: Path, pg_url: str
+) -> None:
+    # The parent has a read connection and a cached-call connection open when it forks. The
+    # child's reads and cached calls must go over connections of its own: sharing the parent's
+    # sockets interleaves two processes' messages, and the child closing its store would end
+    # the parent's sessions. Its writes go through a writer of its own.
+    store = Store(pg_url, result_dir=tmp_path / "results")
+
+    @store.task
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double(1) == 2
+    store.runs(limit=1)
+
+    def child() -> str:
+        value = double(2)
+        store.core.begin_run("from-child", "g", "running", "manual", 0, [])
+        store.flush()
+        runs = [r["run_id"] for r in store.runs(limit=None)]
+        store.close()
+        return f"{value} {runs}"
+
+    assert in_forked_child(child) == "4 ['from-child']"
+    # The parent's connections and writer outlived the child's store.
+    assert double(3) == 6
+    store.core.begin_run("from-parent", "g", "running", "manual", 1, [])
+    store.flush()
+    assert {r["run_id"] for r in store.runs(limit=None)} == {"from-child", "from-parent"}
+    assert double(2) == 4  # the child's result, stored on the server
+    assert {e["inputs_json"] for e in store.cache_entries(func="double")} == {
+        '{"x":1}',
+        '{"x":2}',
+        '{"x":3}',
+    }
+    store.close()

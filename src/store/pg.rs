@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -33,6 +33,7 @@ use super::model::{
 };
 use super::url::pg_config;
 use super::writer::{apply, apply_batch, Committer, Fail, Param, Report, Rows, RunKeys, Writer};
+use crate::fork_gate::{ForkLocal, Pass};
 
 /// One PostgreSQL migration; the versions match the SQLite list in [`super::migrations`].
 struct Migration {
@@ -135,7 +136,11 @@ pub(crate) fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError
 /// The PostgreSQL store backend.
 pub(crate) struct Postgres {
     place: String,
-    writer: Writer,
+    config: Config,
+    /// This process's writer: the opener's, started at open. A forked child starts its own at
+    /// its first write (the parent's thread is not in it, and its connection is the parent's),
+    /// and never flushes, closes or joins the parent's.
+    writer: Mutex<ForkLocal<Option<Arc<Writer>>>>,
     pool: Pool,
     cache: PgCache,
 }
@@ -146,31 +151,59 @@ impl Postgres {
         let (config, place) = pg_config(url)?;
         let mut client = connect(&config, &place)?;
         migrate(&mut client, &place)?;
-        let committer = PgCommitter {
-            config: config.clone(),
-            place: place.clone(),
-            client: Some(client),
-            stmts: HashMap::new(),
-            keys: RunKeys::default(),
-        };
-        let writer = Writer::spawn(place.clone(), Box::new(committer))?;
+        let writer = Self::spawn_writer(&config, &place, Some(client))?;
         Ok(Postgres {
             pool: Pool {
                 config: config.clone(),
                 place: place.clone(),
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(ForkLocal::new(Vec::new())),
                 closed: AtomicBool::new(false),
             },
             cache: PgCache {
                 config: config.clone(),
                 place: place.clone(),
-                conn: Mutex::new(None),
-                listener: Mutex::new(None),
+                conn: Mutex::new(ForkLocal::new(None)),
+                listener: Mutex::new(ForkLocal::new(None)),
                 closed: AtomicBool::new(false),
             },
+            config,
             place,
-            writer,
+            writer: Mutex::new(ForkLocal::new(Some(Arc::new(writer)))),
         })
+    }
+
+    /// Starts a writer thread committing through `client` (None: it connects at its first
+    /// commit).
+    fn spawn_writer(
+        config: &Config,
+        place: &str,
+        client: Option<Client>,
+    ) -> Result<Writer, StoreError> {
+        let committer = PgCommitter {
+            config: config.clone(),
+            place: place.to_owned(),
+            client,
+            stmts: HashMap::new(),
+            keys: RunKeys::default(),
+        };
+        Writer::spawn(place.to_owned(), Box::new(committer))
+    }
+
+    /// This process's writer (see [`Postgres::writer`]); a forked child's is started here when
+    /// `start`. Holds a fork pass only while it looks (flushing or closing it waits for its
+    /// thread, which must not be done holding one).
+    fn process_writer(&self, start: bool) -> Result<Option<Arc<Writer>>, StoreError> {
+        let _gate = Pass::enter();
+        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = guard.get();
+        if slot.is_none() && start {
+            *slot = Some(Arc::new(Self::spawn_writer(
+                &self.config,
+                &self.place,
+                None,
+            )?));
+        }
+        Ok(slot.clone())
     }
 }
 
@@ -541,19 +574,26 @@ impl Committer for PgCommitter {
 }
 
 /// Read connections, kept for reuse; a broken one is dropped and replaced.
+///
+/// Connections belong to the process that opened them: a forked child opens its own (one socket
+/// used by two processes interleaves their messages, and a child dropping its parent's client
+/// would end the parent's session). The pool's mutex is taken holding a fork pass (see
+/// [`crate::fork_gate`]), so a child never inherits it locked; queries run without one.
 struct Pool {
     config: Config,
     place: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<ForkLocal<Vec<Client>>>,
     closed: AtomicBool,
 }
 
 impl Pool {
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        let _gate = Pass::enter();
         self.idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .get()
             .clear();
     }
 
@@ -566,11 +606,11 @@ impl Pool {
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
+        let pooled = {
+            let _gate = Pass::enter();
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            idle.get().pop()
+        };
         let fresh = pooled.is_none();
         let mut client = match pooled {
             Some(c) => c,
@@ -582,7 +622,9 @@ impl Pool {
             result = f(&mut client);
         }
         if !client.is_closed() && !self.closed.load(Ordering::SeqCst) {
+            let _gate = Pass::enter();
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            let idle = idle.get();
             if idle.len() < POOL_SIZE {
                 idle.push(client);
             }
@@ -689,18 +731,25 @@ impl super::backend::Backend for Postgres {
         &self.place
     }
     fn submit(&self, w: Write) -> Result<(), StoreError> {
-        self.writer.submit(w)
+        match self.process_writer(true)? {
+            Some(writer) => writer.submit(w),
+            None => Err(StoreError::Closed),
+        }
     }
     fn flush(&self) -> Result<(), StoreError> {
-        self.writer.flush()
+        // Nothing is queued by a child that never wrote.
+        self.process_writer(false)?.map_or(Ok(()), |w| w.flush())
     }
     fn close(&self) -> Result<(), StoreError> {
         self.pool.close();
         self.cache.close();
-        self.writer.close()
+        self.process_writer(false)?.map_or(Ok(()), |w| w.close())
     }
     fn last_error(&self) -> Option<StoreError> {
-        self.writer.last_error()
+        self.process_writer(false)
+            .ok()
+            .flatten()
+            .and_then(|w| w.last_error())
     }
 
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
@@ -914,12 +963,13 @@ impl super::backend::Backend for Postgres {
 /// The cached-call index on PostgreSQL: one connection, opened on first use. `claim` decides
 /// under a per-key advisory lock held to the end of its transaction, so among processes (and
 /// hosts) exactly one becomes the owner of a key, as `BEGIN IMMEDIATE` does on SQLite.
+/// Connections are the opening process's, as the read [`Pool`]'s are.
 struct PgCache {
     config: Config,
     place: String,
-    conn: Mutex<Option<Client>>,
+    conn: Mutex<ForkLocal<Option<Client>>>,
     /// A connection listening on `tm_cache` for waiters (opened on first wait).
-    listener: Mutex<Option<Client>>,
+    listener: Mutex<ForkLocal<Option<Client>>>,
     closed: AtomicBool,
 }
 
@@ -1000,52 +1050,81 @@ fn latest_entry(
 
 impl PgCache {
     /// Runs `f` on the connection (connecting first if needed, or again after the server closed
-    /// it); errors name the database.
+    /// it); errors name the database. Holds a fork pass, so a child never inherits the mutex
+    /// locked (a fork may wait for a query in flight).
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
+        let _gate = Pass::enter();
         let mut guard = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            *guard = Some(connect(&self.config, &self.place)?);
+        let slot = guard.get();
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(connect(&self.config, &self.place)?);
         }
-        let client = guard.as_mut().ok_or(StoreError::Closed)?;
+        let client = slot.as_mut().ok_or(StoreError::Closed)?;
         f(client).map_err(|e| pg_error(&self.place, "cache index query failed", e))
     }
 
     fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        *self.conn.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        *self.listener.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let _gate = Pass::enter();
+        *self
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get() = None;
+        *self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get() = None;
     }
 }
 
 impl CacheBackend for PgCache {
+    /// Waits on the listening connection taken out of its slot, holding neither the mutex nor a
+    /// fork pass (a fork does not wait for it, and a child never inherits the mutex locked); it
+    /// goes back unless another waiter's did meanwhile.
     fn wait_for_end(&self, timeout: Duration) -> Result<Option<bool>, StoreError> {
         use postgres::fallible_iterator::FallibleIterator;
-        let mut guard = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
         if self.closed.load(Ordering::SeqCst) {
             return Err(StoreError::Closed);
         }
         let failed = |e| pg_error(&self.place, "cannot wait for cached calls", e);
-        if guard.as_ref().is_none_or(Client::is_closed) {
-            let mut c = connect(&self.config, &self.place)?;
-            c.batch_execute(&format!("LISTEN {CACHE_CHANNEL}"))
-                .map_err(failed)?;
-            *guard = Some(c);
-        }
-        let client = guard.as_mut().ok_or(StoreError::Closed)?;
-        let mut notes = client.notifications();
-        let woke = notes
-            .timeout_iter(timeout)
-            .next()
-            .map_err(failed)?
-            .is_some();
-        if woke {
-            while notes.iter().next().map_err(failed)?.is_some() {}
+        let taken = {
+            let _gate = Pass::enter();
+            let mut guard = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+            guard.get().take().filter(|c| !c.is_closed())
+        };
+        let mut client = match taken {
+            Some(c) => c,
+            None => {
+                let mut c = connect(&self.config, &self.place)?;
+                c.batch_execute(&format!("LISTEN {CACHE_CHANNEL}"))
+                    .map_err(failed)?;
+                c
+            }
+        };
+        let woke = {
+            let mut notes = client.notifications();
+            let woke = notes
+                .timeout_iter(timeout)
+                .next()
+                .map_err(failed)?
+                .is_some();
+            if woke {
+                while notes.iter().next().map_err(failed)?.is_some() {}
+            }
+            woke
+        };
+        if !self.closed.load(Ordering::SeqCst) {
+            let _gate = Pass::enter();
+            let mut guard = self.listener.lock().unwrap_or_else(PoisonError::into_inner);
+            guard.get().get_or_insert(client);
         }
         Ok(Some(woke))
     }
