@@ -1,15 +1,13 @@
 //! The boundary between [`Store`](super::Store) and a database engine. `Store` talks only to
 //! [`Backend`]: SQLite here, PostgreSQL in [`super::pg`].
 
-use std::mem::ManuallyDrop;
-use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use rusqlite::OpenFlags;
 
-use crate::fork_gate::{self, ForkLocal};
+use crate::fork_gate;
 
 use super::cache_index::{CacheBackend, SqliteCache};
 use super::error::StoreError;
@@ -18,7 +16,7 @@ use super::model::{
 };
 use super::read::Readers;
 use super::url::{DbUrl, SqliteTarget};
-use super::writer::Writer;
+use super::writer::{ProcessWriter, Writer, WriterRef};
 
 /// A database engine behind the store: queued writes with group commit, and blocking reads.
 pub(crate) trait Backend: Send + Sync {
@@ -210,38 +208,13 @@ fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
     })
 }
 
-/// The embedded SQLite backend: one writer thread and a pool of read connections.
-///
-/// A process forked from the one that opened it (`multiprocessing`'s default on Linux) inherits
-/// the writer's queue but not its thread, and the parent's connections: such a child starts a
-/// writer of its own at its first write and opens its own read connections, and never closes,
-/// joins or flushes the parent's.
+/// The embedded SQLite backend: one writer thread (per process, see [`ProcessWriter`]) and a
+/// pool of read connections (a forked child opens its own).
 struct Sqlite {
     place: Arc<SqlitePlace>,
-    /// The opening process's writer; None when opened read-only. Dropped only by that process.
-    writer: Option<ManuallyDrop<Writer>>,
-    /// [`fork_gate::generation`] of the opening process.
-    born: u64,
-    /// A forked child's own writer, started at its first write.
-    child_writer: Mutex<ForkLocal<Option<Arc<Writer>>>>,
+    writer: ProcessWriter,
     readers: Readers,
     cache: SqliteCache,
-}
-
-/// The writer of the process at hand (see [`Sqlite`]).
-enum WriterRef<'a> {
-    Own(&'a Writer),
-    Child(Arc<Writer>),
-}
-
-impl Deref for WriterRef<'_> {
-    type Target = Writer;
-    fn deref(&self) -> &Writer {
-        match self {
-            WriterRef::Own(w) => w,
-            WriterRef::Child(w) => w,
-        }
-    }
 }
 
 impl Sqlite {
@@ -253,9 +226,7 @@ impl Sqlite {
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
-            writer: Some(ManuallyDrop::new(writer)),
-            born: fork_gate::generation(),
-            child_writer: Mutex::new(ForkLocal::new(None)),
+            writer: ProcessWriter::new(Some(writer)),
             readers,
             cache,
         })
@@ -276,41 +247,16 @@ impl Sqlite {
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
-            writer: None,
-            born: fork_gate::generation(),
-            child_writer: Mutex::new(ForkLocal::new(None)),
+            writer: ProcessWriter::new(None),
             readers,
             cache,
         })
     }
 
-    fn is_opener(&self) -> bool {
-        fork_gate::generation() == self.born
-    }
-
-    /// This process's writer (None when read-only). A forked child has none until its first
-    /// write, which starts one (`start`).
-    fn process_writer(&self, start: bool) -> Result<Option<WriterRef<'_>>, StoreError> {
-        let Some(own) = self.writer.as_deref() else {
-            return Ok(None);
-        };
-        if self.is_opener() {
-            return Ok(Some(WriterRef::Own(own)));
-        }
-        let mut guard = self
-            .child_writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let slot = guard.get();
-        if slot.is_none() && start {
-            *slot = Some(Arc::new(Writer::start(&self.place)?));
-        }
-        Ok(slot.clone().map(WriterRef::Child))
-    }
-
-    /// The writer to write through.
+    /// The writer to write through (a forked child's first write starts its own).
     fn writer(&self) -> Result<WriterRef<'_>, StoreError> {
-        self.process_writer(true)?
+        self.writer
+            .get(Some(&|| Writer::start(&self.place)))?
             .ok_or_else(|| StoreError::ReadOnly {
                 path: self.place.name.clone(),
             })
@@ -318,18 +264,7 @@ impl Sqlite {
 
     /// The writer that may hold writes of this process (flush, close, last error).
     fn current_writer(&self) -> Option<WriterRef<'_>> {
-        self.process_writer(false).ok().flatten()
-    }
-}
-
-impl Drop for Sqlite {
-    fn drop(&mut self) {
-        if let Some(w) = self.writer.as_mut() {
-            if fork_gate::generation() == self.born {
-                // SAFETY: dropped once, here, and never used again.
-                unsafe { ManuallyDrop::drop(w) };
-            }
-        }
+        self.writer.get(None).ok().flatten()
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use postgres::error::SqlState;
@@ -32,7 +32,10 @@ use super::model::{
     TaskFact, TaskRef, TaskRow, Write, UNFINISHED_RUN_STATES,
 };
 use super::url::pg_config;
-use super::writer::{apply, apply_batch, Committer, Fail, Param, Report, Rows, RunKeys, Writer};
+use super::writer::{
+    apply, apply_batch, Committer, Fail, Param, ProcessWriter, Report, Rows, RunKeys, Writer,
+    WriterRef,
+};
 use crate::fork_gate::{ForkLocal, Pass};
 
 /// One PostgreSQL migration; the versions match the SQLite list in [`super::migrations`].
@@ -137,10 +140,7 @@ pub(crate) fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError
 pub(crate) struct Postgres {
     place: String,
     config: Config,
-    /// This process's writer: the opener's, started at open. A forked child starts its own at
-    /// its first write (the parent's thread is not in it, and its connection is the parent's),
-    /// and never flushes, closes or joins the parent's.
-    writer: Mutex<ForkLocal<Option<Arc<Writer>>>>,
+    writer: ProcessWriter,
     pool: Pool,
     cache: PgCache,
 }
@@ -168,7 +168,7 @@ impl Postgres {
             },
             config,
             place,
-            writer: Mutex::new(ForkLocal::new(Some(Arc::new(writer)))),
+            writer: ProcessWriter::new(Some(writer)),
         })
     }
 
@@ -189,21 +189,12 @@ impl Postgres {
         Writer::spawn(place.to_owned(), Box::new(committer))
     }
 
-    /// This process's writer (see [`Postgres::writer`]); a forked child's is started here when
-    /// `start`. Holds a fork pass only while it looks (flushing or closing it waits for its
-    /// thread, which must not be done holding one).
-    fn process_writer(&self, start: bool) -> Result<Option<Arc<Writer>>, StoreError> {
-        let _gate = Pass::enter();
-        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = guard.get();
-        if slot.is_none() && start {
-            *slot = Some(Arc::new(Self::spawn_writer(
-                &self.config,
-                &self.place,
-                None,
-            )?));
-        }
-        Ok(slot.clone())
+    /// The writer of the process at hand (a forked child's first write starts its own, which
+    /// connects at its first commit).
+    fn writer(&self, start: bool) -> Result<Option<WriterRef<'_>>, StoreError> {
+        let spawn = || Self::spawn_writer(&self.config, &self.place, None);
+        self.writer
+            .get(start.then_some(&spawn as &dyn Fn() -> Result<Writer, StoreError>))
     }
 }
 
@@ -731,22 +722,22 @@ impl super::backend::Backend for Postgres {
         &self.place
     }
     fn submit(&self, w: Write) -> Result<(), StoreError> {
-        match self.process_writer(true)? {
+        match self.writer(true)? {
             Some(writer) => writer.submit(w),
             None => Err(StoreError::Closed),
         }
     }
     fn flush(&self) -> Result<(), StoreError> {
         // Nothing is queued by a child that never wrote.
-        self.process_writer(false)?.map_or(Ok(()), |w| w.flush())
+        self.writer(false)?.map_or(Ok(()), |w| w.flush())
     }
     fn close(&self) -> Result<(), StoreError> {
         self.pool.close();
         self.cache.close();
-        self.process_writer(false)?.map_or(Ok(()), |w| w.close())
+        self.writer(false)?.map_or(Ok(()), |w| w.close())
     }
     fn last_error(&self) -> Option<StoreError> {
-        self.process_writer(false)
+        self.writer(false)
             .ok()
             .flatten()
             .and_then(|w| w.last_error())

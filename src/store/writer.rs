@@ -15,6 +15,8 @@
 //! stays readable through [`Writer::last_error`].
 
 use std::collections::HashMap;
+use std::mem::ManuallyDrop;
+use std::ops::Deref;
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -34,7 +36,7 @@ use super::model::{
     UNFINISHED_RUN_STATES,
 };
 use crate::checkpoint::{checkpoint, Checkpointer, Mode};
-use crate::fork_gate::Pass;
+use crate::fork_gate::{self, ForkLocal, Pass};
 
 /// Most writes applied in one transaction; more wait for the next batch.
 pub(crate) const MAX_BATCH: usize = 10_000;
@@ -322,6 +324,81 @@ impl Drop for Writer {
     fn drop(&mut self) {
         // Errors were available through flush/close/last_error; a destructor cannot report them.
         let _ = self.close();
+    }
+}
+
+/// A store's writer, per process. A process forked from the one that opened the store
+/// (`multiprocessing`'s default on Linux) inherits the opener's writer queue but not its thread,
+/// and the opener's connection: such a child starts a writer of its own at its first write and
+/// never flushes, closes, joins or drops the opener's.
+pub(crate) struct ProcessWriter {
+    /// The opener's writer; None when the store was opened read-only. Dropped only by the opener.
+    own: Option<ManuallyDrop<Writer>>,
+    /// [`fork_gate::generation`] of the opening process.
+    born: u64,
+    /// A forked child's own writer, started at its first write.
+    child: Mutex<ForkLocal<Option<Arc<Writer>>>>,
+}
+
+/// The writer of the process at hand (see [`ProcessWriter`]).
+pub(crate) enum WriterRef<'a> {
+    Own(&'a Writer),
+    Child(Arc<Writer>),
+}
+
+impl Deref for WriterRef<'_> {
+    type Target = Writer;
+    fn deref(&self) -> &Writer {
+        match self {
+            WriterRef::Own(w) => w,
+            WriterRef::Child(w) => w,
+        }
+    }
+}
+
+impl ProcessWriter {
+    /// The opener's `own` writer (None: read-only).
+    pub(crate) fn new(own: Option<Writer>) -> ProcessWriter {
+        fork_gate::install();
+        ProcessWriter {
+            own: own.map(ManuallyDrop::new),
+            born: fork_gate::generation(),
+            child: Mutex::new(ForkLocal::new(None)),
+        }
+    }
+
+    /// This process's writer (None when read-only, or in a forked child that has not written
+    /// yet and passes no `start`; with one, a child's first call starts its writer). The opener
+    /// takes no lock; a child takes its slot's mutex holding a fork pass, never while using the
+    /// writer (flushing or closing waits for its thread).
+    pub(crate) fn get(
+        &self,
+        start: Option<&dyn Fn() -> Result<Writer, StoreError>>,
+    ) -> Result<Option<WriterRef<'_>>, StoreError> {
+        let Some(own) = self.own.as_deref() else {
+            return Ok(None);
+        };
+        if fork_gate::generation() == self.born {
+            return Ok(Some(WriterRef::Own(own)));
+        }
+        let _gate = Pass::enter();
+        let mut guard = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = guard.get();
+        if let (None, Some(start)) = (&slot, start) {
+            *slot = Some(Arc::new(start()?));
+        }
+        Ok(slot.clone().map(WriterRef::Child))
+    }
+}
+
+impl Drop for ProcessWriter {
+    fn drop(&mut self) {
+        if let Some(w) = self.own.as_mut() {
+            if fork_gate::generation() == self.born {
+                // SAFETY: dropped once, here, and never used again.
+                unsafe { ManuallyDrop::drop(w) };
+            }
+        }
     }
 }
 
