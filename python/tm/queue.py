@@ -24,7 +24,8 @@ Storage, chosen by ``state_file``:
 Processes on one machine share a store; threads may share one ``TaskManager``. Do not open an
 SQLite queue with Python's ``sqlite3`` module *in a process that also uses it through tm*: the two
 SQLite libraries do not see each other's locks within one process (other processes are fine).
-A database tm creates uses 1 KiB pages, which makes each commit write less.
+A database tm creates uses 512-byte pages, which makes each commit write less (an earlier
+tm's databases keep their 1 KiB pages).
 
 Decisions where the seed is silent:
 

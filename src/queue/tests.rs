@@ -1532,6 +1532,43 @@ fn a_queue_made_before_rows_had_room_gains_the_column_and_keeps_working() {
 }
 
 #[test]
+fn a_new_queue_has_512_byte_pages_and_one_made_with_larger_pages_keeps_them() {
+    let dir = TempDir::new();
+    let page_size = |path: &Path| -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap()
+    };
+    // A database an earlier tm made had 1 KiB pages: opening it keeps them.
+    let old = dir.join("old.db");
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .execute_batch("PRAGMA page_size = 1024; PRAGMA journal_mode = WAL; VACUUM")
+        .unwrap();
+    for (name, pages) in [("new.db", 512), ("old.db", 1024)] {
+        let path = dir.join(name);
+        let mut b = SqliteBackend::open(&path, Options::default()).unwrap();
+        // Rows that fit a page and rows that spill over several.
+        let small = format!("{{\"n\":\"{}\"}}", "s".repeat(100));
+        let big = format!("{{\"n\":\"{}\"}}", "b".repeat(5000));
+        let ids = b.create(&[task("job", &small), task("job", &big)]).unwrap();
+        for (id, data) in ids.iter().zip([&small, &big]) {
+            let t = b.claim("w", None).unwrap().unwrap();
+            assert_eq!((&t.id, t.data.as_slice()), (id, data.as_bytes()));
+            assert!(b
+                .complete(id, "w", None, Status::Completed, Some(data.as_bytes()))
+                .unwrap());
+            let done = b.get(id).unwrap().unwrap();
+            assert_eq!(done.status, "completed");
+            assert!(done.data.len() > 2 * data.len(), "{name}: result not kept");
+        }
+        drop(b);
+        assert_eq!(page_size(&path), pages, "{name}");
+    }
+}
+
+#[test]
 fn opening_a_made_queue_only_reads_so_a_held_write_lock_does_not_stop_it() {
     let dir = TempDir::new();
     let path = dir.join("q.db");
