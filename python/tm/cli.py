@@ -263,6 +263,10 @@ def _run_graph(args: argparse.Namespace) -> int:
     target: str = args.target
     try:
         if target.lower().endswith((".json", ".yaml", ".yml")):
+            # The file's functions are imported by module name: look in the working directory
+            # too, as `python -c` and `python -m` would (the console script does not).
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
             graph: object = Graph.from_file(target)
         else:
             graph = load_object(target)
@@ -392,11 +396,13 @@ def _run_cache(args: argparse.Namespace) -> int:
     return run(args)
 
 
+#: The states a recorded run can be in (``tm runs --state``).
+RUN_STATES = ("running", "completed", "failed", "cancelled")
+
+
 def _configure_runs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", help="only runs of this graph")
-    parser.add_argument(
-        "--state", help="only runs in this state (running, completed, failed, cancelled)"
-    )
+    parser.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
     parser.add_argument("-n", type=_non_negative_int, default=20, help="how many (default: 20)")
     _add_store_options(parser)
 
@@ -593,13 +599,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse reports usage errors and --help by exiting
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return COMMANDS[args.command].run(args)
+        status = COMMANDS[args.command].run(args)
+        # What is still buffered goes now, where a reader that left is handled below, rather
+        # than at the interpreter's exit, which would print a BrokenPipeError.
+        sys.stdout.flush()
+        return status
     except CommandError as exc:
         print(f"tm: error: {exc}", file=sys.stderr)
         return exc.status
     except BrokenPipeError:
-        # The reader went away (`tm cron ... | head -1`). Point stdout at devnull so the
-        # interpreter's final flush does not raise again (the recipe in the `signal` docs).
+        # The reader went away (`tm queue PATH list | head`): stop quietly. Point stdout at
+        # devnull so the interpreter's final flush does not raise again (the recipe in the
+        # `signal` docs).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILURE
