@@ -1,5 +1,6 @@
 """Sharp edges of graphs and runs: a finished run outlives edits to its graph, graphs iterate,
-and a graph file nested too deeply is a GraphError."""
+a graph file nested too deeply is a GraphError, and a resumed run's ``context.attempt`` goes on
+from the attempts already recorded."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tm
-from tm import Executor, Graph, GraphError, task
+from tm import Executor, Graph, GraphError, Store, task
 
 
 def test_a_finished_runs_result_survives_edits_to_its_graph() -> None:
@@ -83,6 +84,35 @@ def test_a_deeply_nested_graph_file_is_a_graph_error(tmp_path: Path, suffix: str
     g = Graph("deep-config", config=str(path))
     with pytest.raises(GraphError, match="nested too deeply"):
         g.load_config()
+
+
+def test_a_resumed_runs_attempt_numbers_go_on(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    @task
+    def flaky(context):
+        seen.append(context.attempt)
+        if len(seen) < 3:
+            raise RuntimeError(f"call {len(seen)} fails")
+        return "ok"
+
+    g = Graph("resumable")
+    g.add(flaky)
+    store = Store(f"sqlite:///{tmp_path}/tm.db")
+    with Executor(store=store, retries=1, retry_delay=0) as ex:
+        run = ex.run(g)
+        assert run.state == "failed"
+        assert seen == [0, 1]
+        store.flush()
+        assert store.run(run.run_id)["tasks"][0]["attempt"] == 2
+        resumed = ex.resume(run.run_id, g)
+    assert resumed.state == "completed" and resumed.result() == "ok"
+    # The third call is the task's third attempt, for the task and for `tm show` alike.
+    assert seen == [0, 1, 2]
+    store.flush()
+    assert store.run(run.run_id)["tasks"][0]["attempt"] == 3
+    assert [a["attempt"] for a in store.attempts(run.run_id, "flaky")] == [1, 2, 3]
+    store.close()
 
 
 def test_graph_file_json_shape_is_unchanged(tmp_path: Path) -> None:
