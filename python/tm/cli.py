@@ -602,7 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         status = COMMANDS[args.command].run(args)
         # What is still buffered goes now, where a reader that left is handled below, rather
         # than at the interpreter's exit, which would print a BrokenPipeError.
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         return status
     except CommandError as exc:
         print(f"tm: error: {exc}", file=sys.stderr)
