@@ -109,6 +109,74 @@ def test_tm_start_without_db_records_in_the_default_store(tmp_path: Path, source
     assert json.loads(r.stdout)["graph"] == "tick"
 
 
+BLOCKING = textwrap.dedent(
+    """
+    import os
+    import time
+
+    import tm
+
+    tick = tm.Graph("tick", schedule="* * * * * *")
+
+
+    @tm.task
+    def work(context):
+        trigger = context.meta["trigger"]
+        print("RUN", trigger, flush=True)
+        if os.environ.get("BLOCK"):
+            while True:
+                time.sleep(0.05)
+
+
+    tick.add(work)
+    """
+)
+
+
+def test_a_restarted_tm_start_without_db_resumes_the_killed_run(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(BLOCKING)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "tm", "start", str(script)],
+        cwd=tmp_path,
+        env=clean_env(BLOCK="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert first.stdout is not None
+    assert first.stdout.readline().startswith("RUN schedule")
+    first.kill()  # mid-run: the run stays `running` in .tm/tm.db
+    first.wait(timeout=60)
+    first.stdout.close()
+    [killed] = json.loads(tm_cli(tmp_path, "runs", "--json").stdout)
+    assert killed["state"] == "running"
+
+    second = subprocess.Popen(
+        [sys.executable, "-m", "tm", "start", str(script)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert second.stdout is not None
+    seen = []
+    for _ in range(50):
+        line = second.stdout.readline()
+        assert line, seen
+        seen.append(line.strip())
+        if line.startswith("RUN resume"):
+            break
+    second.send_signal(signal.SIGINT)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "RUN resume" in seen
+    r = tm_cli(tmp_path, "show", killed["run_id"], "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["state"] == "completed"
+
+
 def test_tm_start_and_tm_runs_follow_tm_db_url(tmp_path: Path) -> None:
     script = tmp_path / "service.py"
     script.write_text(SCHEDULED)
