@@ -412,7 +412,8 @@ mod tests {
         for cut in [50, 4096, full.len() / 2] {
             std::fs::write(tmp.path(), &full[..cut]).expect("truncate");
             let e = expect_open_error(&tmp.url(), &tmp.path().display().to_string());
-            assert!(matches!(e, StoreError::Open { .. }), "{cut}: {e:?}");
+            assert!(matches!(e, StoreError::Damaged { .. }), "{cut}: {e:?}");
+            assert!(e.to_string().contains(".recover"), "{e}");
             assert_eq!(std::fs::read(tmp.path()).expect("read").len(), cut);
         }
     }

@@ -53,6 +53,30 @@ pub enum StoreError {
         source: Option<Arc<rusqlite::Error>>,
     },
 
+    /// The database file is damaged (a truncated file, flipped bytes, a schema that is not the
+    /// one tm wrote, a write-ahead log without its database). tm did not write to it.
+    #[error(
+        "database {path} is damaged: {detail}. tm did not open it for writing and left it as it \
+         is: restore it from a backup, or recover what it holds into a new file with \
+         `sqlite3 {path} .recover | sqlite3 {path}.recovered` and use that file"
+    )]
+    Damaged {
+        /// Where the database is.
+        path: String,
+        /// What is wrong, in words.
+        detail: String,
+    },
+
+    /// The write-ahead log beside a SQLite database was deleted or replaced while the store had
+    /// it open: the store stops writing (see `detail` for what was saved).
+    #[error("database {path}: {detail}")]
+    LogLost {
+        /// Where the database is.
+        path: String,
+        /// What happened to the writes, in words.
+        detail: String,
+    },
+
     /// The database was written by a newer tm whose schema this version does not know.
     #[error(
         "database {path} has schema version {found}, newer than the {supported} this tm knows; \

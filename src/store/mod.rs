@@ -31,6 +31,7 @@ mod cache_index;
 mod error;
 mod fleet;
 mod fold;
+mod health;
 mod migrations;
 mod model;
 mod pg;
