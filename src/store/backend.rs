@@ -52,6 +52,8 @@ pub(crate) trait Backend: Send + Sync {
     fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError>;
     /// The synchronous cache index (seed 000's cached calls) on the same database.
     fn cache(&self) -> &dyn CacheBackend;
+    /// The most bytes one stored value (a row, with its few other columns) may hold.
+    fn max_value_bytes(&self) -> usize;
 }
 
 /// Opens the existing database `url` names for reading only (PostgreSQL: as usual).
@@ -212,6 +214,8 @@ fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
 /// pool of read connections (a forked child opens its own).
 struct Sqlite {
     place: Arc<SqlitePlace>,
+    /// See [`Backend::max_value_bytes`]: the write connection's `SQLITE_LIMIT_LENGTH`.
+    max_value: usize,
     writer: ProcessWriter,
     readers: Readers,
     cache: SqliteCache,
@@ -220,12 +224,14 @@ struct Sqlite {
 impl Sqlite {
     fn open(target: SqliteTarget) -> Result<Sqlite, StoreError> {
         let place = Arc::new(SqlitePlace::resolve(target)?);
+        let max_value = max_length(&place.name)?.map_or(SQLITE_MAX_LENGTH, |n| n as usize);
         fork_gate::install();
         let writer = Writer::start(&place)?;
         let readers = Readers::new(place.clone());
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
+            max_value,
             writer: ProcessWriter::new(Some(writer)),
             readers,
             cache,
@@ -247,6 +253,7 @@ impl Sqlite {
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
+            max_value: SQLITE_MAX_LENGTH,
             writer: ProcessWriter::new(None),
             readers,
             cache,
@@ -320,6 +327,31 @@ impl Backend for Sqlite {
     }
     fn cache(&self) -> &dyn CacheBackend {
         &self.cache
+    }
+    fn max_value_bytes(&self) -> usize {
+        self.max_value
+    }
+}
+
+/// SQLite's largest string or blob, and row, unless lowered (`SQLITE_MAX_LENGTH`).
+const SQLITE_MAX_LENGTH: usize = 1_000_000_000;
+
+/// Hidden setting: a lower `SQLITE_LIMIT_LENGTH` for the store's write connection, so that tests
+/// can reach the limit without a gigabyte.
+const MAX_LENGTH_VAR: &str = "TM_SQLITE_MAX_LENGTH";
+
+/// The limit [`MAX_LENGTH_VAR`] sets, if it is set.
+pub(crate) fn max_length(name: &str) -> Result<Option<i32>, StoreError> {
+    let Some(raw) = std::env::var_os(MAX_LENGTH_VAR) else {
+        return Ok(None);
+    };
+    match raw.to_str().and_then(|s| s.trim().parse::<i32>().ok()) {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(StoreError::Open {
+            path: name.to_string(),
+            detail: format!("{MAX_LENGTH_VAR}={raw:?} is not a positive number of bytes"),
+            source: None,
+        }),
     }
 }
 

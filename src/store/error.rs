@@ -67,6 +67,23 @@ pub enum StoreError {
         detail: String,
     },
 
+    /// A value is larger than the database stores in one piece (SQLite: 1,000,000,000 bytes,
+    /// PostgreSQL: 1 GB); nothing was queued.
+    #[error(
+        "{what} is {bytes} bytes, more than database {path} stores in one value ({limit} bytes): \
+         make it smaller (write large data to a file and return its path) or do not persist it"
+    )]
+    TooBig {
+        /// Where the database is.
+        path: String,
+        /// What was to be stored, in words.
+        what: String,
+        /// Its size.
+        bytes: usize,
+        /// The database's limit.
+        limit: usize,
+    },
+
     /// The write-ahead log beside a SQLite database was deleted or replaced while the store had
     /// it open: the store stops writing (see `detail` for what was saved).
     #[error("database {path}: {detail}")]

@@ -269,6 +269,16 @@ impl Store {
         format: &str,
         data: Vec<u8>,
     ) -> Result<(), StoreError> {
+        // Refused now, while the caller can still fail the task, rather than at the commit.
+        let limit = self.backend.max_value_bytes();
+        if data.len().saturating_add(format.len() + run_id.len() + 64) > limit {
+            return Err(StoreError::TooBig {
+                path: self.location().to_string(),
+                what: format!("the result of node {node} of run {run_id}"),
+                bytes: data.len(),
+                limit,
+            });
+        }
         let shared: Arc<[u8]> = Arc::from(data.as_slice());
         self.backend.submit(Write::SaveResult {
             run_id: run_id.to_string(),

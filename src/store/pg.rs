@@ -949,6 +949,10 @@ impl super::backend::Backend for Postgres {
     fn cache(&self) -> &dyn CacheBackend {
         &self.cache
     }
+    fn max_value_bytes(&self) -> usize {
+        // A bytea value is at most 1 GB; the protocol's message around it needs a little room.
+        (1 << 30) - 4096
+    }
 }
 
 /// The cached-call index on PostgreSQL: one connection, opened on first use. `claim` decides

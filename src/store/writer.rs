@@ -453,6 +453,10 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
     }
     let mut conn =
         Connection::open_with_flags(&place.path, flags).map_err(|e| open_error(name, e))?;
+    if let Some(n) = super::backend::max_length(name)? {
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, n)
+            .map_err(|e| open_error(name, e))?;
+    }
     let setup = |conn: &Connection| -> rusqlite::Result<()> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // The first statement reads the header: a non-database fails here, before any write.
