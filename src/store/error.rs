@@ -261,6 +261,12 @@ pub(crate) fn pg_error(place: &str, what: &str, e: postgres::Error) -> StoreErro
                 text.push_str(&c.to_string());
                 cause = c.source();
             }
+            if text.contains("invalid peer certificate") {
+                text.push_str(
+                    " (the server's certificate must be signed by a CA in sslrootcert and, for \
+                     sslmode=verify-full, name the host the URL connects to)",
+                );
+            }
             text
         }
     };

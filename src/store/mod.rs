@@ -35,6 +35,7 @@ mod health;
 mod migrations;
 mod model;
 mod pg;
+mod pgconn;
 mod read;
 mod url;
 mod writer;
@@ -53,6 +54,7 @@ pub use model::{
     RunSummary, TaskFact, TaskRef, TaskRow, Transition, TERMINAL_TASK_STATUSES,
     UNFINISHED_RUN_STATES,
 };
+pub(crate) use pgconn::PgConfig;
 pub(crate) use url::pg_config;
 pub use url::{DbUrl, SqliteTarget};
 
