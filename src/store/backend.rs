@@ -64,10 +64,18 @@ pub(crate) fn open_read_only(url: &str) -> Result<Box<dyn Backend>, StoreError> 
     }
 }
 
-/// Opens the backend that `url` names.
-pub(crate) fn open(url: &str) -> Result<Box<dyn Backend>, StoreError> {
+/// Opens the backend that `url` names; a SQLite file it creates gets `file_mode` (see
+/// [`super::files::file_mode`]).
+pub(crate) fn open(url: &str, file_mode: Option<u32>) -> Result<Box<dyn Backend>, StoreError> {
     match DbUrl::parse(url)? {
-        DbUrl::Sqlite(target) => Ok(Box::new(Sqlite::open(target)?)),
+        DbUrl::Sqlite(target) => {
+            let mode = super::files::file_mode(file_mode).map_err(|detail| StoreError::Open {
+                path: DbUrl::Sqlite(target.clone()).to_string(),
+                detail,
+                source: None,
+            })?;
+            Ok(Box::new(Sqlite::open(target, mode)?))
+        }
         DbUrl::Postgres(url) => Ok(Box::new(super::pg::Postgres::open(&url)?)),
     }
 }
@@ -83,6 +91,8 @@ pub(crate) struct SqlitePlace {
     /// Opened read-only: `path` is a `file:` URI with `mode=ro` or `immutable=1`, and there is no
     /// writer.
     pub(crate) read_only: bool,
+    /// The mode of a database file, and of directories, that the writer creates.
+    pub(crate) file_mode: u32,
 }
 
 impl SqlitePlace {
@@ -136,10 +146,11 @@ impl SqlitePlace {
             name,
             memory: false,
             read_only: true,
+            file_mode: super::files::DEFAULT_FILE_MODE,
         })
     }
 
-    fn resolve(target: SqliteTarget) -> Result<SqlitePlace, StoreError> {
+    fn resolve(target: SqliteTarget, file_mode: u32) -> Result<SqlitePlace, StoreError> {
         match target {
             SqliteTarget::Memory => {
                 // A name per Store: its writer and readers share it, other Stores do not. The memdb
@@ -154,6 +165,7 @@ impl SqlitePlace {
                     path: PathBuf::from(uri),
                     memory: true,
                     read_only: false,
+                    file_mode,
                 })
             }
             SqliteTarget::File(path) => {
@@ -167,13 +179,14 @@ impl SqlitePlace {
                     });
                 }
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    create_dir(&path, dir)?;
+                    create_dir(&path, dir, file_mode)?;
                 }
                 Ok(SqlitePlace {
                     name,
                     path,
                     memory: false,
                     read_only: false,
+                    file_mode,
                 })
             }
         }
@@ -194,8 +207,8 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
-fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
+fn create_dir(path: &Path, dir: &Path, file_mode: u32) -> Result<(), StoreError> {
+    super::files::create_dir_all(dir, file_mode).map_err(|e| {
         // "File exists" would puzzle: say that the existing thing is not a directory.
         let e = if dir.exists() && !dir.is_dir() {
             std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a directory")
@@ -222,8 +235,8 @@ struct Sqlite {
 }
 
 impl Sqlite {
-    fn open(target: SqliteTarget) -> Result<Sqlite, StoreError> {
-        let place = Arc::new(SqlitePlace::resolve(target)?);
+    fn open(target: SqliteTarget, file_mode: u32) -> Result<Sqlite, StoreError> {
+        let place = Arc::new(SqlitePlace::resolve(target, file_mode)?);
         let max_value = max_length(&place.name)?.map_or(SQLITE_MAX_LENGTH, |n| n as usize);
         fork_gate::install();
         let writer = Writer::start(&place)?;

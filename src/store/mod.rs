@@ -29,6 +29,7 @@
 mod backend;
 mod cache_index;
 mod error;
+pub(crate) mod files;
 mod fleet;
 mod fold;
 mod health;
@@ -143,7 +144,13 @@ impl Store {
     /// `sqlite:///relative.db`, `sqlite:////absolute.db`, a bare path, `:memory:` or
     /// `sqlite://:memory:`. A file that is not a tm database is refused and left untouched.
     pub fn open(url: &str) -> Result<Store, StoreError> {
-        Ok(Store::with_backend(backend::open(url)?))
+        Store::open_with_mode(url, None)
+    }
+
+    /// [`Store::open`], creating a new SQLite database file (and its log and directories) with
+    /// `file_mode` instead of the default (`$TM_FILE_MODE`, else `0o600`; see [`files`]).
+    pub fn open_with_mode(url: &str, file_mode: Option<u32>) -> Result<Store, StoreError> {
+        Ok(Store::with_backend(backend::open(url, file_mode)?))
     }
 
     fn with_backend(backend: Box<dyn Backend>) -> Store {

@@ -450,6 +450,9 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
     if !place.memory {
         // Before the write connection exists: a damaged file is refused untouched.
         super::health::check(&place.path, name)?;
+        // Created here with the store's mode, SQLite's -wal and -shm take the same. Where this
+        // fails, SQLite's own open fails too and says why.
+        let _ = super::files::create_file(&place.path, place.file_mode);
     }
     let mut conn =
         Connection::open_with_flags(&place.path, flags).map_err(|e| open_error(name, e))?;
@@ -1456,6 +1459,7 @@ mod checkpoint_tests {
             path: tmp.path(),
             memory: false,
             read_only: false,
+            file_mode: 0o600,
         };
         let mut c = SqliteCommitter {
             checkpointer: Checkpointer::new(
@@ -1496,6 +1500,7 @@ mod checkpoint_tests {
             path: "file:tm-checkpoint-test?mode=memory&cache=shared".into(),
             memory: true,
             read_only: false,
+            file_mode: 0o600,
         };
         let mut cp = Checkpointer::new(
             (!place.memory).then(|| place.path.clone()),
