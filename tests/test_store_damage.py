@@ -125,23 +125,57 @@ def test_a_flipped_column_name_in_the_schema_is_refused(tmp_path: Path) -> None:
     # The issue's symptom: SQLite reads the schema fine, tm's writes then fail on a missing column.
     path = tmp_path / "tm.db"
     make_history(path, runs=2)
-    clean = path.read_bytes()
-    # Old definitions linger in free space: flip the first copy that the live schema reads.
-    at = clean.find(b"error_message")
-    while at >= 0:
-        data = bytearray(clean)
-        data[at] ^= 0x01  # "error_message" -> "drror_message"
-        path.write_bytes(bytes(data))
-        if "drror_message" in schema_text(path):
-            break
-        at = clean.find(b"error_message", at + 1)
-    assert at >= 0
+    flip_live_column_name(path)  # "error_message" -> "drror_message"
     assert integrity_problems(path) == []  # nothing SQLite itself would flag
     before = digest(path)
     with pytest.raises(StoreError, match="damaged") as info:
         run_a_graph(path)
     assert "schema" in str(info.value)
     assert digest(path) == before
+
+
+def flip_live_column_name(path: Path) -> None:
+    """Renames the column ``error_message`` in the live schema by one flipped bit."""
+    clean = path.read_bytes()
+    # Old definitions linger in free space: flip the first copy that the live schema reads.
+    at = clean.find(b"error_message")
+    while at >= 0:
+        data = bytearray(clean)
+        data[at] ^= 0x01
+        path.write_bytes(bytes(data))
+        if "drror_message" in schema_text(path):
+            return
+        at = clean.find(b"error_message", at + 1)
+    raise AssertionError("no live definition names error_message")
+
+
+def test_a_database_too_large_for_the_page_check_gets_the_schema_and_header_checks(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tm.db"
+    store = tm.Store(f"sqlite:///{path}")
+
+    @tm.task(persist=True)
+    def bulky() -> bytes:
+        return os.urandom(3 << 20)
+
+    graph = tm.Graph(name="bulky")
+    graph.add_edges([bulky], [])
+    with tm.Executor(workers=1, store=store) as ex:
+        assert ex.run(graph).state == "completed"
+    store.close()
+    clean = path.read_bytes()
+    assert len(clean) > 2 << 20  # above the size whose every page is checked
+    flip_live_column_name(path)
+    before = digest(path)
+    with pytest.raises(StoreError, match="schema"):
+        run_a_graph(path)
+    assert digest(path) == before
+    # Whole pages cut off the end: the header's page count says so.
+    path.write_bytes(clean[: len(clean) - 8 * 4096])
+    with pytest.raises(StoreError, match="truncated"):
+        run_a_graph(path)
+    assert len(path.read_bytes()) == len(clean) - 8 * 4096
 
 
 def test_a_truncated_file_with_its_log_beside_it_is_not_a_new_database(tmp_path: Path) -> None:
