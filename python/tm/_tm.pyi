@@ -189,7 +189,9 @@ class ByteCache:
 class StoreCore:
     """The embedded state store (SQLite): runs, task facts and states, attempts, results, logs."""
 
-    def __new__(cls, url: str, *, read_only: bool = False) -> StoreCore: ...
+    def __new__(
+        cls, url: str, *, read_only: bool = False, file_mode: int | None = None
+    ) -> StoreCore: ...
     @property
     def location(self) -> str: ...
     def begin_run(

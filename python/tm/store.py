@@ -75,6 +75,12 @@ class Store:
             migrated or written beside it, so history on a read-only file system or in a
             directory this process cannot write can be inspected; every write raises
             ``tm.StoreError``. (PostgreSQL databases open as usual.)
+        file_mode: the permission bits of a SQLite database file that tm creates (its ``-wal``
+            and ``-shm`` files take the same) and, with search bits added where reading is
+            allowed, of the directories it creates for it: ``$TM_FILE_MODE`` (octal, such as
+            ``640``) or ``0o600`` (owner only) by default, since the database holds what tasks
+            returned. The umask still applies; existing files keep their modes. The agent queue's
+            files follow ``$TM_FILE_MODE`` too.
     """
 
     def __init__(
@@ -84,9 +90,16 @@ class Store:
         *,
         cache_bytes: int = 64 << 20,
         read_only: bool = False,
+        file_mode: int | None = None,
     ) -> None:
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        if file_mode is not None and not (0 <= file_mode <= 0o777 and file_mode & 0o600 == 0o600):
+            raise ValueError(
+                f"file_mode must be permission bits (0o600-0o777) letting the owner read and "
+                f"write, got {file_mode:#o}"
+            )
+        self.file_mode = file_mode
         self.url = db_url or default_url()
         self.result_dir = Path(result_dir or default_result_dir()).absolute()
         self.cache_bytes = cache_bytes
@@ -104,7 +117,7 @@ class Store:
             return core
         with self._lock:
             if self._core is None:
-                core = StoreCore(self.url, read_only=self.read_only)
+                core = StoreCore(self.url, read_only=self.read_only, file_mode=self.file_mode)
                 core.set_cache_capacity(self.cache_bytes)
                 self._core = core
             return self._core

@@ -184,7 +184,19 @@ impl PyBody {
         let bytes: Vec<u8> = pickled.extract()?;
         store
             .save_result(run_id, node, "pickle", bytes)
-            .map_err(PyErr::from)
+            .map_err(|e| {
+                // The same exception class (tm.StoreError), naming the task.
+                let name = self.program.names[node as usize].bind(py).to_string();
+                let err = PyErr::from(e);
+                let msg = format!(
+                    "task {name:?} has persist=True but its result cannot be stored: {}",
+                    err.value(py)
+                );
+                match err.get_type(py).call1((msg,)) {
+                    Ok(named) => PyErr::from_value(named),
+                    Err(_) => err,
+                }
+            })
     }
 
     fn kwargs<'py>(

@@ -187,13 +187,13 @@ impl PyStoreCore {
 impl PyStoreCore {
     /// Opens (creating and migrating) the database at `url`; raises `tm.StoreError`.
     #[new]
-    #[pyo3(signature = (url, *, read_only = false))]
-    fn new(py: Python<'_>, url: &str, read_only: bool) -> PyResult<Self> {
+    #[pyo3(signature = (url, *, read_only = false, file_mode = None))]
+    fn new(py: Python<'_>, url: &str, read_only: bool, file_mode: Option<u32>) -> PyResult<Self> {
         let store = py.detach(|| {
             if read_only {
                 Store::open_read_only(url)
             } else {
-                Store::open(url)
+                Store::open_with_mode(url, file_mode)
             }
         })?;
         Ok(PyStoreCore {

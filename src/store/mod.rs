@@ -29,11 +29,14 @@
 mod backend;
 mod cache_index;
 mod error;
+pub(crate) mod files;
 mod fleet;
 mod fold;
+mod health;
 mod migrations;
 mod model;
 mod pg;
+mod pgconn;
 mod read;
 mod url;
 mod writer;
@@ -52,6 +55,7 @@ pub use model::{
     RunSummary, TaskFact, TaskRef, TaskRow, Transition, TERMINAL_TASK_STATUSES,
     UNFINISHED_RUN_STATES,
 };
+pub(crate) use pgconn::PgConfig;
 pub(crate) use url::pg_config;
 pub use url::{DbUrl, SqliteTarget};
 
@@ -140,7 +144,13 @@ impl Store {
     /// `sqlite:///relative.db`, `sqlite:////absolute.db`, a bare path, `:memory:` or
     /// `sqlite://:memory:`. A file that is not a tm database is refused and left untouched.
     pub fn open(url: &str) -> Result<Store, StoreError> {
-        Ok(Store::with_backend(backend::open(url)?))
+        Store::open_with_mode(url, None)
+    }
+
+    /// [`Store::open`], creating a new SQLite database file (and its log and directories) with
+    /// `file_mode` instead of the default (`$TM_FILE_MODE`, else `0o600`; see [`files`]).
+    pub fn open_with_mode(url: &str, file_mode: Option<u32>) -> Result<Store, StoreError> {
+        Ok(Store::with_backend(backend::open(url, file_mode)?))
     }
 
     fn with_backend(backend: Box<dyn Backend>) -> Store {
@@ -268,6 +278,16 @@ impl Store {
         format: &str,
         data: Vec<u8>,
     ) -> Result<(), StoreError> {
+        // Refused now, while the caller can still fail the task, rather than at the commit.
+        let limit = self.backend.max_value_bytes();
+        if data.len().saturating_add(format.len() + run_id.len() + 64) > limit {
+            return Err(StoreError::TooBig {
+                path: self.location().to_string(),
+                what: format!("the result of node {node} of run {run_id}"),
+                bytes: data.len(),
+                limit,
+            });
+        }
         let shared: Arc<[u8]> = Arc::from(data.as_slice());
         self.backend.submit(Write::SaveResult {
             run_id: run_id.to_string(),

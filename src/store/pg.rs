@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statement, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, Row, Statement, Transaction};
+
+use super::pgconn::PgConfig;
 
 use super::cache_index::CacheBackend;
 use super::cache_index::{
@@ -80,9 +82,9 @@ fn dollar(sql: &str) -> String {
 }
 
 /// Connects and sets the session up.
-fn connect(config: &Config, place: &str) -> Result<Client, StoreError> {
+fn connect(config: &PgConfig, place: &str) -> Result<Client, StoreError> {
     config
-        .connect(NoTls)
+        .connect()
         .map_err(|e| pg_error(place, "cannot connect", e))
 }
 
@@ -139,7 +141,7 @@ pub(crate) fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError
 /// The PostgreSQL store backend.
 pub(crate) struct Postgres {
     place: String,
-    config: Config,
+    config: PgConfig,
     writer: ProcessWriter,
     pool: Pool,
     cache: PgCache,
@@ -175,7 +177,7 @@ impl Postgres {
     /// Starts a writer thread committing through `client` (None: it connects at its first
     /// commit).
     fn spawn_writer(
-        config: &Config,
+        config: &PgConfig,
         place: &str,
         client: Option<Client>,
     ) -> Result<Writer, StoreError> {
@@ -451,7 +453,7 @@ fn reason(e: &postgres::Error) -> String {
 
 /// The writer thread's connection; reconnects after the server or the network drops it.
 struct PgCommitter {
-    config: Config,
+    config: PgConfig,
     place: String,
     client: Option<Client>,
     stmts: HashMap<&'static str, Statement>,
@@ -464,7 +466,7 @@ impl PgCommitter {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.stmts.clear();
             self.client = None;
-            self.client = Some(self.config.connect(NoTls)?);
+            self.client = Some(self.config.connect()?);
         }
         Ok(())
     }
@@ -571,7 +573,7 @@ impl Committer for PgCommitter {
 /// would end the parent's session). The pool's mutex is taken holding a fork pass (see
 /// [`crate::fork_gate`]), so a child never inherits it locked; queries run without one.
 struct Pool {
-    config: Config,
+    config: PgConfig,
     place: String,
     idle: Mutex<ForkLocal<Vec<Client>>>,
     closed: AtomicBool,
@@ -949,6 +951,10 @@ impl super::backend::Backend for Postgres {
     fn cache(&self) -> &dyn CacheBackend {
         &self.cache
     }
+    fn max_value_bytes(&self) -> usize {
+        // A bytea value is at most 1 GB; the protocol's message around it needs a little room.
+        (1 << 30) - 4096
+    }
 }
 
 /// The cached-call index on PostgreSQL: one connection, opened on first use. `claim` decides
@@ -956,7 +962,7 @@ impl super::backend::Backend for Postgres {
 /// hosts) exactly one becomes the owner of a key, as `BEGIN IMMEDIATE` does on SQLite.
 /// Connections are the opening process's, as the read [`Pool`]'s are.
 struct PgCache {
-    config: Config,
+    config: PgConfig,
     place: String,
     conn: Mutex<ForkLocal<Option<Client>>>,
     /// A connection listening on `tm_cache` for waiters (opened on first wait).
