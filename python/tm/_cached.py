@@ -45,9 +45,20 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+#: Longest path component made from a name (bytes): file systems take 255, and a file's name holds
+#: a seed besides a timestamp, the key and a temporary suffix.
+_PART_BYTES = 80
+
+
 def _safe(part: str) -> str:
-    """A path component: the name's characters that every file system accepts."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in part) or "_"
+    """A path component: the name's characters that every file system accepts, shortened (with a
+    digest of the whole name, so distinct names stay distinct) when too long."""
+    out = "".join(c if c.isalnum() or c in "._-" else "_" for c in part) or "_"
+    raw = out.encode()
+    if len(raw) > _PART_BYTES:
+        digest = hashlib.blake2b(part.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+        out = raw[: _PART_BYTES - 13].decode(errors="ignore") + "-" + digest
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -329,34 +340,74 @@ class CachedFunction:
             except BaseException as exc:
                 index.release(key, token, "FAILED", _now_us(), type(exc).__name__, str(exc))
                 raise
-            fmt, data = _keys.encode(value)
-            path = self._write(store, f, fmt, data)
-            if fmt in _keys.KEEP_DECODED or fmt == "pickle":
-                value = _keys.decode(fmt, data)  # hand back what a hit would
-            kept = _keys.to_keep(fmt, data, value)
-            now = _now_us()
-            index.complete(
-                key,
-                f["module"],
-                f["func"],
-                f["seed"],
-                f["inputs_json"],
-                f["version"],
-                token=token,
-                result_path=str(path),
-                format=fmt,
-                content_hash=content_hash(data),
-                size=len(data),
-                now_us=now,
-                expires_us=None if self.ttl is None else now + int(self.ttl * 1e6),
-                duration_us=now - started,
-                keep=kept,
-            )
+            # The function returned: from here on, anything that fails (a result that does not
+            # pickle, a full disk, the database) must still give the key up, or identical calls
+            # would wait for this one until its lease ran out.
+            what = "it cannot be serialised"
+            path: Path | None = None
+            try:
+                fmt, data = _keys.encode(value)
+                what = "its result file could not be written"
+                path = self._write(store, f, fmt, data)
+                what = "its entry could not be recorded in the database"
+                if fmt in _keys.KEEP_DECODED or fmt == "pickle":
+                    value = _keys.decode(fmt, data)  # hand back what a hit would
+                kept = _keys.to_keep(fmt, data, value)
+                now = _now_us()
+                index.complete(
+                    key,
+                    f["module"],
+                    f["func"],
+                    f["seed"],
+                    f["inputs_json"],
+                    f["version"],
+                    token=token,
+                    result_path=str(path),
+                    format=fmt,
+                    content_hash=content_hash(data),
+                    size=len(data),
+                    now_us=now,
+                    expires_us=None if self.ttl is None else now + int(self.ttl * 1e6),
+                    duration_us=now - started,
+                    keep=kept,
+                )
+            except BaseException as exc:
+                self._not_stored(index, key, token, value, what, path, exc)
+                raise  # unreachable for an Exception: _not_stored raises CacheError
             # Never hand out an object that is also kept in memory.
             return value.copy() if fmt in _keys.KEEP_DECODED else value
         finally:
             active.discard(key)
             _heartbeats.remove(index, key, token)
+
+    def _not_stored(
+        self,
+        index: CacheIndex,
+        key: str,
+        token: int,
+        value: Any,
+        what: str,
+        path: Path | None,
+        exc: BaseException,
+    ) -> None:
+        """Gives up the key of a call whose result could not be stored, removes a result file no
+        entry points at, and raises a :class:`CacheError` saying what failed (an interrupt such
+        as ``KeyboardInterrupt`` is left to propagate as it is)."""
+        kind = type(value)
+        where = f" ({path})" if path is not None else ""
+        message = (
+            f"cached function {self.ident} (key {key}) returned, but its result "
+            f"(a {kind.__module__}.{kind.__qualname__}) could not be stored{where}: "
+            f"{what}: {type(exc).__name__}: {exc}"
+        )
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        # The database may be what failed: the error about the result matters more.
+        with contextlib.suppress(Exception):
+            index.release(key, token, "FAILED", _now_us(), type(exc).__name__, message)
+        if isinstance(exc, Exception):
+            raise CacheError(message) from exc
 
     def _write(self, store: Store, f: dict[str, Any], fmt: str, data: bytes) -> Path:
         folder = store.result_dir / _safe(self.module) / _safe(self.qualname)
