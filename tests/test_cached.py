@@ -567,7 +567,7 @@ def test_cli_ls_show_why_clear(store: Any, capsys: pytest.CaptureFixture[str]) -
 
     area(3)
     area(4, h=5)
-    db = ["--db", store.url]
+    db = ["--db", store.url, "--result-dir", str(store.result_dir)]
     assert cli(["cache", "ls", "area", *db, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2

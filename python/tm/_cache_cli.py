@@ -2,9 +2,9 @@
 
 Usage::
 
-    tm cache ls [FUNC] [-n N] [--db URL] [--json]
+    tm cache ls [FUNC] [-n N] [--db URL] [--result-dir DIR] [--json]
     tm cache show KEY [--db URL] [--json]
-    tm cache clear [FUNC] [--older-than 7d] [--db URL] [--json]
+    tm cache clear [FUNC] [--older-than 7d] [--db URL] [--result-dir DIR] [--json]
     tm cache why FUNC ARGS_JSON [--db URL] [--json]
 
 FUNC is a function's qualified name or ``module.qualname``. For ``why`` it may also be an
@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from .cli import EXIT_FAILURE, CommandError, _add_store_options, _open_store
@@ -50,6 +52,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     why.add_argument("func", help="qualname, module.qualname, or module:attr to import")
     why.add_argument("args_json", help="the call's arguments as a JSON object: '{\"x\": 1}'")
     _add_store_options(why)
+    for p in (ls, show, clear, why):
+        p.add_argument(
+            "--result-dir",
+            help="the directory of cached results (default: $TM_RESULT_DIR or .tm/results); "
+            "files the database names outside it are never read or deleted",
+        )
 
 
 def _when(us: int | None) -> str:
@@ -62,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
     from .exceptions import TmError
 
     store: Any = _open_store(args.db)
+    if args.result_dir:
+        store.result_dir = Path(args.result_dir).absolute()
     try:
         return _ACTIONS[args.action](store, args)
     except TmError as exc:
@@ -118,6 +128,14 @@ def _show(store: Any, args: argparse.Namespace) -> int:
 
 def _clear(store: Any, args: argparse.Namespace) -> int:
     gone = store.clear_cache(func=args.func, older_than=args.older_than)
+    outside = [g["result_path"] for g in gone if g["outside"]]
+    if outside:
+        print(
+            f"kept {len(outside)} result file(s) outside the result directory "
+            f"{store.result_dir} (files elsewhere are never deleted; pass --result-dir if "
+            f"the results live there): {', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps({"deleted": len(gone), "keys": [g["key"] for g in gone]}, indent=2))
     else:

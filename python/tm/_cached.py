@@ -54,6 +54,8 @@ def _safe(part: str) -> str:
     """A path component: the name's characters that every file system accepts, shortened (with a
     digest of the whole name, so distinct names stay distinct) when too long."""
     out = "".join(c if c.isalnum() or c in "._-" else "_" for c in part) or "_"
+    if not out.strip("."):  # "." or "..": a folder that is not a new one inside result_dir
+        out = out.replace(".", "_")
     raw = out.encode()
     if len(raw) > _PART_BYTES:
         digest = hashlib.blake2b(part.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
@@ -233,7 +235,7 @@ class CachedFunction:
             if hit is not None:
                 if hit[3] is not None:
                     return _keys.kept_value(hit[0], hit[3])
-                found, value = self._load(index, key, *hit)
+                found, value = self._load(store, index, key, *hit)
                 if found:
                     return value
         f = {
@@ -285,7 +287,7 @@ class CachedFunction:
                 takeover=takeover,
             )
             if outcome == "hit":
-                found, value = self._load(index, key, *detail)
+                found, value = self._load(store, index, key, *detail)
                 if found:
                     return value
                 use = False  # the file is gone: run again
@@ -431,17 +433,33 @@ class CachedFunction:
         return path
 
     def _load(
-        self, index: CacheIndex, key: str, fmt: str, digest: str, path: str, kept: Any
+        self,
+        store: Store,
+        index: CacheIndex,
+        key: str,
+        fmt: str,
+        digest: str,
+        path: str,
+        kept: Any,
     ) -> tuple[bool, Any]:
         """``(True, value)`` for a usable stored result, ``(False, None)`` if its file is gone.
         ``kept`` is what memory holds for the result's content hash (None: read the file)."""
         if kept is not None:
             return True, _keys.kept_value(fmt, kept)
+        real = store.inside_result_dir(path)
+        if real is None:
+            raise CacheError(
+                f"cached result {path} of {self.ident} (key {key}) is outside the result "
+                f"directory {store.result_dir}: the database names it, but tm only reads its "
+                f"own result files, so it is not loaded; delete the entry with "
+                f"`tm cache clear {self.qualname}`"
+            )
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             return False, None
+        with open(fd, "rb") as fh:
+            data = fh.read()
         if content_hash(data) != digest:
             raise CacheError(
                 f"cached result {path} of {self.ident} (key {key}) is not the file tm wrote: "

@@ -94,6 +94,7 @@ class Store:
         self._core: StoreCore | None = None
         self._cache: CacheIndex | None = None
         self._lock = threading.Lock()
+        self._root: tuple[Path, str] | None = None
 
     @property
     def core(self) -> StoreCore:
@@ -108,6 +109,22 @@ class Store:
                 core.set_cache_capacity(self.cache_bytes)
                 self._core = core
             return self._core
+
+    def inside_result_dir(self, path: str | os.PathLike[str]) -> str | None:
+        """``path`` resolved (``..`` and symlinks) if it names a file inside ``result_dir``, else
+        None. Result paths come from the database, which must not decide which files tm reads or
+        deletes: a row pointing elsewhere is refused whatever its hash."""
+        root = self._root
+        if root is None or root[0] != self.result_dir:
+            root = self._root = (
+                self.result_dir,
+                os.path.join(os.path.realpath(self.result_dir), ""),
+            )
+        text = os.fspath(path)
+        if not os.path.isabs(text) or f"{os.sep}..{os.sep}" in f"{text}{os.sep}":
+            return None
+        real = os.path.realpath(text)
+        return real if real.startswith(root[1]) else None
 
     @property
     def location(self) -> str:
@@ -229,7 +246,8 @@ class Store:
         self, func: str | None = None, older_than: float | timedelta | None = None
     ) -> list[dict[str, Any]]:
         """Deletes stored results and their files (of one function, older than an age in seconds
-        or a timedelta); returns the deleted entries."""
+        or a timedelta); returns the deleted entries. A file the database names outside
+        ``result_dir`` is never deleted (its entry is, marked ``"outside": True``)."""
         import time
 
         if isinstance(older_than, timedelta):
@@ -237,7 +255,10 @@ class Store:
         before = None if older_than is None else time.time_ns() // 1000 - int(older_than * 1e6)
         gone = self.cache_index.clear(func=func, created_before_us=before)
         for e in gone:
-            Path(e["result_path"]).unlink(missing_ok=True)
+            real = self.inside_result_dir(e["result_path"])
+            e["outside"] = real is None
+            if real is not None:
+                Path(real).unlink(missing_ok=True)
         return gone
 
     def close(self) -> None:
