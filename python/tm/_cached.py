@@ -73,12 +73,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def content_hash(data: bytes) -> str:
-    """The digest stored with a result and checked before it is loaded: SHA-256, which CPUs
-    with SHA extensions compute about twice as fast as BLAKE2b (0.7 ms against 1.3 ms a MiB)."""
-    return hashlib.sha256(data).hexdigest()
-
-
 class _Heartbeats:
     """One daemon thread per process renews the leases of the calls this process runs."""
 
@@ -366,7 +360,7 @@ class CachedFunction:
                     token=token,
                     result_path=str(path),
                     format=fmt,
-                    content_hash=content_hash(data),
+                    content_hash=store.signer.tag(data),
                     size=len(data),
                     now_us=now,
                     expires_us=None if self.ttl is None else now + int(self.ttl * 1e6),
@@ -460,12 +454,14 @@ class CachedFunction:
             return False, None
         with open(fd, "rb") as fh:
             data = fh.read()
-        if content_hash(data) != digest:
-            raise CacheError(
-                f"cached result {path} of {self.ident} (key {key}) is not the file tm wrote: "
-                f"its content hash differs, so it is not loaded; delete it with "
-                f"`tm cache clear {self.qualname}` or call with use_cache=False"
-            )
+        # The content hash is an HMAC under the store's key: a row someone wrote into the
+        # database cannot make tm unpickle a file of their choosing.
+        store.signer.check(
+            data,
+            digest,
+            f"cached result {path} of {self.ident} (key {key}; delete it with "
+            f"`tm cache clear {self.qualname}` or call with use_cache=False)",
+        )
         value = _keys.decode(fmt, data)
         index.remember(digest, _keys.to_keep(fmt, data, value), len(data))
         return True, value.copy() if fmt in _keys.KEEP_DECODED else value

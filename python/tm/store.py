@@ -10,14 +10,13 @@ opened or created until first use.
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import _signing, config
 from ._tm import CacheIndex, StoreCore
 from .exceptions import StoreError
 
@@ -95,6 +94,7 @@ class Store:
         self._cache: CacheIndex | None = None
         self._lock = threading.Lock()
         self._root: tuple[Path, str] | None = None
+        self._signer: _signing.Signer | None = None
 
     @property
     def core(self) -> StoreCore:
@@ -107,8 +107,18 @@ class Store:
             if self._core is None:
                 core = StoreCore(self.url, read_only=self.read_only)
                 core.set_cache_capacity(self.cache_bytes)
+                _signing.register(core.location, self.result_dir)
                 self._core = core
             return self._core
+
+    @property
+    def signer(self) -> _signing.Signer:
+        """Signs and verifies what this store's database and result files hold (the key:
+        ``$TM_SECRET_KEY`` or ``secret.key`` beside the store, created on first use)."""
+        signer = self._signer
+        if signer is None:
+            signer = self._signer = _signing.for_store(self)
+        return signer
 
     def inside_result_dir(self, path: str | os.PathLike[str]) -> str | None:
         """``path`` resolved (``..`` and symlinks) if it names a file inside ``result_dir``, else
@@ -169,8 +179,7 @@ class Store:
         fmt, data = row
         if fmt != "pickle":
             raise StoreError(f"task {task!r} of run {run_id!r}: unknown result format {fmt!r}")
-        # Written by tm itself, for this run, into its own database.
-        return pickle.loads(data)
+        return self.signer.loads(data, f"the persisted result of task {task!r} of run {run_id!r}")
 
     def cache_info(self) -> dict[str, int]:
         """The in-memory result cache: entries, bytes, capacity, hits, misses, evictions."""
