@@ -146,9 +146,11 @@ def test_a_persisted_task_result_is_signed_and_a_forged_one_refused(tmp_path: Pa
     marker = tmp_path / "pwned"
     evil = pickle.dumps(Touch(marker))
     tamper(db, ("UPDATE task_results SET data = ?", ("hex:" + evil.hex(),)))
-    with tm.Store(f"sqlite:///{db}", result_dir=tmp_path / "results") as other:
-        with pytest.raises(tm.SignatureError, match="carries no signature"):
-            other.result(run_id, "produce")
+    with (
+        tm.Store(f"sqlite:///{db}", result_dir=tmp_path / "results") as other,
+        pytest.raises(tm.SignatureError, match="carries no signature"),
+    ):
+        other.result(run_id, "produce")
     forged = tm._signing.MAGIC + b"\0" * 32 + evil
     tamper(db, ("UPDATE task_results SET data = ?", ("hex:" + forged.hex(),)))
     with tm.Store(f"sqlite:///{db}", result_dir=tmp_path / "results") as other:
