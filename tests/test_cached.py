@@ -236,7 +236,7 @@ def test_forced_rerun_supersedes(store: Any) -> None:
     assert forced(1) == 2 and forced(1) == 3
     assert cached(1) == 3  # the newest result wins
     assert cached.refresh(1) == 4 and cached(1) == 4
-    assert len(store.cache_entries()) == 4
+    assert len(store.cache_entries()) == 1  # each run superseded the one before
 
 
 def test_version_and_seed_are_part_of_the_key(store: Any) -> None:
@@ -580,7 +580,8 @@ def test_cli_ls_show_why_clear(store: Any, capsys: pytest.CaptureFixture[str]) -
     assert report["hit"] is False
     assert report["differences"] == ["arg h: 7 (stored 2)"]
     assert cli(["cache", "why", "area", '{"w": 3}', *db]) == 0
-    assert capsys.readouterr().out.startswith("hit")
+    # A function defined inside a test cannot be imported: only the arguments are compared.
+    assert capsys.readouterr().out.startswith("arguments match the stored call")
     assert cli(["cache", "show", "ffff", *db]) == 1
     assert "no cached call" in capsys.readouterr().err
     assert cli(["cache", "clear", "area", "--older-than", "7d", *db, "--json"]) == 0

@@ -9,7 +9,9 @@ Usage::
 
 FUNC is a function's qualified name or ``module.qualname``. For ``why`` it may also be an
 importable ``module:attr`` (or ``file.py:attr``) naming the cached function: then defaults, the
-seed and the version are compared too; otherwise only the arguments given are.
+seed and the version are compared too. A name is imported from the module its stored entries
+record (the current directory first on the path); if that fails, only the arguments given are
+compared and a match is reported as such, not as a hit.
 """
 
 from __future__ import annotations
@@ -159,17 +161,31 @@ def _why(store: Any, args: argparse.Namespace) -> int:
         target = load_object(args.func)
         if not isinstance(target, CachedFunction):
             raise CommandError(f"{args.func!r} is not a cached function (@store.task, @tm.cached)")
+    else:
+        target = _import_by_name(store, args.func)
     if isinstance(target, CachedFunction):
-        f = target.facts(**call_args)
+        try:
+            f = target.facts(**call_args)
+        except TypeError as exc:  # a missing or unknown argument, or one without a key
+            raise CommandError(f"{args.func}: {exc}") from None
         from ._cached import explain
 
         report = explain(store, f)
     else:
         report = explain_args(store, args.func, call_args)
+        if report["hit"]:
+            # Only the arguments were compared: the code may have changed since.
+            report["hit"] = None
+            report["compared"] = "arguments only"
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    if report["hit"]:
+    if report["hit"] is None:
+        print(
+            f"arguments match the stored call {report['nearest']} (code not compared: "
+            f"{args.func} could not be imported; name it as MODULE:ATTR to compare its version)"
+        )
+    elif report["hit"]:
         print(f"hit: key {report['nearest']} is stored")
     elif report["nearest"] is None:
         print(f"miss: nothing stored for {args.func}")
@@ -178,6 +194,30 @@ def _why(store: Any, args: argparse.Namespace) -> int:
         for d in report["differences"]:
             print(f"  {d}")
     return 0
+
+
+def _import_by_name(store: Any, name: str) -> object:
+    """The cached function a stored entry of ``name`` belongs to, imported from its module
+    (the current directory first on the path), or None when it cannot be: defined in
+    ``__main__`` or inside another function, or its module fails to import."""
+    import importlib
+    import os
+
+    rows = store.cache_entries(func=name, limit=1)
+    if not rows:
+        return None
+    module, qualname = rows[0]["module"], rows[0]["func"]
+    if module == "__main__" or "<locals>" in qualname:
+        return None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: object = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception:
+        return None
+    return obj
 
 
 _ACTIONS = {"ls": _ls, "show": _show, "clear": _clear, "why": _why}

@@ -199,8 +199,7 @@ class CachedFunction:
     def facts(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The key and the facts it is computed from, for a call with these arguments."""
         bound = self._binder.bind(args, kwargs)
-        inputs = {name: _keys.canonical(value, name) for name, value in bound.items()}
-        inputs_json = _keys._dumps(inputs)
+        inputs_json = _keys.canonical_inputs(bound)
         seed_value = bound.get(self.seed)
         seed = None if seed_value is None else str(seed_value)
         version = self.version
@@ -216,8 +215,7 @@ class CachedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The hit path, inlined: the key, one query, and a copy from memory (or the file).
         bound = self._binder.bind(args, kwargs)
-        canonical = _keys.canonical
-        inputs_json = _keys._dumps({name: canonical(value, name) for name, value in bound.items()})
+        inputs_json = _keys.canonical_inputs(bound)
         seed_value = bound.get(self.seed)
         seed = None if seed_value is None else str(seed_value)
         version = self._version or self.version
@@ -287,7 +285,10 @@ class CachedFunction:
                 use = False  # the file is gone: run again
                 continue
             if outcome == "run":
-                return self._run(store, index, f, int(detail), args, kwargs, active)
+                # Older entries of the key can exist only after a forced run, a lost file or
+                # an expired ttl: then the new result supersedes them (and their files go).
+                supersede = not use or self.ttl is not None
+                return self._run(store, index, f, int(detail), args, kwargs, active, supersede)
             state: dict[str, Any] = detail
             owner = f"{state['owner_pid']}@{state['owner_host']}"
             if (
@@ -321,6 +322,7 @@ class CachedFunction:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         active: set[str],
+        supersede: bool = False,
     ) -> Any:
         key = f["key"]
         _heartbeats.add(index, key, token)
@@ -350,7 +352,7 @@ class CachedFunction:
                     value = _keys.decode(fmt, data)  # hand back what a hit would
                 kept = _keys.to_keep(fmt, data, value)
                 now = _now_us()
-                index.complete(
+                entry = index.complete(
                     key,
                     f["module"],
                     f["func"],
@@ -370,6 +372,8 @@ class CachedFunction:
             except BaseException as exc:
                 self._not_stored(index, key, token, value, what, path, exc)
                 raise  # unreachable for an Exception: _not_stored raises CacheError
+            if supersede:
+                self._drop_superseded(store, index, key, entry)
             # Never hand out an object that is also kept in memory.
             return value.copy() if fmt in _keys.KEEP_DECODED else value
         finally:
@@ -404,6 +408,20 @@ class CachedFunction:
             index.release(key, token, "FAILED", _now_us(), type(exc).__name__, message)
         if isinstance(exc, Exception):
             raise CacheError(message) from exc
+
+    def _drop_superseded(
+        self, store: Store, index: CacheIndex, key: str, entry: dict[str, Any]
+    ) -> None:
+        """Deletes the entries and files of ``key`` that ``entry`` supersedes. The new result is
+        stored already: a failure here leaves an old file behind, it does not fail the call."""
+        with contextlib.suppress(TmError, OSError):
+            for old in index.supersede(key, entry["id"]):
+                if old["content_hash"] != entry["content_hash"]:
+                    index.forget(old["content_hash"])
+                real = store.inside_result_dir(old["result_path"])
+                if real is not None and old["result_path"] != entry["result_path"]:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(real)
 
     def _write(self, store: Store, f: dict[str, Any], fmt: str, data: bytes) -> Path:
         folder = store.result_dir / _safe(self.module) / _safe(self.qualname)
@@ -546,14 +564,49 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def cached(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Caches a function's results in the default store (``tm.Store()`` as configured by
-    ``tm.config``, ``$TM_DB_URL`` and ``$TM_RESULT_DIR``), bare or with the options of
-    :meth:`tm.Store.task`. The store is opened at the first call, not at decoration.
+_OPTIONS = frozenset({"use_cache", "skip_if_in_progress", "seed", "version", "ttl", "ignore"})
+_shared: dict[tuple[str, str | None], Store] = {}
+_shared_lock = threading.Lock()
+
+
+def _store_for(db_url: str | None, result_dir: str | os.PathLike[str] | None) -> Store | None:
+    """One store per database URL and result directory named to :func:`cached` (None: the
+    default store). Making a store opens nothing: the database opens at the first call."""
+    if db_url is None and result_dir is None:
+        return None
+    from .store import Store, default_url
+
+    url = db_url or default_url()
+    where = None if result_dir is None else os.fspath(Path(result_dir).absolute())
+    with _shared_lock:
+        store = _shared.get((url, where))
+        if store is None:
+            store = _shared[(url, where)] = Store(url, result_dir=where)
+        return store
+
+
+def cached(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    db_url: str | None = None,
+    result_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Any:
+    """Caches a function's results, bare or with the options of :meth:`tm.Store.task`.
+
+    The store is the default one (``tm.Store()`` as configured by ``tm.config``, ``$TM_DB_URL``
+    and ``$TM_RESULT_DIR``) unless ``db_url`` or ``result_dir`` name another (seed 000 passes the
+    database URL to the decorator); functions naming the same pair share one store. Nothing is
+    opened at decoration, only at the first call.
     """
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"tm.cached() got an unexpected keyword argument {unknown[0]!r}")
+    store = _store_for(db_url, result_dir)
     if fn is None:
-        return lambda f: CachedFunction(f, None, **options)
-    return CachedFunction(fn, None, **options)
+        return lambda f: CachedFunction(f, store, **options)
+    return CachedFunction(fn, store, **options)
 
 
 def for_graph_task(

@@ -30,7 +30,15 @@ from typing import Any
 
 from .exceptions import CacheKeyError
 
-__all__ = ["Binder", "canonical", "decode", "encode", "key_of", "source_version"]
+__all__ = [
+    "Binder",
+    "canonical",
+    "canonical_inputs",
+    "decode",
+    "encode",
+    "key_of",
+    "source_version",
+]
 
 #: The tag key of tagged JSON; a dict that has it as a key is itself stored tagged.
 TAG = "__tm__"
@@ -78,6 +86,34 @@ def _pandas(value: Any, where: str) -> Any:
     return out
 
 
+#: Integers a key can hold: those JSON can write (Python refuses longer ones as text).
+_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+_BIG = 10**_INT_DIGITS if _INT_DIGITS else float("inf")
+
+
+def canonical_inputs(bound: dict[str, Any]) -> str:
+    """The canonical JSON of a call's bound arguments (the key's inputs).
+
+    Raises:
+        CacheKeyError: an argument has no canonical form, contains itself or is nested too
+            deeply; the message names it.
+    """
+    try:
+        return _dumps({name: canonical(value, name) for name, value in bound.items()})
+    except RecursionError:
+        for name, value in bound.items():
+            try:
+                canonical(value, name)
+            except RecursionError:
+                break
+        else:
+            name = ", ".join(bound)
+        raise CacheKeyError(
+            f"argument {name!r} refers to itself or is nested too deeply for a cache key: "
+            f"pass a value without cycles, or list it in ignore=[...]"
+        ) from None
+
+
 def canonical(value: Any, where: str) -> Any:
     """A JSON-native form of ``value`` that is equal for equal content and differs otherwise.
 
@@ -89,8 +125,16 @@ def canonical(value: Any, where: str) -> Any:
         CacheKeyError: ``value`` (or something inside it) has no canonical form.
     """
     t = type(value)
-    if value is None or t is str or t is bool or t is int:
+    if value is None or t is str or t is bool:
         return value
+    if t is int:
+        if -_BIG < value < _BIG:
+            return value
+        raise CacheKeyError(
+            f"argument {where!r} is an integer of more than {_INT_DIGITS} digits, more than "
+            f"Python turns into text (sys.get_int_max_str_digits()): pass it as text or bytes, "
+            f"or list it in ignore=[...]"
+        )
     if t is float:
         return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
     if t is list:
