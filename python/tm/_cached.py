@@ -522,10 +522,30 @@ def explain(store: Store, f: dict[str, Any]) -> dict[str, Any]:
 def _differences(f: dict[str, Any], inputs: dict[str, Any], e: dict[str, Any]) -> list[str]:
     diffs = []
     if e["version"] != f["version"]:
-        diffs.append(f"version: {f['version']} (stored {e['version']})")
+        diffs.extend(_version_differences(f["version"], e["version"]))
     if e["seed"] != f["seed"]:
         diffs.append(f"seed: {f['seed']} (stored {e['seed']})")
     return diffs + _arg_differences(inputs, json.loads(e["inputs_json"]), partial=False)
+
+
+def _version_differences(current: str, stored: str) -> list[str]:
+    """What differs between two versions: the function's own source, and each helper of the
+    user's code that changed, is new, or is no longer used (see ``_keys.source_version``)."""
+    own, deps = _keys.split_version(current)
+    stored_own, stored_deps = _keys.split_version(stored)
+    if not deps and not stored_deps:
+        return [f"version: {current} (stored {stored})"]
+    out = []
+    if own != stored_own:
+        out.append(f"version: the function's own source changed ({own}, stored {stored_own})")
+    for name in sorted(set(deps) | set(stored_deps)):
+        if name not in stored_deps:
+            out.append(f"helper {name} is new (the stored call did not use it)")
+        elif name not in deps:
+            out.append(f"helper {name} is no longer used")
+        elif deps[name] != stored_deps[name]:
+            out.append(f"helper {name} changed")
+    return out
 
 
 def _arg_differences(inputs: dict[str, Any], stored: dict[str, Any], partial: bool) -> list[str]:

@@ -220,8 +220,9 @@ class Store:
             skip_if_in_progress: raise ``tm.TaskInProgress`` instead of waiting when an identical
                 call runs elsewhere (a cached caller whose callee raised it is recorded skipped).
             seed: the name of the argument holding the random seed (recorded and in file names).
-            version: the function's version; default a digest of its source, so editing the
-                function invalidates its results.
+            version: the function's version; default a digest of its source and of the helpers
+                of the user's own code it references (transitively; not the standard library or
+                installed packages), so editing the function or a helper invalidates its results.
             ttl: how long a result counts (seconds or timedelta); default forever.
             ignore: parameters left out of the key (a logger, a connection, ...).
 
