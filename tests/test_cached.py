@@ -708,6 +708,7 @@ def test_forks_go_through_while_threads_keep_using_the_store(store: Any) -> None
             assert store.result(f"r{n}", 0) == n
             store.runs(limit=1)
             made["runs"] = n + 1
+            recorded.set()
 
     def child(k: int) -> str:
         core.begin_run(f"child{k}", "g", "running", "manual", 0, [])
@@ -715,9 +716,13 @@ def test_forks_go_through_while_threads_keep_using_the_store(store: Any) -> None
         runs = {r["run_id"] for r in store.runs(limit=None)}
         return f"{double(-k - 1)} {f'child{k}' in runs} {store.result('r0', 0)}"
 
+    recorded = threading.Event()
     threads = [threading.Thread(target=f) for f in (call, record)]
     for t in threads:
         t.start()
+    # The children read run r0's result back: fork once it is stored (its first write also
+    # creates the store's signing key, which takes a moment).
+    assert recorded.wait(60)
     try:
         said = [in_forked_child(lambda k=k: child(k)) for k in range(20)]
     finally:
