@@ -45,6 +45,15 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+#: How a result file is created: never over an existing file, never through a symlink.
+_CREATE = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+)
+
 #: Longest path component made from a name (bytes): file systems take 255, and a file's name holds
 #: a seed besides a timestamp, the key and a temporary suffix.
 _PART_BYTES = 80
@@ -171,7 +180,7 @@ class CachedFunction:
         self.qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         self.ident = f"{self.module}.{self.qualname}"
         self._binder = _keys.Binder(fn, ignore)
-        self._folders: set[Path] = set()
+        self._made: tuple[Path, str] | None = None
         functools.update_wrapper(self, fn, updated=())
 
     @property
@@ -342,7 +351,7 @@ class CachedFunction:
             # pickle, a full disk, the database) must still give the key up, or identical calls
             # would wait for this one until its lease ran out.
             what = "it cannot be serialised"
-            path: Path | None = None
+            path: str | None = None
             try:
                 fmt, data = _keys.encode(value)
                 what = "its result file could not be written"
@@ -360,7 +369,7 @@ class CachedFunction:
                     f["inputs_json"],
                     f["version"],
                     token=token,
-                    result_path=str(path),
+                    result_path=path,
                     format=fmt,
                     content_hash=store.signer.tag(data),
                     size=len(data),
@@ -387,7 +396,7 @@ class CachedFunction:
         token: int,
         value: Any,
         what: str,
-        path: Path | None,
+        path: str | None,
         exc: BaseException,
     ) -> None:
         """Gives up the key of a call whose result could not be stored, removes a result file no
@@ -402,7 +411,7 @@ class CachedFunction:
         )
         if path is not None:
             with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+                os.unlink(path)
         # The database may be what failed: the error about the result matters more.
         with contextlib.suppress(Exception):
             index.release(key, token, "FAILED", _now_us(), type(exc).__name__, message)
@@ -423,25 +432,43 @@ class CachedFunction:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(real)
 
-    def _write(self, store: Store, f: dict[str, Any], fmt: str, data: bytes) -> Path:
-        folder = store.result_dir / _safe(self.module) / _safe(self.qualname)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._folders.add(folder)
+    def _folder(self, store: Store) -> str:
+        """The function's folder under the store's result directory (made on first use)."""
+        made = self._made
+        if made is None or made[0] is not store.result_dir:
+            folder = os.path.join(store.result_dir, _safe(self.module), _safe(self.qualname))
+            os.makedirs(folder, exist_ok=True)
+            made = self._made = (store.result_dir, folder)
+        return made[1]
+
+    def _write(self, store: Store, f: dict[str, Any], fmt: str, data: bytes) -> str:
+        """Writes a result file; returns its path. The file is created under its final name
+        (no temporary file and rename, which cost a second directory update per miss): only an
+        entry committed after it is closed makes anyone read it, and a partial file is removed."""
+        folder = self._folder(store)
         seed = _safe(f["seed"]) if f["seed"] is not None else "noseed"
-        path = folder / f"{stamp}_{seed}_{f['key']}.{_keys.EXTENSIONS[fmt]}"
-        tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
+        ext = _keys.EXTENSIONS[fmt]
+        while True:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            path = f"{folder}{os.sep}{stamp}_{seed}_{f['key']}.{ext}"
             try:
-                tmp.write_bytes(data)
+                fd = os.open(path, _CREATE, 0o666)
             except FileNotFoundError:  # the folder was deleted since (tm cache clear, rm -r)
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-            os.replace(tmp, path)
+                os.makedirs(folder, exist_ok=True)
+                continue
+            except FileExistsError:  # the same call stored in the same microsecond: next one
+                continue
+            break
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
+        os.close(fd)
         return path
 
     def _load(

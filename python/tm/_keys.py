@@ -461,6 +461,26 @@ def _tagged(value: Any) -> Any:
     raise _NotJson
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is JSON as it is: str-keyed dicts (without the tag key), lists and
+    scalars only, so it can be written without the copy :func:`_tagged` makes (most results)."""
+    t = type(value)
+    scalars = _SCALARS
+    if t is dict:
+        if TAG in value:
+            return False
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in scalars and not _plain(v)):
+                return False
+        return True
+    if t is list:
+        for v in value:  # noqa: SIM110 - a loop: all() over a generator costs a third more
+            if type(v) not in scalars and not _plain(v):
+                return False
+        return True
+    return t in scalars
+
+
 _BUILD = {"tuple": tuple, "set": set, "frozenset": frozenset}
 
 
@@ -501,6 +521,8 @@ def encode(value: Any) -> tuple[str, bytes]:
             else:
                 return "parquet", buf.getvalue()
     try:
+        if _plain(value):
+            return "json", _dumps_result(value).encode()
         return "json", _dumps_result(_tagged(value)).encode()
     except (_NotJson, ValueError, RecursionError):
         return "pickle", pickle.dumps(value, protocol=5)
