@@ -21,6 +21,7 @@ from .exceptions import CycleError as CycleError
 from .exceptions import ExecutorError as ExecutorError
 from .exceptions import GraphError as GraphError
 from .exceptions import RetriesExhausted as RetriesExhausted
+from .exceptions import SignatureError as SignatureError
 from .exceptions import StoreError as StoreError
 from .exceptions import TaskCancelled as TaskCancelled
 from .exceptions import TaskFailed as TaskFailed
@@ -52,6 +53,7 @@ __all__ = [
     "ProcessPool",
     "RetriesExhausted",
     "Run",
+    "SignatureError",
     "Store",
     "StoreError",
     "Task",

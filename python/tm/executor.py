@@ -8,7 +8,6 @@ import itertools
 import json
 import logging
 import os
-import pickle
 import socket
 import sys
 import threading
@@ -813,8 +812,10 @@ class Executor:
         results: dict[str, Any] = {}
         for node, fmt, data in core.results(run_id):
             if fmt == "pickle" and node in by_recorded_node:
-                # Written by tm itself into its own database for this run.
-                results[by_recorded_node[node]] = pickle.loads(data)
+                name = by_recorded_node[node]
+                results[name] = self.store.signer.loads(
+                    data, f"the persisted result of task {name!r} of run {run_id!r}"
+                )
         done: dict[int, Any] = {}
         for name in reversed(graph.topological_order()):
             if name not in recorded or recorded[name]["status"] != "completed":

@@ -170,9 +170,11 @@ impl PyBody {
         let Some((store, run_id)) = &self.persist_to else {
             return Ok(());
         };
+        // Sealed with the store's key (tm._signing): only a holder of the key can write what a
+        // resume unpickles.
         let pickled = py
-            .import("pickle")?
-            .call_method1("dumps", (value,))
+            .import("tm._signing")?
+            .call_method1("dumps_for", (store.location(), value))
             .map_err(|e| {
                 let name = self.program.names[node as usize].bind(py).to_string();
                 let err = pyo3::exceptions::PyTypeError::new_err(format!(

@@ -178,6 +178,9 @@ pub(crate) trait CacheBackend: Send + Sync {
     fn states(&self, filter: &CacheFilter) -> Result<Vec<CallState>, StoreError>;
     /// A key's state and its newest entry; `key` may be a unique prefix.
     fn find(&self, key: &str) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError>;
+    /// Deletes the entries of `key` older than its entry `newest_id` (a forced re-run supersedes
+    /// them); returns them, so the caller can delete their files.
+    fn supersede(&self, key: &str, newest_id: i64) -> Result<Vec<CacheEntry>, StoreError>;
     /// Deletes the matching entries (and the states left without an entry, unless running);
     /// returns what was deleted, so the caller can delete the files.
     fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError>;
@@ -585,6 +588,16 @@ impl CacheBackend for SqliteCache {
                 out.push((s, entry));
             }
             Ok(out)
+        })
+    }
+
+    fn supersede(&self, key: &str, newest_id: i64) -> Result<Vec<CacheEntry>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "DELETE FROM cache_entries WHERE key = ?1 AND id < ?2 RETURNING {ENTRY_COLS}"
+            ))?;
+            let rows = stmt.query_map(params![key, newest_id], entry_row)?;
+            rows.collect()
         })
     }
 

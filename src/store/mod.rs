@@ -574,6 +574,16 @@ impl Store {
         self.backend.cache().find(key)
     }
 
+    /// Deletes the entries of `key` older than `newest_id` and returns them, so the caller can
+    /// delete their files.
+    pub fn cache_supersede(
+        &self,
+        key: &str,
+        newest_id: i64,
+    ) -> Result<Vec<CacheEntry>, StoreError> {
+        self.backend.cache().supersede(key, newest_id)
+    }
+
     /// Deletes matching entries and returns them, so the caller can delete their files.
     pub fn cache_clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
         self.backend.cache().clear(filter)

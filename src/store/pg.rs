@@ -1362,6 +1362,18 @@ impl CacheBackend for PgCache {
         })
     }
 
+    fn supersede(&self, key: &str, newest_id: i64) -> Result<Vec<CacheEntry>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                &format!(
+                    "DELETE FROM cache_entries WHERE key = $1 AND id < $2 RETURNING {ENTRY_COLS}"
+                ),
+                &[&key, &newest_id],
+            )?;
+            collect(rows, entry_row)
+        })
+    }
+
     fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError> {
         self.with(|c| {
             let mut tx = c.transaction()?;
