@@ -7,6 +7,7 @@ import importlib
 import inspect
 import json
 import os
+import types
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -24,12 +25,23 @@ _PARENT, _CONFIG, _CONTEXT, _ALL_PARENTS, _VALUE = 0, 1, 2, 3, 4
 _P = inspect.Parameter
 
 
+# Code flags (Include/cpython/code.h): the fast path reads a plain function's parameters from its
+# code object, which costs a small fraction of ``inspect.signature``.
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
+_FunctionType = types.FunctionType
+
+
 class _Sig:
     """What a callable's signature needs, computed once per callable."""
 
     __slots__ = ("params", "positional", "var_keyword", "var_positional")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
+        if type(fn) is _FunctionType:
+            extra = fn.__dict__
+            if not extra or ("__wrapped__" not in extra and "__signature__" not in extra):
+                self._from_code(fn)
+                return
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -48,6 +60,36 @@ class _Sig:
         self.var_positional = any(p.kind is _P.VAR_POSITIONAL for p in sig.parameters.values())
         self.var_keyword = any(p.kind is _P.VAR_KEYWORD for p in sig.parameters.values())
 
+    def _from_code(self, fn: types.FunctionType) -> None:
+        """The same analysis as ``inspect.signature`` gives, read off the function's code object."""
+        code = fn.__code__
+        argc, posonly, kwonly = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
+        names, flags = code.co_varnames, code.co_flags
+        first_default = argc - len(fn.__defaults__ or ())
+        params: list[tuple[str, Any, bool]] = [
+            (
+                names[i],
+                _P.POSITIONAL_ONLY if i < posonly else _P.POSITIONAL_OR_KEYWORD,
+                i >= first_default,
+            )
+            for i in range(argc)
+        ]
+        at = argc + kwonly
+        self.var_positional = bool(flags & _CO_VARARGS)
+        if self.var_positional:
+            params.append((names[at], _P.VAR_POSITIONAL, False))
+            at += 1
+        if kwonly:
+            kwdefaults = fn.__kwdefaults__ or {}
+            params.extend(
+                (name, _P.KEYWORD_ONLY, name in kwdefaults) for name in names[argc : argc + kwonly]
+            )
+        self.var_keyword = bool(flags & _CO_VARKEYWORDS)
+        if self.var_keyword:
+            params.append((names[at], _P.VAR_KEYWORD, False))
+        self.params = params
+        self.positional = list(names[:argc])
+
 
 _SIGS: weakref.WeakKeyDictionary[Any, _Sig] = weakref.WeakKeyDictionary()
 
@@ -57,6 +99,8 @@ _COMPILED_KEPT = 4
 
 def _sig_of(fn: Callable[..., Any]) -> _Sig:
     """The signature analysis of ``fn``, cached per callable (many tasks share one function)."""
+    if type(fn) is _FunctionType:
+        return _Sig(fn)  # as cheap as a cache lookup
     try:
         sig = _SIGS.get(fn)
     except TypeError:  # not weak-referenceable or not hashable
@@ -271,6 +315,8 @@ class Graph:
         if isinstance(depends_on, (str, bytes)) or callable(depends_on):
             depends_on = [depends_on]
         deps = list(depends_on)
+        if self._add_new(t, deps):
+            return t
 
         def change() -> None:
             parents = [self._resolve(d) for d in deps]
@@ -278,6 +324,32 @@ class Graph:
 
         self._atomically(change)
         return t
+
+    def _add_new(self, t: Any, deps: list[Any]) -> bool:
+        """Adds ``t`` after ``deps`` in one step when ``t`` is a new function task and every
+        dependency is already in the graph (how graphs are usually built); False otherwise, with
+        the graph unchanged."""
+        by_source, nodes, core = self._by_source, self._nodes, self._core
+        parents: list[int] = []
+        for d in deps:
+            if isinstance(d, str):
+                idx = core.find(d)
+            else:
+                idx = by_source.get(id(d))
+                if idx is not None and nodes[idx].source is not d:
+                    idx = None
+            if idx is None:
+                return False
+            parents.append(idx)
+        idx = by_source.get(id(t))
+        if (idx is not None and nodes[idx].source is t) or isinstance(t, _ClassTask):
+            return False
+        node = _make_node(t)
+        idx = core.add_node_after(_node_name(node), t, parents)
+        nodes.append(node)
+        by_source[id(t)] = idx
+        self._version += 1
+        return True
 
     def add_edges(self, parents: Iterable[Any], children: Iterable[Any] | None = None) -> None:
         """Adds every task in ``parents`` and ``children`` and an edge from each parent to each child.
@@ -460,20 +532,31 @@ class Graph:
         calls: list[Any] = []
         specs: list[Any] = []
         used_kwargs: set[str] = set()
-        wrapped: dict[tuple[int, str | None], Callable[..., Any]] = {}
+        wrapped: dict[tuple[int, str | None, bool], Callable[..., Any]] = {}
+        # Scheduling specs by options object (most tasks share one), then by the values that
+        # matter (options that differ only by name give one spec).
+        spec_of_options: dict[int, tuple[Any, ...]] = {}
         spec_for: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         d = defaults or {}
-        for i, node in enumerate(self._nodes):
-            if node.sig is None:
-                node.sig = _sig_of(node.call)
-            parents = self._core.parents(i)
-            by_name = {names[p]: p for p in parents}
+        default_persist = bool(d.get("persist", False))
+        for i, (node, parents) in enumerate(
+            zip(self._nodes, self._core.parent_lists(), strict=True)
+        ):
+            sig = node.sig
+            if sig is None:
+                sig = node.sig = _sig_of(node.call)
             is_root = not parents
             params, call_args = _bind(
-                names[i], node.sig, by_name, is_root, args, kwargs, check_roots
+                names[i],
+                sig,
+                {names[p]: p for p in parents},
+                is_root,
+                args,
+                kwargs,
+                check_roots,
             )
             if is_root:
-                _note_used(used_kwargs, params, node.sig, kwargs)
+                _note_used(used_kwargs, params, sig, kwargs)
             o = node.options
             # Many tasks share a function and their options differ only by name: wrap and derive
             # the scheduling spec once per distinct (function, tag) and option set.
@@ -482,23 +565,27 @@ class Graph:
             if fn is None:
                 fn = wrap(node.call, o) if wrap is not None else node.call
                 wrapped[wkey] = fn
-            persist = o.persist if o.persist is not None else bool(d.get("persist", False))
+            persist = o.persist if o.persist is not None else default_persist
             calls.append((fn, params, call_args, o.retry_on, o.give_up_on or None, persist))
-            skey = (
-                o.tag,
-                o.priority,
-                o.retries,
-                o.retry_delay,
-                o.backoff,
-                o.max_delay,
-                o.jitter,
-                o.timeout,
-                o.retry_on,
-                o.give_up_on,
-            )
-            spec = spec_for.get(skey)
+            spec = spec_of_options.get(id(o))
             if spec is None:
-                spec = spec_for[skey] = _spec(o, pool_of(o.tag) if pool_of is not None else 0, d)
+                skey = (
+                    o.tag,
+                    o.priority,
+                    o.retries,
+                    o.retry_delay,
+                    o.backoff,
+                    o.max_delay,
+                    o.jitter,
+                    o.timeout,
+                    o.retry_on,
+                    o.give_up_on,
+                )
+                spec = spec_for.get(skey)
+                if spec is None:
+                    pool = pool_of(o.tag) if pool_of is not None else 0
+                    spec = spec_for[skey] = _spec(o, pool, d)
+                spec_of_options[id(o)] = spec
             specs.append(spec)
         if check_roots:
             self._check_used(kwargs, used_kwargs)
@@ -521,7 +608,7 @@ class Graph:
         if cached is None or cached[0] != self._version:
             cached = self._root_ids = (
                 self._version,
-                [i for i in range(len(self._nodes)) if not self._core.parents(i)],
+                [i for i, parents in enumerate(self._core.parent_lists()) if not parents],
             )
         roots = []
         used_kwargs: set[str] = set()
