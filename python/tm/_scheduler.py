@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._tm import ManualClock, Timetable
 from .exceptions import ExecutorError
+from .schedules import Interval
 
 if TYPE_CHECKING:
     from .executor import Executor, Run
@@ -259,15 +260,17 @@ class Scheduler:
             self.ex.store.core.upsert_graph(
                 g.name, now, now, schedule=str(g.schedule), tz=g.tz, meta_json=o.to_json()
             )
+        interval = g.schedule if isinstance(g.schedule, Interval) else None
         self.tt.add(
             g.name,
-            g.schedule,
+            None if interval is not None else g.schedule,
             g.tz,
             round(o.jitter * 1e6),
             round(o.grace * 1e6),
             o.catchup,
             o.max_catchup,
             last,
+            None if interval is None else (interval.period_us, interval.anchor_us),
         )
 
     # -- the loop ---------------------------------------------------------------------------------

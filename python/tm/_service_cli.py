@@ -14,6 +14,7 @@ from typing import Any
 
 from ._tm import jitter_offset
 from .cli import EXIT_FAILURE, CommandError, _add_store_options, _open_store, _when, load_object
+from .schedules import parse_schedule
 
 #: Exit status of ``tm start`` when a second signal cancelled running runs.
 EXIT_CANCELLED = 130
@@ -156,8 +157,6 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
 
 
 def _status_rows(store: Any) -> list[dict[str, Any]]:
-    from .cron import Expression
-
     rows = []
     now = datetime.now(timezone.utc)
     for g in store.core.graphs():
@@ -173,7 +172,7 @@ def _status_rows(store: Any) -> list[dict[str, Any]]:
         delay = timedelta(
             microseconds=jitter_offset(g["name"], int(float(meta.get("jitter") or 0) * 1e6))
         )
-        nxt = Expression(g["schedule"]).next((start - delay).astimezone(zone)) + delay
+        nxt = parse_schedule(g["schedule"]).next((start - delay).astimezone(zone)) + delay
         runs = store.core.list_runs(graph=g["name"], limit=1)
         rows.append(
             {

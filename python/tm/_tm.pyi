@@ -296,13 +296,14 @@ class Timetable:
     def add(
         self,
         graph: str,
-        expr: Expression,
+        expr: Expression | None,
         tz: str | None,
         jitter_us: int,
         grace_us: int,
         catchup: str,
         max_catchup: int,
         last_fire_us: int | None = None,
+        every: tuple[int, int] | None = None,
     ) -> None: ...
     def remove(self, graph: str) -> bool: ...
     def graphs(self) -> list[str]: ...

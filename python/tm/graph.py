@@ -15,8 +15,8 @@ from typing import Any
 
 from ._decorators import TaskFunction, TaskOptions, as_task, task
 from ._tm import ByteCache, GraphCore
-from .cron import Expression
 from .exceptions import GraphError, TaskTimeout
+from .schedules import Schedule, parse_schedule
 from .taskflow import Task as _ClassTask
 
 __all__ = ["Graph"]
@@ -198,7 +198,8 @@ class Graph:
 
     Args:
         name: the graph's name (used in run records and schedules).
-        schedule: ``"manual"`` (run on demand) or a cron expression (text or ``Expression``).
+        schedule: ``"manual"`` (run on demand), a cron expression (text or ``Expression``), or
+            an interval of elapsed time (``tm.every(minutes=5)`` or ``"@every 5m"``).
         config: a dict, or the path of a JSON/YAML file re-read for each run when it changed.
             Relative paths resolve against the defining script's directory, then the working
             directory. Tasks receive it through a parameter named ``config``.
@@ -208,23 +209,14 @@ class Graph:
     def __init__(
         self,
         name: str = "graph",
-        schedule: str | Expression | None = "manual",
+        schedule: str | Schedule | None = "manual",
         config: Any = None,
         tz: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise GraphError(f"a graph needs a non-empty name, got {name!r}")
         self.name = name
-        if schedule is None or schedule == "manual":
-            self.schedule: Expression | None = None
-        elif isinstance(schedule, Expression):
-            self.schedule = schedule
-        elif isinstance(schedule, str):
-            self.schedule = Expression(schedule)
-        else:
-            raise TypeError(
-                f"schedule must be 'manual', a cron string or an Expression, got {schedule!r}"
-            )
+        self.schedule: Schedule | None = parse_schedule(schedule)
         self.tz = tz
         self._core = GraphCore()
         self._nodes: list[_Node] = []

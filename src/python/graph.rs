@@ -56,11 +56,18 @@ impl PyGraphCore {
 
     /// Adds a task that is not in the graph yet after `parents` (nodes already in it), in one
     /// step: edges into a new node close no cycle, so none is searched for.
-    fn add_node_after(&self, name: &str, task: Bound<'_, PyAny>, parents: Vec<u32>) -> PyResult<u32> {
+    fn add_node_after(
+        &self,
+        name: &str,
+        task: Bound<'_, PyAny>,
+        parents: Vec<u32>,
+    ) -> PyResult<u32> {
         let mut core = self.lock();
         let n = core.builder.len() as u32;
         if let Some(p) = parents.iter().find(|p| **p >= n) {
-            return Err(pyo3::exceptions::PyIndexError::new_err(format!("no node {p}")));
+            return Err(pyo3::exceptions::PyIndexError::new_err(format!(
+                "no node {p}"
+            )));
         }
         let id = core.builder.add_node(name, task.unbind(), |a, b| a.is(b))?;
         if id != n {
