@@ -452,6 +452,12 @@ def _run_resume(args: argparse.Namespace) -> int:
     return 0 if run.state == "completed" else EXIT_FAILURE
 
 
+def _run_cli() -> Any:
+    from . import _run_cli
+
+    return _run_cli
+
+
 def _service_cli() -> Any:
     from . import _service_cli
 
@@ -464,6 +470,11 @@ COMMANDS: dict[str, Command] = {
         help="print the next fire times of a cron expression",
         configure=_configure_cron,
         run=_run_cron,
+    ),
+    "run": Command(
+        help="run a graph now, with live progress, a summary and its exit status",
+        configure=lambda p: _run_cli().configure_run(p),
+        run=lambda a: _run_cli().run_run(a),
     ),
     "start": Command(
         help="run an executor as a service: fire its graphs on their schedules until signalled",
