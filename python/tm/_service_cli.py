@@ -159,6 +159,7 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
 def _status_rows(store: Any) -> list[dict[str, Any]]:
     rows = []
     now = datetime.now(timezone.utc)
+    paused = {g: us for g, us, _ in store.core.pauses()}
     for g in store.core.graphs():
         if not g["schedule"]:
             continue
@@ -180,6 +181,7 @@ def _status_rows(store: Any) -> list[dict[str, Any]]:
                 "schedule": g["schedule"],
                 "tz": g["tz"] or "UTC",
                 "next_fire": nxt.isoformat(),
+                "paused_us": paused.get(g["name"]),
                 "last_fire_us": last,
                 "last_run_id": runs[0]["run_id"] if runs else None,
                 "last_run_state": runs[0]["state"] if runs else None,
@@ -209,8 +211,46 @@ def run_status(args: argparse.Namespace) -> int:
         state = r["last_run_state"] or "-"
         if r["last_run_trigger"]:
             state += f" ({r['last_run_trigger']})"
+        nxt = "paused" if r["paused_us"] is not None else r["next_fire"]
         print(
-            f"{r['graph']:<24} {r['schedule']:<16} {r['tz']:<16} {r['next_fire']:<25} "
+            f"{r['graph']:<24} {r['schedule']:<16} {r['tz']:<16} {nxt:<25} "
             f"{_when(r['last_fire_us']):<19}  {state}"
         )
+    return 0
+
+
+def configure_pause(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", help="the scheduled graph's name (see tm status)")
+    _add_store_options(parser, json=False)
+
+
+def run_pause(args: argparse.Namespace) -> int:
+    return _set_paused(args, True)
+
+
+def run_unpause(args: argparse.Namespace) -> int:
+    return _set_paused(args, False)
+
+
+def _set_paused(args: argparse.Namespace, pause: bool) -> int:
+    from .executor import Executor
+
+    store = _open_store(args.db)
+    ex = Executor(store=store)  # type: ignore[arg-type]
+    try:
+        changed = ex.pause(args.graph) if pause else ex.unpause(args.graph)
+    except Exception as exc:
+        raise CommandError(
+            f"cannot {'pause' if pause else 'unpause'}: {exc}", EXIT_FAILURE
+        ) from exc
+    finally:
+        ex.shutdown()
+        store.close()  # type: ignore[attr-defined]
+    what = "paused" if pause else "unpaused"
+    if changed:
+        print(
+            f"{args.graph}: {what}; every scheduler sharing {store.location} obeys at its next fire"
+        )  # type: ignore[attr-defined]
+    else:
+        print(f"{args.graph}: already {what}")
     return 0

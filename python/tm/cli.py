@@ -491,6 +491,16 @@ COMMANDS: dict[str, Command] = {
         configure=lambda p: _service_cli().configure_status(p),
         run=lambda a: _service_cli().run_status(a),
     ),
+    "pause": Command(
+        help="pause a graph's schedule for every scheduler sharing the store",
+        configure=lambda p: _service_cli().configure_pause(p),
+        run=lambda a: _service_cli().run_pause(a),
+    ),
+    "unpause": Command(
+        help="let a paused graph fire again from its next fire time",
+        configure=lambda p: _service_cli().configure_pause(p),
+        run=lambda a: _service_cli().run_unpause(a),
+    ),
     "queue": Command(
         help="inspect and manage an agent queue (tm.queue.TaskManager)",
         configure=_configure_queue,

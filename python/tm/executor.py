@@ -1047,6 +1047,22 @@ class Executor:
         """
         self._scheduler.remove(name)
 
+    def pause(self, name: str) -> bool:
+        """Pauses the schedule of the graph called ``name``: its fires are recorded as skipped
+        (reason ``paused``) until :meth:`unpause`. With a store, every scheduler sharing it obeys
+        at its next fire, and ``tm status`` shows it; the graph need not be added here. Runs
+        already going are left alone. Returns False when it was paused already."""
+        return self._scheduler.pause(name)
+
+    def unpause(self, name: str) -> bool:
+        """Lets the graph called ``name`` fire again from its next fire time on (fires skipped
+        while it was paused are not caught up). Returns False when it was not paused."""
+        return self._scheduler.unpause(name)
+
+    def paused(self) -> dict[str, datetime]:
+        """The paused graphs and when each was paused."""
+        return self._scheduler.paused()
+
     def next_fire(self, name: str) -> datetime | None:
         """The next logical fire time of the scheduled graph ``name`` (in its zone), or None
         if its schedule has ended.

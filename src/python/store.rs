@@ -263,6 +263,26 @@ impl PyStoreCore {
         Ok(py.detach(|| self.store.claim_fire(&fire))?)
     }
 
+    /// Pauses `graph`'s schedule for every scheduler sharing the database; False when it was
+    /// paused already (detached).
+    fn pause(&self, py: Python<'_>, graph: &str, now_us: i64, owner: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.store.pause(graph, now_us, owner))?)
+    }
+
+    /// Unpauses `graph`; returns when it had been paused, None when it was not (detached).
+    fn unpause(&self, py: Python<'_>, graph: &str) -> PyResult<Option<i64>> {
+        Ok(py.detach(|| self.store.unpause(graph))?)
+    }
+
+    /// The paused graphs as (graph, paused_us, owner), by name (detached).
+    fn pauses(&self, py: Python<'_>) -> PyResult<Vec<(String, i64, String)>> {
+        let rows = py.detach(|| self.store.pauses())?;
+        Ok(rows
+            .into_iter()
+            .map(|p| (p.graph, p.paused_us, p.owner))
+            .collect())
+    }
+
     /// Adds tasks, as (node, name, task_key, inputs_digest, seed, code_version), to a run begun
     /// without them (queued like every write).
     fn add_tasks(&self, run_id: &str, tasks: Vec<TaskTuple>) -> PyResult<()> {

@@ -183,6 +183,12 @@ pub(crate) trait CacheBackend: Send + Sync {
     fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError>;
     /// Claims a schedule fire (see [`FireClaim`]); false when another scheduler fired it.
     fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError>;
+    /// Pauses `graph`'s schedule for every scheduler; false when it was paused already.
+    fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError>;
+    /// Unpauses `graph`; returns when it had been paused (None: it was not).
+    fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError>;
+    /// The paused graphs, by name.
+    fn pauses(&self) -> Result<Vec<Pause>, StoreError>;
     /// Sleeps until some key's call ends (completed or released) anywhere, or `timeout`:
     /// Some(true) when woken, Some(false) on timeout, None where the database has no such
     /// signal (SQLite: the caller sleeps and asks again).
@@ -211,6 +217,22 @@ pub(crate) const CLAIM_FIRE: &str = "INSERT INTO fires (graph, scheduled_us, run
     fired_us) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (graph, scheduled_us) DO NOTHING";
 pub(crate) const FIRE_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, \
     scheduled_us, created_us, started_us, meta_json) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6)";
+
+/// A paused schedule: no scheduler sharing the database fires `graph` while the row exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub graph: String,
+    /// When it was paused (microseconds since the epoch).
+    pub paused_us: i64,
+    /// Who paused it (`host:pid`).
+    pub owner: String,
+}
+
+/// The statements of pauses; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
+pub(crate) const PAUSE: &str = "INSERT INTO pauses (graph, paused_us, owner) VALUES (?1, ?2, ?3) \
+    ON CONFLICT (graph) DO NOTHING";
+pub(crate) const UNPAUSE: &str = "DELETE FROM pauses WHERE graph = ?1 RETURNING paused_us";
+pub(crate) const PAUSES: &str = "SELECT graph, paused_us, owner FROM pauses ORDER BY graph";
 
 impl FireClaim {
     pub(crate) fn meta_json(&self) -> String {
@@ -402,6 +424,32 @@ impl CacheBackend for SqliteCache {
             }
             tx.commit()?;
             Ok(won)
+        })
+    }
+
+    fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute(PAUSE, params![graph, now_us, owner])? == 1))
+    }
+
+    fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(UNPAUSE)?
+                .query_row([graph], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+    }
+
+    fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(PAUSES)?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Pause {
+                    graph: r.get(0)?,
+                    paused_us: r.get(1)?,
+                    owner: r.get(2)?,
+                })
+            })?;
+            rows.collect()
         })
     }
 

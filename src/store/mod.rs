@@ -42,7 +42,7 @@ mod writer;
 mod tests;
 
 pub use cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
     StoredResult,
 };
 pub use error::StoreError;
@@ -528,6 +528,22 @@ impl Store {
     /// recorded) when a process sharing this database already fired `(graph, scheduled_us)`.
     pub fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError> {
         self.backend.cache().claim_fire(fire)
+    }
+
+    /// Pauses `graph`'s schedule for every scheduler sharing this database (committed at once);
+    /// false when it was paused already.
+    pub fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.backend.cache().pause(graph, now_us, owner)
+    }
+
+    /// Unpauses `graph`; returns when it had been paused, None when it was not.
+    pub fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.backend.cache().unpause(graph)
+    }
+
+    /// The paused graphs, by name.
+    pub fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.backend.cache().pauses()
     }
 
     /// Sleeps until a cached call ends anywhere (PostgreSQL notifies), or `timeout`: Some(true)

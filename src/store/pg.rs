@@ -22,8 +22,8 @@ use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statem
 
 use super::cache_index::CacheBackend;
 use super::cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
-    StoredResult, CLAIM_FIRE, FIRE_RUN,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
+    StoredResult, CLAIM_FIRE, FIRE_RUN, PAUSE, PAUSES, UNPAUSE,
 };
 use super::error::{pg_error, StoreError};
 use super::fold::{FoldedAttempt, FoldedState};
@@ -60,6 +60,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 4,
         sql: include_str!("migrations/pg/0004_fleet.sql"),
+    },
+    Migration {
+        version: 5,
+        sql: include_str!("migrations/pg/0005_pauses.sql"),
     },
 ];
 
@@ -1148,6 +1152,31 @@ impl CacheBackend for PgCache {
             }
             tx.commit()?;
             Ok(won)
+        })
+    }
+
+    fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute(&dollar(PAUSE), &[&graph, &now_us, &owner])? == 1))
+    }
+
+    fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            let row = c.query_opt(&dollar(UNPAUSE), &[&graph])?;
+            Ok(row.map(|r| r.get::<_, i64>(0)))
+        })
+    }
+
+    fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(PAUSES, &[])?;
+            Ok(rows
+                .iter()
+                .map(|r| Pause {
+                    graph: r.get(0),
+                    paused_us: r.get(1),
+                    owner: r.get(2),
+                })
+                .collect())
         })
     }
 
