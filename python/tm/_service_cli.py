@@ -13,7 +13,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._tm import jitter_offset
-from .cli import EXIT_FAILURE, CommandError, _add_store_options, _open_store, _when, load_object
+from .cli import (
+    EXIT_FAILURE,
+    CommandError,
+    _add_store_options,
+    _open_store,
+    _require_existing,
+    _when,
+    load_object,
+)
 from .schedules import parse_schedule
 
 #: Exit status of ``tm start`` when a second signal cancelled running runs.
@@ -61,6 +69,10 @@ def run_start(args: argparse.Namespace) -> int:
     ex = _executor_of(args.target)
     if args.db:
         ex.store = Store(args.db)
+    elif ex.store is None:
+        # The store every tm command reads by default ($TM_DB_URL, else .tm/tm.db here), so
+        # `tm runs` and `tm status` see this service's runs and a restart catches up and resumes.
+        ex.store = Store()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -193,7 +205,7 @@ def _status_rows(store: Any) -> list[dict[str, Any]]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    store = _open_store(args.db)
+    store = _open_store(args.db, reading=True)
     try:
         rows = _status_rows(store)
     except Exception as exc:
@@ -235,6 +247,7 @@ def run_unpause(args: argparse.Namespace) -> int:
 def _set_paused(args: argparse.Namespace, pause: bool) -> int:
     from .executor import Executor
 
+    _require_existing(args.db)
     store = _open_store(args.db)
     ex = Executor(store=store)  # type: ignore[arg-type]
     try:
