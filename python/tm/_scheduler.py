@@ -170,8 +170,9 @@ class Scheduler:
         self.tt = Timetable(None if clock is None else clock.core)
         self.slots: dict[str, _Slot] = {}
         self.lock = threading.Lock()
-        # Pauses of an executor without a store (graph -> when paused, microseconds).
+        # Pauses and trigger requests of an executor without a store.
         self.local_pauses: dict[str, int] = {}
+        self.local_triggers: list[tuple[str, dict[str, Any]]] = []
         self.running = False
         self.stopping = False
         self.cancel = False
@@ -306,6 +307,7 @@ class Scheduler:
                 fires, now = self.tt.wait(_SLICE)
                 self._handle(fires, now)
                 self.tt.handled(now)
+                self._run_triggers()
             self._drain()
         finally:
             self.ready.clear()
@@ -398,6 +400,54 @@ class Scheduler:
             with self.lock:
                 rows = list(self.local_pauses.items())
         return {g: _from_us(us) for g, us in rows}
+
+    # -- manual triggers ---------------------------------------------------------------------------
+
+    def trigger(self, name: str, params: dict[str, Any]) -> int | None:
+        params_json = json.dumps(params)  # checked here, not in the scheduler that runs it
+        if self.ex.store is not None:
+            owner = f"{socket.gethostname()}:{os.getpid()}"
+            return self.ex.store.core.request_trigger(
+                name, params_json, int(time.time() * 1e6), owner
+            )
+        with self.lock:
+            if name not in self.slots:
+                raise KeyError(f"no scheduled graph named {name!r}")
+            self.local_triggers.append((name, params))
+        self.tt.wake()
+        return None
+
+    def _run_triggers(self) -> None:
+        """Starts a run for each trigger request of this scheduler's graphs. With a store, one
+        indexed read per wake-up finds requests; claiming them hands each to exactly one of the
+        schedulers sharing the store."""
+        requests: list[tuple[_Slot, dict[str, Any], int | None]] = []
+        if self.ex.store is None:
+            with self.lock:
+                local, self.local_triggers = self.local_triggers, []
+            requests = [(self.slots[g], p, None) for g, p in local if g in self.slots]
+        else:
+            core = self.ex.store.core
+            owner = f"{socket.gethostname()}:{os.getpid()}"
+            try:
+                for g in core.triggered_graphs():
+                    slot = self.slots.get(g)
+                    if slot is None:
+                        continue
+                    for tid, params_json in core.claim_triggers(g, int(time.time() * 1e6), owner):
+                        requests.append((slot, json.loads(params_json), tid))
+            except Exception as e:
+                _log.error("cannot read trigger requests from the store: %r", e)
+                return
+        for slot, params, tid in requests:
+            meta = {"trigger": "manual", "trigger_id": tid}
+            try:
+                run = self.ex.submit(slot.graph, kwargs=params, meta=meta, _on_end=self.tt.wake)
+            except Exception as e:
+                _log.error("%s: the triggered run could not start: %r", slot.graph.name, e)
+                continue
+            _log.info("%s: started the triggered run %s", slot.graph.name, run.run_id or run.id)
+            slot.active.append(run)
 
     def _paused_names(self) -> set[str]:
         """The graphs paused now; the store is asked once per wake-up that has fires."""

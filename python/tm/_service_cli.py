@@ -244,26 +244,52 @@ def run_unpause(args: argparse.Namespace) -> int:
     return _set_paused(args, False)
 
 
-def _set_paused(args: argparse.Namespace, pause: bool) -> int:
+def _on_store(args: argparse.Namespace, what: str, act: Any) -> tuple[Any, str]:
+    """``act(executor)`` on an executor of the existing store ``args.db``; returns its result
+    and the store's location."""
     from .executor import Executor
 
     _require_existing(args.db)
-    store = _open_store(args.db)
-    ex = Executor(store=store)  # type: ignore[arg-type]
+    store: Any = _open_store(args.db)
+    ex = Executor(store=store)
     try:
-        changed = ex.pause(args.graph) if pause else ex.unpause(args.graph)
+        return act(ex), store.location
     except Exception as exc:
-        raise CommandError(
-            f"cannot {'pause' if pause else 'unpause'}: {exc}", EXIT_FAILURE
-        ) from exc
+        raise CommandError(f"cannot {what} {args.graph}: {exc}", EXIT_FAILURE) from exc
     finally:
         ex.shutdown()
-        store.close()  # type: ignore[attr-defined]
-    what = "paused" if pause else "unpaused"
+        store.close()
+
+
+def _set_paused(args: argparse.Namespace, pause: bool) -> int:
+    what = "pause" if pause else "unpause"
+    changed, location = _on_store(
+        args, what, lambda ex: ex.pause(args.graph) if pause else ex.unpause(args.graph)
+    )
     if changed:
-        print(
-            f"{args.graph}: {what}; every scheduler sharing {store.location} obeys at its next fire"
-        )  # type: ignore[attr-defined]
+        print(f"{args.graph}: {what}d; every scheduler sharing {location} obeys at its next fire")
     else:
-        print(f"{args.graph}: already {what}")
+        print(f"{args.graph}: already {what}d")
+    return 0
+
+
+def configure_trigger(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", help="the scheduled graph's name (see tm status)")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an argument for the root tasks; VALUE is read as JSON when it is JSON, else as text",
+    )
+    _add_store_options(parser, json=False)
+
+
+def run_trigger(args: argparse.Namespace) -> int:
+    from ._run_cli import parse_params
+
+    params = parse_params(args.param)
+    tid, location = _on_store(args, "trigger", lambda ex: ex.trigger(args.graph, **params))
+    print(f"trigger {tid} of {args.graph}: a scheduler sharing {location} runs it")
     return 0

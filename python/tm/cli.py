@@ -542,6 +542,11 @@ COMMANDS: dict[str, Command] = {
         configure=lambda p: _service_cli().configure_status(p),
         run=lambda a: _service_cli().run_status(a),
     ),
+    "trigger": Command(
+        help="ask the schedulers sharing the store to run a graph now (exactly one does)",
+        configure=lambda p: _service_cli().configure_trigger(p),
+        run=lambda a: _service_cli().run_trigger(a),
+    ),
     "pause": Command(
         help="pause a graph's schedule for every scheduler sharing the store",
         configure=lambda p: _service_cli().configure_pause(p),

@@ -1062,6 +1062,13 @@ class Executor:
         """The paused graphs and when each was paused."""
         return self._scheduler.paused()
 
+    def trigger(self, name: str, **params: Any) -> int | None:
+        """Asks for a run of the scheduled graph ``name`` now, with ``params`` for its root tasks
+        (``context.meta["trigger"] == "manual"``). With a store, any scheduler sharing it that
+        serves the graph may run it (exactly one does, within a wake-up of half a second), and
+        the request's id is returned; without one, this executor's :meth:`start` runs it."""
+        return self._scheduler.trigger(name, params)
+
     def next_fire(self, name: str) -> datetime | None:
         """The next logical fire time of the scheduled graph ``name`` (in its zone), or None
         if its schedule has ended.

@@ -283,6 +283,38 @@ impl PyStoreCore {
             .collect())
     }
 
+    /// Asks the schedulers sharing the database to run `graph` now; returns the request's id
+    /// (detached).
+    fn request_trigger(
+        &self,
+        py: Python<'_>,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> PyResult<i64> {
+        Ok(py.detach(|| {
+            self.store
+                .request_trigger(graph, params_json, now_us, owner)
+        })?)
+    }
+
+    /// The graphs with unclaimed trigger requests (detached).
+    fn triggered_graphs(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| self.store.triggered_graphs())?)
+    }
+
+    /// Claims `graph`'s unclaimed trigger requests as (id, params_json) (detached).
+    fn claim_triggers(
+        &self,
+        py: Python<'_>,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> PyResult<Vec<(i64, String)>> {
+        Ok(py.detach(|| self.store.claim_triggers(graph, now_us, owner))?)
+    }
+
     /// Adds tasks, as (node, name, task_key, inputs_digest, seed, code_version), to a run begun
     /// without them (queued like every write).
     fn add_tasks(&self, run_id: &str, tasks: Vec<TaskTuple>) -> PyResult<()> {

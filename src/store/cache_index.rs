@@ -189,6 +189,24 @@ pub(crate) trait CacheBackend: Send + Sync {
     fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError>;
     /// The paused graphs, by name.
     fn pauses(&self) -> Result<Vec<Pause>, StoreError>;
+    /// Asks the schedulers to run `graph` now with `params_json`; returns the request's id.
+    fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError>;
+    /// The graphs with unclaimed trigger requests (a read: no write lock).
+    fn triggered_graphs(&self) -> Result<Vec<String>, StoreError>;
+    /// Claims every unclaimed request of `graph`, atomically among processes: each request is
+    /// returned, as (id, params_json), to exactly one caller.
+    fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
     /// Sleeps until some key's call ends (completed or released) anywhere, or `timeout`:
     /// Some(true) when woken, Some(false) on timeout, None where the database has no such
     /// signal (SQLite: the caller sleeps and asks again).
@@ -233,6 +251,13 @@ pub(crate) const PAUSE: &str = "INSERT INTO pauses (graph, paused_us, owner) VAL
     ON CONFLICT (graph) DO NOTHING";
 pub(crate) const UNPAUSE: &str = "DELETE FROM pauses WHERE graph = ?1 RETURNING paused_us";
 pub(crate) const PAUSES: &str = "SELECT graph, paused_us, owner FROM pauses ORDER BY graph";
+/// The statements of manual triggers, for both dialects like the ones above.
+pub(crate) const REQUEST_TRIGGER: &str = "INSERT INTO triggers (graph, params_json, requested_us, \
+    requested_by) VALUES (?1, ?2, ?3, ?4) RETURNING id";
+pub(crate) const TRIGGERED_GRAPHS: &str =
+    "SELECT DISTINCT graph FROM triggers WHERE claimed_us IS NULL";
+pub(crate) const CLAIM_TRIGGERS: &str = "UPDATE triggers SET claimed_us = ?1, claimed_by = ?2 \
+    WHERE graph = ?3 AND claimed_us IS NULL RETURNING id, params_json";
 
 impl FireClaim {
     pub(crate) fn meta_json(&self) -> String {
@@ -450,6 +475,47 @@ impl CacheBackend for SqliteCache {
                 })
             })?;
             rows.collect()
+        })
+    }
+
+    fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(REQUEST_TRIGGER)?
+                .query_row(params![graph, params_json, now_us, owner], |r| r.get(0))
+        })
+    }
+
+    fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(TRIGGERED_GRAPHS)?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let claimed = {
+                let mut stmt = tx.prepare_cached(CLAIM_TRIGGERS)?;
+                let rows = stmt.query_map(params![now_us, owner, graph], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                rows.collect::<Result<Vec<(i64, String)>, _>>()?
+            };
+            tx.commit()?;
+            Ok(claimed)
         })
     }
 

@@ -37,7 +37,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        sql: include_str!("migrations/0005_pauses.sql"),
+        sql: include_str!("migrations/0005_control.sql"),
     },
 ];
 

@@ -546,6 +546,36 @@ impl Store {
         self.backend.cache().pauses()
     }
 
+    /// Asks the schedulers sharing this database to run `graph` now (committed at once); returns
+    /// the request's id.
+    pub fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.backend
+            .cache()
+            .request_trigger(graph, params_json, now_us, owner)
+    }
+
+    /// The graphs with trigger requests no scheduler has claimed yet.
+    pub fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.backend.cache().triggered_graphs()
+    }
+
+    /// Claims `graph`'s unclaimed trigger requests as (id, params_json); each goes to exactly one
+    /// caller among the processes sharing this database.
+    pub fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.backend.cache().claim_triggers(graph, now_us, owner)
+    }
+
     /// Sleeps until a cached call ends anywhere (PostgreSQL notifies), or `timeout`: Some(true)
     /// when woken, Some(false) on timeout, None where the database cannot signal (SQLite).
     pub fn cache_wait(&self, timeout: std::time::Duration) -> Result<Option<bool>, StoreError> {

@@ -23,7 +23,8 @@ use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statem
 use super::cache_index::CacheBackend;
 use super::cache_index::{
     CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
-    StoredResult, CLAIM_FIRE, FIRE_RUN, PAUSE, PAUSES, UNPAUSE,
+    StoredResult, CLAIM_FIRE, CLAIM_TRIGGERS, FIRE_RUN, PAUSE, PAUSES, REQUEST_TRIGGER,
+    TRIGGERED_GRAPHS, UNPAUSE,
 };
 use super::error::{pg_error, StoreError};
 use super::fold::{FoldedAttempt, FoldedState};
@@ -63,7 +64,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        sql: include_str!("migrations/pg/0005_pauses.sql"),
+        sql: include_str!("migrations/pg/0005_control.sql"),
     },
 ];
 
@@ -1177,6 +1178,41 @@ impl CacheBackend for PgCache {
                     owner: r.get(2),
                 })
                 .collect())
+        })
+    }
+
+    fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            let row = c.query_one(
+                &dollar(REQUEST_TRIGGER),
+                &[&graph, &params_json, &now_us, &owner],
+            )?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(TRIGGERED_GRAPHS, &[])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(&dollar(CLAIM_TRIGGERS), &[&now_us, &owner, &graph])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 
