@@ -803,3 +803,42 @@ fn postgres_readers_read_while_the_writer_writes() {
         read_while_writing(store);
     }
 }
+
+#[test]
+fn pauses_and_trigger_requests_are_shared_by_stores_on_one_file() {
+    let tmp = TempDb::new("control");
+    let (a, b) = (open(&tmp.url()), open(&tmp.url()));
+    assert!(ok(a.pause("nightly", 10, "host:1")));
+    assert!(!ok(b.pause("nightly", 20, "host:2")));
+    let paused = ok(b.pauses());
+    assert_eq!(
+        paused,
+        [Pause {
+            graph: "nightly".into(),
+            paused_us: 10,
+            owner: "host:1".into()
+        }]
+    );
+    assert_eq!(ok(b.unpause("nightly")), Some(10));
+    assert_eq!(ok(a.unpause("nightly")), None);
+    assert!(ok(a.pauses()).is_empty());
+
+    let first = ok(a.request_trigger("g", r#"{"n":1}"#, 30, "host:1"));
+    let second = ok(b.request_trigger("g", "{}", 31, "host:2"));
+    ok(a.request_trigger("other", "{}", 32, "host:1"));
+    assert!(second > first);
+    let mut graphs = ok(b.triggered_graphs());
+    graphs.sort();
+    assert_eq!(graphs, ["g", "other"]);
+    // Each request goes to exactly one claimer.
+    let claimed = ok(b.claim_triggers("g", 40, "host:2"));
+    assert_eq!(
+        claimed,
+        [
+            (first, r#"{"n":1}"#.to_string()),
+            (second, "{}".to_string())
+        ]
+    );
+    assert!(ok(a.claim_triggers("g", 41, "host:1")).is_empty());
+    assert_eq!(ok(a.triggered_graphs()), ["other"]);
+}
