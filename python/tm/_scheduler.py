@@ -379,8 +379,9 @@ class Scheduler:
 
     def pause(self, name: str) -> bool:
         if self.ex.store is not None:
-            owner = f"{socket.gethostname()}:{os.getpid()}"
-            return self.ex.store.core.pause(name, int(time.time() * 1e6), owner)
+            from .executor import process_owner
+
+            return self.ex.store.core.pause(name, int(time.time() * 1e6), process_owner())
         with self.lock:
             if name in self.local_pauses:
                 return False
@@ -406,9 +407,10 @@ class Scheduler:
     def trigger(self, name: str, params: dict[str, Any]) -> int | None:
         params_json = json.dumps(params)  # checked here, not in the scheduler that runs it
         if self.ex.store is not None:
-            owner = f"{socket.gethostname()}:{os.getpid()}"
+            from .executor import process_owner
+
             return self.ex.store.core.request_trigger(
-                name, params_json, int(time.time() * 1e6), owner
+                name, params_json, int(time.time() * 1e6), process_owner()
             )
         with self.lock:
             if name not in self.slots:
@@ -427,8 +429,9 @@ class Scheduler:
                 local, self.local_triggers = self.local_triggers, []
             requests = [(self.slots[g], p, None) for g, p in local if g in self.slots]
         else:
-            core = self.ex.store.core
-            owner = f"{socket.gethostname()}:{os.getpid()}"
+            from .executor import process_owner
+
+            core, owner = self.ex.store.core, process_owner()
             try:
                 for g in core.triggered_graphs():
                     slot = self.slots.get(g)

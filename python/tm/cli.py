@@ -527,6 +527,11 @@ COMMANDS: dict[str, Command] = {
         configure=lambda p: _run_cli().configure_run(p),
         run=lambda a: _run_cli().run_run(a),
     ),
+    "backfill": Command(
+        help="run a scheduled graph once per fire time in a past range, each time at most once",
+        configure=lambda p: _run_cli().configure_backfill(p),
+        run=lambda a: _run_cli().run_backfill(a),
+    ),
     "start": Command(
         help="run an executor as a service: fire its graphs on their schedules until signalled",
         configure=lambda p: _service_cli().configure_start(p),

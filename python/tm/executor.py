@@ -1062,6 +1062,45 @@ class Executor:
         """The paused graphs and when each was paused."""
         return self._scheduler.paused()
 
+    def backfill(
+        self,
+        graph: Graph,
+        start: datetime,
+        end: datetime,
+        *,
+        reprocess: str = "none",
+        max_active: int = 1,
+        dry_run: bool = False,
+        on_item: Callable[[Any, str], Any] | None = None,
+    ) -> list[Any]:
+        """Runs ``graph`` once per fire time of its schedule from ``start`` to ``end`` (both
+        included; naive bounds are in the graph's zone), each with ``context.scheduled_at`` set
+        and trigger ``"backfill"``, at most ``max_active`` at once, oldest first.
+
+        Each logical time runs at most once across the processes sharing the store (the
+        schedulers' fire claims). Times that already have a run keep it unless ``reprocess`` is
+        ``"failed"`` (failed or cancelled runs are resumed: only what failed runs again) or
+        ``"all"`` (completed times also run again, as new runs). Running the same backfill again
+        continues an interrupted one. ``dry_run`` only returns the plan. ``on_item(item, what)``
+        is called as each item is ``"started"`` and ``"ended"``.
+
+        Returns:
+            One ``BackfillItem`` per time: its ``action`` (``run``, ``resume``, ``rerun``,
+            ``keep``, ``taken`` or ``busy``), ``run_id`` and final ``state``.
+        """
+        from ._backfill import backfill
+
+        return backfill(
+            self,
+            graph,
+            start,
+            end,
+            reprocess=reprocess,
+            max_active=max_active,
+            dry_run=dry_run,
+            on_item=on_item,
+        )
+
     def trigger(self, name: str, **params: Any) -> int | None:
         """Asks for a run of the scheduled graph ``name`` now, with ``params`` for its root tasks
         (``context.meta["trigger"] == "manual"``). With a store, any scheduler sharing it that
