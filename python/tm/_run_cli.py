@@ -181,7 +181,7 @@ def run_run(args: argparse.Namespace) -> int:
         progress.finish()
         _summary(run, out)
         took = time.monotonic() - started
-        ident = run.run_id or run.id
+        ident = run.id
         print(f"run {ident} of {graph.name}: {run.state} in {took:.2f}s", file=out)
     finally:
         ex.shutdown()

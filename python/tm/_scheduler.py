@@ -449,7 +449,7 @@ class Scheduler:
             except Exception as e:
                 _log.error("%s: the triggered run could not start: %r", slot.graph.name, e)
                 continue
-            _log.info("%s: started the triggered run %s", slot.graph.name, run.run_id or run.id)
+            _log.info("%s: started the triggered run %s", slot.graph.name, run.id)
             slot.active.append(run)
 
     def _paused_names(self) -> set[str]:

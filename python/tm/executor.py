@@ -145,8 +145,10 @@ class Run:
         return self._index_cache
 
     @property
-    def id(self) -> int:
-        return self._handle.id
+    def id(self) -> str | int:
+        """The run's id: :attr:`run_id` when the run is recorded in a store, else the engine's
+        number for it. Hooks' events, ``context.run_id`` and log lines use the same."""
+        return self.run_id if self.run_id is not None else self._handle.id
 
     @property
     def state(self) -> str:
@@ -325,7 +327,8 @@ def _task_logger(meta: Any, task: str, node: int) -> logging.Logger | logging.Lo
 class Event:
     """A task or run transition, passed to ``on_task_start``/``on_task_end`` hooks."""
 
-    run_id: int
+    #: The run's id in the store (32 hex digits) when it is recorded, else the engine's number.
+    run_id: str | int
     graph: str
     task: str | None
     kind: str
@@ -384,6 +387,8 @@ class _Dispatch:
         self._core = graph._core
         self._names: list[str] | None = None
         self.run: Run | None = None
+        #: The run's id in the store, once recorded: events and logs name the run by it.
+        self.run_key: str | None = None
         self.finished_early = False
         self.lock = threading.Lock()
 
@@ -415,8 +420,9 @@ class _Dispatch:
             self._names = self._core.names()
         names = self._names
         task = None if node is None else names[node]
+        rid: str | int = run_id if self.run_key is None else self.run_key
         ev = Event(
-            run_id,
+            rid,
             self.graph,
             task,
             kind,
@@ -430,7 +436,7 @@ class _Dispatch:
         level = _LEVELS[kind]
         if _log.isEnabledFor(level):
             if task is None:
-                _log.log(level, "run %d of %s %s", run_id, self.graph, state)
+                _log.log(level, "run %s of %s %s", rid, self.graph, state)
             elif kind == "retrying":
                 _log.log(
                     level,
@@ -730,7 +736,7 @@ class Executor:
             done = None
             attempts = None
         if record is not None:
-            info["run_id"] = record[1]
+            info["run_id"] = dispatch.run_key = record[1]
             _recorded[record[1]] = record
         try:
             handle = engine.submit(
@@ -804,10 +810,19 @@ class Executor:
         if not recorded and detail["graph"] == graph.name:
             # Killed before the task rows were committed: nothing had completed; record them now.
             core.add_tasks(run_id, [(i, n, None, None, None, None) for i, n in enumerate(names)])
-        elif detail["graph"] != graph.name or set(recorded) != set(names):
+        elif detail["graph"] != graph.name:
             raise GraphError(
-                f"run {run_id} was a run of graph {detail['graph']!r} with tasks "
-                f"{sorted(recorded)}; graph {graph.name!r} has {sorted(names)}"
+                f"run {run_id} was a run of graph {detail['graph']!r}, not of {graph.name!r}"
+            )
+        elif set(recorded) != set(names):
+            added, removed = sorted(set(names) - set(recorded)), sorted(set(recorded) - set(names))
+            raise GraphError(
+                f"graph {graph.name!r} changed since run {run_id}: "
+                + "; ".join(
+                    f"{what} {', '.join(tasks)}"
+                    for what, tasks in (("tasks added:", added), ("tasks removed:", removed))
+                    if tasks
+                )
             )
         by_recorded_node = {t["node"]: t["name"] for t in recorded.values()}
         results: dict[str, Any] = {}
@@ -858,9 +873,12 @@ class Executor:
         core = self.store.core
         now = int(time.time() * 1e6)
         owner = process_owner()
-        meta_json = json.dumps({"owner": owner})
         records: list[tuple[Any, str] | None] = []
         for graph, info in items:
+            meta: dict[str, Any] = {"owner": owner}
+            if graph.source is not None:
+                meta["source"] = graph.source
+            meta_json = json.dumps(meta)
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
             scheduled_us = (
@@ -868,7 +886,9 @@ class Executor:
             )
             trigger = str(info.get("trigger", "manual"))
             if fires and scheduled_us is not None:
-                won = core.claim_fire(run_id, graph.name, trigger, scheduled_us, now, owner)
+                won = core.claim_fire(
+                    run_id, graph.name, trigger, scheduled_us, now, owner, meta_json
+                )
                 records.append((core, run_id) if won else None)
                 continue
             core.begin_run(

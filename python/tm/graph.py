@@ -125,19 +125,37 @@ class _Node:
         self.sig: _Sig | None = None
 
 
-def _caller_dir() -> Path | None:
-    """The directory of the script that constructed the graph (for relative config paths)."""
+def _caller() -> tuple[Path | None, str | None]:
+    """The directory of the script that constructed the graph (for relative config paths) and
+    its module's name (to record where the graph can be loaded from)."""
     frame = inspect.currentframe()
     try:
         f = frame.f_back.f_back if frame and frame.f_back else None
         while f is not None and f.f_globals.get("__name__", "").startswith("tm."):
             f = f.f_back
         filename = f.f_code.co_filename if f is not None else None
+        module = f.f_globals.get("__name__") if f is not None else None
     finally:
         del frame
     if filename and not filename.startswith("<") and os.path.exists(filename):
-        return Path(filename).resolve().parent
-    return None
+        return Path(filename).resolve().parent, module
+    return None, module
+
+
+def _source_of(graph: Graph, module_name: str | None) -> str | None:
+    """Where ``graph`` can be loaded from by another process: ``package.module:attr`` for a
+    module of a package, else ``/path/to/file.py:attr``; None when no module-level name holds it."""
+    module = sys.modules.get(module_name or "")
+    if module is None:
+        return None
+    attr = next((k for k, v in vars(module).items() if v is graph and k.isidentifier()), None)
+    if attr is None:
+        return None
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.parent:
+        return f"{spec.name}:{attr}"
+    file = getattr(module, "__file__", None)
+    return f"{Path(file).resolve()}:{attr}" if file else None
 
 
 #: Parsed config files shared by every graph of the process, keyed by path, modification time
@@ -239,9 +257,19 @@ class Graph:
         # Compiled forms by executor (its cache key), most recently used last, each with the graph
         # version it was compiled from.
         self._compiled: dict[Any, tuple[int, Any]] = {}
-        self._config_base = _caller_dir()
+        self._config_base, self._module = _caller()
+        self._source: str | None = None
         self._config: Any = None
         self.config = config
+
+    @property
+    def source(self) -> str | None:
+        """Where this graph can be loaded from (``module:attr`` or ``file.py:attr``), recorded with
+        each run so ``tm resume RUN_ID`` needs no ``--graph``; None for a graph no module-level
+        name holds (one built inside a function)."""
+        if self._source is None:
+            self._source = _source_of(self, self._module)
+        return self._source
 
     # -- configuration ---------------------------------------------------------------------------
 

@@ -242,6 +242,7 @@ impl PyStoreCore {
     /// Claims the fire of `graph` at `scheduled_us` and records its run (state `running`), in one
     /// transaction; False when a process sharing the database fired it already (detached).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (run_id, graph, trigger, scheduled_us, now_us, owner, meta_json = None))]
     fn claim_fire(
         &self,
         py: Python<'_>,
@@ -251,6 +252,7 @@ impl PyStoreCore {
         scheduled_us: i64,
         now_us: i64,
         owner: String,
+        meta_json: Option<String>,
     ) -> PyResult<bool> {
         let fire = FireClaim {
             run_id,
@@ -259,6 +261,7 @@ impl PyStoreCore {
             scheduled_us,
             now_us,
             owner,
+            meta_json,
         };
         Ok(py.detach(|| self.store.claim_fire(&fire))?)
     }
@@ -458,6 +461,17 @@ impl PyStoreCore {
         };
         let rows = py.detach(|| self.store.list_runs(&filter))?;
         dicts(py, &rows, run_dict)
+    }
+
+    /// The ids of the runs whose id starts with `prefix`, in order, at most `limit` (detached).
+    #[pyo3(signature = (prefix, limit = 2))]
+    fn run_ids_with_prefix(
+        &self,
+        py: Python<'_>,
+        prefix: &str,
+        limit: usize,
+    ) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| self.store.run_ids_with_prefix(prefix, limit))?)
     }
 
     /// A run as a dict with "config_json", "meta_json" and "tasks" (a list of dicts), or None.

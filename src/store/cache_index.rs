@@ -228,6 +228,8 @@ pub struct FireClaim {
     pub now_us: i64,
     /// Who fires it (`host:pid`), also kept in the run's `meta_json` as `{"owner": ...}`.
     pub owner: String,
+    /// The run's `meta_json` when it says more than its owner (it must name the same owner).
+    pub meta_json: Option<String>,
 }
 
 /// The statements of a fire claim; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
@@ -261,7 +263,10 @@ pub(crate) const CLAIM_TRIGGERS: &str = "UPDATE triggers SET claimed_us = ?1, cl
 
 impl FireClaim {
     pub(crate) fn meta_json(&self) -> String {
-        serde_json::json!({ "owner": self.owner }).to_string()
+        match &self.meta_json {
+            Some(meta) => meta.clone(),
+            None => serde_json::json!({ "owner": self.owner }).to_string(),
+        }
     }
 }
 

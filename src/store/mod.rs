@@ -408,6 +408,16 @@ impl Store {
         self.backend.list_runs(filter)
     }
 
+    /// The ids of the runs whose id starts with `prefix` (in order, at most `limit`), so a
+    /// command can take a unique prefix of a run id.
+    pub fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.backend.run_ids_with_prefix(prefix, limit)
+    }
+
     /// A run with its config and every task's facts and state, or `None` if unknown.
     pub fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         self.backend.get_run(run_id)

@@ -32,6 +32,7 @@ use super::model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary,
     TaskFact, TaskRef, TaskRow, Write, UNFINISHED_RUN_STATES,
 };
+use super::read::{like_prefix, RUN_IDS_WITH_PREFIX};
 use super::url::pg_config;
 use super::writer::{
     apply, apply_batch, Committer, Fail, Param, ProcessWriter, Report, Rows, RunKeys, Writer,
@@ -757,6 +758,17 @@ impl super::backend::Backend for Postgres {
         self.pool.with(|c| {
             let rows = c.query(&sql, &[&filter.graph, &filter.state, &limit])?;
             collect(rows, run_summary)
+        })
+    }
+
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.pool.with(|c| {
+            let rows = c.query(
+                &dollar(RUN_IDS_WITH_PREFIX),
+                &[&like_prefix(prefix), &limit],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
 

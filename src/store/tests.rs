@@ -503,6 +503,7 @@ fn prune_runs(store: Store) {
         scheduled_us,
         now_us,
         owner: "host:1".into(),
+        meta_json: None,
     };
     assert!(ok(store.claim_fire(&fire("c-old", 1, now - 20 * DAY))));
     assert!(ok(store.claim_fire(&fire("c-new", 2, now))));
@@ -841,4 +842,21 @@ fn pauses_and_trigger_requests_are_shared_by_stores_on_one_file() {
     );
     assert!(ok(a.claim_triggers("g", 41, "host:1")).is_empty());
     assert_eq!(ok(a.triggered_graphs()), ["other"]);
+}
+
+#[test]
+fn run_ids_are_found_by_prefix_and_like_wildcards_are_literal() {
+    let tmp = TempDb::new("prefix");
+    let store = open(&tmp.url());
+    for id in ["abc1", "abc2", "abd0", "a%c9", "a_c8"] {
+        ok(store.begin_run(run(id, "g", 1, &["t"])));
+    }
+    ok(store.flush());
+    assert_eq!(ok(store.run_ids_with_prefix("abc", 10)), ["abc1", "abc2"]);
+    assert_eq!(ok(store.run_ids_with_prefix("abc", 1)), ["abc1"]);
+    assert_eq!(ok(store.run_ids_with_prefix("abd", 10)), ["abd0"]);
+    assert_eq!(ok(store.run_ids_with_prefix("a%", 10)), ["a%c9"]);
+    assert_eq!(ok(store.run_ids_with_prefix("a_", 10)), ["a_c8"]);
+    assert!(ok(store.run_ids_with_prefix("b", 10)).is_empty());
+    assert_eq!(ok(store.run_ids_with_prefix("", 10)).len(), 5);
 }
