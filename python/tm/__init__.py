@@ -34,6 +34,8 @@ from .executor import Executor as Executor
 from .executor import Run as Run
 from .executor import TaskRun as TaskRun
 from .graph import Graph as Graph
+from .schedules import Interval as Interval
+from .schedules import every as every
 from .store import Store as Store
 from .taskflow import Task as Task
 from .taskflow import TaskStatus as TaskStatus
@@ -50,6 +52,7 @@ __all__ = [
     "ExecutorError",
     "Graph",
     "GraphError",
+    "Interval",
     "ProcessPool",
     "RetriesExhausted",
     "Run",
@@ -70,5 +73,6 @@ __all__ = [
     "cached",
     "config",
     "cron",
+    "every",
     "task",
 ]

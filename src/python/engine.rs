@@ -867,10 +867,16 @@ pub struct PyTaskContext {
 
 #[pymethods]
 impl PyTaskContext {
-    /// The run id.
+    /// The run's id: its id in the store (32 hex digits) when the run is recorded, else the
+    /// engine's number for it.
     #[getter]
-    fn run_id(&self) -> u64 {
-        self.run.id()
+    fn run_id(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Ok(meta) = self.meta.bind(py).cast::<PyDict>() {
+            if let Some(id) = meta.get_item("run_id")? {
+                return Ok(id.unbind());
+            }
+        }
+        Ok(self.run.id().into_pyobject(py)?.into_any().unbind())
     }
 
     /// The task's name.

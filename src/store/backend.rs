@@ -34,6 +34,8 @@ pub(crate) trait Backend: Send + Sync {
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
     /// See [`Store::get_run`](super::Store::get_run).
     fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError>;
+    /// See [`Store::run_ids_with_prefix`](super::Store::run_ids_with_prefix).
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// See [`Store::attempts`](super::Store::attempts).
     fn attempts(&self, run_id: &str, task: TaskRef<'_>) -> Result<Vec<AttemptRow>, StoreError>;
     /// See [`Store::logs`](super::Store::logs).
@@ -328,6 +330,9 @@ impl Backend for Sqlite {
     }
     fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
         self.readers.unfinished_runs()
+    }
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.readers.run_ids_with_prefix(prefix, limit)
     }
     fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError> {
         self.readers.graph(name)

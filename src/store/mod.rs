@@ -45,7 +45,7 @@ mod writer;
 mod tests;
 
 pub use cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
     StoredResult,
 };
 pub use error::StoreError;
@@ -428,6 +428,16 @@ impl Store {
         self.backend.list_runs(filter)
     }
 
+    /// The ids of the runs whose id starts with `prefix` (in order, at most `limit`), so a
+    /// command can take a unique prefix of a run id.
+    pub fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.backend.run_ids_with_prefix(prefix, limit)
+    }
+
     /// A run with its config and every task's facts and state, or `None` if unknown.
     pub fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         self.backend.get_run(run_id)
@@ -548,6 +558,52 @@ impl Store {
     /// recorded) when a process sharing this database already fired `(graph, scheduled_us)`.
     pub fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError> {
         self.backend.cache().claim_fire(fire)
+    }
+
+    /// Pauses `graph`'s schedule for every scheduler sharing this database (committed at once);
+    /// false when it was paused already.
+    pub fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.backend.cache().pause(graph, now_us, owner)
+    }
+
+    /// Unpauses `graph`; returns when it had been paused, None when it was not.
+    pub fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.backend.cache().unpause(graph)
+    }
+
+    /// The paused graphs, by name.
+    pub fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.backend.cache().pauses()
+    }
+
+    /// Asks the schedulers sharing this database to run `graph` now (committed at once); returns
+    /// the request's id.
+    pub fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.backend
+            .cache()
+            .request_trigger(graph, params_json, now_us, owner)
+    }
+
+    /// The graphs with trigger requests no scheduler has claimed yet.
+    pub fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.backend.cache().triggered_graphs()
+    }
+
+    /// Claims `graph`'s unclaimed trigger requests as (id, params_json); each goes to exactly one
+    /// caller among the processes sharing this database.
+    pub fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.backend.cache().claim_triggers(graph, now_us, owner)
     }
 
     /// Sleeps until a cached call ends anywhere (PostgreSQL notifies), or `timeout`: Some(true)

@@ -24,8 +24,9 @@ use super::pgconn::PgConfig;
 
 use super::cache_index::CacheBackend;
 use super::cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
-    StoredResult, CLAIM_FIRE, FIRE_RUN,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
+    StoredResult, CLAIM_FIRE, CLAIM_TRIGGERS, FIRE_RUN, PAUSE, PAUSES, REQUEST_TRIGGER,
+    TRIGGERED_GRAPHS, UNPAUSE,
 };
 use super::error::{pg_error, StoreError};
 use super::fold::{FoldedAttempt, FoldedState};
@@ -33,6 +34,7 @@ use super::model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary,
     TaskFact, TaskRef, TaskRow, Write, UNFINISHED_RUN_STATES,
 };
+use super::read::{like_prefix, RUN_IDS_WITH_PREFIX};
 use super::url::pg_config;
 use super::writer::{
     apply, apply_batch, Committer, Fail, Param, ProcessWriter, Report, Rows, RunKeys, Writer,
@@ -62,6 +64,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 4,
         sql: include_str!("migrations/pg/0004_fleet.sql"),
+    },
+    Migration {
+        version: 5,
+        sql: include_str!("migrations/pg/0005_control.sql"),
     },
 ];
 
@@ -757,6 +763,17 @@ impl super::backend::Backend for Postgres {
         })
     }
 
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.pool.with(|c| {
+            let rows = c.query(
+                &dollar(RUN_IDS_WITH_PREFIX),
+                &[&like_prefix(prefix), &limit],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
     fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         self.pool.with(|c| {
             // One snapshot for the run and its tasks.
@@ -1154,6 +1171,66 @@ impl CacheBackend for PgCache {
             }
             tx.commit()?;
             Ok(won)
+        })
+    }
+
+    fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute(&dollar(PAUSE), &[&graph, &now_us, &owner])? == 1))
+    }
+
+    fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            let row = c.query_opt(&dollar(UNPAUSE), &[&graph])?;
+            Ok(row.map(|r| r.get::<_, i64>(0)))
+        })
+    }
+
+    fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(PAUSES, &[])?;
+            Ok(rows
+                .iter()
+                .map(|r| Pause {
+                    graph: r.get(0),
+                    paused_us: r.get(1),
+                    owner: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            let row = c.query_one(
+                &dollar(REQUEST_TRIGGER),
+                &[&graph, &params_json, &now_us, &owner],
+            )?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(TRIGGERED_GRAPHS, &[])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(&dollar(CLAIM_TRIGGERS), &[&now_us, &owner, &graph])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 
