@@ -38,13 +38,23 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
 
 
 def _executor_of(target: str) -> Any:
+    from . import executor as executor_module
     from .executor import Executor
     from .graph import Graph
 
     if target.endswith(".py"):
         # The file runs as a module (not as __main__), so its `if __name__ == "__main__":` block
-        # (which may call start() itself) does not run.
-        found: Any = load_object(f"{target}:__dict__")
+        # does not run; a start() it calls at import is deferred and that executor is the one.
+        executor_module._deferred_starts = []
+        try:
+            found: Any = load_object(f"{target}:__dict__")
+            started = executor_module._deferred_starts
+        finally:
+            executor_module._deferred_starts = None
+        if len({id(e) for e in started}) > 1:
+            raise CommandError(f"{target} starts {len(started)} executors: start one")
+        if started:
+            return started[0]
         objects = list(found.values())
     else:
         obj = load_object(target)

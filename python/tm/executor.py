@@ -39,6 +39,11 @@ def _default_workers() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
 
 
+#: While ``tm start`` imports a file: the executors whose ``start()`` it called (see
+#: :meth:`Executor.start`); None otherwise.
+_deferred_starts: list[Executor] | None = None
+
+
 def process_owner() -> str:
     """This process as an owner of runs and fires: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -1158,6 +1163,11 @@ class Executor:
         """
         if self._forked:
             self._get_engine()  # raises the forked-executor error
+        if _deferred_starts is not None:
+            # `tm start FILE.py` is importing a file that starts its executor itself (as seed
+            # 004's examples do): the command runs it once the file is loaded, instead.
+            _deferred_starts.append(self)
+            return
         self._scheduler.start()
 
     def stop(self, timeout: float | None = None) -> None:
