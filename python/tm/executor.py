@@ -44,6 +44,21 @@ def _default_workers() -> int:
 _deferred_starts: list[Executor] | None = None
 
 
+#: Runs of this process recorded in a store, by run id (an idempotency key finds them).
+_live_runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+
+#: What ``Executor.submit(..., key=)`` may do when the key is taken.
+_ON_CONFLICT = ("return", "error", "rerun_failed")
+
+
+def _run_meta_json(graph: Graph, owner: str) -> str:
+    """A recorded run's ``meta_json``: its owner, and where its graph can be loaded from."""
+    meta: dict[str, Any] = {"owner": owner}
+    if graph.source is not None:
+        meta["source"] = graph.source
+    return json.dumps(meta)
+
+
 def process_owner() -> str:
     """This process as an owner of runs and fires: ``host:pid``."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -298,6 +313,56 @@ _DEFAULT_KEYS = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "ti
 # Store run id -> (store, store run id) for runs being recorded, so task loggers can keep their
 # records with the run. Registered before the run starts; entries go when the Run object does.
 _recorded: dict[int, tuple[Any, str]] = {}
+
+
+class StoredRun:
+    """A recorded run that another process runs (or ran), read from the store: what
+    :meth:`Executor.submit` returns for an idempotency key taken elsewhere."""
+
+    #: How often :meth:`wait` looks at the store.
+    POLL_S = 0.05
+
+    def __init__(self, store: Any, run_id: str, graph: str) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.graph = graph
+
+    @property
+    def id(self) -> str:
+        return self.run_id
+
+    def _detail(self) -> dict[str, Any]:
+        detail = self._store.core.get_run(self.run_id)
+        if detail is None:
+            raise KeyError(f"run {self.run_id} is no longer in {self._store.location}")
+        return detail  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> str:
+        """``running``, ``completed``, ``failed`` or ``cancelled``, as recorded now."""
+        return str(self._detail()["state"])
+
+    def done(self) -> bool:
+        return self.state != "running"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits (by looking at the store) until the run ends; returns whether it ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(self.POLL_S)
+        return True
+
+    def states(self) -> dict[str, str]:
+        return {t["name"]: t["status"] for t in self._detail()["tasks"]}
+
+    def result(self, task: str) -> Any:
+        """A task's persisted result (``persist=True``)."""
+        return self._store.result(self.run_id, task)
+
+    def __repr__(self) -> str:
+        return f"<tm.StoredRun {self.run_id} of {self.graph!r}>"
 
 
 class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -601,6 +666,8 @@ class Executor:
         self._token = next(_tokens)
         self._async = AsyncRunner()
         self._lock = threading.Lock()
+        # Runs started with an idempotency key by this executor when it has no store.
+        self._keyed_runs: dict[tuple[str, str], Run] = {}
         self._closed = False
         self._forked = False
         if isinstance(store, str):
@@ -679,6 +746,8 @@ class Executor:
         meta: dict[str, Any] | None = None,
         timeout: float | timedelta | None = None,
         distributed: bool = False,
+        key: str | None = None,
+        on_conflict: str = "return",
         _resume: tuple[str, list[tuple[int, Any]], list[tuple[int, int]]] | None = None,
         _on_end: Callable[[], None] | None = None,
         _record: tuple[Any, str] | None = None,
@@ -697,11 +766,26 @@ class Executor:
             distributed: record the run's tasks in the (PostgreSQL) store for any executor
                 process serving this graph to run (see :meth:`work`), and return a
                 ``DistributedRun``; this process runs none of them unless it calls ``work``.
+            key: an idempotency key: if a run of this graph already has it (in any process
+                sharing the store; in this executor without one), no second run starts and
+                ``on_conflict`` decides: ``"return"`` that run (a :class:`Run` when it lives in
+                this process, else a :class:`StoredRun` read from the store), ``"error"``
+                (:class:`ExecutorError`), or ``"rerun_failed"`` (resume it if it failed or was
+                cancelled, else return it).
+            on_conflict: see ``key``.
         """
         from .graph import Graph
 
         if not isinstance(graph, Graph):
             raise TypeError(f"expected a tm.Graph, got {type(graph).__name__}")
+        if key is not None:
+            if distributed:
+                raise ExecutorError("idempotency keys are not available for distributed runs yet")
+            record, existing = self._claim_key(graph, key, on_conflict, meta)
+            if existing is not None:
+                return self._on_key_conflict(graph, key, on_conflict, existing, config, timeout)
+            if record is not None:
+                _record = record
         if distributed:
             if timeout is not None:
                 raise ExecutorError("a distributed run has no run timeout (tasks have their own)")
@@ -764,6 +848,10 @@ class Executor:
             run.run_id = record[1] if record is not None else None
             if record is not None:
                 weakref.finalize(run, _recorded.pop, record[1], None)
+                _live_runs[record[1]] = run
+            if key is not None and self.store is None:
+                with self._lock:
+                    self._keyed_runs[(graph.name, key)] = run
             dispatch.attach(run)
         except BaseException:
             for h in started:
@@ -806,6 +894,7 @@ class Executor:
         if self.store is None:
             raise ExecutorError("resume needs an executor with a store: Executor(store=...)")
         core = self.store.core
+        core.flush()  # this process's own writes of the run (it may have just ended) first
         detail = core.get_run(run_id)
         if detail is None:
             raise KeyError(f"no run {run_id!r} in {self.store.location}")
@@ -881,10 +970,7 @@ class Executor:
         owner = process_owner()
         records: list[tuple[Any, str] | None] = []
         for graph, info in items:
-            meta: dict[str, Any] = {"owner": owner}
-            if graph.source is not None:
-                meta["source"] = graph.source
-            meta_json = json.dumps(meta)
+            meta_json = _run_meta_json(graph, owner)
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
             scheduled_us = (
@@ -915,6 +1001,55 @@ class Executor:
         core.flush()
         return records
 
+    def _claim_key(
+        self, graph: Graph, key: str, on_conflict: str, meta: dict[str, Any] | None
+    ) -> tuple[tuple[Any, str] | None, Any]:
+        """(the new run's record, None) when ``key`` is new for ``graph``, else (None, the run or
+        run id that has it)."""
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"key must be a non-empty str, got {key!r}")
+        if on_conflict not in _ON_CONFLICT:
+            raise ValueError(
+                f"on_conflict must be one of {', '.join(_ON_CONFLICT)}, got {on_conflict!r}"
+            )
+        if self.store is None:
+            with self._lock:
+                return None, self._keyed_runs.get((graph.name, key))
+        core = self.store.core
+        run_id = uuid.uuid4().hex
+        trigger = str((meta or {}).get("trigger", "manual"))
+        now = int(time.time() * 1e6)
+        existing = core.claim_key(
+            run_id, graph.name, trigger, key, now, _run_meta_json(graph, process_owner())
+        )
+        return (None, existing) if existing is not None else ((core, run_id), None)
+
+    def _on_key_conflict(
+        self,
+        graph: Graph,
+        key: str,
+        on_conflict: str,
+        existing: Any,
+        config: Any,
+        timeout: float | timedelta | None,
+    ) -> Any:
+        run = existing
+        if isinstance(existing, str):
+            live = _live_runs.get(existing)
+            run = live if live is not None else StoredRun(self.store, existing, graph.name)
+        if on_conflict == "error":
+            raise ExecutorError(
+                f"graph {graph.name!r} already has a run with key {key!r}: {run.id}"
+            )
+        if on_conflict == "rerun_failed" and run.done() and run.state in ("failed", "cancelled"):
+            if self.store is None or run.run_id is None:
+                raise ExecutorError(
+                    "rerun_failed needs an executor with a store (a failed run is resumed)"
+                )
+            _seconds(timeout, "timeout")
+            return self._resume_submit(run.run_id, graph, config)
+        return run
+
     def run(
         self,
         graph: Graph,
@@ -926,6 +1061,8 @@ class Executor:
         timeout: float | timedelta | None = None,
         rollback: bool = False,
         distributed: bool = False,
+        key: str | None = None,
+        on_conflict: str = "return",
     ) -> Any:
         """Runs ``graph`` to the end and returns the :class:`Run` (it does not raise on failure:
         see :meth:`Run.raise_for_state`).
@@ -934,6 +1071,8 @@ class Executor:
         that has one, in reverse topological order, with that task's result; outcomes are in
         :attr:`Run.reverts` (``reverted`` or ``revert_failed``). Ctrl-C once stops starting tasks
         and waits for running ones; twice interrupts them; either way KeyboardInterrupt propagates.
+
+        ``key`` and ``on_conflict`` are :meth:`submit`'s idempotency key.
 
         With ``distributed=True`` the run is recorded for the whole fleet (see :meth:`submit`) and
         this process works on it (see :meth:`work`) until it ends; returns the
@@ -945,9 +1084,18 @@ class Executor:
             drun = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, distributed=True)
             self.work([graph], run_id=drun.run_id)
             return drun
-        run = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, timeout=timeout)
+        run = self.submit(
+            graph,
+            config,
+            args=args,
+            kwargs=kwargs,
+            meta=meta,
+            timeout=timeout,
+            key=key,
+            on_conflict=on_conflict,
+        )
         run.wait()
-        if rollback and run.state == "failed":
+        if rollback and run.state == "failed" and isinstance(run, Run):
             run._rollback(graph)
         return run
 
