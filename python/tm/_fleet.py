@@ -271,10 +271,17 @@ class Worker:
         run_id, rid, key, node, attempt, started_us, inputs = claim
         ref = (rid, key, node, attempt, started_us)
         try:
-            calls, specs, info, names = self._program(rid, key)
-            fn, params, call_args, retry_on, give_up_on, _persist = calls[node]
-            # Written by tm itself into its own database, for this run.
-            values = {p: pickle.loads(data) for p, fmt, data in inputs if fmt == "pickle"}
+            try:
+                calls, specs, info, names = self._program(rid, key)
+                fn, params, call_args, retry_on, give_up_on, _persist = calls[node]
+                # Written by tm itself into its own database, for this run.
+                values = {p: pickle.loads(data) for p, fmt, data in inputs if fmt == "pickle"}
+            except Exception as e:
+                # Not loadable here (a class only the submitter's __main__ has, a module this
+                # executor lacks): an attempt that failed. Left claimed, its lease would be
+                # renewed forever and the run would never end.
+                self._unloadable(ref, run_id, key, node, attempt, e)
+                return
             cfg = info["cfg"]
             meta = {k: v for k, v in info.items() if k != "cfg"}
             meta["run_id"] = run_id
@@ -349,6 +356,41 @@ class Worker:
                 self.running -= 1
                 self.ran += 1
             self.fleet.poke()
+
+    def _unloadable(
+        self,
+        ref: tuple[Any, ...],
+        run_id: str,
+        key: str,
+        node: int,
+        attempt: int,
+        e: Exception,
+    ) -> None:
+        """Records an attempt whose parameters, inputs or code could not be loaded: retried while
+        the task's retries last (another executor may have what this one lacks), then failed."""
+        graph = self.graphs[key]
+        name = graph._core.names()[node]
+        options = graph._nodes[node].options
+        delay = float(options.retry_delay or self.ex._defaults.get("retry_delay") or 0.0)
+        ended = self._persist(
+            self.fleet.fail,
+            ref,
+            type(e).__name__,
+            f"task {name!r} of run {run_id}: cannot load the inputs of this attempt on this "
+            f"executor (its arguments, config or parents' results do not unpickle here): {e}",
+            "".join(_traceback.format_exception(e)),
+            True,  # the store retries it while the task's retries last
+            int((time.time() + delay) * 1e6),
+        )
+        _log.error(
+            "%s[%s] attempt %d: cannot load its inputs: %s: %s (%s)",
+            name,
+            run_id,
+            attempt,
+            type(e).__name__,
+            e,
+            ended[0] if ended else "lease lost",
+        )
 
     def _persist(self, verb: Any, *args: Any) -> Any:
         """Records a task's end, retrying while the database is unreachable (a restart, a
