@@ -32,11 +32,32 @@ struct PyHost;
 
 impl Host for PyHost {
     fn worker_main(&self, f: &mut (dyn FnMut() + Send)) {
-        Python::attach(|py| py.detach(f));
+        Python::attach(|py| {
+            py.detach(f);
+            forget_dummy_thread(py);
+        });
     }
     fn session(&self, f: &mut (dyn FnMut() + Send)) {
         Python::attach(|_py| f());
     }
+}
+
+/// Removes this thread's `threading._DummyThread` (made when code on it, a task or a log call,
+/// asked for `threading.current_thread()`), as the thread ends: `threading` keeps those until
+/// the process exits, and threads replaced after a timeout come and go for the process's life.
+fn forget_dummy_thread(py: Python<'_>) {
+    let forget = || -> PyResult<()> {
+        let threading = py.import("threading")?;
+        let ident = threading.call_method0("get_ident")?;
+        let active = threading.getattr("_active")?;
+        let entry = active.call_method1("get", (&ident,))?;
+        if entry.is_instance(&threading.getattr("_DummyThread")?)? {
+            active.del_item(&ident)?;
+        }
+        Ok(())
+    };
+    // Best effort: at interpreter shutdown `threading` may be gone already.
+    let _ = forget();
 }
 
 /// Where a parameter's value comes from.
@@ -409,6 +430,18 @@ impl PyEngine {
     #[getter]
     fn thread_count(&self) -> usize {
         self.exec.thread_count()
+    }
+
+    /// Sizes of the thread bookkeeping, for leak checks: `{"handles", "exiting", "stuck"}`
+    /// (threads held, replaced threads that returned and are exiting, threads still stuck in a
+    /// timed-out or cancelled attempt).
+    fn debug_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.exec.debug_counts();
+        let d = PyDict::new(py);
+        d.set_item("handles", c.handles)?;
+        d.set_item("exiting", c.exiting)?;
+        d.set_item("stuck", c.stuck)?;
+        Ok(d)
     }
 
     /// Compiles a graph for the engine; the result is reused by every run of the graph.
