@@ -15,6 +15,7 @@ import threading
 import time
 import traceback as _traceback
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -492,6 +493,39 @@ class _Dispatch:
                 )
 
 
+def _warn_rerun(
+    graph: Graph,
+    names: list[str],
+    recorded: dict[str, Any],
+    done: dict[int, Any],
+    run_id: str,
+) -> None:
+    """Says which completed tasks a resume runs again: those whose result was not persisted
+    while a task that has not completed needs it."""
+    again = [
+        n for n, t in recorded.items() if t["status"] == "completed" and names.index(n) not in done
+    ]
+    if not again:
+        return
+    again.sort(key=names.index)
+    needing = sorted(
+        {
+            names[c]
+            for n in again
+            for c in graph._core.children(names.index(n))
+            if c not in done and names[c] not in again
+        }
+    )
+    message = (
+        f"resuming run {run_id} of graph {graph.name!r}: completed task(s) "
+        f"{', '.join(repr(n) for n in again)} will run again, because their results were not "
+        f"persisted and unfinished task(s) {', '.join(repr(n) for n in needing)} need them; "
+        "use Executor(persist=True) or @tm.task(persist=True) to keep results for a resume"
+    )
+    _log.warning("%s", message)
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
 class Executor:
     """Runs graphs on bounded worker pools: one per task tag, plus a default pool.
 
@@ -771,7 +805,9 @@ class Executor:
 
         Tasks that completed are not run again: those with a persisted result feed it to their
         children, and the others are kept when none of their children needs to run. Everything
-        else (including tasks that were running) runs again, as new attempts. Returns the
+        else (including tasks that were running) runs again, as new attempts. A completed task
+        without a persisted result that an unfinished task needs runs again too: the resume
+        names those tasks in a ``tm`` WARNING and a ``UserWarning`` (``persist=True`` avoids it). Returns the
         :class:`Run` once it ends; its ``run_id`` is the same.
 
         Raises:
@@ -797,6 +833,8 @@ class Executor:
         if self.store is None:
             raise ExecutorError("resume needs an executor with a store: Executor(store=...)")
         core = self.store.core
+        # Transitions this process queued (a run that just ended here) are read back too.
+        core.flush()
         detail = core.get_run(run_id)
         if detail is None:
             raise KeyError(f"no run {run_id!r} in {self.store.location}")
@@ -825,6 +863,7 @@ class Executor:
                 done[idx] = results[name]
             elif all(c in done for c in graph._core.children(idx)):
                 done[idx] = None
+        _warn_rerun(graph, names, recorded, done, run_id)
         core.set_run_state(run_id, "running")
         run = self.submit(
             graph,
