@@ -8,6 +8,7 @@ state, never for a fixed time.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -108,6 +109,8 @@ def test_root_arguments_config_and_context_reach_every_task(pg_url: str) -> None
         assert ex.work([g], run_id=run.run_id) == 2
         assert run.result() == 41
         assert seen["root"] == ({"k": 1}, run.run_id, 0, "args")
+        # The config is recorded with the run, for tm show.
+        assert json.loads(ex.store.run(run.run_id)["config_json"]) == {"k": 1}
 
 
 def test_retries_failures_skips_and_unpicklable_results(pg_url: str) -> None:

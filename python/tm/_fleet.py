@@ -64,6 +64,12 @@ def open_fleet(url: str, lease: float, workers: int) -> Fleet:
     return Fleet(url, owner, lease, max(1, min(8, (workers + 1) // 2)))
 
 
+def _config_json(cfg: Any) -> str:
+    from .executor import _config_json
+
+    return _config_json(cfg)
+
+
 def submit(
     ex: Executor,
     graph: Graph,
@@ -104,6 +110,7 @@ def submit(
         _parents(graph),
         scheduled_us=int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None,
         meta_json=json.dumps({"distributed": True, "submitter": fleet.owner}),
+        config_json=_config_json(cfg),
     )
     del calls
     return DistributedRun(ex, fleet, graph, run_id)

@@ -76,6 +76,7 @@ class Engine:
         add_tasks: bool = False,
         attempts: list[tuple[int, int]] | None = None,
         cancelled: list[int] | None = None,
+        capture: Any = None,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
 
@@ -405,6 +406,7 @@ class Fleet:
         *,
         scheduled_us: int | None = None,
         meta_json: str | None = None,
+        config_json: str | None = None,
     ) -> None: ...
     def claim(
         self, n: int, tags: list[str] | None = None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._capture import PrintCapture, quiet
 from ._decorators import TaskOptions, _options, _seconds
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
@@ -312,6 +313,9 @@ class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
                 core.append_log(
                     run_id, self._node, int(time.time() * 1e6), logging.getLevelName(level), text
                 )
+            with quiet():
+                super().log(level, msg, *args, **kwargs)
+            return
         super().log(level, msg, *args, **kwargs)
 
 
@@ -493,6 +497,14 @@ class _Dispatch:
                 )
 
 
+def _config_json(cfg: Any) -> str:
+    """The config a run used, as JSON for the run's record (values JSON cannot hold, by repr)."""
+    try:
+        return json.dumps(cfg, default=repr)
+    except (TypeError, ValueError):  # keys JSON cannot hold, a cycle
+        return json.dumps(repr(cfg))
+
+
 def _warn_rerun(
     graph: Graph,
     names: list[str],
@@ -554,6 +566,8 @@ class Executor:
         lease: seconds a task of a distributed run stays claimed by this executor without a renewal
             (a Rust thread renews it every third of that); past it, another executor takes the
             task over. See :meth:`work`.
+        capture_print: with a store, what a task prints (on its own thread) is also kept as
+            its log at INFO (see ``tm logs``); it is still printed as usual. False: only printed.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -584,6 +598,7 @@ class Executor:
         graphs: Iterable[Graph] = (),
         clock: VirtualClock | None = None,
         lease: float = 30.0,
+        capture_print: bool = True,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -641,6 +656,7 @@ class Executor:
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
+        self.capture_print = bool(capture_print)
         self._fleet: Any = None
         self._workers_running: list[Any] = []
         from ._scheduler import Scheduler
@@ -761,7 +777,7 @@ class Executor:
             if _record is not None:
                 record = _record
             else:
-                record = self._begin_record(graph, info) if self.store is not None else None
+                record = self._begin_record(graph, info, cfg) if self.store is not None else None
             done = None
             attempts = None
         if record is not None:
@@ -784,6 +800,9 @@ class Executor:
                 add_tasks=record is not None and _resume is None,
                 attempts=attempts,
                 cancelled=[graph._core.find(n) for n in _cancelled] if _cancelled else None,
+                capture=PrintCapture(*record)
+                if record is not None and self.capture_print
+                else None,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
@@ -879,14 +898,17 @@ class Executor:
         )
         return run
 
-    def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
+    def _begin_record(self, graph: Graph, info: dict[str, Any], cfg: Any) -> tuple[Any, str]:
         """Records a new run and its tasks; returns what the engine's recorder needs."""
-        record = self._begin_records([(graph, info)])[0]
+        record = self._begin_records([(graph, info)], configs=[cfg])[0]
         assert record is not None
         return record
 
     def _begin_records(
-        self, items: list[tuple[Graph, dict[str, Any]]], fires: bool = False
+        self,
+        items: list[tuple[Graph, dict[str, Any]]],
+        fires: bool = False,
+        configs: list[Any] | None = None,
     ) -> list[tuple[Any, str] | None]:
         """Records new runs (one commit for all: the scheduler's fires of one instant) and their
         tasks; returns what the engine's recorder needs for each.
@@ -900,7 +922,7 @@ class Executor:
         owner = process_owner()
         meta_json = json.dumps({"owner": owner})
         records: list[tuple[Any, str] | None] = []
-        for graph, info in items:
+        for i, (graph, info) in enumerate(items):
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
             scheduled_us = (
@@ -920,6 +942,7 @@ class Executor:
                 [],
                 scheduled_us=scheduled_us,
                 started_us=now,
+                config_json=None if configs is None else _config_json(configs[i]),
                 meta_json=meta_json,
             )
             records.append((core, run_id))

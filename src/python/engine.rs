@@ -103,6 +103,9 @@ struct PyBody {
     live: Vec<LiveCall>,
     config: Py<PyAny>,
     meta: Py<PyAny>,
+    /// What tasks print goes to their log: `capture.enter(node)` before each call returns a
+    /// token, `capture.exit(token)` after it.
+    capture: Option<Py<PyAny>>,
 }
 
 /// A graph compiled for the engine once and reused by every run: the callables, how to fill their
@@ -276,6 +279,16 @@ impl Body<Value> for PyBody {
                         "the task was stopped before it started",
                     ));
                 }
+                // Entered and left while no interrupt can land in them (before the mark, or
+                // once a pending one was cleared below).
+                let token = self.capture.as_ref().map(|c| {
+                    c.bind(py)
+                        .call_method1(pyo3::intern!(py, "enter"), (cx.node,))
+                        .unwrap_or_else(|e| {
+                            e.write_unraisable(py, Some(c.bind(py)));
+                            py.None().into_bound(py)
+                        })
+                });
                 let out = call.func.bind(py).call(args, Some(&kw));
                 // A later attempt (timed out meanwhile, retried on another thread) may own the
                 // record now: leave it alone. Either way, an interrupt aimed at this call must not
@@ -293,6 +306,11 @@ impl Body<Value> for PyBody {
                             me as std::ffi::c_ulong as _,
                             std::ptr::null_mut(),
                         );
+                    }
+                }
+                if let (Some(c), Some(token)) = (&self.capture, token) {
+                    if let Err(e) = c.bind(py).call_method1(pyo3::intern!(py, "exit"), (token,)) {
+                        e.write_unraisable(py, Some(c.bind(py)));
                     }
                 }
                 out
@@ -553,8 +571,10 @@ impl PyEngine {
     /// `add_tasks`, the run's task rows are recorded first (a new run); `attempts` lists
     /// `(node, attempts already recorded)` of a resumed run, whose new attempts follow them;
     /// `cancelled` nodes (and their descendants) are cancelled before any task starts.
+    /// `capture` (an object with `enter(node) -> token` and `exit(token)`) is called around each
+    /// task call, on the task's thread (it routes what the task prints to its log).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None, cancelled = None))]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None, cancelled = None, capture = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -571,6 +591,7 @@ impl PyEngine {
         add_tasks: bool,
         attempts: Option<Vec<(u32, u32)>>,
         cancelled: Option<Vec<u32>>,
+        capture: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyRunHandle>> {
         let program = program.get().inner.clone();
         if let (true, Some((store, run_id))) = (add_tasks, &record) {
@@ -604,6 +625,7 @@ impl PyEngine {
             live,
             config,
             meta,
+            capture,
         });
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
         if let Some((store, run_id)) = record {
