@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import tm
 from tm import Executor, Graph, task
 
 
@@ -311,4 +312,39 @@ def test_a_task_log_record_written_to_stdout_is_kept_once(
     ex.store.flush()
     assert [r["message"] for r in ex.store.core.logs(run.run_id)] == ["once"]
     assert "once\n" in capsys.readouterr().out
+    ex.store.close()
+
+
+def test_a_scheduled_run_records_its_config(tmp_path: Path) -> None:
+    import queue
+    import threading
+    from datetime import datetime, timezone
+
+    url = f"sqlite:///{tmp_path}/tm.db"
+    out: queue.Queue[Any] = queue.Queue()
+    g = Graph("nightly", schedule="0 3 * * *", config={"depth": 3})
+
+    @task
+    def work(config: Any) -> None:
+        out.put(config)
+
+    g.add(work)
+    clock = tm.VirtualClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    ex = Executor(clock=clock, store=url)
+    ex.add(g)
+    t = threading.Thread(target=ex.start, daemon=True)
+    t.start()
+    try:
+        assert ex.settle(10)
+        clock.set(datetime(2026, 1, 1, 3, tzinfo=timezone.utc).timestamp())
+        assert ex.settle(10)
+        assert out.get(timeout=10) == {"depth": 3}
+    finally:
+        ex.stop()
+        t.join(10)
+        ex.shutdown()
+    ex.store.flush()
+    [row] = ex.store.runs()
+    assert row["trigger"] == "schedule"
+    assert json.loads(ex.store.run(row["run_id"])["config_json"]) == {"depth": 3}
     ex.store.close()

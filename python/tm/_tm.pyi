@@ -216,6 +216,7 @@ class StoreCore:
         scheduled_us: int,
         now_us: int,
         owner: str,
+        config_json: str | None = None,
     ) -> bool: ...
     def add_tasks(
         self,

@@ -929,8 +929,11 @@ class Executor:
                 int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
             )
             trigger = str(info.get("trigger", "manual"))
+            config_json = None if configs is None else _config_json(configs[i])
             if fires and scheduled_us is not None:
-                won = core.claim_fire(run_id, graph.name, trigger, scheduled_us, now, owner)
+                won = core.claim_fire(
+                    run_id, graph.name, trigger, scheduled_us, now, owner, config_json
+                )
                 records.append((core, run_id) if won else None)
                 continue
             core.begin_run(
@@ -942,7 +945,7 @@ class Executor:
                 [],
                 scheduled_us=scheduled_us,
                 started_us=now,
-                config_json=None if configs is None else _config_json(configs[i]),
+                config_json=config_json,
                 meta_json=meta_json,
             )
             records.append((core, run_id))

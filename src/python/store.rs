@@ -242,6 +242,7 @@ impl PyStoreCore {
     /// Claims the fire of `graph` at `scheduled_us` and records its run (state `running`), in one
     /// transaction; False when a process sharing the database fired it already (detached).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (run_id, graph, trigger, scheduled_us, now_us, owner, config_json = None))]
     fn claim_fire(
         &self,
         py: Python<'_>,
@@ -251,6 +252,7 @@ impl PyStoreCore {
         scheduled_us: i64,
         now_us: i64,
         owner: String,
+        config_json: Option<String>,
     ) -> PyResult<bool> {
         let fire = FireClaim {
             run_id,
@@ -259,6 +261,7 @@ impl PyStoreCore {
             scheduled_us,
             now_us,
             owner,
+            config_json,
         };
         Ok(py.detach(|| self.store.claim_fire(&fire))?)
     }

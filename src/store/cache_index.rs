@@ -204,13 +204,16 @@ pub struct FireClaim {
     pub now_us: i64,
     /// Who fires it (`host:pid`), also kept in the run's `meta_json` as `{"owner": ...}`.
     pub owner: String,
+    /// The config the run uses, as JSON (for readers such as `tm show`).
+    pub config_json: Option<String>,
 }
 
 /// The statements of a fire claim; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
 pub(crate) const CLAIM_FIRE: &str = "INSERT INTO fires (graph, scheduled_us, run_id, owner, \
     fired_us) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (graph, scheduled_us) DO NOTHING";
 pub(crate) const FIRE_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, \
-    scheduled_us, created_us, started_us, meta_json) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6)";
+    scheduled_us, created_us, started_us, meta_json, config_json) \
+    VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6, ?7)";
 
 impl FireClaim {
     pub(crate) fn meta_json(&self) -> String {
@@ -396,7 +399,8 @@ impl CacheBackend for SqliteCache {
                         fire.trigger,
                         fire.scheduled_us,
                         fire.now_us,
-                        fire.meta_json()
+                        fire.meta_json(),
+                        fire.config_json
                     ],
                 )?;
             }

@@ -503,6 +503,7 @@ fn prune_runs(store: Store) {
         scheduled_us,
         now_us,
         owner: "host:1".into(),
+        config_json: None,
     };
     assert!(ok(store.claim_fire(&fire("c-old", 1, now - 20 * DAY))));
     assert!(ok(store.claim_fire(&fire("c-new", 2, now))));
