@@ -100,6 +100,7 @@ def test_root_arguments_config_and_context_reach_every_task(pg_url: str) -> None
 
     @tm.task
     def child(root: int) -> int:
+        print("child got", root)
         return root + 1
 
     g = tm.Graph("args")
@@ -111,6 +112,10 @@ def test_root_arguments_config_and_context_reach_every_task(pg_url: str) -> None
         assert seen["root"] == ({"k": 1}, run.run_id, 0, "args")
         # The config is recorded with the run, for tm show.
         assert json.loads(ex.store.run(run.run_id)["config_json"]) == {"k": 1}
+        # What a task printed is its log.
+        ex.store.flush()
+        logs = ex.store.core.logs(run.run_id, "child")
+        assert [(r["level"], r["message"]) for r in logs] == [("INFO", "child got 40")]
 
 
 def test_retries_failures_skips_and_unpicklable_results(pg_url: str) -> None:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._capture import PrintCapture
 from ._tm import Fleet
 from .exceptions import ExecutorError, StoreError, TaskFailed
 
@@ -305,8 +306,18 @@ class Worker:
                         kw.setdefault(names[p], values.get(p))
                 else:
                     kw[pname] = payload
+            capture = (
+                PrintCapture(self.ex.store.core, run_id)
+                if self.ex.capture_print and self.ex.store is not None
+                else None
+            )
+            outer = capture.enter(node) if capture is not None else None
             try:
-                value = fn(*(call_args or ()), **kw)
+                try:
+                    value = fn(*(call_args or ()), **kw)
+                finally:
+                    if capture is not None:
+                        capture.exit(outer)
             except Exception as e:
                 retryable = isinstance(e, retry_on) and not (
                     give_up_on and isinstance(e, give_up_on)
