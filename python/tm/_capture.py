@@ -1,9 +1,12 @@
-"""What a task prints, kept as its log: ``sys.stdout`` is wrapped (once, when a recorded run's
-task first runs) by a stand-in that passes everything through and copies each line printed on a
+"""What a task prints, kept as its log: ``sys.stdout`` is wrapped (once, when the first recorded
+run starts) by a stand-in that passes everything through and copies each line printed on a
 task's own thread to that task's log in the store, at INFO.
 
-Only the task's thread is seen: what an ``async`` task prints (on the event loop's thread) and
-what a ``ProcessPool`` task prints (in its worker process) is not copied.
+The engine keeps, per worker thread, which task call of a recorded run is running there
+(``tm._tm.print_target``), so a task that prints nothing costs nothing; the fleet's worker
+threads say it through :meth:`PrintCapture.enter`. Only the task's thread is seen: what an
+``async`` task prints (on the event loop's thread) and what a ``ProcessPool`` task prints (in its
+worker process) is not copied.
 """
 
 from __future__ import annotations
@@ -14,38 +17,10 @@ import threading
 import time
 from typing import Any
 
+from ._tm import print_target
+
 _local = threading.local()
 _install = threading.Lock()
-
-
-class _Lines:
-    """The log of one task call: collects what it prints and keeps each whole line."""
-
-    __slots__ = ("core", "node", "partial", "run_id")
-
-    def __init__(self, core: Any, run_id: str, node: int) -> None:
-        self.core = core
-        self.run_id = run_id
-        self.node = node
-        self.partial = ""
-
-    def take(self, text: str) -> None:
-        text = self.partial + text
-        *lines, self.partial = text.split("\n")
-        for line in lines:
-            self.keep(line)
-
-    def keep(self, line: str) -> None:
-        line = line.rstrip("\r")
-        if not line.strip():
-            return
-        with contextlib.suppress(Exception):  # a closed store must not break the task
-            self.core.append_log(self.run_id, self.node, int(time.time() * 1e6), "INFO", line)
-
-    def close(self) -> None:
-        if self.partial:
-            self.keep(self.partial)
-            self.partial = ""
 
 
 class _Tee:
@@ -57,9 +32,10 @@ class _Tee:
 
     def write(self, text: str) -> int:
         n = self._tm_stream.write(text)
-        lines = getattr(_local, "lines", None)
-        if lines is not None and isinstance(text, str):
-            lines.take(text)
+        if isinstance(text, str) and not getattr(_local, "quiet", False):
+            target = print_target() or getattr(_local, "target", None)
+            if target is not None:
+                target[0].take(target[1], text)
         return n  # type: ignore[no-any-return]
 
     def writelines(self, texts: Any) -> None:
@@ -73,11 +49,12 @@ class _Tee:
         return getattr(self._tm_stream, name)
 
 
-def _installed() -> None:
-    if isinstance(sys.stdout, _Tee) or sys.stdout is None:
+def install() -> None:
+    """Puts the stand-in in place (again, if something replaced ``sys.stdout`` since)."""
+    if sys.stdout.__class__ is _Tee or sys.stdout is None:
         return
     with _install:
-        if not isinstance(sys.stdout, _Tee) and sys.stdout is not None:
+        if sys.stdout.__class__ is not _Tee and sys.stdout is not None:
             sys.stdout = _Tee(sys.stdout)
 
 
@@ -85,32 +62,57 @@ def _installed() -> None:
 def quiet() -> Any:
     """Copies nothing to the task's log meanwhile (a log record that a handler writes to stdout
     is kept by the task's logger already)."""
-    lines = getattr(_local, "lines", None)
-    _local.lines = None
+    before = getattr(_local, "quiet", False)
+    _local.quiet = True
     try:
         yield
     finally:
-        _local.lines = lines
+        _local.quiet = before
 
 
 class PrintCapture:
-    """Handed to the engine for one recorded run: entered and left around each task call on the
-    task's thread."""
+    """The print capture of one recorded run: keeps each whole line a task call prints as its
+    log; a last line without a newline is kept when the call ends (:meth:`done`)."""
 
-    __slots__ = ("core", "run_id")
+    __slots__ = ("core", "partial", "run_id")
 
     def __init__(self, core: Any, run_id: str) -> None:
         self.core = core
         self.run_id = run_id
+        # (thread, node) -> the unfinished line of that call.
+        self.partial: dict[tuple[int, int], str] = {}
+
+    def take(self, node: int, text: str) -> None:
+        key = (threading.get_ident(), node)
+        *lines, rest = (self.partial.pop(key, "") + text).split("\n")
+        if rest:
+            self.partial[key] = rest
+        for line in lines:
+            self._keep(node, line)
+
+    def done(self, node: int) -> None:
+        """The call of ``node`` on this thread ended."""
+        rest = self.partial.pop((threading.get_ident(), node), None)
+        if rest:
+            self._keep(node, rest)
+
+    def _keep(self, node: int, line: str) -> None:
+        line = line.rstrip("\r")
+        if not line.strip():
+            return
+        with contextlib.suppress(Exception):  # a closed store must not break the task
+            self.core.append_log(self.run_id, node, int(time.time() * 1e6), "INFO", line)
+
+    # For task calls the engine does not run (the fleet's worker threads).
 
     def enter(self, node: int) -> Any:
-        _installed()
-        outer = getattr(_local, "lines", None)
-        _local.lines = _Lines(self.core, self.run_id, node)
+        install()
+        outer = getattr(_local, "target", None)
+        _local.target = (self, node)
         return outer
 
     def exit(self, outer: Any) -> None:
-        lines = getattr(_local, "lines", None)
-        _local.lines = outer
-        if lines is not None:
-            lines.close()
+        current = getattr(_local, "target", None)
+        _local.target = outer
+        if current is not None:
+            self.done(current[1])

@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from ._capture import PrintCapture, quiet
+from ._capture import install as install_print_capture
 from ._decorators import TaskOptions, _options, _seconds
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
@@ -780,9 +781,13 @@ class Executor:
                 record = self._begin_record(graph, info, cfg) if self.store is not None else None
             done = None
             attempts = None
+        capture = None
         if record is not None:
             info["run_id"] = record[1]
             _recorded[record[1]] = record
+            if self.capture_print:
+                install_print_capture()
+                capture = PrintCapture(*record)
         try:
             handle = engine.submit(
                 program,
@@ -800,9 +805,7 @@ class Executor:
                 add_tasks=record is not None and _resume is None,
                 attempts=attempts,
                 cancelled=[graph._core.find(n) for n in _cancelled] if _cancelled else None,
-                capture=PrintCapture(*record)
-                if record is not None and self.capture_print
-                else None,
+                capture=capture,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None

@@ -60,6 +60,26 @@ fn forget_dummy_thread(py: Python<'_>) {
     let _ = forget();
 }
 
+thread_local! {
+    /// The print captures of the task calls running on this thread, innermost last (a task that
+    /// waits on a nested run may run that run's tasks on its own thread): (capture, node, whether
+    /// the call printed).
+    static CAPTURE: std::cell::RefCell<Vec<(Py<PyAny>, NodeId, bool)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `(capture, node)` of the task call running on this thread whose prints are kept, or None.
+/// Called by `sys.stdout`'s stand-in on each write; marks the call as one that printed.
+#[pyfunction]
+fn print_target(py: Python<'_>) -> Option<(Py<PyAny>, NodeId)> {
+    CAPTURE.with_borrow_mut(|stack| {
+        stack.last_mut().map(|(c, node, printed)| {
+            *printed = true;
+            (c.clone_ref(py), *node)
+        })
+    })
+}
+
 /// Where a parameter's value comes from.
 enum Source {
     Parent(NodeId),
@@ -103,8 +123,8 @@ struct PyBody {
     live: Vec<LiveCall>,
     config: Py<PyAny>,
     meta: Py<PyAny>,
-    /// What tasks print goes to their log: `capture.enter(node)` before each call returns a
-    /// token, `capture.exit(token)` after it.
+    /// Where what the run's tasks print goes (see [`print_target`]); `capture.done(node)` is
+    /// called after a call that printed.
     capture: Option<Py<PyAny>>,
 }
 
@@ -279,16 +299,10 @@ impl Body<Value> for PyBody {
                         "the task was stopped before it started",
                     ));
                 }
-                // Entered and left while no interrupt can land in them (before the mark, or
-                // once a pending one was cleared below).
-                let token = self.capture.as_ref().map(|c| {
-                    c.bind(py)
-                        .call_method1(pyo3::intern!(py, "enter"), (cx.node,))
-                        .unwrap_or_else(|e| {
-                            e.write_unraisable(py, Some(c.bind(py)));
-                            py.None().into_bound(py)
-                        })
-                });
+                // No Python runs for this unless the task prints (see `print_target`).
+                if let Some(c) = &self.capture {
+                    CAPTURE.with_borrow_mut(|stack| stack.push((c.clone_ref(py), cx.node, false)));
+                }
                 let out = call.func.bind(py).call(args, Some(&kw));
                 // A later attempt (timed out meanwhile, retried on another thread) may own the
                 // record now: leave it alone. Either way, an interrupt aimed at this call must not
@@ -308,9 +322,15 @@ impl Body<Value> for PyBody {
                         );
                     }
                 }
-                if let (Some(c), Some(token)) = (&self.capture, token) {
-                    if let Err(e) = c.bind(py).call_method1(pyo3::intern!(py, "exit"), (token,)) {
-                        e.write_unraisable(py, Some(c.bind(py)));
+                // Left once no interrupt can land here any more (a pending one was cleared).
+                if self.capture.is_some() {
+                    if let Some((c, node, printed)) = CAPTURE.with_borrow_mut(Vec::pop) {
+                        if printed {
+                            let done = c.bind(py).call_method1(pyo3::intern!(py, "done"), (node,));
+                            if let Err(e) = done {
+                                e.write_unraisable(py, Some(c.bind(py)));
+                            }
+                        }
                     }
                 }
                 out
@@ -571,8 +591,8 @@ impl PyEngine {
     /// `add_tasks`, the run's task rows are recorded first (a new run); `attempts` lists
     /// `(node, attempts already recorded)` of a resumed run, whose new attempts follow them;
     /// `cancelled` nodes (and their descendants) are cancelled before any task starts.
-    /// `capture` (an object with `enter(node) -> token` and `exit(token)`) is called around each
-    /// task call, on the task's thread (it routes what the task prints to its log).
+    /// `capture`: what tasks print on their thread is routed to it (see `print_target`), and
+    /// `capture.done(node)` is called after each call that printed.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None, cancelled = None, capture = None))]
     fn submit(
@@ -1210,5 +1230,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyProgram>()?;
     m.add_class::<PyRunHandle>()?;
     m.add_class::<PyTaskContext>()?;
+    m.add_function(wrap_pyfunction!(print_target, m)?)?;
     Ok(())
 }
