@@ -876,3 +876,34 @@ def test_abandoned_attempts_leave_nothing_behind(how: str) -> None:
         assert second == first == {"handles": 2, "exiting": 0, "stuck": 0}
         assert len(threading._active) == active  # type: ignore[attr-defined]
         assert ex._engine is not None and ex._engine.thread_count == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_nested_run_s_timed_out_attempts_leave_no_extra_threads() -> None:
+    """A task that runs a graph waits by running that graph's tasks on its own thread; when one
+    of those times out, a replacement thread starts, and the waiting thread goes on (it is inside
+    the outer task): the pool must shrink back, not keep a thread more per timeout."""
+
+    @task(timeout=0.01)
+    def inner_stuck() -> None:
+        deadline = time.monotonic() + LIMIT
+        while time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    inner = Graph("inner-timeouts")
+    inner.add(inner_stuck)
+
+    with Executor(workers=1) as ex:
+
+        @task
+        def outer() -> str:
+            return ex.run(inner).state
+
+        g = Graph("outer-of-timeouts")
+        g.add(outer)
+        for _ in range(5):
+            run = ex.run(g)
+            assert run.result() == "failed"
+        counts = _settled(ex)
+        assert counts == {"handles": 1, "exiting": 0, "stuck": 0}
+        assert ex._engine is not None and ex._engine.thread_count == 1

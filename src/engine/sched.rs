@@ -138,6 +138,9 @@ struct Sched<V> {
     shutdown: bool,
     /// Threads stuck in abandoned attempts that have been replaced; they retire when they return.
     stuck: usize,
+    /// Replacement threads with no stuck thread left to stand in for (the stuck one was a task
+    /// waiting on a nested run, which goes on when its job returns): as many workers retire.
+    surplus: usize,
     after: Vec<After<V>>,
     now_us: i64,
     jitter: u64,
@@ -200,7 +203,8 @@ pub struct DebugCounts {
     pub handles: usize,
     /// Threads replaced while stuck in an abandoned attempt that returned and are exiting.
     pub exiting: usize,
-    /// Threads still stuck in an abandoned (timed-out or cancelled) attempt.
+    /// Threads still stuck in an abandoned (timed-out or cancelled) attempt, and threads still
+    /// to retire because their stuck thread went on (see `Sched::surplus`).
     pub stuck: usize,
 }
 
@@ -234,6 +238,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
             idle: 0,
             shutdown: false,
             stuck: 0,
+            surplus: 0,
             after: Vec::new(),
             now_us: 0,
             jitter: 0x9E37_79B9_7F4A_7C15,
@@ -560,11 +565,14 @@ impl<V: Send + Sync + 'static> Executor<V> {
     /// Bookkeeping sizes, for tests and leak checks (see [`DebugCounts`]).
     pub fn debug_counts(&self) -> DebugCounts {
         let handles = self.shared.threads.lock().map(|t| t.len()).unwrap_or(0);
-        let stuck = self.shared.lock().stuck;
+        let (stuck, surplus) = {
+            let s = self.shared.lock();
+            (s.stuck, s.surplus)
+        };
         DebugCounts {
             handles,
             exiting: self.shared.retired.load(Ordering::Acquire),
-            stuck,
+            stuck: stuck + surplus,
         }
     }
 
@@ -1137,6 +1145,11 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) -> bool {
                 if s.shutdown {
                     return false;
                 }
+                if s.surplus > 0 {
+                    s.surplus -= 1;
+                    shared.retired.fetch_add(1, Ordering::AcqRel);
+                    return true;
+                }
                 if let Some(job) = s.take() {
                     break job;
                 }
@@ -1188,8 +1201,14 @@ fn help_once<V: Send + Sync + 'static>(
     let mut s = shared.lock();
     if let Some(job) = s.take() {
         drop(s);
-        // A helper is not a pool worker: if its job is abandoned it simply goes back to waiting.
-        run_session(shared, job);
+        // A helper is inside a task of its own: if its job is abandoned it goes back to waiting,
+        // and the thread started to replace it is one too many; a worker retires for it.
+        if run_session(shared, job) {
+            let mut s = shared.lock();
+            s.surplus += 1;
+            s.after.push(After::NotifyOne);
+            release(shared, s);
+        }
         return;
     }
     if run.outcome().is_some() {
