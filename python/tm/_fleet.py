@@ -307,7 +307,7 @@ class Worker:
                 else:
                     kw[pname] = payload
             capture = (
-                PrintCapture(self.ex.store.core, run_id)
+                PrintCapture(_StoreLog(self.ex.store), run_id)
                 if self.ex.capture_print and self.ex.store is not None
                 else None
             )
@@ -478,6 +478,19 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
         self.fleet.poke()
+
+
+class _StoreLog:
+    """Appends to the store's task logs, opening the store's own connection only once a task
+    prints (a fleet worker needs none otherwise)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def append_log(self, *args: Any) -> None:
+        self.store.core.append_log(*args)
 
 
 def _delay(spec: tuple[Any, ...], i: int) -> float:
