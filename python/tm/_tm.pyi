@@ -54,6 +54,7 @@ class Engine:
     def add_pool(self, tag: str, capacity: int) -> int: ...
     @property
     def thread_count(self) -> int: ...
+    def debug_counts(self) -> dict[str, int]: ...
     def prepare(
         self,
         graph: GraphCore,
@@ -77,6 +78,7 @@ class Engine:
         add_tasks: bool = False,
         attempts: list[tuple[int, int]] | None = None,
         cancelled: list[int] | None = None,
+        capture: Any = None,
     ) -> RunHandle: ...
     def shutdown(self) -> None: ...
 
@@ -219,6 +221,7 @@ class StoreCore:
         now_us: int,
         owner: str,
         meta_json: str | None = None,
+        config_json: str | None = None,
     ) -> bool: ...
     def claim_key(
         self, run_id: str, graph: str, trigger: str, key: str, now_us: int, meta_json: str
@@ -421,6 +424,7 @@ class Fleet:
         *,
         scheduled_us: int | None = None,
         meta_json: str | None = None,
+        config_json: str | None = None,
     ) -> None: ...
     def claim(
         self, n: int, tags: list[str] | None = None
@@ -445,3 +449,5 @@ class Fleet:
     def wait(self, seen: int, timeout: float) -> int: ...
     def poke(self) -> None: ...
     def close(self) -> None: ...
+
+def print_target() -> tuple[Any, int] | None: ...

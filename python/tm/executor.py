@@ -14,12 +14,15 @@ import threading
 import time
 import traceback as _traceback
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._capture import PrintCapture, quiet
+from ._capture import install as install_print_capture
 from ._decorators import TaskOptions, _options, _seconds
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
@@ -381,6 +384,9 @@ class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
                 core.append_log(
                     run_id, self._node, int(time.time() * 1e6), logging.getLevelName(level), text
                 )
+            with quiet():
+                super().log(level, msg, *args, **kwargs)
+            return
         super().log(level, msg, *args, **kwargs)
 
 
@@ -566,6 +572,47 @@ class _Dispatch:
                 )
 
 
+def _config_json(cfg: Any) -> str:
+    """The config a run used, as JSON for the run's record (values JSON cannot hold, by repr)."""
+    try:
+        return json.dumps(cfg, default=repr)
+    except (TypeError, ValueError):  # keys JSON cannot hold, a cycle
+        return json.dumps(repr(cfg))
+
+
+def _warn_rerun(
+    graph: Graph,
+    names: list[str],
+    recorded: dict[str, Any],
+    done: dict[int, Any],
+    run_id: str,
+) -> None:
+    """Says which completed tasks a resume runs again: those whose result was not persisted
+    while a task that has not completed needs it."""
+    again = [
+        n for n, t in recorded.items() if t["status"] == "completed" and names.index(n) not in done
+    ]
+    if not again:
+        return
+    again.sort(key=names.index)
+    needing = sorted(
+        {
+            names[c]
+            for n in again
+            for c in graph._core.children(names.index(n))
+            if c not in done and names[c] not in again
+        }
+    )
+    message = (
+        f"resuming run {run_id} of graph {graph.name!r}: completed task(s) "
+        f"{', '.join(repr(n) for n in again)} will run again, because their results were not "
+        f"persisted and unfinished task(s) {', '.join(repr(n) for n in needing)} need them; "
+        "use Executor(persist=True) or @tm.task(persist=True) to keep results for a resume"
+    )
+    _log.warning("%s", message)
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
 class Executor:
     """Runs graphs on bounded worker pools: one per task tag, plus a default pool.
 
@@ -594,6 +641,8 @@ class Executor:
         lease: seconds a task of a distributed run stays claimed by this executor without a renewal
             (a Rust thread renews it every third of that); past it, another executor takes the
             task over. See :meth:`work`.
+        capture_print: with a store, what a task prints (on its own thread) is also kept as
+            its log at INFO (see ``tm logs``); it is still printed as usual. False: only printed.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -624,6 +673,7 @@ class Executor:
         graphs: Iterable[Graph] = (),
         clock: VirtualClock | None = None,
         lease: float = 30.0,
+        capture_print: bool = True,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -683,6 +733,7 @@ class Executor:
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
+        self.capture_print = bool(capture_print)
         self._fleet: Any = None
         self._workers_running: list[Any] = []
         from ._scheduler import Scheduler
@@ -820,12 +871,16 @@ class Executor:
             if _record is not None:
                 record = _record
             else:
-                record = self._begin_record(graph, info) if self.store is not None else None
+                record = self._begin_record(graph, info, cfg) if self.store is not None else None
             done = None
             attempts = None
+        capture = None
         if record is not None:
             info["run_id"] = dispatch.run_key = record[1]
             _recorded[record[1]] = record
+            if self.capture_print:
+                install_print_capture()
+                capture = PrintCapture(*record)
         try:
             handle = engine.submit(
                 program,
@@ -843,6 +898,7 @@ class Executor:
                 add_tasks=record is not None and _resume is None,
                 attempts=attempts,
                 cancelled=[graph._core.find(n) for n in _cancelled] if _cancelled else None,
+                capture=capture,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
@@ -868,7 +924,9 @@ class Executor:
 
         Tasks that completed are not run again: those with a persisted result feed it to their
         children, and the others are kept when none of their children needs to run. Everything
-        else (including tasks that were running) runs again, as new attempts. Returns the
+        else (including tasks that were running) runs again, as new attempts. A completed task
+        without a persisted result that an unfinished task needs runs again too: the resume
+        names those tasks in a ``tm`` WARNING and a ``UserWarning`` (``persist=True`` avoids it). Returns the
         :class:`Run` once it ends; its ``run_id`` is the same.
 
         Raises:
@@ -894,7 +952,8 @@ class Executor:
         if self.store is None:
             raise ExecutorError("resume needs an executor with a store: Executor(store=...)")
         core = self.store.core
-        core.flush()  # this process's own writes of the run (it may have just ended) first
+        # Transitions this process queued (a run that just ended here) are read back too.
+        core.flush()
         detail = core.get_run(run_id)
         if detail is None:
             raise KeyError(f"no run {run_id!r} in {self.store.location}")
@@ -934,6 +993,7 @@ class Executor:
                 done[idx] = results[name]
             elif all(c in done for c in graph._core.children(idx)):
                 done[idx] = None
+        _warn_rerun(graph, names, recorded, done, run_id)
         core.set_run_state(run_id, "running")
         run = self.submit(
             graph,
@@ -949,14 +1009,17 @@ class Executor:
         )
         return run
 
-    def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
+    def _begin_record(self, graph: Graph, info: dict[str, Any], cfg: Any) -> tuple[Any, str]:
         """Records a new run and its tasks; returns what the engine's recorder needs."""
-        record = self._begin_records([(graph, info)])[0]
+        record = self._begin_records([(graph, info)], configs=[cfg])[0]
         assert record is not None
         return record
 
     def _begin_records(
-        self, items: list[tuple[Graph, dict[str, Any]]], fires: bool = False
+        self,
+        items: list[tuple[Graph, dict[str, Any]]],
+        fires: bool = False,
+        configs: list[Any] | None = None,
     ) -> list[tuple[Any, str] | None]:
         """Records new runs (one commit for all: the scheduler's fires of one instant) and their
         tasks; returns what the engine's recorder needs for each.
@@ -969,7 +1032,7 @@ class Executor:
         now = int(time.time() * 1e6)
         owner = process_owner()
         records: list[tuple[Any, str] | None] = []
-        for graph, info in items:
+        for i, (graph, info) in enumerate(items):
             meta_json = _run_meta_json(graph, owner)
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
@@ -977,9 +1040,17 @@ class Executor:
                 int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
             )
             trigger = str(info.get("trigger", "manual"))
+            config_json = None if configs is None else _config_json(configs[i])
             if fires and scheduled_us is not None:
                 won = core.claim_fire(
-                    run_id, graph.name, trigger, scheduled_us, now, owner, meta_json
+                    run_id,
+                    graph.name,
+                    trigger,
+                    scheduled_us,
+                    now,
+                    owner,
+                    meta_json=meta_json,
+                    config_json=config_json,
                 )
                 records.append((core, run_id) if won else None)
                 continue
@@ -992,6 +1063,7 @@ class Executor:
                 [],
                 scheduled_us=scheduled_us,
                 started_us=now,
+                config_json=config_json,
                 meta_json=meta_json,
             )
             records.append((core, run_id))

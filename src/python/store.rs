@@ -242,7 +242,7 @@ impl PyStoreCore {
     /// Claims the fire of `graph` at `scheduled_us` and records its run (state `running`), in one
     /// transaction; False when a process sharing the database fired it already (detached).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (run_id, graph, trigger, scheduled_us, now_us, owner, meta_json = None))]
+    #[pyo3(signature = (run_id, graph, trigger, scheduled_us, now_us, owner, meta_json = None, config_json = None))]
     fn claim_fire(
         &self,
         py: Python<'_>,
@@ -253,6 +253,7 @@ impl PyStoreCore {
         now_us: i64,
         owner: String,
         meta_json: Option<String>,
+        config_json: Option<String>,
     ) -> PyResult<bool> {
         let fire = FireClaim {
             run_id,
@@ -262,6 +263,7 @@ impl PyStoreCore {
             now_us,
             owner,
             meta_json,
+            config_json,
         };
         Ok(py.detach(|| self.store.claim_fire(&fire))?)
     }

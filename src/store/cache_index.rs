@@ -236,13 +236,16 @@ pub struct FireClaim {
     pub owner: String,
     /// The run's `meta_json` when it says more than its owner (it must name the same owner).
     pub meta_json: Option<String>,
+    /// The config the run uses, as JSON (for readers such as `tm show`).
+    pub config_json: Option<String>,
 }
 
 /// The statements of a fire claim; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
 pub(crate) const CLAIM_FIRE: &str = "INSERT INTO fires (graph, scheduled_us, run_id, owner, \
     fired_us) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (graph, scheduled_us) DO NOTHING";
 pub(crate) const FIRE_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, \
-    scheduled_us, created_us, started_us, meta_json) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6)";
+    scheduled_us, created_us, started_us, meta_json, config_json) \
+    VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6, ?7)";
 
 /// A run submitted with an idempotency key: recorded (state `running`) only if no run of the
 /// same graph has the key, in one statement, so racing processes start one run between them.
@@ -472,7 +475,8 @@ impl CacheBackend for SqliteCache {
                         fire.trigger,
                         fire.scheduled_us,
                         fire.now_us,
-                        fire.meta_json()
+                        fire.meta_json(),
+                        fire.config_json
                     ],
                 )?;
             }

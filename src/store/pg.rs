@@ -1166,6 +1166,7 @@ impl CacheBackend for PgCache {
                         &fire.scheduled_us,
                         &fire.now_us,
                         &fire.meta_json(),
+                        &fire.config_json,
                     ],
                 )?;
             }
