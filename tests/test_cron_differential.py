@@ -9,7 +9,9 @@ put to croniter 7.0, cronsim 2.8 and tm alike: refused, or the next two and prev
 times from random starts. The verdict:
 
 1. The references agree (both refuse it, or both answer alike): tm must give that answer,
-   unless the expression has one of the two DELIBERATE features (each says why).
+   unless the expression has one of the two DELIBERATE features (each says why), or their
+   agreement is a coincidence: an item both misread (a feature siding with neither), or one item
+   each misreads that the other reads as tm does (features siding with each of them).
 2. The references disagree: the expression must have one of the DISAGREEMENTS features, or the
    disagreement is unexplained and the test fails. A feature names the reference tm sides with;
    when all of an expression's features side with the same reference, tm must equal it.
