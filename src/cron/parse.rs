@@ -207,7 +207,7 @@ fn parse_field(field: &Field, text: &str) -> Result<(u64, Special), CronError> {
         // croniter and cronsim both refuse `?,*`, `?/2`: `?` only ever stands for a whole field.
         return Err(field.syntax(text, "\"?\" must be the whole field".to_string()));
     }
-    let in_list = text.contains(',');
+    let in_list = field.kind == Kind::DayOfMonth && text.contains(',');
     let mut bits = 0u64;
     let mut special = Special::default();
     for item in text.split(',') {
@@ -255,27 +255,25 @@ fn parse_item(field: &Field, item: &str) -> Result<u64, CronError> {
         (v, if step.is_some() { field.max } else { v })
     };
     // Any step is valid; one longer than the range leaves its start alone (`*/90` is minute 0).
-    let step = step.unwrap_or(1);
-    let (cycle, min) = (u64::from(field.cycle()), u64::from(field.min));
-    let end = if lo > hi {
-        u64::from(hi) + cycle
-    } else {
-        u64::from(hi)
-    };
-    let mut bits = 0u64;
-    let mut v = u64::from(lo);
-    while v <= end {
-        // Below the wrap `v` is the value itself (7 stays 7 in day-of-week); past it, the
-        // value `cycle` places further on.
-        let value = if v > u64::from(field.max) {
+    let step = usize::try_from(step.unwrap_or(1)).unwrap_or(usize::MAX);
+    if lo <= hi {
+        if step == 1 {
+            // hi - lo < 63: a run of set bits.
+            return Ok((u64::MAX >> (63 - (hi - lo))) << lo);
+        }
+        return Ok((lo..=hi).step_by(step).fold(0, |bits, v| bits | 1 << v));
+    }
+    // Wrapped: count on past the field's end, then fold the values beyond `max` back by a cycle
+    // (below `max` a value is itself, so 7 stays 7 in day-of-week).
+    let (cycle, min) = (field.cycle(), field.min);
+    Ok((lo..=hi + cycle).step_by(step).fold(0, |bits, v| {
+        let v = if v > field.max {
             min + (v - min) % cycle
         } else {
             v
         };
-        bits |= 1 << value;
-        v = v.saturating_add(step);
-    }
-    Ok(bits)
+        bits | 1 << v
+    }))
 }
 
 /// The `S` of `.../S`: any positive number (saturating: a step past the field is as good as any).
