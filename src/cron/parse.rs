@@ -334,7 +334,7 @@ fn value(field: &Field, item: &str, token: &str) -> Result<u32, CronError> {
 }
 
 /// Day-of-month extensions: `L`, `L-n`, `LW`, `nW`. Returns whether `item` was one. `nW` must be
-/// the whole field (`text`), as croniter and cronsim require.
+/// the whole field (`text`), as croniter requires (cronsim has no `nW`).
 fn dom_special(item: &str, in_list: bool, text: &str, dom: &mut DomSet) -> Result<bool, CronError> {
     let field = &DAY_OF_MONTH;
     if item.eq_ignore_ascii_case("l") {
