@@ -23,7 +23,14 @@ _STATES = ("completed", "running", "retrying", "pending", "failed", "skipped", "
 def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
+        nargs="?",
         help="FILE.py (its only graph), FILE.py:ATTR or MODULE:ATTR naming a tm.Graph",
+    )
+    parser.add_argument(
+        "--rerun",
+        metavar="RUN_ID",
+        help="run the graph of a recorded run again (a unique prefix is enough), with its "
+        "arguments (-p overrides them)",
     )
     parser.add_argument(
         "-p",
@@ -82,6 +89,19 @@ def _load_config(path: str) -> Any:
     except OSError as e:
         raise CommandError(f"cannot read config file {path!r}: {e.strerror}") from e
     return _parse_config(Path(path), text)
+
+
+def _recorded_run(store: Any, text: str) -> tuple[str, dict[str, Any]]:
+    """Where run ``text``'s graph lives, and the arguments its root tasks got."""
+    from .cli import resolve_run_id
+
+    run_id = resolve_run_id(store, text)
+    meta = json.loads((store.core.get_run(run_id) or {}).get("meta_json") or "{}")
+    if not meta.get("source"):
+        raise CommandError(
+            f"run {run_id} recorded no place its graph can be loaded from: name it as TARGET"
+        )
+    return meta["source"], meta.get("params") or {}
 
 
 class _Progress:
@@ -152,10 +172,17 @@ def _summary(run: Any, out: TextIO) -> None:
 def run_run(args: argparse.Namespace) -> int:
     from .executor import Executor
 
-    graph = _graph_of(args.target)
     params = parse_params(args.param)
     config = _load_config(args.config) if args.config else None
-    store = _open_store(args.db)
+    store: Any = _open_store(args.db)
+    if args.rerun is not None:
+        source, recorded = _recorded_run(store, args.rerun)
+        graph = _graph_of(args.target or source)
+        params = {**recorded, **params}
+    elif args.target is None:
+        raise CommandError("name the graph to run (TARGET), or a run to repeat (--rerun RUN_ID)")
+    else:
+        graph = _graph_of(args.target)
     out = sys.stdout
     progress = _Progress(out, graph.name, len(graph))
     ex = Executor(

@@ -54,11 +54,15 @@ _live_runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary(
 _ON_CONFLICT = ("return", "error", "rerun_failed")
 
 
-def _run_meta_json(graph: Graph, owner: str) -> str:
-    """A recorded run's ``meta_json``: its owner, and where its graph can be loaded from."""
+def _run_meta_json(graph: Graph, owner: str, params: dict[str, Any] | None = None) -> str:
+    """A recorded run's ``meta_json``: its owner, where its graph can be loaded from, and the
+    arguments its root tasks got (when JSON holds them), so ``tm run --rerun`` can repeat it."""
     meta: dict[str, Any] = {"owner": owner}
     if graph.source is not None:
         meta["source"] = graph.source
+    if params:
+        with contextlib.suppress(TypeError, ValueError):
+            meta["params"] = json.loads(json.dumps(params, allow_nan=False))
     return json.dumps(meta)
 
 
@@ -871,7 +875,11 @@ class Executor:
             if _record is not None:
                 record = _record
             else:
-                record = self._begin_record(graph, info, cfg) if self.store is not None else None
+                record = (
+                    self._begin_record(graph, info, cfg, dict(kwargs or {}))
+                    if self.store is not None
+                    else None
+                )
             done = None
             attempts = None
         capture = None
@@ -1009,9 +1017,11 @@ class Executor:
         )
         return run
 
-    def _begin_record(self, graph: Graph, info: dict[str, Any], cfg: Any) -> tuple[Any, str]:
+    def _begin_record(
+        self, graph: Graph, info: dict[str, Any], cfg: Any, params: dict[str, Any]
+    ) -> tuple[Any, str]:
         """Records a new run and its tasks; returns what the engine's recorder needs."""
-        record = self._begin_records([(graph, info)], configs=[cfg])[0]
+        record = self._begin_records([(graph, info)], configs=[cfg], params=[params])[0]
         assert record is not None
         return record
 
@@ -1020,6 +1030,7 @@ class Executor:
         items: list[tuple[Graph, dict[str, Any]]],
         fires: bool = False,
         configs: list[Any] | None = None,
+        params: list[dict[str, Any]] | None = None,
     ) -> list[tuple[Any, str] | None]:
         """Records new runs (one commit for all: the scheduler's fires of one instant) and their
         tasks; returns what the engine's recorder needs for each.
@@ -1033,7 +1044,7 @@ class Executor:
         owner = process_owner()
         records: list[tuple[Any, str] | None] = []
         for i, (graph, info) in enumerate(items):
-            meta_json = _run_meta_json(graph, owner)
+            meta_json = _run_meta_json(graph, owner, None if params is None else params[i])
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
             scheduled_us = (
