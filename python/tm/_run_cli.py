@@ -32,15 +32,7 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
         help="run the graph of a recorded run again (a unique prefix is enough), with its "
         "arguments (-p overrides them)",
     )
-    parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an argument for the root tasks; VALUE is read as JSON when it is JSON "
-        "(100, true, [1,2]), else as text",
-    )
+    add_param_option(parser)
     parser.add_argument("--config", metavar="FILE", help="a JSON or YAML config for this run")
     parser.add_argument("--workers", type=int, default=None, help="size of the default pool")
     _add_store_options(parser, json=False)
@@ -63,6 +55,19 @@ def _graph_of(target: str) -> Any:
     if not isinstance(obj, Graph):
         raise CommandError(f"{target!r} is a {type(obj).__name__}, not a tm.Graph")
     return obj
+
+
+def add_param_option(parser: argparse.ArgumentParser) -> None:
+    """``-p NAME=VALUE``, repeatable: arguments for a run's root tasks (see :func:`parse_params`)."""
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an argument for the root tasks; VALUE is read as JSON when it is JSON "
+        "(100, true, [1,2]), else as text",
+    )
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
