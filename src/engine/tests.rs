@@ -720,9 +720,9 @@ fn threads_replaced_after_timeouts_are_released_when_they_return() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let c = ex.debug_counts();
-        if c.stuck == 0 && c.exiting == 0 {
-            // Only the live worker is left.
-            assert_eq!(c.handles, 1, "{c:?}");
+        // Only the live worker is left (a retiring thread drops its handle just after it stops
+        // counting as stuck or exiting, so the three are awaited together).
+        if c.stuck == 0 && c.exiting == 0 && c.handles == 1 {
             break;
         }
         assert!(
