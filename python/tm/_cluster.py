@@ -311,7 +311,7 @@ class DaskPool(ClusterPool):
         from distributed import Client, LocalCluster
 
         if self.address is None:
-            kwargs = {"dashboard_address": None, "processes": True, **self.cluster_kwargs}
+            kwargs = {"dashboard_address": ":0", "processes": True, **self.cluster_kwargs}
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                 self._cluster = LocalCluster(
                     n_workers=self.n_workers,
