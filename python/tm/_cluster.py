@@ -83,13 +83,22 @@ def _pickler(flavour: str) -> Any:
     return cloudpickle
 
 
-def _run_remote(payload: bytes, flavour: str) -> bytes:
+# On a cluster worker: task functions by their pickled bytes, so a function is unpickled once per
+# worker process rather than once per task (few entries: one per wrapped task function).
+_functions: dict[bytes, Any] = {}
+_FUNCTIONS_MAX = 256
+
+
+def _run_remote(fn_blob: bytes, payload: bytes, flavour: str) -> bytes:
     """What a cluster worker runs: unpickles the task, runs it, and returns its outcome with its
     log records, pickled, so a task's exception comes back as itself (not wrapped by the cluster)
     and every value crosses with cloudpickle whatever the cluster's own serialisation does."""
-    import pickle
-
-    fn, args, kwargs = pickle.loads(payload)
+    fn = _functions.get(fn_blob)
+    if fn is None:
+        if len(_functions) >= _FUNCTIONS_MAX:
+            _functions.clear()
+        fn = _functions[fn_blob] = pickle.loads(fn_blob)
+    args, kwargs = pickle.loads(payload)
     ctx = next((a for a in (*args, *kwargs.values()) if isinstance(a, _RemoteContext)), None)
     try:
         ok, value = True, fn(*args, **kwargs)
@@ -104,11 +113,11 @@ def _run_remote(payload: bytes, flavour: str) -> bytes:
         return dumps((False, err, records))
 
 
-def _dumps(flavour: str, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def _dumps(flavour: str, value: Any, what: str) -> bytes:
     try:
-        return _pickler(flavour).dumps((fn, args, kwargs))
+        return _pickler(flavour).dumps(value)
     except Exception as e:
-        raise TypeError(f"task arguments cannot be sent to the cluster: {e}") from e
+        raise TypeError(f"task {what} cannot be sent to the cluster: {e}") from e
 
 
 def _swap_context(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -151,6 +160,7 @@ class ClusterPool:
     are on the cluster at once), ``wrap(fn, resources)`` and ``close()``."""
 
     size: int
+    _flavour = ""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -165,7 +175,7 @@ class ClusterPool:
     def _start(self) -> None:
         raise NotImplementedError
 
-    def _submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], res: Any) -> Any:
+    def _submit(self, fn_blob: bytes, payload: bytes, res: Any) -> Any:
         raise NotImplementedError
 
     def _result(self, handle: Any) -> Any:
@@ -194,14 +204,20 @@ class ClusterPool:
         self, fn: Callable[..., Any], resources: dict[str, float] | None = None
     ) -> Callable[..., Any]:
         opts = self._options(dict(resources or {}))
+        # The function is pickled once, on first use (as Dask and Ray do with their own functions:
+        # a closure's captured values are those of that moment); arguments with every call.
+        fn_blob: list[bytes] = []
 
         def call(*args: Any, **kwargs: Any) -> Any:
             self._ensure()
             args, kwargs, ctx = _swap_context(args, kwargs)
+            if not fn_blob:
+                fn_blob.append(_dumps(self._flavour, fn, "function"))
+            payload = _dumps(self._flavour, (args, kwargs), "arguments")
             me = threading.get_ident()
             with self._lock:
                 self._stopped.pop(me, None)
-            handle = self._submit(fn, args, kwargs, opts)
+            handle = self._submit(fn_blob[0], payload, opts)
             with self._lock:
                 stopped = self._stopped.pop(me, None)
                 if stopped is None:
@@ -272,6 +288,8 @@ class DaskPool(ClusterPool):
     cancelled and its worker thread finishes the function in the background.
     """
 
+    _flavour = "dask"
+
     def __init__(
         self,
         address: Any = None,
@@ -329,10 +347,9 @@ class DaskPool(ClusterPool):
     def _options(self, resources: dict[str, float]) -> Any:
         return _dask_resources(resources)
 
-    def _submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], res: Any) -> Any:
+    def _submit(self, fn_blob: bytes, payload: bytes, res: Any) -> Any:
         # pure=False: two attempts (or two tasks with equal arguments) are two futures.
-        payload = _dumps("dask", fn, args, kwargs)
-        return self.client.submit(_run_remote, payload, "dask", pure=False, resources=res)
+        return self.client.submit(_run_remote, fn_blob, payload, "dask", pure=False, resources=res)
 
     def _result(self, handle: Any) -> Any:
         from distributed import KilledWorker
@@ -388,6 +405,8 @@ class RayPool(ClusterPool):
     ``ray.cancel(force=True)``, which kills its worker process.
     """
 
+    _flavour = "ray"
+
     def __init__(
         self,
         address: str | None = None,
@@ -416,6 +435,7 @@ class RayPool(ClusterPool):
         )
         self._own = False
         self._remote: Any = None
+        self._with_options: dict[tuple[Any, ...], Any] = {}
 
     def _start(self) -> None:
         import ray
@@ -440,10 +460,12 @@ class RayPool(ClusterPool):
     def _options(self, resources: dict[str, float]) -> Any:
         return _ray_options(resources)
 
-    def _submit(self, fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], res: Any) -> Any:
-
-        payload = _dumps("ray", fn, args, kwargs)
-        return self._remote.options(**res).remote(payload, "ray")
+    def _submit(self, fn_blob: bytes, payload: bytes, res: Any) -> Any:
+        key = tuple(sorted((k, repr(v)) for k, v in res.items()))
+        remote = self._with_options.get(key)
+        if remote is None:
+            remote = self._with_options[key] = self._remote.options(**res)
+        return remote.remote(fn_blob, payload, "ray")
 
     def _result(self, handle: Any) -> Any:
         import ray
