@@ -92,6 +92,15 @@ def main() -> None:
                 mine.append(timed(via_tm, n))
             d, m = statistics.median(theirs), statistics.median(mine)
             rows.append((tag, d, m))
+        # The engine's own cost per task of the same chain on a thread pool: the floor of tm's
+        # share above (scheduling, the hand-off between worker threads, recording nothing).
+        local = chain(n, "local")
+
+        def on_threads() -> None:
+            assert ex.run(local).result() == n
+
+        on_threads()
+        engine = statistics.median(timed(on_threads, n) for _ in range(batches))
     client.close()
     cluster.close()
     ray.shutdown()
@@ -102,6 +111,8 @@ def main() -> None:
     print("| --- | --- | --- | --- |")
     for tag, d, m in rows:
         print(f"| {tag} | {d:.0f} | {m:.0f} | {(m / d - 1) * 100:+.1f}% |")
+    print()
+    print(f"the same chain on a thread tag (the engine alone): {engine:.0f} us per task")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ imported on first use only; ``import tm`` never imports them.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import pickle
@@ -76,11 +77,9 @@ class _RemoteContext:
 
 
 def _pickler(flavour: str) -> Any:
-    if flavour == "ray":
-        from ray import cloudpickle
-    else:
-        import cloudpickle
-    return cloudpickle
+    """Ray's vendored cloudpickle for Ray (Ray does not need the cloudpickle package), Dask's
+    dependency for Dask."""
+    return importlib.import_module("ray.cloudpickle" if flavour == "ray" else "cloudpickle")
 
 
 # On a cluster worker: task functions by their pickled bytes, so a function is unpickled once per
