@@ -208,14 +208,16 @@ class ClusterPool:
         fn_blob: list[bytes] = []
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            me = threading.get_ident()
+            with self._lock:
+                # A mark left by an interrupt of this thread's previous task; one that comes from
+                # here on (while a local cluster starts, say) is honoured once the task is sent.
+                self._stopped.pop(me, None)
             self._ensure()
             args, kwargs, ctx = _swap_context(args, kwargs)
             if not fn_blob:
                 fn_blob.append(_dumps(self._flavour, fn, "function"))
             payload = _dumps(self._flavour, (args, kwargs), "arguments")
-            me = threading.get_ident()
-            with self._lock:
-                self._stopped.pop(me, None)
             handle = self._submit(fn_blob[0], payload, opts)
             with self._lock:
                 stopped = self._stopped.pop(me, None)
