@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._capture import PrintCapture, quiet
 from ._capture import install as install_print_capture
+from ._cluster import ClusterPool
 from ._decorators import TaskOptions, _options, _seconds
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
@@ -624,8 +625,9 @@ class Executor:
         workers: size of the default pool (untagged tasks). Default: ``workers_per_tag`` if
             given, else ``min(32, cpus + 4)``.
         workers_per_tag: size of each tag's pool unless ``pools`` names it.
-        pools: ``{tag: size}`` for specific tags, or ``{tag: tm.ProcessPool(n)}`` to run a tag's
-            tasks in worker processes.
+        pools: ``{tag: size}`` for specific tags, ``{tag: tm.ProcessPool(n)}`` to run a tag's
+            tasks in worker processes, or ``{tag: tm.DaskPool(...)}`` / ``{tag: tm.RayPool(...)}``
+            to send them to a Dask or Ray cluster (stopped with the executor if it started it).
         fail_fast: cancel everything else as soon as one task fails (default: finish unrelated
             branches, skip the failed task's descendants).
         retries, retry_delay, backoff, max_delay, jitter, timeout: defaults for tasks that do not
@@ -684,11 +686,12 @@ class Executor:
                 raise ValueError(f"{what} must be a positive int, got {n!r}")
         self._pools: dict[str, Any] = dict(pools or {})
         for tag, n in self._pools.items():
-            if isinstance(n, ProcessPool):
+            if isinstance(n, (ProcessPool, ClusterPool)):
                 continue
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(
-                    f"pool {tag!r} must have a positive int size or a ProcessPool, got {n!r}"
+                    f"pool {tag!r} must have a positive int size, a ProcessPool, a DaskPool "
+                    f"or a RayPool, got {n!r}"
                 )
         for name, hook in (
             ("on_task_start", on_task_start),
@@ -762,7 +765,7 @@ class Executor:
 
     def _size_of(self, tag: str) -> int:
         p = self._pools.get(tag)
-        if isinstance(p, ProcessPool):
+        if isinstance(p, (ProcessPool, ClusterPool)):
             return p.size
         return p or self.workers_per_tag or self.workers
 
@@ -781,6 +784,8 @@ class Executor:
         pool = self._pools.get(options.tag) if options.tag else None
         if isinstance(pool, ProcessPool):
             call = pool.wrap(fn)
+        elif isinstance(pool, ClusterPool):
+            call = pool.wrap(fn, dict(options.resources))
         elif is_async(fn):
             call = self._async.wrap(fn)
         else:
@@ -1427,7 +1432,7 @@ class Executor:
             engine.shutdown()
         self._async.close()
         for p in self._pools.values():
-            if isinstance(p, ProcessPool):
+            if isinstance(p, (ProcessPool, ClusterPool)):
                 p.close()
 
     def __enter__(self) -> Executor:
