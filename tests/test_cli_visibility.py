@@ -147,3 +147,27 @@ def test_library_users_keep_the_tm_logger_silent_by_default() -> None:
     )
     assert json.loads(proc.stdout) == ["failed", True]
     assert proc.stderr == ""
+
+
+def test_tm_work_shows_the_retry_and_the_failure_of_a_distributed_task(
+    tmp_path: Path, pg_url: str
+) -> None:
+    from tm.cli import load_object
+
+    flow = write_flow(tmp_path)
+    graph = load_object(f"{flow}:flow")
+    with tm.Executor(store=pg_url) as ex:
+        drun = ex.submit(graph, distributed=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tm", "work", str(flow), "--db", pg_url, "--run", drun.run_id],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert drun.state == "failed"
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = tm_lines(proc.stderr)
+    retry = [ln for ln in lines if "ConnectionError: refused 1 (retrying)" in ln]
+    failed = [ln for ln in lines if "ConnectionError: refused 2 (failed)" in ln]
+    assert len(retry) == 1 and len(failed) == 1, lines

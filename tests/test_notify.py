@@ -257,3 +257,13 @@ def test_notify_urls() -> None:
     assert (local.host, local.port, local.to) == ("localhost", 25, ["ops@example.org"])  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="http"):
         tm.notify.from_url("ftp://example.org")
+
+
+def test_a_failed_distributed_run_is_an_alert_with_its_error_from_the_store(pg_url: str) -> None:
+    got: list[Alert] = []
+    with tm.Executor(store=pg_url, on_failure=got.append) as ex:
+        run = ex.run(failing_graph("spread"), distributed=True)
+        assert run.state == "failed"
+    assert [(a.kind, a.graph, a.run_id, a.task, a.error) for a in got] == [
+        ("run_failed", "spread", run.run_id, "transform", "ValueError: bad row 7")
+    ]
