@@ -267,3 +267,57 @@ def test_a_failed_distributed_run_is_an_alert_with_its_error_from_the_store(pg_u
     assert [(a.kind, a.graph, a.run_id, a.task, a.error) for a in got] == [
         ("run_failed", "spread", run.run_id, "transform", "ValueError: bad row 7")
     ]
+
+
+SERVICE = """
+import tm
+
+flow = tm.Graph("svc", schedule="* * * * *")
+
+@tm.task
+def fetch():
+    raise ConnectionError("refused")
+
+flow.add(fetch)
+"""
+
+
+def test_tm_start_notify_posts_missed_fires_and_failed_runs(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "svc.py").write_text(SERVICE)
+    db = f"sqlite:///{tmp_path}/tm.db"
+    store = tm.Store(db)
+    # Last fired ten minutes ago: the minutes since were missed but the latest, which runs.
+    ten_ago = (int(time.time()) // 60 - 10) * 60 * 1_000_000
+    store.core.upsert_graph("svc", ten_ago, ten_ago, schedule="* * * * *", last_fire_us=ten_ago)
+    store.close()
+    with receiver() as r:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tm", "start", "svc.py", "--db", db, "-q", "--notify", r.url],
+            cwd=tmp_path,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            deadline = time.monotonic() + WAIT
+            while len(r.bodies) < 2 and proc.poll() is None and time.monotonic() < deadline:
+                r.arrived.wait(0.1)
+        finally:
+            proc.terminate()
+            err = proc.communicate(timeout=WAIT)[1]
+    # (A later minute may have fired and failed again by the time the service stopped.)
+    kinds = {b["kind"] for b in r.bodies}
+    assert kinds == {"fire_missed", "run_failed"}, err
+    missed = next(b for b in r.bodies if b["kind"] == "fire_missed")
+    assert missed["graph"] == "svc" and missed["count"] >= 8
+    failed = next(b for b in r.bodies if b["kind"] == "run_failed")
+    assert (failed["graph"], failed["task"], failed["error"]) == (
+        "svc",
+        "fetch",
+        "ConnectionError: refused",
+    )
