@@ -548,7 +548,7 @@ class Executor:
         on_failure: told when a run fails or the scheduler misses fires: a callable (called with
             a :class:`tm.notify.Alert`, on the thread that saw it) or a ready notifier such as
             ``tm.notify.webhook(url)`` or ``tm.notify.email(...)`` (which send from a thread of
-            their own). See docs/observability.md.
+            their own). See "Observability" in the README.
         tracer_provider, meter_provider: OpenTelemetry providers (``pip install
             tm-orchestrate[otel]``): a span per run and per task attempt, and task, run and
             schedule metrics (see :mod:`tm.otel`).
