@@ -25,6 +25,8 @@ from ._capture import PrintCapture, quiet
 from ._capture import install as install_print_capture
 from ._cluster import ClusterPool
 from ._decorators import TaskOptions, _options, _seconds
+from ._observe import Observer, RunContext, observers_of
+from ._observe import call as call_observers
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
 from .exceptions import ExecutorError, TaskFailed
@@ -471,9 +473,14 @@ class _Dispatch:
         self.run_key: str | None = None
         self.finished_early = False
         self.lock = threading.Lock()
+        #: The executor's observers (OpenTelemetry, metrics, alerts): none in the common case.
+        self.observers = observers_of(ex)
+        self.ctx: RunContext | None = None
 
     def mask(self) -> int:
         ex = self.ex
+        if self.observers:
+            return (1 << len(_KINDS)) - 1
         bits = 0
         for i, kind in enumerate(_KINDS):
             hooked = (
@@ -544,6 +551,8 @@ class _Dispatch:
             else:
                 _log.log(level, "%s.%s %s (attempt %d)", self.graph, task, kind, attempt)
         ex = self.ex
+        if self.ctx is not None:
+            call_observers(self.observers, "event", self.ctx, ev)
         if kind == "started":
             if ex.on_task_start is not None:
                 ex.on_task_start(ev)
@@ -556,21 +565,28 @@ class _Dispatch:
                 run, self.run = self.run, None
                 if run is None:
                     self.finished_early = True
-            if run is not None and ex.on_run_end is not None:
-                ex.on_run_end(run)
+            if run is not None:
+                self._run_ended(run)
         elif ex.on_task_end is not None:
             ex.on_task_end(ev)
 
+    def _run_ended(self, run: Run) -> None:
+        if self.ctx is not None:
+            call_observers(self.observers, "run_ended", self.ctx, run)
+        if self.ex.on_run_end is not None:
+            self.ex.on_run_end(run)
+
     def attach(self, run: Run) -> None:
         """Hands over the Run object; fires on_run_end now if the run ended before it existed."""
+        wanted = self.ex.on_run_end is not None or self.ctx is not None
         with self.lock:
             early = self.finished_early
-            if not early and self.ex.on_run_end is not None:
+            if not early and wanted:
                 self.run = run
-        if early and self.ex.on_run_end is not None:
+        if early and wanted:
             # Same contract as hooks called from the engine: a failing hook never escapes.
             try:
-                self.ex.on_run_end(run)
+                self._run_ended(run)
             except Exception as e:
                 sys.unraisablehook(
                     _Unraisable(type(e), e, e.__traceback__, None, self.ex.on_run_end)
@@ -647,6 +663,14 @@ class Executor:
         lease: seconds a task of a distributed run stays claimed by this executor without a renewal
             (a Rust thread renews it every third of that); past it, another executor takes the
             task over. See :meth:`work`.
+        on_failure: told when a run fails or the scheduler misses fires: a callable (called with
+            a :class:`tm.notify.Alert`, on the thread that saw it) or a ready notifier such as
+            ``tm.notify.webhook(url)`` or ``tm.notify.email(...)`` (which send from a thread of
+            their own). See "Observability" in the README.
+        tracer_provider, meter_provider: OpenTelemetry providers (``pip install
+            tm-orchestrate[otel]``): a span per run and per task attempt, and task, run and
+            schedule metrics (see :mod:`tm.otel`).
+        observers: further :class:`tm._observe.Observer` objects (e.g. ``tm.metrics.Metrics``).
         capture_print: with a store, what a task prints (on its own thread) is also kept as
             its log at INFO (see ``tm logs``); it is still printed as usual. False: only printed.
 
@@ -679,6 +703,10 @@ class Executor:
         graphs: Iterable[Graph] = (),
         clock: VirtualClock | None = None,
         lease: float = 30.0,
+        on_failure: Callable[[Any], Any] | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        observers: Iterable[Observer] = (),
         capture_print: bool = True,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
@@ -718,6 +746,18 @@ class Executor:
         self.on_task_start = on_task_start
         self.on_task_end = on_task_end
         self.on_run_end = on_run_end
+        self._observers: tuple[Observer, ...] = tuple(observers)
+        for o in self._observers:
+            if not isinstance(o, Observer):
+                raise TypeError(f"observers must be tm observers, got {o!r}")
+        if on_failure is not None:
+            from .notify import alerts
+
+            self._observers += (alerts(on_failure),)
+        if tracer_provider is not None or meter_provider is not None:
+            from .otel import OtelObserver
+
+            self._observers += (OtelObserver(tracer_provider, meter_provider),)
         self._engine: Engine | None = None
         # Compiled graphs are cached per executor under this token (never reused, unlike id()).
         self._token = next(_tokens)
@@ -894,6 +934,9 @@ class Executor:
             if self.capture_print:
                 install_print_capture()
                 capture = PrintCapture(*record)
+        if dispatch.observers:
+            dispatch.ctx = RunContext(graph.name, info)
+            call_observers(dispatch.observers, "run_started", dispatch.ctx)
         try:
             handle = engine.submit(
                 program,
@@ -1170,7 +1213,11 @@ class Executor:
             if rollback:
                 raise ExecutorError("rollback is not available for distributed runs")
             drun = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, distributed=True)
-            self.work([graph], run_id=drun.run_id)
+            try:
+                self.work([graph], run_id=drun.run_id)
+            finally:
+                if drun.done():
+                    drun._ended()
             return drun
         run = self.submit(
             graph,
@@ -1431,6 +1478,7 @@ class Executor:
         if engine is not None:
             engine.shutdown()
         self._async.close()
+        call_observers(self._observers, "close")
         for p in self._pools.values():
             if isinstance(p, (ProcessPool, ClusterPool)):
                 p.close()
