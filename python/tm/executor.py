@@ -884,6 +884,9 @@ class Executor:
             meta: dict[str, Any] = {"owner": owner}
             if graph.source is not None:
                 meta["source"] = graph.source
+            # The graph's shape (node index pairs), so a reader such as `tm ui` can draw it,
+            # tasks not yet run included, without importing the user's code.
+            meta["edges"] = graph._core.edges()
             meta_json = json.dumps(meta)
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
