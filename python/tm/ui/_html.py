@@ -257,7 +257,8 @@ LIVE_JS = """
       }
     });
     var rs = document.getElementById('run-state'); rs.textContent = d.state; cls(rs, d.state);
-    if (d.state !== 'running') { src.close(); document.body.setAttribute('data-live', 'ended'); }
+    // Once it ends, the page is drawn again whole: timeline, durations, errors.
+    if (d.state !== 'running') { src.close(); location.reload(); }
   };
 })();
 """
