@@ -5,6 +5,8 @@ CSRF, same origin, read-only); and that what the store holds is rendered inert."
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -474,3 +476,33 @@ def test_runs_pages_and_filters_on_both_backends(db_url: str) -> None:
     rest = c.get("/api/runs", params={"trigger": "schedule", "before": sched["next"]}).json()
     assert [r["run_id"] for r in rest["runs"]] == ["r1"] and rest["next"] is None
     store.close()
+
+
+def test_tm_ui_serves_until_signalled(world: dict[str, Any]) -> None:
+    """The real command: it says where it listens once it does, serves the API, and a SIGINT
+    stops it cleanly."""
+    env = {k: v for k, v in os.environ.items() if k != "TM_UI_TOKEN"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "tm", "ui", "--db", world["url"], "--port", "0", "--read-only"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert p.stderr is not None
+        line = p.stderr.readline()
+        assert line.startswith("tm ui: serving on http://127.0.0.1:"), line
+        base = line.split(" on ", 1)[1].strip().rstrip("/")
+        runs = httpx2.get(f"{base}/api/runs", timeout=WAIT).json()["runs"]
+        assert {r["run_id"] for r in runs} >= {world["ok"], world["failed"]}
+        assert httpx2.get(f"{base}/api/csrf", timeout=WAIT).json()["read_only"] is True
+        # Loopback without a token: another Host name is refused (DNS rebinding).
+        r = httpx2.get(f"{base}/api/runs", headers={"Host": "evil.example"}, timeout=WAIT)
+        assert r.status_code == 400
+    finally:
+        p.send_signal(signal.SIGINT)
+        assert p.wait(WAIT * 3) == 0
+        assert p.stderr is not None
+        rest = p.stderr.read()
+        p.stderr.close()
+        assert "Traceback" not in rest, rest

@@ -443,15 +443,19 @@ def _run_ui(args: argparse.Namespace) -> int:
     except UIError as exc:
         raise CommandError(str(exc)) from exc
     _require_existing(args.db)
-    print(f"tm ui: serving on http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
-    serve(
-        args.db,
-        host=args.host,
-        port=args.port,
-        token=token,
-        insecure=args.insecure,
-        read_only=args.read_only,
-    )
+    try:
+        serve(
+            args.db,
+            host=args.host,
+            port=args.port,
+            token=token,
+            insecure=args.insecure,
+            read_only=args.read_only,
+        )
+    except KeyboardInterrupt:  # uvicorn has shut down, then passed Ctrl-C on: a normal stop
+        pass
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc}", EXIT_FAILURE) from exc
     return 0
 
 

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import os
 import secrets
+import sys
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -418,4 +419,13 @@ def serve(
     if token is None and _is_loopback(host):
         hosts = {"localhost", "127.0.0.1", "::1", host.strip("[]").lower()}
     app = create_app(store_url, token=token, read_only=read_only, hosts=hosts)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # listening now: say where (the port chosen, for --port 0)
+                bound = self.servers[0].sockets[0].getsockname()[1] if self.servers else port
+                where = f"[{host}]" if ":" in host else host
+                print(f"tm ui: serving on http://{where}:{bound}/", file=sys.stderr, flush=True)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
