@@ -506,3 +506,26 @@ def test_tm_ui_serves_until_signalled(world: dict[str, Any]) -> None:
         rest = p.stderr.read()
         p.stderr.close()
         assert "Traceback" not in rest, rest
+
+
+def test_agent_queue_counts_and_tasks(tmp_path: Path, world: dict[str, Any]) -> None:
+    from tm.queue import TaskManager
+
+    target = str(tmp_path / "queue.db")
+    tm_ = TaskManager(target)
+    ids = [tm_.create_task("crawl", {"n": i}) for i in range(3)]
+    tm_.create_task(EVIL, {})
+    claimed = tm_.get_next_task("agent-1")
+    assert claimed is not None and claimed["id"] == ids[0]
+    c = TestClient(create_app(world["url"], queue=target))
+    data = c.get("/api/queue").json()
+    assert data["summary"]["status_counts"] == {"pending": 3, "in_progress": 1}
+    assert data["summary"]["type_counts"] == {"crawl": 3, EVIL: 1}
+    assert len(data["tasks"]) == 4
+    pending = c.get("/api/queue?status=pending").json()["tasks"]
+    assert sorted(t["id"] for t in pending if t["type"] == "crawl") == ids[1:]
+    assert c.get("/api/queue?status=bogus").status_code == 400
+    page = c.get("/queue").text
+    assert "crawl" in page and "<script>alert" not in page and "&lt;script&gt;" in page
+    # Without --queue the page says how to get one.
+    assert TestClient(create_app(world["url"])).get("/api/queue").status_code == 404

@@ -425,6 +425,9 @@ def _configure_ui(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--read-only", action="store_true", help="refuse every state-changing request"
     )
+    parser.add_argument(
+        "--queue", default=None, help="also show this agent queue (tm.queue.TaskManager's target)"
+    )
 
 
 def _run_ui(args: argparse.Namespace) -> int:
@@ -451,6 +454,7 @@ def _run_ui(args: argparse.Namespace) -> int:
             token=token,
             insecure=args.insecure,
             read_only=args.read_only,
+            queue=args.queue,
         )
     except KeyboardInterrupt:  # uvicorn has shut down, then passed Ctrl-C on: a normal stop
         pass

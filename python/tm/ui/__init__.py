@@ -104,6 +104,7 @@ def create_app(
     token: str | None = None,
     read_only: bool = False,
     hosts: set[str] | None = None,
+    queue: str | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI application over the store at ``store_url`` (default: as
     :class:`tm.Store`).
@@ -113,6 +114,8 @@ def create_app(
         token: when set, every request must carry it (``Authorization: Bearer T``, the
             ``tm_ui_token`` cookie, or ``?token=T`` once, which sets the cookie).
         read_only: refuse every state-changing request (403).
+        queue: an agent queue (``tm.queue.TaskManager``'s state file or database URL) whose
+            counts and tasks the queue page shows (read only).
         hosts: when set, the only host names a request's Host header may carry (others get 400):
             a page on another site whose name an attacker points at 127.0.0.1 (DNS rebinding)
             then cannot reach a loopback dashboard. :func:`serve` sets it for loopback binds
@@ -250,6 +253,31 @@ def create_app(
             return JSONResponse(rows)
         return HTMLResponse(_html.events(rows, csrf))
 
+    manager: Any = None
+
+    async def queue_page(request: Request) -> Response:
+        nonlocal manager
+        if queue is None:
+            return fail(request, 404, "no agent queue: start tm ui with --queue PATH")
+        if manager is None:
+            from ..queue import TaskManager
+
+            manager = TaskManager(queue)
+        q = request.query_params
+        status = q.get("status") or None
+        if status is not None and status not in _html.QUEUE_STATES:
+            raise _BadRequest(f"status must be one of {', '.join(_html.QUEUE_STATES)}")
+        limit = _int(q.get("limit"), 200, 1, MAX_LIMIT)
+        data = await sync(
+            lambda: {
+                "summary": manager.get_status_summary(),
+                "tasks": manager.list_tasks(status=status, limit=limit),
+            }
+        )
+        if wants_json(request):
+            return JSONResponse(data)
+        return HTMLResponse(_html.queue(data, queue, csrf))
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
@@ -319,6 +347,8 @@ def create_app(
         Route("/graphs/{name}/{action}", control, methods=["POST"]),
         Route("/cache", cache_page),
         Route("/events", events_page),
+        Route("/queue", queue_page),
+        Route("/api/queue", queue_page),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
         Route("/api/runs/{run_id}/logs", logs_page),
@@ -407,6 +437,7 @@ def serve(
     token: str | None = None,
     insecure: bool = False,
     read_only: bool = False,
+    queue: str | None = None,
 ) -> None:
     """Serves the dashboard until interrupted (see :func:`create_app`); ``token`` defaults to
     ``$TM_UI_TOKEN``. Raises :class:`UIError` for a non-loopback ``host`` with neither a token
@@ -418,7 +449,7 @@ def serve(
     hosts = None
     if token is None and _is_loopback(host):
         hosts = {"localhost", "127.0.0.1", "::1", host.strip("[]").lower()}
-    app = create_app(store_url, token=token, read_only=read_only, hosts=hosts)
+    app = create_app(store_url, token=token, read_only=read_only, hosts=hosts, queue=queue)
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:

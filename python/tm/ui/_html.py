@@ -51,7 +51,7 @@ def page(title: str, body: str, csrf: str, *, live: str | None = None) -> str:
         f"<meta name='csrf-token' content='{e(csrf)}'>"
         f"<title>{e(title)} - tm</title><style>{CSS}</style></head><body>"
         "<nav><a href='/'>Runs</a><a href='/graphs'>Graphs</a><a href='/cache'>Cached calls</a>"
-        "<a href='/events'>Events</a><a href='/api/openapi.json'>API</a></nav>"
+        "<a href='/events'>Events</a><a href='/queue'>Agent queue</a><a href='/api/openapi.json'>API</a></nav>"
         f"<main><h1>{e(title)}</h1>{body}</main>"
         + (
             f"<div id='live' data-run='{e(live)}' hidden></div><script src='/static/live.js'></script>"
@@ -380,6 +380,36 @@ def events(rows: list[dict[str, Any]], csrf: str) -> str:
         for r in rows
     )
     return page("Events", f"<table id='events'>{body}</table>", csrf)
+
+
+QUEUE_STATES = ("pending", "in_progress", "completed", "failed", "cancelled")
+
+
+def queue(data: dict[str, Any], where: str, csrf: str) -> str:
+    s = data["summary"]
+    counts = "".join(
+        f"<tr><td class='s-{e(k)}'><a href='/queue?{e(urlencode({'status': k}))}'>{e(k)}</a>"
+        f"</td><td class='count'>{e(v)}</td></tr>"
+        for k, v in sorted(s["status_counts"].items())
+    )
+    types = "".join(
+        f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in sorted(s["type_counts"].items())
+    )
+    tasks = "".join(
+        f"<tr><td>{e(t.get('id'))}</td><td>{e(t.get('type'))}</td>"
+        f"<td class='s-{e(t.get('status'))}'>{e(t.get('status'))}</td>"
+        f"<td>{e(t.get('locked_by') or '')}</td><td>{e(t.get('attempt'))}</td>"
+        f"<td>{e(t.get('created_at'))}</td></tr>"
+        for t in data["tasks"]
+    )
+    body = (
+        f"<p class='muted'>{e(where)}: {e(s['total_tasks'])} tasks</p>"
+        f"<h2>By status</h2><table id='queue-status'>{counts}</table>"
+        f"<h2>By type</h2><table id='queue-types'>{types}</table>"
+        "<h2>Tasks</h2><table id='queue-tasks'><tr><th>id</th><th>type</th><th>status</th>"
+        f"<th>agent</th><th>attempt</th><th>created</th></tr>{tasks}</table>"
+    )
+    return page("Agent queue", body, csrf)
 
 
 def error(status: int, message: str, csrf: str) -> str:

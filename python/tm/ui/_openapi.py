@@ -219,6 +219,20 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": _ok("events, newest first", _LIST), **_BAD},
             }
         },
+        "/api/queue": {
+            "get": {
+                "summary": "The agent queue given with --queue: counts by status and type, tasks",
+                "parameters": [
+                    _q("status", "only tasks in this status"),
+                    _q("limit", "how many tasks (default 200)", "integer", minimum=1, maximum=1000),
+                ],
+                "responses": {
+                    "200": _ok("summary and tasks", {"type": "object"}),
+                    **_BAD,
+                    **_NOT_FOUND,
+                },
+            }
+        },
         "/api/csrf": {
             "get": {
                 "summary": "The CSRF token state-changing requests carry, and whether read-only",
