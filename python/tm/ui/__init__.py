@@ -14,6 +14,7 @@ token; ``read_only`` refuses them all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -422,7 +423,16 @@ def create_app(
         )
         return response
 
-    app = Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)])
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        yield
+        store.close()  # the server stops: its database connections go too
+
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(BaseHTTPMiddleware, dispatch=guard)],
+        lifespan=lifespan,
+    )
     app.state.store = store
     app.state.csrf = csrf
     app.state.read_only = read_only
