@@ -33,8 +33,12 @@ demo: install ## build, install and run a real example on the embedded default
 test-rust: ## cargo test of the core, without Python
 	cargo test --no-default-features -q
 
+.PHONY: docs
+docs: $(STAMP) ## build the documentation site (docs/) into target/site, strictly
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+
 .PHONY: lint
-lint: $(STAMP) ## rustfmt, clippy, ruff, stubtest, layering check
+lint: $(STAMP) ## rustfmt, clippy, ruff, stubtest, layering check, docs build
 	cargo fmt --all -- --check
 	cargo clippy -q --no-default-features --all-targets -- -D warnings
 	cargo clippy -q --features python --lib -- -D warnings
@@ -42,6 +46,7 @@ lint: $(STAMP) ## rustfmt, clippy, ruff, stubtest, layering check
 	$(VENV)/bin/ruff format --check python tests benches examples
 	$(PY) -m mypy.stubtest tm._tm --allowlist stubtest-allowlist.txt
 	@! grep -rln 'pyo3' src --include='*.rs' | grep -v '^src/python/' || { echo "pyo3 used outside src/python/"; exit 1; }
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
 
 .PHONY: format
 format: $(STAMP) ## format Rust and Python
