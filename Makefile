@@ -66,6 +66,9 @@ wheel: $(STAMP) ## build the abi3 release wheel into target/wheels
 	$(VENV)/bin/maturin build --release -q -o target/wheels
 
 .PHONY: bench
-bench: install ## run the benchmarks against the peers and print tables
-	cargo test -q --release --no-default-features --lib cron::tests::timing -- --ignored --nocapture
+bench: install ## run the benchmarks against the peers; writes benches/RESULTS.md afresh
+	$(PY) benches/_results.py --new
+	set -o pipefail; cargo test -q --release --no-default-features --lib cron::tests::timing \
+		-- --ignored --nocapture 2>&1 | grep ' ns ' | tee /dev/stderr \
+		| $(PY) benches/_results.py --stdin cron-rust "Cron in the Rust core (ns per call)"
 	for b in benches/bench_*.py; do $(PY) $$b || exit 1; done
