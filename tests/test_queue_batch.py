@@ -91,6 +91,9 @@ def test_a_bad_item_finishes_nothing(tm: TaskManager) -> None:
     with pytest.raises(TypeError, match="task must be"):
         tm.complete_tasks([a, 7], "w")  # type: ignore[list-item]
     assert [tm.get_task(i)["status"] for i in (a, b)] == ["in_progress", "in_progress"]
-    # NaN is stored as Python's json module writes it, like complete_task does.
-    assert tm.complete_tasks([a, (b, {"x": float("nan")})], "w") == [True, True]
-    assert str(tm.get_task(b)["data"]["result"]["x"]) == "nan"
+    # NaN is not JSON: refused before anything is finished, like complete_task does.
+    with pytest.raises(ValueError, match="NaN or Infinity"):
+        tm.complete_tasks([a, (b, {"x": float("nan")})], "w")
+    assert [tm.get_task(i)["status"] for i in (a, b)] == ["in_progress", "in_progress"]
+    assert tm.complete_tasks([a, (b, {"x": None})], "w") == [True, True]
+    assert tm.get_task(b)["data"]["result"] == {"x": None}

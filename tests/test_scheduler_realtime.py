@@ -221,9 +221,11 @@ def test_tm_start_and_status_report_bad_targets(tmp_path: Path) -> None:
         [sys.executable, "-m", "tm", "start", "json:dumps"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "not a tm.Executor" in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "tm", "status", "--db", f"sqlite:///{tmp_path}/s.db"],
-        capture_output=True,
-        text=True,
-    )
+    status = [sys.executable, "-m", "tm", "status", "--db", f"sqlite:///{tmp_path}/s.db"]
+    r = subprocess.run(status, capture_output=True, text=True)
+    assert r.returncode == 1 and "no tm database" in r.stderr  # nothing is created to say so
+    assert not (tmp_path / "s.db").exists()
+    with tm.Store(f"sqlite:///{tmp_path}/s.db") as made:
+        made.flush()  # an empty store
+    r = subprocess.run(status, capture_output=True, text=True)
     assert r.returncode == 0 and "no scheduled graphs" in r.stdout

@@ -286,12 +286,13 @@ def test_cancel_during_the_run() -> None:
 # -- tags ------------------------------------------------------------------------------------------
 
 
-def test_workers_per_tag_bounds_concurrency_per_tag() -> None:
-    per_tag = 2
+def check_pool_limits(workers_per_tag: Any, limit: dict[str, int], **options: Any) -> None:
+    """Runs 5 tasks of each tag in ``limit`` and checks each tag runs exactly ``limit[tag]`` at
+    once: gates hold every task until the test releases it, one at a time."""
     n = 5
     cond = threading.Condition()
-    running: dict[str, int] = {"io": 0, "cpu": 0}
-    peak: dict[str, int] = {"io": 0, "cpu": 0}
+    running: dict[str, int] = dict.fromkeys(limit, 0)
+    peak: dict[str, int] = dict.fromkeys(limit, 0)
     entered: list[str] = []
     gates: dict[str, threading.Event] = {}
 
@@ -315,39 +316,55 @@ def test_workers_per_tag_bounds_concurrency_per_tag() -> None:
                 running[self.kind] -= 1
             return ok
 
-    tasks = [Tagged(kind, task_id=f"{kind}{i}") for kind in ("io", "cpu") for i in range(n)]
-    ex = Executor(Scheduler(tasks), workers_per_tag=per_tag)
+    tasks = [Tagged(kind, task_id=f"{kind}{i}") for kind in limit for i in range(n)]
+    ex = Executor(Scheduler(tasks), workers_per_tag=workers_per_tag, **options)
     result: dict[str, Any] = {}
     runner = threading.Thread(target=lambda: result.update(run=ex.run()))
     runner.start()
     try:
-        released = {"io": 0, "cpu": 0}
+        released = dict.fromkeys(limit, 0)
 
         def inside(kind: str) -> int:
             return sum(1 for t in entered if t.startswith(kind) and not gates[t].is_set())
 
         def pools_full() -> bool:
             # Every tag runs as many tasks as its pool allows (or as it has left).
-            return all(inside(k) == min(per_tag, n - released[k]) for k in released)
+            return all(inside(k) == min(limit[k], n - released[k]) for k in released)
 
-        while sum(released.values()) < 2 * n:
+        while sum(released.values()) < len(limit) * n:
             with cond:
                 assert cond.wait_for(pools_full, timeout=WAIT), (entered, released)
-                assert running["io"] <= per_tag and running["cpu"] <= per_tag, running
+                assert all(running[k] <= limit[k] for k in limit), running
                 waiting = [t for t in entered if not gates[t].is_set()]
             # Release the longest-waiting task; its pool slot must go to the next task of its tag.
             gates[waiting[0]].set()
-            released["io" if waiting[0].startswith("io") else "cpu"] += 1
+            released[waiting[0].rstrip("0123456789")] += 1
     finally:
         for g in gates.values():
             g.set()
         runner.join(WAIT)
     assert not runner.is_alive()
-    assert peak == {"io": per_tag, "cpu": per_tag}
+    assert peak == limit
     assert {t.task_id: (t.status.value, t.result) for t in tasks} == {
         t.task_id: ("completed", True) for t in tasks
     }
     assert result["run"].state == "completed"
+
+
+def test_workers_per_tag_bounds_concurrency_per_tag() -> None:
+    check_pool_limits(2, {"io": 2, "cpu": 2})
+
+
+def test_workers_per_tag_takes_a_size_per_tag() -> None:
+    # Seed 003 sizes pools per tag; a tag the dict does not name gets the default pool's size.
+    check_pool_limits({"io": 3, "cpu": 1}, {"io": 3, "cpu": 1})
+    check_pool_limits({"io": 3}, {"io": 3, "net": 2}, workers=2)
+
+
+def test_workers_per_tag_rejects_bad_sizes() -> None:
+    for bad in ({"io": 0}, {"io": "2"}, {3: 1}, -1):
+        with pytest.raises((ValueError, TypeError)):
+            Executor(Scheduler([]), workers_per_tag=bad)
 
 
 def test_untagged_tasks_use_their_own_pool() -> None:

@@ -185,6 +185,8 @@ def queue_main(argv: list[str]) -> int:
     except _Usage as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        raise  # the reader went away (`| head`): tm's main() ends quietly
     except (_Failure, TmError, OSError, ValueError) as e:
         print(f"tm queue: error: {e}", file=sys.stderr)
         return EXIT_FAILURE

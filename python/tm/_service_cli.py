@@ -60,6 +60,10 @@ def run_start(args: argparse.Namespace) -> int:
     ex = _executor_of(args.target)
     if args.db:
         ex.store = Store(args.db)
+    elif ex.store is None:
+        # The store every tm command reads by default ($TM_DB_URL, else .tm/tm.db here), so
+        # `tm runs` and `tm status` see this service's runs and a restart catches up and resumes.
+        ex.store = Store()
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -192,7 +196,7 @@ def _status_rows(store: Any) -> list[dict[str, Any]]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    store = _open_store(args.db)
+    store = _open_store(args.db, reading=True)
     try:
         rows = _status_rows(store)
     except Exception as exc:

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 #: Exit status for a usage error or invalid input (the status argparse itself uses).
@@ -209,7 +210,6 @@ def load_object(target: str) -> object:
     """
     import importlib
     import importlib.util
-    from pathlib import Path
 
     module_part, sep, attr = target.rpartition(":")
     if not sep:
@@ -263,6 +263,10 @@ def _run_graph(args: argparse.Namespace) -> int:
     target: str = args.target
     try:
         if target.lower().endswith((".json", ".yaml", ".yml")):
+            # The file's functions are imported by module name: look in the working directory
+            # too, as `python -c` and `python -m` would (the console script does not).
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
             graph: object = Graph.from_file(target)
         else:
             graph = load_object(target)
@@ -307,13 +311,57 @@ def _duration(start: int | None, end: int | None) -> str:
     return f"{(end - start) / 1e6:.3f}s"
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The database file an SQLite ``url`` names (the forms ``tm.Store`` accepts), or None for an
+    in-memory database, a PostgreSQL URL, or a URL the store itself will refuse."""
+    if url == ":memory:":
+        return None
+    scheme, colon, rest = url.partition(":")
+    well_formed = (
+        colon
+        and len(scheme) > 1
+        and scheme[0].isascii()
+        and scheme[0].isalpha()
+        and all(c.isascii() and (c.isalnum() or c in "+-.") for c in scheme)
+    )
+    low = scheme.lower()
+    if not well_formed or not (rest.startswith("//") or low.startswith(("sqlite", "postgres"))):
+        return Path(url)  # a plain path
+    if low.split("+")[0] != "sqlite" or not rest.startswith("//"):
+        return None
+    rest = rest[2:]
+    if rest in ("", ":memory:", "/", "/:memory:") or not rest.startswith("/"):
+        return None
+    return Path(rest[1:])
+
+
+def _require_existing(url: str | None) -> None:
+    """Refuses to go on when ``url`` (or the default store) is an SQLite file that does not exist:
+    a command that reads the history must not create an empty database and report nothing."""
+    from .store import default_url
+
+    resolved = url or default_url()
+    path = _sqlite_file(resolved)
+    if path is None or path.exists():
+        return
+    where = "--db" if url else ("$TM_DB_URL" if os.environ.get("TM_DB_URL") else "the default")
+    raise CommandError(
+        f"no tm database at {path.absolute()} ({where}): nothing has been recorded there. "
+        "Run this where the runs were recorded, or name the store with --db URL or $TM_DB_URL",
+        EXIT_FAILURE,
+    )
+
+
 def _open_store(url: str | None, *, reading: bool = False) -> object:
-    """The store at ``url``, opened now (errors become a command error). For commands that only
-    read (``reading``), a database that cannot be opened for writing (a read-only file system or
-    directory) is opened read-only instead."""
+    """The store at ``url`` (default: ``$TM_DB_URL``, else ``.tm/tm.db`` here, as ``tm.Store()``),
+    opened now (errors become a command error). For commands that only read (``reading``), a
+    missing SQLite file is an error rather than a new empty database, and a database that cannot
+    be opened for writing (a read-only file system or directory) is opened read-only instead."""
     from .exceptions import StoreError
     from .store import Store
 
+    if reading:
+        _require_existing(url)
     store = Store(url)
     try:
         store.core  # noqa: B018 - opening reports a missing or corrupt database now
@@ -348,11 +396,13 @@ def _run_cache(args: argparse.Namespace) -> int:
     return run(args)
 
 
+#: The states a recorded run can be in (``tm runs --state``).
+RUN_STATES = ("running", "completed", "failed", "cancelled")
+
+
 def _configure_runs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--graph", help="only runs of this graph")
-    parser.add_argument(
-        "--state", help="only runs in this state (running, completed, failed, cancelled)"
-    )
+    parser.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
     parser.add_argument("-n", type=_non_negative_int, default=20, help="how many (default: 20)")
     _add_store_options(parser)
 
@@ -441,6 +491,7 @@ def _run_resume(args: argparse.Namespace) -> int:
     graph = load_object(args.graph)
     if not isinstance(graph, Graph):
         raise CommandError(f"{args.graph!r} is a {type(graph).__name__}, not a tm.Graph")
+    _require_existing(args.db)  # a run to resume can only be in an existing store
     store = _open_store(args.db)
     with Executor(workers=args.workers, store=store, persist=True) as ex:  # type: ignore[arg-type]
         try:
@@ -551,13 +602,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse reports usage errors and --help by exiting
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return COMMANDS[args.command].run(args)
+        status = COMMANDS[args.command].run(args)
+        # What is still buffered goes now, where a reader that left is handled below, rather
+        # than at the interpreter's exit, which would print a BrokenPipeError.
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return status
     except CommandError as exc:
         print(f"tm: error: {exc}", file=sys.stderr)
         return exc.status
     except BrokenPipeError:
-        # The reader went away (`tm cron ... | head -1`). Point stdout at devnull so the
-        # interpreter's final flush does not raise again (the recipe in the `signal` docs).
+        # The reader went away (`tm queue PATH list | head`): stop quietly. Point stdout at
+        # devnull so the interpreter's final flush does not raise again (the recipe in the
+        # `signal` docs).
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILURE

@@ -120,7 +120,10 @@ class Run:
     def __init__(self, handle: RunHandle, graph: Graph) -> None:
         self._handle = handle
         self.graph = graph.name
-        self._graph_obj = graph
+        # What the run needs of its graph, taken now: the graph may be edited later (a task
+        # added, an edge drawn) while this run's tasks stay what they were. The list is the
+        # graph's cached one, replaced (never changed) when the graph changes: no copy per run.
+        self._leaves: list[str] = graph._leaf_names()
         self._names_cache: list[str] | None = None
         self._index_cache: dict[str, int] | None = None
         self.reverts: dict[str, str] = {}
@@ -140,10 +143,6 @@ class Run:
         if self._index_cache is None:
             self._index_cache = {n: i for i, n in enumerate(self._names)}
         return self._index_cache
-
-    @property
-    def _leaves(self) -> list[str]:
-        return self._graph_obj.leaves()
 
     @property
     def id(self) -> int:

@@ -7,8 +7,9 @@ import importlib
 import inspect
 import json
 import os
+import sys
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +144,27 @@ def _parse_config(path: Path, text: str) -> Any:
             return yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise GraphError(f"invalid YAML in config file {str(path)!r}: {e}") from e
+        except RecursionError:
+            raise _too_deep(path) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise GraphError(f"invalid JSON in config file {str(path)!r}: {e}") from e
+    except RecursionError:
+        raise _too_deep(path) from None
+
+
+def _too_deep(path: Path) -> GraphError:
+    # The parsers recurse once per level of nesting; past Python's recursion limit they give up.
+    return GraphError(
+        f"{str(path)!r} is nested too deeply to read (more than about "
+        f"{sys.getrecursionlimit()} levels of lists or objects)"
+    )
 
 
 class Graph:
-    """A directed acyclic graph of tasks.
+    """A directed acyclic graph of tasks. ``len(graph)`` counts them, ``name in graph`` looks one
+    up, and ``for name in graph`` visits their names in topological order (parents first).
 
     Args:
         name: the graph's name (used in run records and schedules).
@@ -360,6 +374,12 @@ class Graph:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def __iter__(self) -> Iterator[str]:
+        """The task names in topological order (each after its parents), as
+        :meth:`topological_order` gives them; the order is the same for graphs built alike. A
+        snapshot: editing the graph while iterating does not change what the loop sees."""
+        return iter(self.topological_order())
+
     def __contains__(self, item: Any) -> bool:
         if isinstance(item, str):
             return self._core.find(item) is not None
@@ -380,13 +400,17 @@ class Graph:
 
     def leaves(self) -> list[str]:
         """Tasks without children (cached until the graph changes)."""
+        return list(self._leaf_names())
+
+    def _leaf_names(self) -> list[str]:
+        """The cached leaves themselves (a new list whenever the graph changes; never mutated)."""
         cached = getattr(self, "_leaves_cache", None)
         if cached is not None and cached[0] == self._version:
-            return list(cached[1])
+            return cached[1]
         names = self._core.names()
         leaves = [names[i] for i in range(len(names)) if not self._core.children(i)]
         self._leaves_cache = (self._version, leaves)
-        return list(leaves)
+        return leaves
 
     def roots(self) -> list[str]:
         names = self._core.names()

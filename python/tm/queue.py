@@ -39,6 +39,9 @@ Decisions where the seed is silent:
   are written only when they differ from their defaults.
 - ``get_status_summary()`` counts only statuses and types that occur (statuses in the order
   pending, in_progress, completed, failed, cancelled; types in order of first creation).
+- New task data, results and metadata must be JSON: NaN and Infinity are refused with a
+  ``ValueError`` on every backend (a state file already holding them is still read as written).
+  A task type or agent id with a lone surrogate is a ``ValueError`` too.
 
 Beyond the seed, all optional: ``priority`` (higher first, then oldest), ``wait_for_parent`` (not
 claimable before the parent completes; cancelled if the parent fails or is cancelled),
@@ -92,7 +95,58 @@ class CorruptStateError(TmError, ValueError):
     """The JSON state file is not valid (the message says where). The file is left untouched."""
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+# NaN and Infinity are refused: they are not JSON (RFC 8259), so a state file holding them is
+# unreadable to strict parsers, and PostgreSQL's jsonb cannot hold them at all.
+_encode_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+#: The largest ``max_attempts`` the stores hold.
+MAX_ATTEMPTS_LIMIT = 2**32 - 1
+
+
+def _encode(value: Any, what: str = "result_data") -> str:
+    try:
+        return _encode_json(value)
+    except ValueError as e:
+        if "Out of range float" in str(e):
+            raise ValueError(
+                f"{what} holds NaN or Infinity, which JSON cannot represent: store them as "
+                "strings or null"
+            ) from None
+        raise
+
+
+def _check_max_attempts(n: Any) -> Any:
+    if n is None:
+        return None
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"max_attempts must be an int or None, got {n!r}")
+    if not 1 <= n <= MAX_ATTEMPTS_LIMIT:
+        raise ValueError(f"max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {n}")
+    return n
+
+
+def _check_text(value: Any, what: str) -> None:
+    """Raises ValueError if ``value`` is a str that is not valid Unicode (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(
+                f"{what} {value!r} is not valid Unicode text (a lone surrogate at position "
+                f"{e.start})"
+            ) from None
+
+
+def _bad_text(error: UnicodeEncodeError, named: Iterable[tuple[str, Any]]) -> Exception:
+    """The queue's error for a string argument a store cannot hold, naming the argument (only
+    looked for once the store refused it: the common path pays nothing)."""
+    for what, value in named:
+        try:
+            _check_text(value, what)
+        except ValueError as e:
+            return e
+    return error
+
 
 _FINAL = frozenset({"completed", "failed", "cancelled"})
 # A final status (a TaskStatus member or its string) -> its plain string; one lookup per call.
@@ -114,7 +168,7 @@ def _data_text(data: Mapping[str, Any] | None, what: str) -> str:
         return "{}"
     if not isinstance(data, Mapping):
         raise TypeError(f"{what} must be a dict, got {type(data).__name__}")
-    return _encode(data if isinstance(data, dict) else dict(data))
+    return _encode(data if isinstance(data, dict) else dict(data), what)
 
 
 def _types(task_types: Iterable[str] | str | None) -> list[str] | None:
@@ -123,6 +177,10 @@ def _types(task_types: Iterable[str] | str | None) -> list[str] | None:
     if isinstance(task_types, str):
         return [task_types]
     return list(task_types)
+
+
+def _named_types(types: list[str] | None) -> list[tuple[str, Any]]:
+    return [("task type", t) for t in types or ()]
 
 
 def _target(state_file: str | os.PathLike[str]) -> str:
@@ -160,7 +218,7 @@ class TaskManager:
         self.state_file = state_file if url else Path(target)
         self.lock_timeout = lock_timeout
         self.task_timeout_hours = task_timeout_hours
-        self.max_attempts = max_attempts
+        self.max_attempts = _check_max_attempts(max_attempts)
         self._core = _tm.QueueCore(target, float(lock_timeout), float(task_timeout_hours) * 3600.0)
 
     @property
@@ -220,6 +278,8 @@ class TaskManager:
             max_attempts = t.get("max_attempts")
             if max_attempts is None:
                 max_attempts = self.max_attempts
+            else:
+                _check_max_attempts(max_attempts)
             rows.append(
                 (
                     str(t["task_type"]),
@@ -230,7 +290,11 @@ class TaskManager:
                     bool(t.get("wait_for_parent", False)),
                 )
             )
-        return self._core.create(rows)
+        try:
+            return self._core.create(rows)
+        except UnicodeEncodeError as e:
+            named = [("task_type", r[0]) for r in rows] + [("parent_id", r[2]) for r in rows]
+            raise _bad_text(e, named) from None
 
     def get_next_task(
         self,
@@ -249,7 +313,11 @@ class TaskManager:
             task_types: Types to consider; None or empty means any.
             wait: Seconds to wait for a task to become available (default: do not wait).
         """
-        return self._core.claim(agent_id, None if task_types is None else _types(task_types), wait)
+        types = None if task_types is None else _types(task_types)
+        try:
+            return self._core.claim(agent_id, types, wait)
+        except UnicodeEncodeError as e:
+            raise _bad_text(e, [("agent_id", agent_id), *_named_types(types)]) from None
 
     def get_next_tasks(
         self, agent_id: str, task_types: Iterable[str] | None = None, max_tasks: int = 10
@@ -268,9 +336,11 @@ class TaskManager:
         """
         if isinstance(max_tasks, bool) or not isinstance(max_tasks, int) or max_tasks < 1:
             raise ValueError(f"max_tasks must be a positive int, got {max_tasks!r}")
-        return self._core.claim_many(
-            agent_id, max_tasks, None if task_types is None else _types(task_types)
-        )
+        types = None if task_types is None else _types(task_types)
+        try:
+            return self._core.claim_many(agent_id, max_tasks, types)
+        except UnicodeEncodeError as e:
+            raise _bad_text(e, [("agent_id", agent_id), *_named_types(types)]) from None
 
     def complete_task(
         self,
@@ -372,7 +442,10 @@ class TaskManager:
     ) -> list[dict[str, Any]]:
         """Tasks, oldest first, optionally of one status and/or type, at most ``limit``."""
         s = None if status is None else str(TaskStatus(status).value)
-        return self._core.list_tasks(s, task_type, limit)
+        try:
+            return self._core.list_tasks(s, task_type, limit)
+        except UnicodeEncodeError as e:
+            raise _bad_text(e, [("task type", task_type)]) from None
 
     def export(self, path: str | os.PathLike[str] | None = None) -> str | None:
         """The whole queue in the seed's state-file format: written to ``path``, or returned."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 from typing import Any
 
@@ -226,24 +226,35 @@ class Executor:
 
     Args:
         scheduler: the tasks to run.
-        workers_per_tag: pool size for each tag (and for untagged tasks).
-        workers: size of the pool for untagged tasks, if different.
+        workers_per_tag: pool size for each tag (and for untagged tasks), or a size per tag:
+            ``{"io": 4, "cpu": 2}``; tags it does not name (and untagged tasks) get ``workers``.
+        workers: size of the pool for untagged tasks, if different (default: ``workers_per_tag``
+            when it is an int, else ``tm.Executor``'s default).
         fail_fast: cancel everything as soon as one task fails.
     """
 
     def __init__(
         self,
         scheduler: Scheduler,
-        workers_per_tag: int | None = None,
+        workers_per_tag: int | Mapping[str, int] | None = None,
         workers: int | None = None,
         fail_fast: bool = False,
     ) -> None:
         from .executor import Executor as Engine
 
         self.scheduler = scheduler
-        self._engine = Engine(
-            workers=workers or workers_per_tag, workers_per_tag=workers_per_tag, fail_fast=fail_fast
-        )
+        if isinstance(workers_per_tag, Mapping):
+            for tag in workers_per_tag:
+                if not isinstance(tag, str):
+                    raise TypeError(f"workers_per_tag keys must be tag names, got {tag!r}")
+            # Each named tag is a pool of its own size (tm.Executor's `pools`, which checks them).
+            self._engine = Engine(workers=workers, pools=dict(workers_per_tag), fail_fast=fail_fast)
+        else:
+            self._engine = Engine(
+                workers=workers or workers_per_tag,
+                workers_per_tag=workers_per_tag,
+                fail_fast=fail_fast,
+            )
         self.run_record: Any = None
 
     def run(self) -> Any:

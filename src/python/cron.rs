@@ -13,15 +13,17 @@ use jiff::Timestamp;
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyString, PyTuple, PyType};
 use pyo3::{intern, IntoPyObjectExt};
 
+use super::errors::exc;
 use crate::cron::{Civil, Expression};
 
-/// Cached handles to the `datetime` module's types.
+/// Cached handles to the `datetime` module's types and `zoneinfo.ZoneInfo`.
 struct DateTimeApi {
     datetime: Py<PyType>,
     timezone: Py<PyType>,
+    zoneinfo: Py<PyType>,
 }
 
 static API: PyOnceLock<DateTimeApi> = PyOnceLock::new();
@@ -32,6 +34,11 @@ fn api(py: Python<'_>) -> PyResult<&'static DateTimeApi> {
         Ok(DateTimeApi {
             datetime: m.getattr("datetime")?.cast_into::<PyType>()?.unbind(),
             timezone: m.getattr("timezone")?.cast_into::<PyType>()?.unbind(),
+            zoneinfo: py
+                .import("zoneinfo")?
+                .getattr("ZoneInfo")?
+                .cast_into::<PyType>()?
+                .unbind(),
         })
     })
 }
@@ -120,7 +127,8 @@ pub(crate) fn make_datetime<'py>(
 static ZONES: Mutex<Vec<(Py<PyAny>, TimeZone)>> = Mutex::new(Vec::new());
 
 /// Resolves a Python tzinfo to a jiff time zone: `zoneinfo.ZoneInfo` by key, `datetime.timezone`
-/// by its fixed offset.
+/// by its fixed offset. Any other tzinfo is refused, even one with a `key` attribute: its own
+/// `utcoffset` may disagree with the zone the key names, and tm would compute in the wrong one.
 pub(crate) fn zone_of(tz: &Bound<'_, PyAny>) -> PyResult<TimeZone> {
     let py = tz.py();
     if let Ok(cache) = ZONES.lock() {
@@ -134,8 +142,11 @@ pub(crate) fn zone_of(tz: &Bound<'_, PyAny>) -> PyResult<TimeZone> {
         let offset = Offset::from_seconds(secs as i32)
             .map_err(|e| PyValueError::new_err(format!("unsupported UTC offset: {e}")))?;
         TimeZone::fixed(offset)
-    } else if let Ok(key) = tz.getattr(intern!(py, "key")) {
-        let key: String = key.extract().map_err(|_| unsupported_tz(tz))?;
+    } else if tz.is_instance(api(py)?.zoneinfo.bind(py))? {
+        let key: String = tz
+            .getattr(intern!(py, "key"))
+            .and_then(|k| k.extract())
+            .map_err(|_| unsupported_tz(tz))?;
         TimeZone::get(&key)
             .map_err(|e| PyValueError::new_err(format!("unknown time zone {key:?}: {e}")))?
     } else {
@@ -189,9 +200,19 @@ pub(crate) fn instant_of(tz: &TimeZone, w: &PyWall<'_>) -> PyResult<Timestamp> {
             }
         }
     };
-    offset
-        .to_timestamp(dt)
-        .map_err(|e| PyOverflowError::new_err(e.to_string()))
+    offset.to_timestamp(dt).map_err(|_| beyond_timestamps(w))
+}
+
+/// The first instant jiff cannot represent: its timestamps end at 9999-12-30 22:00 UTC, so that
+/// the wall time of every instant stays within years 1..9999 at any UTC offset.
+fn beyond_timestamps(w: &PyWall<'_>) -> PyErr {
+    let c = w.civil;
+    PyOverflowError::new_err(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02} is out of range: aware times are supported up to \
+         9999-12-30T22:00:00Z (so that every UTC offset stays within year 9999); fire times past \
+         year 9999 do not exist",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    ))
 }
 
 /// The wall time and fold of an instant in a zone.
@@ -213,8 +234,16 @@ pub(crate) fn wall_of(tz: &TimeZone, ts: Timestamp) -> (Civil, u32, bool) {
     (c, (dt.subsec_nanosecond() / 1000) as u32, fold)
 }
 
-fn out_of_range() -> PyErr {
-    PyOverflowError::new_err("no fire time within years 1..9999")
+/// No fire time in the direction asked before the calendar ends.
+fn out_of_range(forward: bool, aware: bool) -> PyErr {
+    PyOverflowError::new_err(match (forward, aware) {
+        (true, false) => "no fire time after this one within year 9999: the next is past year 9999",
+        (true, true) => {
+            "no fire time after this one up to 9999-12-30T22:00:00Z, where aware times end: \
+             the next is past year 9999 (or in the last hours of it)"
+        }
+        (false, _) => "no fire time before this one from year 1 on",
+    })
 }
 
 /// One step of evaluation: forward or backward from a datetime, naive or aware.
@@ -227,7 +256,8 @@ fn step<'py>(
     let w = read_datetime(t)?;
     match &w.tzinfo {
         None => {
-            let c = naive_step(expr, w.civil, w.micro, forward).ok_or_else(out_of_range)?;
+            let c = naive_step(expr, w.civil, w.micro, forward)
+                .ok_or_else(|| out_of_range(forward, false))?;
             make_datetime(py, c, 0, false, None)
         }
         Some(tzinfo) => {
@@ -238,7 +268,7 @@ fn step<'py>(
             } else {
                 expr.prev_before_in(&tz, ts)
             }
-            .ok_or_else(out_of_range)?;
+            .ok_or_else(|| out_of_range(forward, true))?;
             let (c, micro, fold) = wall_of(&tz, next);
             make_datetime(py, c, micro, fold, Some(tzinfo))
         }
@@ -265,7 +295,14 @@ pub struct PyExpression {
 #[pymethods]
 impl PyExpression {
     #[new]
-    fn new(text: &str) -> PyResult<Self> {
+    fn new(text: &Bound<'_, PyString>) -> PyResult<Self> {
+        // A str with a lone surrogate has no UTF-8 form: it cannot be a cron expression.
+        let text = text.to_str().map_err(|_| {
+            exc::CronError::new_err(format!(
+                "cron expression {} is not valid Unicode text (it holds a lone surrogate)",
+                text.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?;
         Ok(PyExpression {
             inner: Expression::parse(text)?,
         })

@@ -82,6 +82,9 @@ struct PyBody {
     live: Vec<LiveCall>,
     config: Py<PyAny>,
     meta: Py<PyAny>,
+    /// Attempts already recorded per node (a resumed run; empty otherwise): `context.attempt`
+    /// counts on from them, as the store's attempt numbers do.
+    attempt_base: Vec<u32>,
 }
 
 /// A graph compiled for the engine once and reused by every run: the callables, how to fill their
@@ -205,7 +208,12 @@ impl PyBody {
                     let ctx = PyTaskContext {
                         run: cx.run(),
                         node: cx.node,
-                        attempt: cx.attempt,
+                        attempt: self
+                            .attempt_base
+                            .get(cx.node as usize)
+                            .copied()
+                            .unwrap_or(0)
+                            + cx.attempt,
                         task: self.program.names[cx.node as usize].clone_ref(py),
                         meta: self.meta.clone_ref(py),
                     };
@@ -565,24 +573,30 @@ impl PyEngine {
             .collect();
         let plan = program.plan.clone();
         let specs = program.specs.clone();
+        // A resumed run's attempts already recorded, per node: new attempts are numbered after
+        // them, in the store and in `context.attempt`.
+        let mut base = Vec::new();
+        for (node, n) in attempts.unwrap_or_default() {
+            let i = node as usize;
+            if i >= plan.len() {
+                return Err(PyKeyError::new_err(format!("no task {node}")));
+            }
+            if i >= base.len() {
+                base.resize(i + 1, 0);
+            }
+            base[i] = n;
+        }
         let body = Arc::new(PyBody {
             program,
             persist_to,
             live,
             config,
             meta,
+            attempt_base: base.clone(),
         });
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
         if let Some((store, run_id)) = record {
             // Recorded in Rust: every transition is one queued write, batched by the writer thread.
-            let mut base = Vec::new();
-            for (node, n) in attempts.unwrap_or_default() {
-                let i = node as usize;
-                if i >= base.len() {
-                    base.resize(i + 1, 0);
-                }
-                base[i] = n;
-            }
             observers.push(Arc::new(StoreRecorder {
                 store: store.get().shared(),
                 run_id,
@@ -851,7 +865,8 @@ impl PyTaskContext {
         self.task.clone_ref(py)
     }
 
-    /// 0-based attempt number.
+    /// 0-based attempt number. A resumed run counts on from the attempts recorded before it, so
+    /// `attempt + 1` is the attempt number `tm show` gives.
     #[getter]
     fn attempt(&self) -> u32 {
         self.attempt
