@@ -15,7 +15,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -160,8 +160,14 @@ def _as_owner(cmd: list[str]) -> list[str]:
 
 
 @contextmanager
-def server() -> Iterator[Server]:
-    """Starts a throwaway cluster (fsync off: the data dies with the test session)."""
+def server(
+    extra_options: str = "", prepare: Callable[[Path], None] | None = None
+) -> Iterator[Server]:
+    """Starts a throwaway cluster (fsync off: the data dies with the test session).
+
+    ``prepare`` is called with the data directory after ``initdb`` and before the server starts
+    (to place certificates, edit ``pg_hba.conf``); ``extra_options`` are added to the server's.
+    """
     bindir = ensure_installed()
     root = Path(tempfile.mkdtemp(prefix="tm-pg-"))
     data = root / "data"
@@ -186,12 +192,15 @@ def server() -> Iterator[Server]:
             check=True,
             capture_output=True,
         )
+        if prepare is not None:
+            prepare(data)
         port = 0
         for _ in range(5):  # another process may take the free port before the server binds it
             port = _free_port()
             options = (
                 f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+                f"{extra_options}"
             )
             started = _pg_ctl_start(bindir, root, options)
             if started.returncode == 0:

@@ -19,5 +19,12 @@ def test_bench_cache_quick() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "| benchmark (us per call) | tm | tm, file read | joblib |" in r.stdout
-    for row in ("hit: 1 KB dict", "hit: 1 MiB bytes", "hit: 10k-row DataFrame", "miss overhead"):
+    for row in (
+        "hit: 1 KB dict",
+        "hit: 1 MiB bytes",
+        "hit: 10k-row DataFrame",
+        "miss overhead",
+        "pickle file written by hand",
+    ):
         assert r.stdout.count(f"| {row}") == 1, r.stdout
+    assert "miss overhead against the hand-written file, same run: tm " in r.stdout

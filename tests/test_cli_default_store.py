@@ -44,6 +44,10 @@ WITH_EXECUTOR = SCHEDULED + textwrap.dedent(
 )
 
 
+# As seed 004's examples are written: the file starts its executor itself, at import.
+STARTS_ITSELF = WITH_EXECUTOR + "executor.start()\n"
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("TM_DB_URL", "TM_RESULT_DIR")}
     env["PYTHONUNBUFFERED"] = "1"
@@ -87,7 +91,9 @@ def serve_one_run(cwd: Path, script: Path, env: dict[str, str]) -> None:
     assert p.returncode == 0, err
 
 
-@pytest.mark.parametrize("source", [SCHEDULED, WITH_EXECUTOR], ids=["graphs", "executor"])
+@pytest.mark.parametrize(
+    "source", [SCHEDULED, WITH_EXECUTOR, STARTS_ITSELF], ids=["graphs", "executor", "seed-style"]
+)
 def test_tm_start_without_db_records_in_the_default_store(tmp_path: Path, source: str) -> None:
     script = tmp_path / "service.py"
     script.write_text(source)

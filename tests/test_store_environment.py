@@ -117,7 +117,8 @@ def test_a_database_on_a_disk_turned_read_only_is_refused_clearly_and_kept(
         )
         assert shown.returncode == 0, shown.stderr
         assert [t["status"] for t in json.loads(shown.stdout)["tasks"]] == ["completed"] * 3
-        assert sorted(p.name for p in disk.iterdir()) == ["tm.db"]
+        # The key that signs persisted results sits beside the database.
+        assert sorted(p.name for p in disk.iterdir()) == ["secret.key", "tm.db"]
         assert hashlib.sha256(db.read_bytes()).hexdigest() == before
         subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
         reader = tm.Store(f"sqlite:///{db}")

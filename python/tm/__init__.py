@@ -24,6 +24,7 @@ from .exceptions import CycleError as CycleError
 from .exceptions import ExecutorError as ExecutorError
 from .exceptions import GraphError as GraphError
 from .exceptions import RetriesExhausted as RetriesExhausted
+from .exceptions import SignatureError as SignatureError
 from .exceptions import StoreError as StoreError
 from .exceptions import TaskCancelled as TaskCancelled
 from .exceptions import TaskFailed as TaskFailed
@@ -36,6 +37,8 @@ from .executor import Executor as Executor
 from .executor import Run as Run
 from .executor import TaskRun as TaskRun
 from .graph import Graph as Graph
+from .schedules import Interval as Interval
+from .schedules import every as every
 from .store import Store as Store
 from .taskflow import Task as Task
 from .taskflow import TaskStatus as TaskStatus
@@ -57,9 +60,11 @@ __all__ = [
     "ExecutorError",
     "Graph",
     "GraphError",
+    "Interval",
     "ProcessPool",
     "RetriesExhausted",
     "Run",
+    "SignatureError",
     "Store",
     "StoreError",
     "Task",
@@ -76,5 +81,6 @@ __all__ = [
     "cached",
     "config",
     "cron",
+    "every",
     "task",
 ]

@@ -2,14 +2,16 @@
 
 Usage::
 
-    tm cache ls [FUNC] [-n N] [--db URL] [--json]
+    tm cache ls [FUNC] [-n N] [--db URL] [--result-dir DIR] [--json]
     tm cache show KEY [--db URL] [--json]
-    tm cache clear [FUNC] [--older-than 7d] [--db URL] [--json]
+    tm cache clear [FUNC] [--older-than 7d] [--db URL] [--result-dir DIR] [--json]
     tm cache why FUNC ARGS_JSON [--db URL] [--json]
 
 FUNC is a function's qualified name or ``module.qualname``. For ``why`` it may also be an
 importable ``module:attr`` (or ``file.py:attr``) naming the cached function: then defaults, the
-seed and the version are compared too; otherwise only the arguments given are.
+seed and the version are compared too. A name is imported from the module its stored entries
+record (the current directory first on the path); if that fails, only the arguments given are
+compared and a match is reported as such, not as a hit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from .cli import EXIT_FAILURE, CommandError, _add_store_options, _open_store
@@ -50,6 +54,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     why.add_argument("func", help="qualname, module.qualname, or module:attr to import")
     why.add_argument("args_json", help="the call's arguments as a JSON object: '{\"x\": 1}'")
     _add_store_options(why)
+    for p in (ls, show, clear, why):
+        p.add_argument(
+            "--result-dir",
+            help="the directory of cached results (default: $TM_RESULT_DIR or .tm/results); "
+            "files the database names outside it are never read or deleted",
+        )
 
 
 def _when(us: int | None) -> str:
@@ -62,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from .exceptions import TmError
 
     store: Any = _open_store(args.db)
+    if args.result_dir:
+        store.result_dir = Path(args.result_dir).absolute()
     try:
         return _ACTIONS[args.action](store, args)
     except TmError as exc:
@@ -118,6 +130,14 @@ def _show(store: Any, args: argparse.Namespace) -> int:
 
 def _clear(store: Any, args: argparse.Namespace) -> int:
     gone = store.clear_cache(func=args.func, older_than=args.older_than)
+    outside = [g["result_path"] for g in gone if g["outside"]]
+    if outside:
+        print(
+            f"kept {len(outside)} result file(s) outside the result directory "
+            f"{store.result_dir} (files elsewhere are never deleted; pass --result-dir if "
+            f"the results live there): {', '.join(outside[:3])}{', ...' if len(outside) > 3 else ''}",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps({"deleted": len(gone), "keys": [g["key"] for g in gone]}, indent=2))
     else:
@@ -141,17 +161,31 @@ def _why(store: Any, args: argparse.Namespace) -> int:
         target = load_object(args.func)
         if not isinstance(target, CachedFunction):
             raise CommandError(f"{args.func!r} is not a cached function (@store.task, @tm.cached)")
+    else:
+        target = _import_by_name(store, args.func)
     if isinstance(target, CachedFunction):
-        f = target.facts(**call_args)
+        try:
+            f = target.facts(**call_args)
+        except TypeError as exc:  # a missing or unknown argument, or one without a key
+            raise CommandError(f"{args.func}: {exc}") from None
         from ._cached import explain
 
         report = explain(store, f)
     else:
         report = explain_args(store, args.func, call_args)
+        if report["hit"]:
+            # Only the arguments were compared: the code may have changed since.
+            report["hit"] = None
+            report["compared"] = "arguments only"
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    if report["hit"]:
+    if report["hit"] is None:
+        print(
+            f"arguments match the stored call {report['nearest']} (code not compared: "
+            f"{args.func} could not be imported; name it as MODULE:ATTR to compare its version)"
+        )
+    elif report["hit"]:
         print(f"hit: key {report['nearest']} is stored")
     elif report["nearest"] is None:
         print(f"miss: nothing stored for {args.func}")
@@ -160,6 +194,30 @@ def _why(store: Any, args: argparse.Namespace) -> int:
         for d in report["differences"]:
             print(f"  {d}")
     return 0
+
+
+def _import_by_name(store: Any, name: str) -> object:
+    """The cached function a stored entry of ``name`` belongs to, imported from its module
+    (the current directory first on the path), or None when it cannot be: defined in
+    ``__main__`` or inside another function, or its module fails to import."""
+    import importlib
+    import os
+
+    rows = store.cache_entries(func=name, limit=1)
+    if not rows:
+        return None
+    module, qualname = rows[0]["module"], rows[0]["func"]
+    if module == "__main__" or "<locals>" in qualname:
+        return None
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: object = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception:
+        return None
+    return obj
 
 
 _ACTIONS = {"ls": _ls, "show": _show, "clear": _clear, "why": _why}

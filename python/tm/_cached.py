@@ -45,9 +45,31 @@ def _now_us() -> int:
     return time.time_ns() // 1000
 
 
+#: How a result file is created: never over an existing file, never through a symlink.
+_CREATE = (
+    os.O_WRONLY
+    | os.O_CREAT
+    | os.O_EXCL
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+)
+
+#: Longest path component made from a name (bytes): file systems take 255, and a file's name holds
+#: a seed besides a timestamp, the key and a temporary suffix.
+_PART_BYTES = 80
+
+
 def _safe(part: str) -> str:
-    """A path component: the name's characters that every file system accepts."""
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in part) or "_"
+    """A path component: the name's characters that every file system accepts, shortened (with a
+    digest of the whole name, so distinct names stay distinct) when too long."""
+    out = "".join(c if c.isalnum() or c in "._-" else "_" for c in part) or "_"
+    if not out.strip("."):  # "." or "..": a folder that is not a new one inside result_dir
+        out = out.replace(".", "_")
+    raw = out.encode()
+    if len(raw) > _PART_BYTES:
+        digest = hashlib.blake2b(part.encode("utf-8", "surrogatepass"), digest_size=6).hexdigest()
+        out = raw[: _PART_BYTES - 13].decode(errors="ignore") + "-" + digest
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,12 +80,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def content_hash(data: bytes) -> str:
-    """The digest stored with a result and checked before it is loaded: SHA-256, which CPUs
-    with SHA extensions compute about twice as fast as BLAKE2b (0.7 ms against 1.3 ms a MiB)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 class _Heartbeats:
@@ -164,7 +180,7 @@ class CachedFunction:
         self.qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
         self.ident = f"{self.module}.{self.qualname}"
         self._binder = _keys.Binder(fn, ignore)
-        self._folders: set[Path] = set()
+        self._made: tuple[Path, str] | None = None
         functools.update_wrapper(self, fn, updated=())
 
     @property
@@ -192,8 +208,7 @@ class CachedFunction:
     def facts(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         """The key and the facts it is computed from, for a call with these arguments."""
         bound = self._binder.bind(args, kwargs)
-        inputs = {name: _keys.canonical(value, name) for name, value in bound.items()}
-        inputs_json = _keys._dumps(inputs)
+        inputs_json = _keys.canonical_inputs(bound)
         seed_value = bound.get(self.seed)
         seed = None if seed_value is None else str(seed_value)
         version = self.version
@@ -209,8 +224,7 @@ class CachedFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The hit path, inlined: the key, one query, and a copy from memory (or the file).
         bound = self._binder.bind(args, kwargs)
-        canonical = _keys.canonical
-        inputs_json = _keys._dumps({name: canonical(value, name) for name, value in bound.items()})
+        inputs_json = _keys.canonical_inputs(bound)
         seed_value = bound.get(self.seed)
         seed = None if seed_value is None else str(seed_value)
         version = self._version or self.version
@@ -222,7 +236,7 @@ class CachedFunction:
             if hit is not None:
                 if hit[3] is not None:
                     return _keys.kept_value(hit[0], hit[3])
-                found, value = self._load(index, key, *hit)
+                found, value = self._load(store, index, key, *hit)
                 if found:
                     return value
         f = {
@@ -274,13 +288,16 @@ class CachedFunction:
                 takeover=takeover,
             )
             if outcome == "hit":
-                found, value = self._load(index, key, *detail)
+                found, value = self._load(store, index, key, *detail)
                 if found:
                     return value
                 use = False  # the file is gone: run again
                 continue
             if outcome == "run":
-                return self._run(store, index, f, int(detail), args, kwargs, active)
+                # Older entries of the key can exist only after a forced run, a lost file or
+                # an expired ttl: then the new result supersedes them (and their files go).
+                supersede = not use or self.ttl is not None
+                return self._run(store, index, f, int(detail), args, kwargs, active, supersede)
             state: dict[str, Any] = detail
             owner = f"{state['owner_pid']}@{state['owner_host']}"
             if (
@@ -314,6 +331,7 @@ class CachedFunction:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         active: set[str],
+        supersede: bool = False,
     ) -> Any:
         key = f["key"]
         _heartbeats.add(index, key, token)
@@ -329,74 +347,166 @@ class CachedFunction:
             except BaseException as exc:
                 index.release(key, token, "FAILED", _now_us(), type(exc).__name__, str(exc))
                 raise
-            fmt, data = _keys.encode(value)
-            path = self._write(store, f, fmt, data)
-            if fmt in _keys.KEEP_DECODED or fmt == "pickle":
-                value = _keys.decode(fmt, data)  # hand back what a hit would
-            kept = _keys.to_keep(fmt, data, value)
-            now = _now_us()
-            index.complete(
-                key,
-                f["module"],
-                f["func"],
-                f["seed"],
-                f["inputs_json"],
-                f["version"],
-                token=token,
-                result_path=str(path),
-                format=fmt,
-                content_hash=content_hash(data),
-                size=len(data),
-                now_us=now,
-                expires_us=None if self.ttl is None else now + int(self.ttl * 1e6),
-                duration_us=now - started,
-                keep=kept,
-            )
+            # The function returned: from here on, anything that fails (a result that does not
+            # pickle, a full disk, the database) must still give the key up, or identical calls
+            # would wait for this one until its lease ran out.
+            what = "it cannot be serialised"
+            path: str | None = None
+            try:
+                fmt, data = _keys.encode(value)
+                what = "its result file could not be written"
+                path = self._write(store, f, fmt, data)
+                what = "its entry could not be recorded in the database"
+                if fmt in _keys.KEEP_DECODED or fmt == "pickle":
+                    value = _keys.decode(fmt, data)  # hand back what a hit would
+                kept = _keys.to_keep(fmt, data, value)
+                now = _now_us()
+                entry = index.complete(
+                    key,
+                    f["module"],
+                    f["func"],
+                    f["seed"],
+                    f["inputs_json"],
+                    f["version"],
+                    token=token,
+                    result_path=path,
+                    format=fmt,
+                    content_hash=store.signer.tag(data),
+                    size=len(data),
+                    now_us=now,
+                    expires_us=None if self.ttl is None else now + int(self.ttl * 1e6),
+                    duration_us=now - started,
+                    keep=kept,
+                )
+            except BaseException as exc:
+                self._not_stored(index, key, token, value, what, path, exc)
+                raise  # unreachable for an Exception: _not_stored raises CacheError
+            if supersede:
+                self._drop_superseded(store, index, key, entry)
             # Never hand out an object that is also kept in memory.
             return value.copy() if fmt in _keys.KEEP_DECODED else value
         finally:
             active.discard(key)
             _heartbeats.remove(index, key, token)
 
-    def _write(self, store: Store, f: dict[str, Any], fmt: str, data: bytes) -> Path:
-        folder = store.result_dir / _safe(self.module) / _safe(self.qualname)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-        if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._folders.add(folder)
+    def _not_stored(
+        self,
+        index: CacheIndex,
+        key: str,
+        token: int,
+        value: Any,
+        what: str,
+        path: str | None,
+        exc: BaseException,
+    ) -> None:
+        """Gives up the key of a call whose result could not be stored, removes a result file no
+        entry points at, and raises a :class:`CacheError` saying what failed (an interrupt such
+        as ``KeyboardInterrupt`` is left to propagate as it is)."""
+        kind = type(value)
+        where = f" ({path})" if path is not None else ""
+        message = (
+            f"cached function {self.ident} (key {key}) returned, but its result "
+            f"(a {kind.__module__}.{kind.__qualname__}) could not be stored{where}: "
+            f"{what}: {type(exc).__name__}: {exc}"
+        )
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        # The database may be what failed: the error about the result matters more.
+        with contextlib.suppress(Exception):
+            index.release(key, token, "FAILED", _now_us(), type(exc).__name__, message)
+        if isinstance(exc, Exception):
+            raise CacheError(message) from exc
+
+    def _drop_superseded(
+        self, store: Store, index: CacheIndex, key: str, entry: dict[str, Any]
+    ) -> None:
+        """Deletes the entries and files of ``key`` that ``entry`` supersedes. The new result is
+        stored already: a failure here leaves an old file behind, it does not fail the call."""
+        with contextlib.suppress(TmError, OSError):
+            for old in index.supersede(key, entry["id"]):
+                if old["content_hash"] != entry["content_hash"]:
+                    index.forget(old["content_hash"])
+                real = store.inside_result_dir(old["result_path"])
+                if real is not None and old["result_path"] != entry["result_path"]:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(real)
+
+    def _folder(self, store: Store) -> str:
+        """The function's folder under the store's result directory (made on first use)."""
+        made = self._made
+        if made is None or made[0] is not store.result_dir:
+            folder = os.path.join(store.result_dir, _safe(self.module), _safe(self.qualname))
+            os.makedirs(folder, exist_ok=True)
+            made = self._made = (store.result_dir, folder)
+        return made[1]
+
+    def _write(self, store: Store, f: dict[str, Any], fmt: str, data: bytes) -> str:
+        """Writes a result file; returns its path. The file is created under its final name
+        (no temporary file and rename, which cost a second directory update per miss): only an
+        entry committed after it is closed makes anyone read it, and a partial file is removed."""
+        folder = self._folder(store)
         seed = _safe(f["seed"]) if f["seed"] is not None else "noseed"
-        path = folder / f"{stamp}_{seed}_{f['key']}.{_keys.EXTENSIONS[fmt]}"
-        tmp = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
+        ext = _keys.EXTENSIONS[fmt]
+        while True:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+            path = f"{folder}{os.sep}{stamp}_{seed}_{f['key']}.{ext}"
             try:
-                tmp.write_bytes(data)
+                fd = os.open(path, _CREATE, 0o666)
             except FileNotFoundError:  # the folder was deleted since (tm cache clear, rm -r)
-                folder.mkdir(parents=True, exist_ok=True)
-                tmp.write_bytes(data)
-            os.replace(tmp, path)
+                os.makedirs(folder, exist_ok=True)
+                continue
+            except FileExistsError:  # the same call stored in the same microsecond: next one
+                continue
+            break
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
             raise
+        os.close(fd)
         return path
 
     def _load(
-        self, index: CacheIndex, key: str, fmt: str, digest: str, path: str, kept: Any
+        self,
+        store: Store,
+        index: CacheIndex,
+        key: str,
+        fmt: str,
+        digest: str,
+        path: str,
+        kept: Any,
     ) -> tuple[bool, Any]:
         """``(True, value)`` for a usable stored result, ``(False, None)`` if its file is gone.
         ``kept`` is what memory holds for the result's content hash (None: read the file)."""
         if kept is not None:
             return True, _keys.kept_value(fmt, kept)
+        real = store.inside_result_dir(path)
+        if real is None:
+            raise CacheError(
+                f"cached result {path} of {self.ident} (key {key}) is outside the result "
+                f"directory {store.result_dir}: the database names it, but tm only reads its "
+                f"own result files, so it is not loaded; delete the entry with "
+                f"`tm cache clear {self.qualname}`"
+            )
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             return False, None
-        if content_hash(data) != digest:
-            raise CacheError(
-                f"cached result {path} of {self.ident} (key {key}) is not the file tm wrote: "
-                f"its content hash differs, so it is not loaded; delete it with "
-                f"`tm cache clear {self.qualname}` or call with use_cache=False"
-            )
+        with open(fd, "rb") as fh:
+            data = fh.read()
+        # The content hash is an HMAC under the store's key: a row someone wrote into the
+        # database cannot make tm unpickle a file of their choosing.
+        store.signer.check(
+            data,
+            digest,
+            f"cached result {path} of {self.ident} (key {key}; delete it with "
+            f"`tm cache clear {self.qualname}` or call with use_cache=False)",
+        )
         value = _keys.decode(fmt, data)
         index.remember(digest, _keys.to_keep(fmt, data, value), len(data))
         return True, value.copy() if fmt in _keys.KEEP_DECODED else value
@@ -439,10 +549,30 @@ def explain(store: Store, f: dict[str, Any]) -> dict[str, Any]:
 def _differences(f: dict[str, Any], inputs: dict[str, Any], e: dict[str, Any]) -> list[str]:
     diffs = []
     if e["version"] != f["version"]:
-        diffs.append(f"version: {f['version']} (stored {e['version']})")
+        diffs.extend(_version_differences(f["version"], e["version"]))
     if e["seed"] != f["seed"]:
         diffs.append(f"seed: {f['seed']} (stored {e['seed']})")
     return diffs + _arg_differences(inputs, json.loads(e["inputs_json"]), partial=False)
+
+
+def _version_differences(current: str, stored: str) -> list[str]:
+    """What differs between two versions: the function's own source, and each helper of the
+    user's code that changed, is new, or is no longer used (see ``_keys.source_version``)."""
+    own, deps = _keys.split_version(current)
+    stored_own, stored_deps = _keys.split_version(stored)
+    if not deps and not stored_deps:
+        return [f"version: {current} (stored {stored})"]
+    out = []
+    if own != stored_own:
+        out.append(f"version: the function's own source changed ({own}, stored {stored_own})")
+    for name in sorted(set(deps) | set(stored_deps)):
+        if name not in stored_deps:
+            out.append(f"helper {name} is new (the stored call did not use it)")
+        elif name not in deps:
+            out.append(f"helper {name} is no longer used")
+        elif deps[name] != stored_deps[name]:
+            out.append(f"helper {name} changed")
+    return out
 
 
 def _arg_differences(inputs: dict[str, Any], stored: dict[str, Any], partial: bool) -> list[str]:
@@ -481,14 +611,49 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def cached(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
-    """Caches a function's results in the default store (``tm.Store()`` as configured by
-    ``tm.config``, ``$TM_DB_URL`` and ``$TM_RESULT_DIR``), bare or with the options of
-    :meth:`tm.Store.task`. The store is opened at the first call, not at decoration.
+_OPTIONS = frozenset({"use_cache", "skip_if_in_progress", "seed", "version", "ttl", "ignore"})
+_shared: dict[tuple[str, str | None], Store] = {}
+_shared_lock = threading.Lock()
+
+
+def _store_for(db_url: str | None, result_dir: str | os.PathLike[str] | None) -> Store | None:
+    """One store per database URL and result directory named to :func:`cached` (None: the
+    default store). Making a store opens nothing: the database opens at the first call."""
+    if db_url is None and result_dir is None:
+        return None
+    from .store import Store, default_url
+
+    url = db_url or default_url()
+    where = None if result_dir is None else os.fspath(Path(result_dir).absolute())
+    with _shared_lock:
+        store = _shared.get((url, where))
+        if store is None:
+            store = _shared[(url, where)] = Store(url, result_dir=where)
+        return store
+
+
+def cached(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    db_url: str | None = None,
+    result_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> Any:
+    """Caches a function's results, bare or with the options of :meth:`tm.Store.task`.
+
+    The store is the default one (``tm.Store()`` as configured by ``tm.config``, ``$TM_DB_URL``
+    and ``$TM_RESULT_DIR``) unless ``db_url`` or ``result_dir`` name another (seed 000 passes the
+    database URL to the decorator); functions naming the same pair share one store. Nothing is
+    opened at decoration, only at the first call.
     """
+    unknown = sorted(set(options) - _OPTIONS)
+    if unknown:
+        raise TypeError(f"tm.cached() got an unexpected keyword argument {unknown[0]!r}")
+    store = _store_for(db_url, result_dir)
     if fn is None:
-        return lambda f: CachedFunction(f, None, **options)
-    return CachedFunction(fn, None, **options)
+        return lambda f: CachedFunction(f, store, **options)
+    return CachedFunction(fn, store, **options)
 
 
 def for_graph_task(

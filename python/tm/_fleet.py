@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import pickle
 import random
 import threading
 import time
@@ -27,6 +26,7 @@ from ._tm import Fleet
 from .exceptions import ExecutorError, StoreError, TaskFailed
 
 if TYPE_CHECKING:
+    from ._signing import Signer
     from .executor import Executor
     from .graph import Graph
 
@@ -49,6 +49,12 @@ def graph_key(graph: Graph) -> str:
 def _parents(graph: Graph) -> list[list[int]]:
     core = graph._core
     return [list(core.parents(i)) for i in range(len(core.names()))]
+
+
+def _signer(ex: Executor) -> Signer:
+    """Signs the pickles every executor of the store loads (see ``tm._signing``)."""
+    assert ex.store is not None
+    return ex.store.signer
 
 
 def open_fleet(url: str, lease: float, workers: int) -> Fleet:
@@ -80,7 +86,7 @@ def submit(
     info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
     info.update(meta or {})
     try:
-        params = pickle.dumps((args, kwargs, cfg, info))
+        params = _signer(ex).dumps((args, kwargs, cfg, info))
     except Exception as e:
         raise ExecutorError(
             f"graph {graph.name!r}: a distributed run's arguments, config and meta must pickle "
@@ -255,8 +261,9 @@ class Worker:
         if row is None:
             raise ExecutorError(f"distributed run {rid} has no parameters in the store")
         graph = self.graphs[key]
-        # Written by tm itself, for this run, into its own database.
-        args, kwargs, cfg, info = pickle.loads(row[1])
+        args, kwargs, cfg, info = _signer(self.ex).loads(
+            row[1], f"the parameters of distributed run {rid}"
+        )
         calls, specs = graph._compile(
             None, args, kwargs, defaults=self.ex._defaults, wrap=self.ex._wrap
         )
@@ -273,8 +280,12 @@ class Worker:
         try:
             calls, specs, info, names = self._program(rid, key)
             fn, params, call_args, retry_on, give_up_on, _persist = calls[node]
-            # Written by tm itself into its own database, for this run.
-            values = {p: pickle.loads(data) for p, fmt, data in inputs if fmt == "pickle"}
+            signer = _signer(self.ex)
+            values = {
+                p: signer.loads(data, f"the result of task {names[p]!r} of run {run_id}")
+                for p, fmt, data in inputs
+                if fmt == "pickle"
+            }
             cfg = info["cfg"]
             meta = {k: v for k, v in info.items() if k != "cfg"}
             meta["run_id"] = run_id
@@ -320,7 +331,7 @@ class Worker:
                 )
                 return
             try:
-                data = pickle.dumps(value)
+                data = _signer(self.ex).dumps(value)
             except Exception as e:
                 self._persist(
                     self.fleet.fail,

@@ -11,16 +11,19 @@ type's module, and only then is the library (already imported by whoever made th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import decimal
 import enum
+import functools
 import hashlib
 import inspect
 import io
 import json
 import marshal
 import math
+import os
 import pathlib
 import pickle
 import sys
@@ -30,7 +33,15 @@ from typing import Any
 
 from .exceptions import CacheKeyError
 
-__all__ = ["Binder", "canonical", "decode", "encode", "key_of", "source_version"]
+__all__ = [
+    "Binder",
+    "canonical",
+    "canonical_inputs",
+    "decode",
+    "encode",
+    "key_of",
+    "source_version",
+]
 
 #: The tag key of tagged JSON; a dict that has it as a key is itself stored tagged.
 TAG = "__tm__"
@@ -78,6 +89,34 @@ def _pandas(value: Any, where: str) -> Any:
     return out
 
 
+#: Integers a key can hold: those JSON can write (Python refuses longer ones as text).
+_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+_BIG = 10**_INT_DIGITS if _INT_DIGITS else float("inf")
+
+
+def canonical_inputs(bound: dict[str, Any]) -> str:
+    """The canonical JSON of a call's bound arguments (the key's inputs).
+
+    Raises:
+        CacheKeyError: an argument has no canonical form, contains itself or is nested too
+            deeply; the message names it.
+    """
+    try:
+        return _dumps({name: canonical(value, name) for name, value in bound.items()})
+    except RecursionError:
+        for name, value in bound.items():
+            try:
+                canonical(value, name)
+            except RecursionError:
+                break
+        else:
+            name = ", ".join(bound)
+        raise CacheKeyError(
+            f"argument {name!r} refers to itself or is nested too deeply for a cache key: "
+            f"pass a value without cycles, or list it in ignore=[...]"
+        ) from None
+
+
 def canonical(value: Any, where: str) -> Any:
     """A JSON-native form of ``value`` that is equal for equal content and differs otherwise.
 
@@ -89,8 +128,16 @@ def canonical(value: Any, where: str) -> Any:
         CacheKeyError: ``value`` (or something inside it) has no canonical form.
     """
     t = type(value)
-    if value is None or t is str or t is bool or t is int:
+    if value is None or t is str or t is bool:
         return value
+    if t is int:
+        if -_BIG < value < _BIG:
+            return value
+        raise CacheKeyError(
+            f"argument {where!r} is an integer of more than {_INT_DIGITS} digits, more than "
+            f"Python turns into text (sys.get_int_max_str_digits()): pass it as text or bytes, "
+            f"or list it in ignore=[...]"
+        )
     if t is float:
         return value if math.isfinite(value) else {TAG: "float", "v": repr(value)}
     if t is list:
@@ -151,10 +198,9 @@ def _code_digest(code: Any) -> bytes:
     return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
 
 
-def source_version(fn: Callable[..., Any]) -> str:
-    """A digest of ``fn``'s source; for a lambda (whose source is its whole line) and a function
-    without source, of its bytecode and constants too."""
-    target = inspect.unwrap(fn)
+def _own_text(target: Any) -> bytes:
+    """What the version of one function (or class) is made of: its source; for a lambda (whose
+    source is its whole line) and a function without source, its bytecode and constants too."""
     code = getattr(target, "__code__", None)
     try:
         text = inspect.getsource(target).encode()
@@ -164,7 +210,162 @@ def source_version(fn: Callable[..., Any]) -> str:
         text += _code_digest(code)
     if not text:
         text = repr(target).encode()
-    return hashlib.blake2b(text, digest_size=8).hexdigest()
+    return text
+
+
+def source_version(fn: Callable[..., Any]) -> str:
+    """A digest of ``fn``'s source, followed by one per helper of the user's own code that it
+    references, transitively (see :func:`helpers`): ``"<own> +mod.helper=<digest> ..."``, so
+    editing a helper invalidates the results and ``tm cache why`` can name it."""
+    target = inspect.unwrap(fn)
+    own = hashlib.blake2b(_own_text(target), digest_size=8).hexdigest()
+    parts = [own]
+    for name, digest in sorted(helpers(target).items()):
+        parts.append(f"+{name}={digest}")
+    return " ".join(parts)
+
+
+def split_version(version: str) -> tuple[str, dict[str, str]]:
+    """``(own digest, {helper: digest})`` of a :func:`source_version` (a version given by hand is
+    its own part, without helpers)."""
+    own, *rest = version.split(" +")
+    found = {}
+    for part in rest:
+        name, sep, digest = part.rpartition("=")
+        if not sep:
+            return version, {}
+        found[name] = digest
+    return own, found
+
+
+# Helpers ------------------------------------------------------------------------------------
+
+#: At most this many helpers are followed from one cached function.
+MAX_HELPERS = 500
+#: Values of these types are constants wherever they are (a module-level name referenced).
+_IMMUTABLE = (int, float, complex, str, bytes, bool, type(None), tuple, frozenset)
+#: And of these only under an upper-case name (``LIMITS = {...}``): a mutable registry that a
+#: function appends to must not change its version.
+_CONTAINERS = (list, dict, set)
+
+
+@functools.cache
+def _installed_roots() -> tuple[str, ...]:
+    import site
+    import sysconfig
+
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            roots.add(sysconfig.get_paths()[key])
+    with contextlib.suppress(AttributeError):
+        roots.update(site.getsitepackages())
+    with contextlib.suppress(AttributeError):
+        roots.add(site.getusersitepackages())
+    roots.add(os.path.dirname(os.path.abspath(__file__)))  # tm itself
+    return tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_user_file(filename: str | None) -> bool:
+    """Whether code from ``filename`` is the user's own: a real file outside the standard
+    library, installed packages (site-packages, dist-packages) and tm."""
+    if not filename or filename.startswith("<"):
+        return False
+    real = os.path.realpath(filename)
+    if real.startswith(_installed_roots()):
+        return False
+    parts = real.split(os.sep)
+    return "site-packages" not in parts and "dist-packages" not in parts
+
+
+def _is_user_object(value: Any) -> bool:
+    code = getattr(value, "__code__", None)
+    if code is not None:
+        return _is_user_file(code.co_filename)
+    module = sys.modules.get(getattr(value, "__module__", None) or "")
+    return module is not None and _is_user_file(getattr(module, "__file__", None))
+
+
+def _names(code: Any) -> set[str]:
+    """The global and attribute names ``code`` (and code nested in it) uses."""
+    out = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_names"):
+            out |= _names(c)
+    return out
+
+
+def _constant_digest(value: Any, name: str) -> str | None:
+    if isinstance(value, _CONTAINERS) and not name.isupper():
+        return None
+    if not isinstance(value, _IMMUTABLE + _CONTAINERS):
+        return None
+    try:
+        text = _dumps(canonical(value, name))
+    except (CacheKeyError, RecursionError, ValueError, TypeError):
+        return None
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).hexdigest()
+
+
+def helpers(fn: Any) -> dict[str, str]:
+    """The helpers of ``fn`` in the user's own code, by ``module.qualname``, with a digest of each
+    one's source (a function, a class) or value (a constant: an immutable value, or a list, dict
+    or set under an upper-case name). Followed transitively through the global names that the
+    functions use, the attributes they take of the user's modules, and functions in closures.
+    Functions of the standard library, of installed packages and of tm are not helpers."""
+    found: dict[str, str] = {}
+    seen: set[int] = {id(fn)}
+    todo = [fn]
+
+    def consider(value: Any, label: str) -> None:
+        if callable(value):
+            try:
+                value = inspect.unwrap(value)
+            except Exception:  # a cycle of __wrapped__, or an object that fails to say
+                return
+        if id(value) in seen or len(found) >= MAX_HELPERS:
+            return
+        if inspect.isfunction(value) or inspect.isclass(value):
+            seen.add(id(value))
+            if not _is_user_object(value):
+                return
+            name = f"{value.__module__}.{value.__qualname__}"
+            found[name] = hashlib.blake2b(_own_text(value), digest_size=4).hexdigest()
+            if inspect.isfunction(value):
+                todo.append(value)
+            else:
+                todo.extend(v for v in vars(value).values() if inspect.isfunction(v))
+            return
+        digest = _constant_digest(value, label.rpartition(".")[2])
+        if digest is not None:
+            found[label] = digest
+
+    while todo:
+        f = todo.pop()
+        code = getattr(f, "__code__", None)
+        if code is None or not _is_user_file(code.co_filename):
+            continue
+        names = _names(code)
+        scope = getattr(f, "__globals__", {})
+        module = getattr(f, "__module__", None) or "__main__"
+        for name in sorted(names):
+            if name not in scope:
+                continue
+            value = scope[name]
+            if inspect.ismodule(value):
+                if _is_user_file(getattr(value, "__file__", None)):
+                    for attr in sorted(names):
+                        if attr in vars(value):
+                            consider(vars(value)[attr], f"{value.__name__}.{attr}")
+                continue
+            consider(value, f"{module}.{name}")
+        for cell in f.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                value = cell.cell_contents
+                if inspect.isfunction(value) or inspect.isclass(value):
+                    consider(value, "")
+    return found
 
 
 _POS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -260,6 +461,26 @@ def _tagged(value: Any) -> Any:
     raise _NotJson
 
 
+def _plain(value: Any) -> bool:
+    """Whether ``value`` is JSON as it is: str-keyed dicts (without the tag key), lists and
+    scalars only, so it can be written without the copy :func:`_tagged` makes (most results)."""
+    t = type(value)
+    scalars = _SCALARS
+    if t is dict:
+        if TAG in value:
+            return False
+        for k, v in value.items():
+            if type(k) is not str or (type(v) not in scalars and not _plain(v)):
+                return False
+        return True
+    if t is list:
+        for v in value:  # noqa: SIM110 - a loop: all() over a generator costs a third more
+            if type(v) not in scalars and not _plain(v):
+                return False
+        return True
+    return t in scalars
+
+
 _BUILD = {"tuple": tuple, "set": set, "frozenset": frozenset}
 
 
@@ -300,6 +521,8 @@ def encode(value: Any) -> tuple[str, bytes]:
             else:
                 return "parquet", buf.getvalue()
     try:
+        if _plain(value):
+            return "json", _dumps_result(value).encode()
         return "json", _dumps_result(_tagged(value)).encode()
     except (_NotJson, ValueError, RecursionError):
         return "pickle", pickle.dumps(value, protocol=5)

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import pickle
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,13 @@ class WorkerCrashed(TmError, RuntimeError):
     """The worker process running a task died (killed, crashed, out of memory)."""
 
 
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
+
+
 def is_async(fn: Any) -> bool:
+    if type(fn) is types.FunctionType and not fn.__dict__:
+        # What inspect.iscoroutinefunction decides for a plain function, without its unwrapping.
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)
     target = fn.func if isinstance(fn, functools.partial) else fn
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
         getattr(target, "__call__", None)  # noqa: B004 - callable objects with async __call__

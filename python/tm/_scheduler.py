@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._tm import ManualClock, Timetable
 from .exceptions import ExecutorError
+from .schedules import Interval
 
 if TYPE_CHECKING:
     from .executor import Executor, Run
@@ -169,6 +170,9 @@ class Scheduler:
         self.tt = Timetable(None if clock is None else clock.core)
         self.slots: dict[str, _Slot] = {}
         self.lock = threading.Lock()
+        # Pauses and trigger requests of an executor without a store.
+        self.local_pauses: dict[str, int] = {}
+        self.local_triggers: list[tuple[str, dict[str, Any]]] = []
         self.running = False
         self.stopping = False
         self.cancel = False
@@ -259,15 +263,17 @@ class Scheduler:
             self.ex.store.core.upsert_graph(
                 g.name, now, now, schedule=str(g.schedule), tz=g.tz, meta_json=o.to_json()
             )
+        interval = g.schedule if isinstance(g.schedule, Interval) else None
         self.tt.add(
             g.name,
-            g.schedule,
+            None if interval is not None else g.schedule,
             g.tz,
             round(o.jitter * 1e6),
             round(o.grace * 1e6),
             o.catchup,
             o.max_catchup,
             last,
+            None if interval is None else (interval.period_us, interval.anchor_us),
         )
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -301,6 +307,7 @@ class Scheduler:
                 fires, now = self.tt.wait(_SLICE)
                 self._handle(fires, now)
                 self.tt.handled(now)
+                self._run_triggers()
             self._drain()
         finally:
             self.ready.clear()
@@ -368,11 +375,101 @@ class Scheduler:
                 continue
             slot.active.append(run)
 
+    # -- pauses ----------------------------------------------------------------------------------
+
+    def pause(self, name: str) -> bool:
+        if self.ex.store is not None:
+            from .executor import process_owner
+
+            return self.ex.store.core.pause(name, int(time.time() * 1e6), process_owner())
+        with self.lock:
+            if name in self.local_pauses:
+                return False
+            self.local_pauses[name] = int(time.time() * 1e6)
+            return True
+
+    def unpause(self, name: str) -> bool:
+        if self.ex.store is not None:
+            return self.ex.store.core.unpause(name) is not None
+        with self.lock:
+            return self.local_pauses.pop(name, None) is not None
+
+    def paused(self) -> dict[str, datetime]:
+        if self.ex.store is not None:
+            rows = [(g, us) for g, us, _ in self.ex.store.core.pauses()]
+        else:
+            with self.lock:
+                rows = list(self.local_pauses.items())
+        return {g: _from_us(us) for g, us in rows}
+
+    # -- manual triggers ---------------------------------------------------------------------------
+
+    def trigger(self, name: str, params: dict[str, Any]) -> int | None:
+        params_json = json.dumps(params)  # checked here, not in the scheduler that runs it
+        if self.ex.store is not None:
+            from .executor import process_owner
+
+            return self.ex.store.core.request_trigger(
+                name, params_json, int(time.time() * 1e6), process_owner()
+            )
+        with self.lock:
+            if name not in self.slots:
+                raise KeyError(f"no scheduled graph named {name!r}")
+            self.local_triggers.append((name, params))
+        self.tt.wake()
+        return None
+
+    def _run_triggers(self) -> None:
+        """Starts a run for each trigger request of this scheduler's graphs. With a store, one
+        indexed read per wake-up finds requests; claiming them hands each to exactly one of the
+        schedulers sharing the store."""
+        requests: list[tuple[_Slot, dict[str, Any], int | None]] = []
+        if self.ex.store is None:
+            with self.lock:
+                local, self.local_triggers = self.local_triggers, []
+            requests = [(self.slots[g], p, None) for g, p in local if g in self.slots]
+        else:
+            from .executor import process_owner
+
+            core, owner = self.ex.store.core, process_owner()
+            try:
+                for g in core.triggered_graphs():
+                    slot = self.slots.get(g)
+                    if slot is None:
+                        continue
+                    for tid, params_json in core.claim_triggers(g, int(time.time() * 1e6), owner):
+                        requests.append((slot, json.loads(params_json), tid))
+            except Exception as e:
+                _log.error("cannot read trigger requests from the store: %r", e)
+                return
+        for slot, params, tid in requests:
+            meta = {"trigger": "manual", "trigger_id": tid}
+            try:
+                run = self.ex.submit(slot.graph, kwargs=params, meta=meta, _on_end=self.tt.wake)
+            except Exception as e:
+                _log.error("%s: the triggered run could not start: %r", slot.graph.name, e)
+                continue
+            _log.info("%s: started the triggered run %s", slot.graph.name, run.id)
+            slot.active.append(run)
+
+    def _paused_names(self) -> set[str]:
+        """The graphs paused now; the store is asked once per wake-up that has fires."""
+        if self.ex.store is None:
+            with self.lock:
+                return set(self.local_pauses)
+        try:
+            return {g for g, _, _ in self.ex.store.core.pauses()}
+        except Exception as e:
+            # Firing must go on without the store; a pause it cannot read is not obeyed.
+            _log.error("cannot read paused graphs from the store: %r", e)
+            return set()
+
     def _handle(self, fires: list[tuple[str, int, int, str, int, int]], now: int) -> None:
         store = self.ex.store.core if self.ex.store is not None else None
         last: dict[str, int] = {}
         events: list[tuple[str, int, str, dict[str, Any]]] = []
         launches: list[tuple[_Slot, int, str]] = []
+        paused = self._paused_names() if fires else set()
         for name, scheduled_us, _due, kind, count, through_us in fires:
             slot = self.slots.get(name)
             if slot is None:
@@ -390,6 +487,13 @@ class Scheduler:
                 )
                 events.append(
                     (name, scheduled_us, "missed", {"count": count, "through_us": through_us})
+                )
+                continue
+            if name in paused:
+                at = _from_us(scheduled_us, _zone(slot.graph.tz))
+                _log.info("%s: skipped the fire at %s: the graph is paused", name, at)
+                events.append(
+                    (name, scheduled_us, "skipped", {"trigger": kind, "reason": "paused"})
                 )
                 continue
             o = slot.options

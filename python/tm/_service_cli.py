@@ -13,7 +13,16 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._tm import jitter_offset
-from .cli import EXIT_FAILURE, CommandError, _add_store_options, _open_store, _when, load_object
+from .cli import (
+    EXIT_FAILURE,
+    CommandError,
+    _add_store_options,
+    _open_store,
+    _require_existing,
+    _when,
+    load_object,
+)
+from .schedules import parse_schedule
 
 #: Exit status of ``tm start`` when a second signal cancelled running runs.
 EXIT_CANCELLED = 130
@@ -29,13 +38,23 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
 
 
 def _executor_of(target: str) -> Any:
+    from . import executor as executor_module
     from .executor import Executor
     from .graph import Graph
 
     if target.endswith(".py"):
         # The file runs as a module (not as __main__), so its `if __name__ == "__main__":` block
-        # (which may call start() itself) does not run.
-        found: Any = load_object(f"{target}:__dict__")
+        # does not run; a start() it calls at import is deferred and that executor is the one.
+        executor_module._deferred_starts = []
+        try:
+            found: Any = load_object(f"{target}:__dict__")
+            started = executor_module._deferred_starts
+        finally:
+            executor_module._deferred_starts = None
+        if len({id(e) for e in started}) > 1:
+            raise CommandError(f"{target} starts {len(started)} executors: start one")
+        if started:
+            return started[0]
         objects = list(found.values())
     else:
         obj = load_object(target)
@@ -160,10 +179,9 @@ def configure_status(parser: argparse.ArgumentParser) -> None:
 
 
 def _status_rows(store: Any) -> list[dict[str, Any]]:
-    from .cron import Expression
-
     rows = []
     now = datetime.now(timezone.utc)
+    paused = {g: us for g, us, _ in store.core.pauses()}
     for g in store.core.graphs():
         if not g["schedule"]:
             continue
@@ -177,7 +195,7 @@ def _status_rows(store: Any) -> list[dict[str, Any]]:
         delay = timedelta(
             microseconds=jitter_offset(g["name"], int(float(meta.get("jitter") or 0) * 1e6))
         )
-        nxt = Expression(g["schedule"]).next((start - delay).astimezone(zone)) + delay
+        nxt = parse_schedule(g["schedule"]).next((start - delay).astimezone(zone)) + delay
         runs = store.core.list_runs(graph=g["name"], limit=1)
         rows.append(
             {
@@ -185,6 +203,7 @@ def _status_rows(store: Any) -> list[dict[str, Any]]:
                 "schedule": g["schedule"],
                 "tz": g["tz"] or "UTC",
                 "next_fire": nxt.isoformat(),
+                "paused_us": paused.get(g["name"]),
                 "last_fire_us": last,
                 "last_run_id": runs[0]["run_id"] if runs else None,
                 "last_run_state": runs[0]["state"] if runs else None,
@@ -214,8 +233,73 @@ def run_status(args: argparse.Namespace) -> int:
         state = r["last_run_state"] or "-"
         if r["last_run_trigger"]:
             state += f" ({r['last_run_trigger']})"
+        nxt = "paused" if r["paused_us"] is not None else r["next_fire"]
         print(
-            f"{r['graph']:<24} {r['schedule']:<16} {r['tz']:<16} {r['next_fire']:<25} "
+            f"{r['graph']:<24} {r['schedule']:<16} {r['tz']:<16} {nxt:<25} "
             f"{_when(r['last_fire_us']):<19}  {state}"
         )
+    return 0
+
+
+def configure_pause(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", help="the scheduled graph's name (see tm status)")
+    _add_store_options(parser, json=False)
+
+
+def run_pause(args: argparse.Namespace) -> int:
+    return _set_paused(args, True)
+
+
+def run_unpause(args: argparse.Namespace) -> int:
+    return _set_paused(args, False)
+
+
+def _on_store(args: argparse.Namespace, what: str, act: Any) -> tuple[Any, str]:
+    """``act(executor)`` on an executor of the existing store ``args.db``; returns its result
+    and the store's location."""
+    from .executor import Executor
+
+    _require_existing(args.db)
+    store: Any = _open_store(args.db)
+    ex = Executor(store=store)
+    try:
+        return act(ex), store.location
+    except Exception as exc:
+        raise CommandError(f"cannot {what} {args.graph}: {exc}", EXIT_FAILURE) from exc
+    finally:
+        ex.shutdown()
+        store.close()
+
+
+def _set_paused(args: argparse.Namespace, pause: bool) -> int:
+    what = "pause" if pause else "unpause"
+    changed, location = _on_store(
+        args, what, lambda ex: ex.pause(args.graph) if pause else ex.unpause(args.graph)
+    )
+    if changed:
+        print(f"{args.graph}: {what}d; every scheduler sharing {location} obeys at its next fire")
+    else:
+        print(f"{args.graph}: already {what}d")
+    return 0
+
+
+def configure_trigger(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("graph", help="the scheduled graph's name (see tm status)")
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an argument for the root tasks; VALUE is read as JSON when it is JSON, else as text",
+    )
+    _add_store_options(parser, json=False)
+
+
+def run_trigger(args: argparse.Namespace) -> int:
+    from ._run_cli import parse_params
+
+    params = parse_params(args.param)
+    tid, location = _on_store(args, "trigger", lambda ex: ex.trigger(args.graph, **params))
+    print(f"trigger {tid} of {args.graph}: a scheduler sharing {location} runs it")
     return 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -377,6 +378,17 @@ def _open_store(url: str | None, *, reading: bool = False) -> object:
     return store
 
 
+def resolve_run_id(store: Any, text: str) -> str:
+    """The run id that ``text`` is, or is the unique prefix of (a command error otherwise)."""
+    ids = store.core.run_ids_with_prefix(text, 6)
+    if text in ids or len(ids) == 1:
+        return text if text in ids else ids[0]
+    if not ids:
+        raise CommandError(f"no run {text!r} in {store.location}", EXIT_FAILURE)
+    more = ", ..." if len(ids) > 5 else ""
+    raise CommandError(f"{text!r} is the start of several run ids: {', '.join(ids[:5])}{more}")
+
+
 def _add_store_options(parser: argparse.ArgumentParser, json: bool = True) -> None:
     """The options shared by the commands that read the run history."""
     parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
@@ -433,6 +445,7 @@ def _run_show(args: argparse.Namespace) -> int:
     import json
 
     store = _open_store(args.db, reading=True)
+    args.run_id = resolve_run_id(store, args.run_id)
     run = store.run(args.run_id)  # type: ignore[attr-defined]
     if run is None:
         raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
@@ -463,6 +476,7 @@ def _run_logs(args: argparse.Namespace) -> int:
     import json
 
     store = _open_store(args.db, reading=True)
+    args.run_id = resolve_run_id(store, args.run_id)
     if store.run(args.run_id) is None:  # type: ignore[attr-defined]
         raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
     rows = store.core.logs(args.run_id, args.task)  # type: ignore[attr-defined]
@@ -475,9 +489,10 @@ def _run_logs(args: argparse.Namespace) -> int:
 
 
 def _configure_resume(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", help="the run to continue (see tm runs)")
+    parser.add_argument("run_id", help="the run to continue, or a unique prefix (see tm runs)")
     parser.add_argument(
-        "--graph", required=True, help="the run's graph: MODULE:ATTR or FILE.py:ATTR"
+        "--graph",
+        help="the run's graph: MODULE:ATTR or FILE.py:ATTR (default: where the run recorded it)",
     )
     _add_store_options(parser, json=False)
     parser.add_argument("--workers", type=int, default=None, help="size of the default pool")
@@ -488,11 +503,21 @@ def _run_resume(args: argparse.Namespace) -> int:
     from .executor import Executor
     from .graph import Graph
 
-    graph = load_object(args.graph)
-    if not isinstance(graph, Graph):
-        raise CommandError(f"{args.graph!r} is a {type(graph).__name__}, not a tm.Graph")
     _require_existing(args.db)  # a run to resume can only be in an existing store
-    store = _open_store(args.db)
+    store: Any = _open_store(args.db)
+    args.run_id = resolve_run_id(store, args.run_id)
+    source = args.graph
+    if source is None:
+        detail = store.core.get_run(args.run_id) or {}
+        source = json.loads(detail.get("meta_json") or "{}").get("source")
+        if source is None:
+            raise CommandError(
+                f"run {args.run_id} recorded no place its graph can be loaded from "
+                "(it was defined inside a function?): name it with --graph MODULE:ATTR"
+            )
+    graph = load_object(source)
+    if not isinstance(graph, Graph):
+        raise CommandError(f"{source!r} is a {type(graph).__name__}, not a tm.Graph")
     with Executor(workers=args.workers, store=store, persist=True) as ex:  # type: ignore[arg-type]
         try:
             run = ex.resume(args.run_id, graph)
@@ -501,6 +526,12 @@ def _run_resume(args: argparse.Namespace) -> int:
     store.close()  # type: ignore[attr-defined]
     print(f"run {args.run_id} of {graph.name}: {run.state}")
     return 0 if run.state == "completed" else EXIT_FAILURE
+
+
+def _run_cli() -> Any:
+    from . import _run_cli
+
+    return _run_cli
 
 
 def _service_cli() -> Any:
@@ -516,6 +547,16 @@ COMMANDS: dict[str, Command] = {
         configure=_configure_cron,
         run=_run_cron,
     ),
+    "run": Command(
+        help="run a graph now, with live progress, a summary and its exit status",
+        configure=lambda p: _run_cli().configure_run(p),
+        run=lambda a: _run_cli().run_run(a),
+    ),
+    "backfill": Command(
+        help="run a scheduled graph once per fire time in a past range, each time at most once",
+        configure=lambda p: _run_cli().configure_backfill(p),
+        run=lambda a: _run_cli().run_backfill(a),
+    ),
     "start": Command(
         help="run an executor as a service: fire its graphs on their schedules until signalled",
         configure=lambda p: _service_cli().configure_start(p),
@@ -530,6 +571,21 @@ COMMANDS: dict[str, Command] = {
         help="list scheduled graphs with their next fire times and last runs",
         configure=lambda p: _service_cli().configure_status(p),
         run=lambda a: _service_cli().run_status(a),
+    ),
+    "trigger": Command(
+        help="ask the schedulers sharing the store to run a graph now (exactly one does)",
+        configure=lambda p: _service_cli().configure_trigger(p),
+        run=lambda a: _service_cli().run_trigger(a),
+    ),
+    "pause": Command(
+        help="pause a graph's schedule for every scheduler sharing the store",
+        configure=lambda p: _service_cli().configure_pause(p),
+        run=lambda a: _service_cli().run_pause(a),
+    ),
+    "unpause": Command(
+        help="let a paused graph fire again from its next fire time",
+        configure=lambda p: _service_cli().configure_pause(p),
+        run=lambda a: _service_cli().run_unpause(a),
     ),
     "queue": Command(
         help="inspect and manage an agent queue (tm.queue.TaskManager)",

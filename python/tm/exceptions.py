@@ -10,6 +10,7 @@ __all__ = [
     "ExecutorError",
     "GraphError",
     "RetriesExhausted",
+    "SignatureError",
     "StoreError",
     "TaskCancelled",
     "TaskFailed",
@@ -73,7 +74,14 @@ class CacheKeyError(TmError, TypeError):
 
 
 class CacheError(StoreError):
-    """A stored result cannot be used: its file differs from what tm wrote (tampered or damaged)."""
+    """A result cannot be stored, or a stored one cannot be used (its file is not what tm wrote, or
+    lies outside the result directory)."""
+
+
+class SignatureError(CacheError):
+    """A stored pickle or result file does not carry a valid signature (HMAC) under this
+    process's key: written with another key, or by someone who does not hold it. Nothing of it
+    was unpickled."""
 
 
 class TaskInProgress(TmError, RuntimeError):

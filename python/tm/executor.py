@@ -8,7 +8,6 @@ import itertools
 import json
 import logging
 import os
-import pickle
 import socket
 import sys
 import threading
@@ -38,6 +37,11 @@ __all__ = ["Attempt", "Event", "Executor", "Run", "TaskRun", "default_executor"]
 
 def _default_workers() -> int:
     return min(32, (os.cpu_count() or 1) + 4)
+
+
+#: While ``tm start`` imports a file: the executors whose ``start()`` it called (see
+#: :meth:`Executor.start`); None otherwise.
+_deferred_starts: list[Executor] | None = None
 
 
 def process_owner() -> str:
@@ -145,8 +149,10 @@ class Run:
         return self._index_cache
 
     @property
-    def id(self) -> int:
-        return self._handle.id
+    def id(self) -> str | int:
+        """The run's id: :attr:`run_id` when the run is recorded in a store, else the engine's
+        number for it. Hooks' events, ``context.run_id`` and log lines use the same."""
+        return self.run_id if self.run_id is not None else self._handle.id
 
     @property
     def state(self) -> str:
@@ -325,7 +331,8 @@ def _task_logger(meta: Any, task: str, node: int) -> logging.Logger | logging.Lo
 class Event:
     """A task or run transition, passed to ``on_task_start``/``on_task_end`` hooks."""
 
-    run_id: int
+    #: The run's id in the store (32 hex digits) when it is recorded, else the engine's number.
+    run_id: str | int
     graph: str
     task: str | None
     kind: str
@@ -384,6 +391,8 @@ class _Dispatch:
         self._core = graph._core
         self._names: list[str] | None = None
         self.run: Run | None = None
+        #: The run's id in the store, once recorded: events and logs name the run by it.
+        self.run_key: str | None = None
         self.finished_early = False
         self.lock = threading.Lock()
 
@@ -415,8 +424,9 @@ class _Dispatch:
             self._names = self._core.names()
         names = self._names
         task = None if node is None else names[node]
+        rid: str | int = run_id if self.run_key is None else self.run_key
         ev = Event(
-            run_id,
+            rid,
             self.graph,
             task,
             kind,
@@ -430,7 +440,7 @@ class _Dispatch:
         level = _LEVELS[kind]
         if _log.isEnabledFor(level):
             if task is None:
-                _log.log(level, "run %d of %s %s", run_id, self.graph, state)
+                _log.log(level, "run %s of %s %s", rid, self.graph, state)
             elif kind == "retrying":
                 _log.log(
                     level,
@@ -730,7 +740,7 @@ class Executor:
             done = None
             attempts = None
         if record is not None:
-            info["run_id"] = record[1]
+            info["run_id"] = dispatch.run_key = record[1]
             _recorded[record[1]] = record
         try:
             handle = engine.submit(
@@ -804,17 +814,28 @@ class Executor:
         if not recorded and detail["graph"] == graph.name:
             # Killed before the task rows were committed: nothing had completed; record them now.
             core.add_tasks(run_id, [(i, n, None, None, None, None) for i, n in enumerate(names)])
-        elif detail["graph"] != graph.name or set(recorded) != set(names):
+        elif detail["graph"] != graph.name:
             raise GraphError(
-                f"run {run_id} was a run of graph {detail['graph']!r} with tasks "
-                f"{sorted(recorded)}; graph {graph.name!r} has {sorted(names)}"
+                f"run {run_id} was a run of graph {detail['graph']!r}, not of {graph.name!r}"
+            )
+        elif set(recorded) != set(names):
+            added, removed = sorted(set(names) - set(recorded)), sorted(set(recorded) - set(names))
+            raise GraphError(
+                f"graph {graph.name!r} changed since run {run_id}: "
+                + "; ".join(
+                    f"{what} {', '.join(tasks)}"
+                    for what, tasks in (("tasks added:", added), ("tasks removed:", removed))
+                    if tasks
+                )
             )
         by_recorded_node = {t["node"]: t["name"] for t in recorded.values()}
         results: dict[str, Any] = {}
         for node, fmt, data in core.results(run_id):
             if fmt == "pickle" and node in by_recorded_node:
-                # Written by tm itself into its own database for this run.
-                results[by_recorded_node[node]] = pickle.loads(data)
+                name = by_recorded_node[node]
+                results[name] = self.store.signer.loads(
+                    data, f"the persisted result of task {name!r} of run {run_id!r}"
+                )
         done: dict[int, Any] = {}
         for name in reversed(graph.topological_order()):
             if name not in recorded or recorded[name]["status"] != "completed":
@@ -858,9 +879,12 @@ class Executor:
         core = self.store.core
         now = int(time.time() * 1e6)
         owner = process_owner()
-        meta_json = json.dumps({"owner": owner})
         records: list[tuple[Any, str] | None] = []
         for graph, info in items:
+            meta: dict[str, Any] = {"owner": owner}
+            if graph.source is not None:
+                meta["source"] = graph.source
+            meta_json = json.dumps(meta)
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
             scheduled_us = (
@@ -868,7 +892,9 @@ class Executor:
             )
             trigger = str(info.get("trigger", "manual"))
             if fires and scheduled_us is not None:
-                won = core.claim_fire(run_id, graph.name, trigger, scheduled_us, now, owner)
+                won = core.claim_fire(
+                    run_id, graph.name, trigger, scheduled_us, now, owner, meta_json
+                )
                 records.append((core, run_id) if won else None)
                 continue
             core.begin_run(
@@ -1046,6 +1072,68 @@ class Executor:
         """
         self._scheduler.remove(name)
 
+    def pause(self, name: str) -> bool:
+        """Pauses the schedule of the graph called ``name``: its fires are recorded as skipped
+        (reason ``paused``) until :meth:`unpause`. With a store, every scheduler sharing it obeys
+        at its next fire, and ``tm status`` shows it; the graph need not be added here. Runs
+        already going are left alone. Returns False when it was paused already."""
+        return self._scheduler.pause(name)
+
+    def unpause(self, name: str) -> bool:
+        """Lets the graph called ``name`` fire again from its next fire time on (fires skipped
+        while it was paused are not caught up). Returns False when it was not paused."""
+        return self._scheduler.unpause(name)
+
+    def paused(self) -> dict[str, datetime]:
+        """The paused graphs and when each was paused."""
+        return self._scheduler.paused()
+
+    def backfill(
+        self,
+        graph: Graph,
+        start: datetime,
+        end: datetime,
+        *,
+        reprocess: str = "none",
+        max_active: int = 1,
+        dry_run: bool = False,
+        on_item: Callable[[Any, str], Any] | None = None,
+    ) -> list[Any]:
+        """Runs ``graph`` once per fire time of its schedule from ``start`` to ``end`` (both
+        included; naive bounds are in the graph's zone), each with ``context.scheduled_at`` set
+        and trigger ``"backfill"``, at most ``max_active`` at once, oldest first.
+
+        Each logical time runs at most once across the processes sharing the store (the
+        schedulers' fire claims). Times that already have a run keep it unless ``reprocess`` is
+        ``"failed"`` (failed or cancelled runs are resumed: only what failed runs again) or
+        ``"all"`` (completed times also run again, as new runs). Running the same backfill again
+        continues an interrupted one. ``dry_run`` only returns the plan. ``on_item(item, what)``
+        is called as each item is ``"started"`` and ``"ended"``.
+
+        Returns:
+            One ``BackfillItem`` per time: its ``action`` (``run``, ``resume``, ``rerun``,
+            ``keep``, ``taken`` or ``busy``), ``run_id`` and final ``state``.
+        """
+        from ._backfill import backfill
+
+        return backfill(
+            self,
+            graph,
+            start,
+            end,
+            reprocess=reprocess,
+            max_active=max_active,
+            dry_run=dry_run,
+            on_item=on_item,
+        )
+
+    def trigger(self, name: str, **params: Any) -> int | None:
+        """Asks for a run of the scheduled graph ``name`` now, with ``params`` for its root tasks
+        (``context.meta["trigger"] == "manual"``). With a store, any scheduler sharing it that
+        serves the graph may run it (exactly one does, within a wake-up of half a second), and
+        the request's id is returned; without one, this executor's :meth:`start` runs it."""
+        return self._scheduler.trigger(name, params)
+
     def next_fire(self, name: str) -> datetime | None:
         """The next logical fire time of the scheduled graph ``name`` (in its zone), or None
         if its schedule has ended.
@@ -1075,6 +1163,11 @@ class Executor:
         """
         if self._forked:
             self._get_engine()  # raises the forked-executor error
+        if _deferred_starts is not None:
+            # `tm start FILE.py` is importing a file that starts its executor itself (as seed
+            # 004's examples do): the command runs it once the file is loaded, instead.
+            _deferred_starts.append(self)
+            return
         self._scheduler.start()
 
     def stop(self, timeout: float | None = None) -> None:

@@ -8,6 +8,7 @@ import inspect
 import json
 import os
 import sys
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -15,8 +16,8 @@ from typing import Any
 
 from ._decorators import TaskFunction, TaskOptions, as_task, task
 from ._tm import ByteCache, GraphCore
-from .cron import Expression
 from .exceptions import GraphError, TaskTimeout
+from .schedules import Schedule, parse_schedule
 from .taskflow import Task as _ClassTask
 
 __all__ = ["Graph"]
@@ -25,12 +26,23 @@ _PARENT, _CONFIG, _CONTEXT, _ALL_PARENTS, _VALUE = 0, 1, 2, 3, 4
 _P = inspect.Parameter
 
 
+# Code flags (Include/cpython/code.h): the fast path reads a plain function's parameters from its
+# code object, which costs a small fraction of ``inspect.signature``.
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08
+_FunctionType = types.FunctionType
+
+
 class _Sig:
     """What a callable's signature needs, computed once per callable."""
 
     __slots__ = ("params", "positional", "var_keyword", "var_positional")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
+        if type(fn) is _FunctionType:
+            extra = fn.__dict__
+            if not extra or ("__wrapped__" not in extra and "__signature__" not in extra):
+                self._from_code(fn)
+                return
         try:
             sig = inspect.signature(fn)
         except (TypeError, ValueError):
@@ -49,6 +61,36 @@ class _Sig:
         self.var_positional = any(p.kind is _P.VAR_POSITIONAL for p in sig.parameters.values())
         self.var_keyword = any(p.kind is _P.VAR_KEYWORD for p in sig.parameters.values())
 
+    def _from_code(self, fn: types.FunctionType) -> None:
+        """The same analysis as ``inspect.signature`` gives, read off the function's code object."""
+        code = fn.__code__
+        argc, posonly, kwonly = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
+        names, flags = code.co_varnames, code.co_flags
+        first_default = argc - len(fn.__defaults__ or ())
+        params: list[tuple[str, Any, bool]] = [
+            (
+                names[i],
+                _P.POSITIONAL_ONLY if i < posonly else _P.POSITIONAL_OR_KEYWORD,
+                i >= first_default,
+            )
+            for i in range(argc)
+        ]
+        at = argc + kwonly
+        self.var_positional = bool(flags & _CO_VARARGS)
+        if self.var_positional:
+            params.append((names[at], _P.VAR_POSITIONAL, False))
+            at += 1
+        if kwonly:
+            kwdefaults = fn.__kwdefaults__ or {}
+            params.extend(
+                (name, _P.KEYWORD_ONLY, name in kwdefaults) for name in names[argc : argc + kwonly]
+            )
+        self.var_keyword = bool(flags & _CO_VARKEYWORDS)
+        if self.var_keyword:
+            params.append((names[at], _P.VAR_KEYWORD, False))
+        self.params = params
+        self.positional = list(names[:argc])
+
 
 _SIGS: weakref.WeakKeyDictionary[Any, _Sig] = weakref.WeakKeyDictionary()
 
@@ -58,6 +100,8 @@ _COMPILED_KEPT = 4
 
 def _sig_of(fn: Callable[..., Any]) -> _Sig:
     """The signature analysis of ``fn``, cached per callable (many tasks share one function)."""
+    if type(fn) is _FunctionType:
+        return _Sig(fn)  # as cheap as a cache lookup
     try:
         sig = _SIGS.get(fn)
     except TypeError:  # not weak-referenceable or not hashable
@@ -81,19 +125,37 @@ class _Node:
         self.sig: _Sig | None = None
 
 
-def _caller_dir() -> Path | None:
-    """The directory of the script that constructed the graph (for relative config paths)."""
+def _caller() -> tuple[Path | None, str | None]:
+    """The directory of the script that constructed the graph (for relative config paths) and
+    its module's name (to record where the graph can be loaded from)."""
     frame = inspect.currentframe()
     try:
         f = frame.f_back.f_back if frame and frame.f_back else None
         while f is not None and f.f_globals.get("__name__", "").startswith("tm."):
             f = f.f_back
         filename = f.f_code.co_filename if f is not None else None
+        module = f.f_globals.get("__name__") if f is not None else None
     finally:
         del frame
     if filename and not filename.startswith("<") and os.path.exists(filename):
-        return Path(filename).resolve().parent
-    return None
+        return Path(filename).resolve().parent, module
+    return None, module
+
+
+def _source_of(graph: Graph, module_name: str | None) -> str | None:
+    """Where ``graph`` can be loaded from by another process: ``package.module:attr`` for a
+    module of a package, else ``/path/to/file.py:attr``; None when no module-level name holds it."""
+    module = sys.modules.get(module_name or "")
+    if module is None:
+        return None
+    attr = next((k for k, v in vars(module).items() if v is graph and k.isidentifier()), None)
+    if attr is None:
+        return None
+    spec = getattr(module, "__spec__", None)
+    if spec is not None and spec.parent:
+        return f"{spec.name}:{attr}"
+    file = getattr(module, "__file__", None)
+    return f"{Path(file).resolve()}:{attr}" if file else None
 
 
 #: Parsed config files shared by every graph of the process, keyed by path, modification time
@@ -168,7 +230,8 @@ class Graph:
 
     Args:
         name: the graph's name (used in run records and schedules).
-        schedule: ``"manual"`` (run on demand) or a cron expression (text or ``Expression``).
+        schedule: ``"manual"`` (run on demand), a cron expression (text or ``Expression``), or
+            an interval of elapsed time (``tm.every(minutes=5)`` or ``"@every 5m"``).
         config: a dict, or the path of a JSON/YAML file re-read for each run when it changed.
             Relative paths resolve against the defining script's directory, then the working
             directory. Tasks receive it through a parameter named ``config``.
@@ -178,23 +241,14 @@ class Graph:
     def __init__(
         self,
         name: str = "graph",
-        schedule: str | Expression | None = "manual",
+        schedule: str | Schedule | None = "manual",
         config: Any = None,
         tz: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise GraphError(f"a graph needs a non-empty name, got {name!r}")
         self.name = name
-        if schedule is None or schedule == "manual":
-            self.schedule: Expression | None = None
-        elif isinstance(schedule, Expression):
-            self.schedule = schedule
-        elif isinstance(schedule, str):
-            self.schedule = Expression(schedule)
-        else:
-            raise TypeError(
-                f"schedule must be 'manual', a cron string or an Expression, got {schedule!r}"
-            )
+        self.schedule: Schedule | None = parse_schedule(schedule)
         self.tz = tz
         self._core = GraphCore()
         self._nodes: list[_Node] = []
@@ -203,9 +257,19 @@ class Graph:
         # Compiled forms by executor (its cache key), most recently used last, each with the graph
         # version it was compiled from.
         self._compiled: dict[Any, tuple[int, Any]] = {}
-        self._config_base = _caller_dir()
+        self._config_base, self._module = _caller()
+        self._source: str | None = None
         self._config: Any = None
         self.config = config
+
+    @property
+    def source(self) -> str | None:
+        """Where this graph can be loaded from (``module:attr`` or ``file.py:attr``), recorded with
+        each run so ``tm resume RUN_ID`` needs no ``--graph``; None for a graph no module-level
+        name holds (one built inside a function)."""
+        if self._source is None:
+            self._source = _source_of(self, self._module)
+        return self._source
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -285,6 +349,8 @@ class Graph:
         if isinstance(depends_on, (str, bytes)) or callable(depends_on):
             depends_on = [depends_on]
         deps = list(depends_on)
+        if self._add_new(t, deps):
+            return t
 
         def change() -> None:
             parents = [self._resolve(d) for d in deps]
@@ -292,6 +358,32 @@ class Graph:
 
         self._atomically(change)
         return t
+
+    def _add_new(self, t: Any, deps: list[Any]) -> bool:
+        """Adds ``t`` after ``deps`` in one step when ``t`` is a new function task and every
+        dependency is already in the graph (how graphs are usually built); False otherwise, with
+        the graph unchanged."""
+        by_source, nodes, core = self._by_source, self._nodes, self._core
+        parents: list[int] = []
+        for d in deps:
+            if isinstance(d, str):
+                idx = core.find(d)
+            else:
+                idx = by_source.get(id(d))
+                if idx is not None and nodes[idx].source is not d:
+                    idx = None
+            if idx is None:
+                return False
+            parents.append(idx)
+        idx = by_source.get(id(t))
+        if (idx is not None and nodes[idx].source is t) or isinstance(t, _ClassTask):
+            return False
+        node = _make_node(t)
+        idx = core.add_node_after(_node_name(node), t, parents)
+        nodes.append(node)
+        by_source[id(t)] = idx
+        self._version += 1
+        return True
 
     def add_edges(self, parents: Iterable[Any], children: Iterable[Any] | None = None) -> None:
         """Adds every task in ``parents`` and ``children`` and an edge from each parent to each child.
@@ -484,20 +576,31 @@ class Graph:
         calls: list[Any] = []
         specs: list[Any] = []
         used_kwargs: set[str] = set()
-        wrapped: dict[tuple[int, str | None], Callable[..., Any]] = {}
+        wrapped: dict[tuple[int, str | None, bool], Callable[..., Any]] = {}
+        # Scheduling specs by options object (most tasks share one), then by the values that
+        # matter (options that differ only by name give one spec).
+        spec_of_options: dict[int, tuple[Any, ...]] = {}
         spec_for: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         d = defaults or {}
-        for i, node in enumerate(self._nodes):
-            if node.sig is None:
-                node.sig = _sig_of(node.call)
-            parents = self._core.parents(i)
-            by_name = {names[p]: p for p in parents}
+        default_persist = bool(d.get("persist", False))
+        for i, (node, parents) in enumerate(
+            zip(self._nodes, self._core.parent_lists(), strict=True)
+        ):
+            sig = node.sig
+            if sig is None:
+                sig = node.sig = _sig_of(node.call)
             is_root = not parents
             params, call_args = _bind(
-                names[i], node.sig, by_name, is_root, args, kwargs, check_roots
+                names[i],
+                sig,
+                {names[p]: p for p in parents},
+                is_root,
+                args,
+                kwargs,
+                check_roots,
             )
             if is_root:
-                _note_used(used_kwargs, params, node.sig, kwargs)
+                _note_used(used_kwargs, params, sig, kwargs)
             o = node.options
             # Many tasks share a function and their options differ only by name: wrap and derive
             # the scheduling spec once per distinct (function, tag) and option set.
@@ -506,23 +609,27 @@ class Graph:
             if fn is None:
                 fn = wrap(node.call, o) if wrap is not None else node.call
                 wrapped[wkey] = fn
-            persist = o.persist if o.persist is not None else bool(d.get("persist", False))
+            persist = o.persist if o.persist is not None else default_persist
             calls.append((fn, params, call_args, o.retry_on, o.give_up_on or None, persist))
-            skey = (
-                o.tag,
-                o.priority,
-                o.retries,
-                o.retry_delay,
-                o.backoff,
-                o.max_delay,
-                o.jitter,
-                o.timeout,
-                o.retry_on,
-                o.give_up_on,
-            )
-            spec = spec_for.get(skey)
+            spec = spec_of_options.get(id(o))
             if spec is None:
-                spec = spec_for[skey] = _spec(o, pool_of(o.tag) if pool_of is not None else 0, d)
+                skey = (
+                    o.tag,
+                    o.priority,
+                    o.retries,
+                    o.retry_delay,
+                    o.backoff,
+                    o.max_delay,
+                    o.jitter,
+                    o.timeout,
+                    o.retry_on,
+                    o.give_up_on,
+                )
+                spec = spec_for.get(skey)
+                if spec is None:
+                    pool = pool_of(o.tag) if pool_of is not None else 0
+                    spec = spec_for[skey] = _spec(o, pool, d)
+                spec_of_options[id(o)] = spec
             specs.append(spec)
         if check_roots:
             self._check_used(kwargs, used_kwargs)
@@ -545,7 +652,7 @@ class Graph:
         if cached is None or cached[0] != self._version:
             cached = self._root_ids = (
                 self._version,
-                [i for i in range(len(self._nodes)) if not self._core.parents(i)],
+                [i for i, parents in enumerate(self._core.parent_lists()) if not parents],
             )
         roots = []
         used_kwargs: set[str] = set()

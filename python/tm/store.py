@@ -10,14 +10,13 @@ opened or created until first use.
 from __future__ import annotations
 
 import os
-import pickle
 import threading
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import _signing, config
 from ._tm import CacheIndex, StoreCore
 from .exceptions import StoreError
 
@@ -75,6 +74,12 @@ class Store:
             migrated or written beside it, so history on a read-only file system or in a
             directory this process cannot write can be inspected; every write raises
             ``tm.StoreError``. (PostgreSQL databases open as usual.)
+        file_mode: the permission bits of a SQLite database file that tm creates (its ``-wal``
+            and ``-shm`` files take the same) and, with search bits added where reading is
+            allowed, of the directories it creates for it: ``$TM_FILE_MODE`` (octal, such as
+            ``640``) or ``0o600`` (owner only) by default, since the database holds what tasks
+            returned. The umask still applies; existing files keep their modes. The agent queue's
+            files follow ``$TM_FILE_MODE`` too.
     """
 
     def __init__(
@@ -84,9 +89,16 @@ class Store:
         *,
         cache_bytes: int = 64 << 20,
         read_only: bool = False,
+        file_mode: int | None = None,
     ) -> None:
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        if file_mode is not None and not (0 <= file_mode <= 0o777 and file_mode & 0o600 == 0o600):
+            raise ValueError(
+                f"file_mode must be permission bits (0o600-0o777) letting the owner read and "
+                f"write, got {file_mode:#o}"
+            )
+        self.file_mode = file_mode
         self.url = db_url or default_url()
         self.result_dir = Path(result_dir or default_result_dir()).absolute()
         self.cache_bytes = cache_bytes
@@ -94,6 +106,8 @@ class Store:
         self._core: StoreCore | None = None
         self._cache: CacheIndex | None = None
         self._lock = threading.Lock()
+        self._root: tuple[Path, str] | None = None
+        self._signer: _signing.Signer | None = None
 
     @property
     def core(self) -> StoreCore:
@@ -104,10 +118,36 @@ class Store:
             return core
         with self._lock:
             if self._core is None:
-                core = StoreCore(self.url, read_only=self.read_only)
+                core = StoreCore(self.url, read_only=self.read_only, file_mode=self.file_mode)
                 core.set_cache_capacity(self.cache_bytes)
+                _signing.register(core.location, self.result_dir)
                 self._core = core
             return self._core
+
+    @property
+    def signer(self) -> _signing.Signer:
+        """Signs and verifies what this store's database and result files hold (the key:
+        ``$TM_SECRET_KEY`` or ``secret.key`` beside the store, created on first use)."""
+        signer = self._signer
+        if signer is None:
+            signer = self._signer = _signing.for_store(self)
+        return signer
+
+    def inside_result_dir(self, path: str | os.PathLike[str]) -> str | None:
+        """``path`` resolved (``..`` and symlinks) if it names a file inside ``result_dir``, else
+        None. Result paths come from the database, which must not decide which files tm reads or
+        deletes: a row pointing elsewhere is refused whatever its hash."""
+        root = self._root
+        if root is None or root[0] != self.result_dir:
+            root = self._root = (
+                self.result_dir,
+                os.path.join(os.path.realpath(self.result_dir), ""),
+            )
+        text = os.fspath(path)
+        if not os.path.isabs(text) or f"{os.sep}..{os.sep}" in f"{text}{os.sep}":
+            return None
+        real = os.path.realpath(text)
+        return real if real.startswith(root[1]) else None
 
     @property
     def location(self) -> str:
@@ -152,8 +192,7 @@ class Store:
         fmt, data = row
         if fmt != "pickle":
             raise StoreError(f"task {task!r} of run {run_id!r}: unknown result format {fmt!r}")
-        # Written by tm itself, for this run, into its own database.
-        return pickle.loads(data)
+        return self.signer.loads(data, f"the persisted result of task {task!r} of run {run_id!r}")
 
     def cache_info(self) -> dict[str, int]:
         """The in-memory result cache: entries, bytes, capacity, hits, misses, evictions."""
@@ -194,8 +233,9 @@ class Store:
             skip_if_in_progress: raise ``tm.TaskInProgress`` instead of waiting when an identical
                 call runs elsewhere (a cached caller whose callee raised it is recorded skipped).
             seed: the name of the argument holding the random seed (recorded and in file names).
-            version: the function's version; default a digest of its source, so editing the
-                function invalidates its results.
+            version: the function's version; default a digest of its source and of the helpers
+                of the user's own code it references (transitively; not the standard library or
+                installed packages), so editing the function or a helper invalidates its results.
             ttl: how long a result counts (seconds or timedelta); default forever.
             ignore: parameters left out of the key (a logger, a connection, ...).
 
@@ -229,7 +269,8 @@ class Store:
         self, func: str | None = None, older_than: float | timedelta | None = None
     ) -> list[dict[str, Any]]:
         """Deletes stored results and their files (of one function, older than an age in seconds
-        or a timedelta); returns the deleted entries."""
+        or a timedelta); returns the deleted entries. A file the database names outside
+        ``result_dir`` is never deleted (its entry is, marked ``"outside": True``)."""
         import time
 
         if isinstance(older_than, timedelta):
@@ -237,7 +278,10 @@ class Store:
         before = None if older_than is None else time.time_ns() // 1000 - int(older_than * 1e6)
         gone = self.cache_index.clear(func=func, created_before_us=before)
         for e in gone:
-            Path(e["result_path"]).unlink(missing_ok=True)
+            real = self.inside_result_dir(e["result_path"])
+            e["outside"] = real is None
+            if real is not None:
+                Path(real).unlink(missing_ok=True)
         return gone
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ use std::time::Duration;
 pub use run::{Attempt, Run, RunState, TaskState};
 pub use sched::CancelMode;
 pub use sched::{Executor, PoolConfig};
-pub use timetable::{jitter_offset, Catchup, Fire, FireKind, Timetable, Timing};
+pub use timetable::{jitter_offset, Catchup, Fire, FireKind, Rule, Timetable, Timing};
 
 use crate::dag::{NodeId, Plan};
 use crate::retry::RetryPolicy;

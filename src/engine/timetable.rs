@@ -1,4 +1,4 @@
-//! The cron timetable: when each scheduled graph fires next, and what to do about fires that came
+//! The timetable: when each scheduled graph (cron or interval) fires next, and what to do about fires that came
 //! due while nobody was looking.
 //!
 //! A [`Timetable`] keeps one slot per graph and a min-heap of due times. [`Timetable::wait`] sleeps
@@ -37,13 +37,55 @@ pub enum Catchup {
     All,
 }
 
+/// When a graph's logical fire times fall.
+#[derive(Clone, Debug)]
+pub enum Rule {
+    /// Wall-clock times matching a cron expression, read in `tz` (DST policy: see
+    /// [`Expression::next_after_in`]).
+    Cron {
+        /// The cron expression.
+        expr: Expression,
+        /// The zone its wall times are read in.
+        tz: TimeZone,
+    },
+    /// Every `period_us` of elapsed time from `anchor_us` (both in microseconds; the anchor is a
+    /// Unix time): no zone, so daylight saving changes nothing.
+    Every {
+        /// The interval, positive.
+        period_us: i64,
+        /// One fire time; the others are whole periods before and after it.
+        anchor_us: i64,
+    },
+}
+
+impl Rule {
+    /// The first fire time strictly after `after_us`, or None past the representable range.
+    pub fn next_after(&self, after_us: i64) -> Option<i64> {
+        match self {
+            Rule::Cron { expr, tz } => {
+                let at = Timestamp::from_microsecond(after_us).ok()?;
+                expr.next_after_in(tz, at).map(|ts| ts.as_microsecond())
+            }
+            Rule::Every {
+                period_us,
+                anchor_us,
+            } => {
+                let periods = after_us.checked_sub(*anchor_us)?.div_euclid(*period_us);
+                let next = periods
+                    .checked_add(1)?
+                    .checked_mul(*period_us)?
+                    .checked_add(*anchor_us)?;
+                Timestamp::from_microsecond(next).ok().map(|_| next)
+            }
+        }
+    }
+}
+
 /// How one graph is scheduled.
 #[derive(Clone, Debug)]
 pub struct Timing {
-    /// The cron expression.
-    pub expr: Expression,
-    /// The zone its wall times are read in (DST policy: see [`Expression::next_after_in`]).
-    pub tz: TimeZone,
+    /// When its fires fall.
+    pub rule: Rule,
     /// Upper bound of the graph's deterministic delay, in microseconds (0: none).
     pub jitter_us: i64,
     /// How late a fire may be handled and still count as on time, in microseconds.
@@ -140,10 +182,7 @@ pub struct Timetable {
 }
 
 fn next_fire(t: &Timing, after_us: i64) -> Option<i64> {
-    let at = Timestamp::from_microsecond(after_us).ok()?;
-    t.expr
-        .next_after_in(&t.tz, at)
-        .map(|ts| ts.as_microsecond())
+    t.rule.next_after(after_us)
 }
 
 impl Timetable {

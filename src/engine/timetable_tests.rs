@@ -15,9 +15,15 @@ fn iso(micros: i64) -> String {
 }
 
 fn timing(expr: &str, tz: &str) -> Timing {
-    Timing {
+    with_rule(Rule::Cron {
         expr: Expression::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}")),
         tz: TimeZone::get(tz).unwrap_or_else(|e| panic!("{tz}: {e}")),
+    })
+}
+
+fn with_rule(rule: Rule) -> Timing {
+    Timing {
+        rule,
         jitter_us: 0,
         grace_us: 1_000_000,
         catchup: Catchup::Latest,
@@ -322,4 +328,58 @@ fn system_clock_fires_a_seconds_schedule() {
     }
     assert_eq!(fired[1] - fired[0], 1_000_000);
     assert_eq!(fired[0] % 1_000_000, 0);
+}
+
+#[test]
+fn intervals_count_elapsed_time_from_their_anchor() {
+    let every = |period_us, anchor_us| Rule::Every {
+        period_us,
+        anchor_us,
+    };
+    let five_min = 300_000_000;
+    let r = every(five_min, 0);
+    assert_eq!(
+        r.next_after(us("2026-03-29T00:58:00Z")),
+        Some(us("2026-03-29T01:00:00Z"))
+    );
+    // Strictly after: a fire time itself moves on by a whole period.
+    assert_eq!(
+        r.next_after(us("2026-03-29T01:00:00Z")),
+        Some(us("2026-03-29T01:05:00Z"))
+    );
+    // Anchored elsewhere, and before the epoch.
+    let r = every(five_min, us("2026-01-01T00:02:30Z"));
+    assert_eq!(
+        r.next_after(us("2026-03-29T01:00:00Z")),
+        Some(us("2026-03-29T01:02:30Z"))
+    );
+    assert_eq!(
+        r.next_after(us("1969-12-31T23:59:59Z")),
+        Some(us("1970-01-01T00:02:30Z"))
+    );
+    // Past the representable range: no fire, no overflow.
+    assert_eq!(every(i64::MAX / 2, 0).next_after(i64::MAX - 5), None);
+    let last = Timestamp::MAX.as_microsecond();
+    assert_eq!(every(3_600_000_000, 0).next_after(last - 1), None);
+}
+
+#[test]
+fn an_interval_ignores_daylight_saving() {
+    // Through London's spring-forward night: one fire per elapsed hour, 23 on a 23-hour day.
+    let tt = Timetable::new(Clock::manual(us("2026-03-29T00:00:00Z") - 1));
+    tt.add(
+        "g",
+        with_rule(Rule::Every {
+            period_us: 3_600_000_000,
+            anchor_us: 0,
+        }),
+        None,
+    );
+    let fires: Vec<i64> = (0..4)
+        .flat_map(|_| step(&tt))
+        .map(|f| f.scheduled_us)
+        .collect();
+    let gaps: Vec<i64> = fires.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(fires[0], us("2026-03-29T00:00:00Z"));
+    assert_eq!(gaps, [3_600_000_000; 3]);
 }

@@ -292,6 +292,18 @@ impl PyCacheIndex {
             .collect()
     }
 
+    /// Deletes the entries of `key` older than its entry `newest_id`; returns them (their files
+    /// are the caller's to delete, and the caller forgets their kept results).
+    fn supersede<'py>(
+        &self,
+        py: Python<'py>,
+        key: &str,
+        newest_id: i64,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let gone = py.detach(|| self.store.cache_supersede(key, newest_id))?;
+        gone.iter().map(|e| entry_dict(py, e)).collect()
+    }
+
     /// Deletes matching entries; returns them (their files are the caller's to delete).
     #[pyo3(signature = (*, func = None, created_before_us = None))]
     fn clear<'py>(

@@ -170,9 +170,11 @@ impl PyBody {
         let Some((store, run_id)) = &self.persist_to else {
             return Ok(());
         };
+        // Sealed with the store's key (tm._signing): only a holder of the key can write what a
+        // resume unpickles.
         let pickled = py
-            .import("pickle")?
-            .call_method1("dumps", (value,))
+            .import("tm._signing")?
+            .call_method1("dumps_for", (store.location(), value))
             .map_err(|e| {
                 let name = self.program.names[node as usize].bind(py).to_string();
                 let err = pyo3::exceptions::PyTypeError::new_err(format!(
@@ -184,7 +186,19 @@ impl PyBody {
         let bytes: Vec<u8> = pickled.extract()?;
         store
             .save_result(run_id, node, "pickle", bytes)
-            .map_err(PyErr::from)
+            .map_err(|e| {
+                // The same exception class (tm.StoreError), naming the task.
+                let name = self.program.names[node as usize].bind(py).to_string();
+                let err = PyErr::from(e);
+                let msg = format!(
+                    "task {name:?} has persist=True but its result cannot be stored: {}",
+                    err.value(py)
+                );
+                match err.get_type(py).call1((msg,)) {
+                    Ok(named) => PyErr::from_value(named),
+                    Err(_) => err,
+                }
+            })
     }
 
     fn kwargs<'py>(
@@ -853,10 +867,16 @@ pub struct PyTaskContext {
 
 #[pymethods]
 impl PyTaskContext {
-    /// The run id.
+    /// The run's id: its id in the store (32 hex digits) when the run is recorded, else the
+    /// engine's number for it.
     #[getter]
-    fn run_id(&self) -> u64 {
-        self.run.id()
+    fn run_id(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Ok(meta) = self.meta.bind(py).cast::<PyDict>() {
+            if let Some(id) = meta.get_item("run_id")? {
+                return Ok(id.unbind());
+            }
+        }
+        Ok(self.run.id().into_pyobject(py)?.into_any().unbind())
     }
 
     /// The task's name.

@@ -54,6 +54,34 @@ impl PyGraphCore {
         Ok(id)
     }
 
+    /// Adds a task that is not in the graph yet after `parents` (nodes already in it), in one
+    /// step: edges into a new node close no cycle, so none is searched for.
+    fn add_node_after(
+        &self,
+        name: &str,
+        task: Bound<'_, PyAny>,
+        parents: Vec<u32>,
+    ) -> PyResult<u32> {
+        let mut core = self.lock();
+        let n = core.builder.len() as u32;
+        if let Some(p) = parents.iter().find(|p| **p >= n) {
+            return Err(pyo3::exceptions::PyIndexError::new_err(format!(
+                "no node {p}"
+            )));
+        }
+        let id = core.builder.add_node(name, task.unbind(), |a, b| a.is(b))?;
+        if id != n {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "task {name:?} is already in the graph"
+            )));
+        }
+        for p in parents {
+            core.builder.add_edge(p, id)?;
+        }
+        core.plan = None;
+        Ok(id)
+    }
+
     /// Adds edges parent -> child for every pair, all or nothing: on a cycle none are kept.
     fn add_edges(&self, edges: Vec<(u32, u32)>) -> PyResult<()> {
         let mut core = self.lock();
@@ -120,6 +148,14 @@ impl PyGraphCore {
             return Vec::new();
         }
         core.builder.parents(i).to_vec()
+    }
+
+    /// The parents of every node, in index order (one call for a whole graph's compile).
+    fn parent_lists(&self) -> Vec<Vec<u32>> {
+        let core = self.lock();
+        (0..core.builder.len() as NodeId)
+            .map(|i| core.builder.parents(i).to_vec())
+            .collect()
     }
 
     /// Children of node `i`.

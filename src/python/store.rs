@@ -187,13 +187,13 @@ impl PyStoreCore {
 impl PyStoreCore {
     /// Opens (creating and migrating) the database at `url`; raises `tm.StoreError`.
     #[new]
-    #[pyo3(signature = (url, *, read_only = false))]
-    fn new(py: Python<'_>, url: &str, read_only: bool) -> PyResult<Self> {
+    #[pyo3(signature = (url, *, read_only = false, file_mode = None))]
+    fn new(py: Python<'_>, url: &str, read_only: bool, file_mode: Option<u32>) -> PyResult<Self> {
         let store = py.detach(|| {
             if read_only {
                 Store::open_read_only(url)
             } else {
-                Store::open(url)
+                Store::open_with_mode(url, file_mode)
             }
         })?;
         Ok(PyStoreCore {
@@ -242,6 +242,7 @@ impl PyStoreCore {
     /// Claims the fire of `graph` at `scheduled_us` and records its run (state `running`), in one
     /// transaction; False when a process sharing the database fired it already (detached).
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (run_id, graph, trigger, scheduled_us, now_us, owner, meta_json = None))]
     fn claim_fire(
         &self,
         py: Python<'_>,
@@ -251,6 +252,7 @@ impl PyStoreCore {
         scheduled_us: i64,
         now_us: i64,
         owner: String,
+        meta_json: Option<String>,
     ) -> PyResult<bool> {
         let fire = FireClaim {
             run_id,
@@ -259,8 +261,61 @@ impl PyStoreCore {
             scheduled_us,
             now_us,
             owner,
+            meta_json,
         };
         Ok(py.detach(|| self.store.claim_fire(&fire))?)
+    }
+
+    /// Pauses `graph`'s schedule for every scheduler sharing the database; False when it was
+    /// paused already (detached).
+    fn pause(&self, py: Python<'_>, graph: &str, now_us: i64, owner: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.store.pause(graph, now_us, owner))?)
+    }
+
+    /// Unpauses `graph`; returns when it had been paused, None when it was not (detached).
+    fn unpause(&self, py: Python<'_>, graph: &str) -> PyResult<Option<i64>> {
+        Ok(py.detach(|| self.store.unpause(graph))?)
+    }
+
+    /// The paused graphs as (graph, paused_us, owner), by name (detached).
+    fn pauses(&self, py: Python<'_>) -> PyResult<Vec<(String, i64, String)>> {
+        let rows = py.detach(|| self.store.pauses())?;
+        Ok(rows
+            .into_iter()
+            .map(|p| (p.graph, p.paused_us, p.owner))
+            .collect())
+    }
+
+    /// Asks the schedulers sharing the database to run `graph` now; returns the request's id
+    /// (detached).
+    fn request_trigger(
+        &self,
+        py: Python<'_>,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> PyResult<i64> {
+        Ok(py.detach(|| {
+            self.store
+                .request_trigger(graph, params_json, now_us, owner)
+        })?)
+    }
+
+    /// The graphs with unclaimed trigger requests (detached).
+    fn triggered_graphs(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| self.store.triggered_graphs())?)
+    }
+
+    /// Claims `graph`'s unclaimed trigger requests as (id, params_json) (detached).
+    fn claim_triggers(
+        &self,
+        py: Python<'_>,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> PyResult<Vec<(i64, String)>> {
+        Ok(py.detach(|| self.store.claim_triggers(graph, now_us, owner))?)
     }
 
     /// Adds tasks, as (node, name, task_key, inputs_digest, seed, code_version), to a run begun
@@ -406,6 +461,17 @@ impl PyStoreCore {
         };
         let rows = py.detach(|| self.store.list_runs(&filter))?;
         dicts(py, &rows, run_dict)
+    }
+
+    /// The ids of the runs whose id starts with `prefix`, in order, at most `limit` (detached).
+    #[pyo3(signature = (prefix, limit = 2))]
+    fn run_ids_with_prefix(
+        &self,
+        py: Python<'_>,
+        prefix: &str,
+        limit: usize,
+    ) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| self.store.run_ids_with_prefix(prefix, limit))?)
     }
 
     /// A run as a dict with "config_json", "meta_json" and "tasks" (a list of dicts), or None.

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 
 use super::cron::PyExpression;
 use crate::clock::Clock;
-use crate::engine::{Catchup, FireKind, Timetable, Timing};
+use crate::engine::{Catchup, FireKind, Rule, Timetable, Timing};
 
 /// A clock moved by hand, in microseconds since the epoch.
 #[pyclass(name = "ManualClock", module = "tm._tm", frozen)]
@@ -66,18 +66,21 @@ impl PyTimetable {
         self.inner.clock().now_micros()
     }
 
+    /// Schedules `graph` on a cron expression (read in `tz`) or, with `every` =
+    /// (period_us, anchor_us), on an interval of elapsed time.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (graph, expr, tz, jitter_us, grace_us, catchup, max_catchup, last_fire_us = None))]
+    #[pyo3(signature = (graph, expr, tz, jitter_us, grace_us, catchup, max_catchup, last_fire_us = None, every = None))]
     fn add(
         &self,
         graph: &str,
-        expr: &PyExpression,
+        expr: Option<&PyExpression>,
         tz: Option<&str>,
         jitter_us: i64,
         grace_us: i64,
         catchup: &str,
         max_catchup: usize,
         last_fire_us: Option<i64>,
+        every: Option<(i64, i64)>,
     ) -> PyResult<()> {
         let tz = match tz {
             None => TimeZone::UTC,
@@ -94,9 +97,23 @@ impl PyTimetable {
                 )))
             }
         };
+        let rule = match (expr, every) {
+            (Some(expr), None) => Rule::Cron {
+                expr: expr.inner.clone(),
+                tz,
+            },
+            (None, Some((period_us, anchor_us))) if period_us > 0 => Rule::Every {
+                period_us,
+                anchor_us,
+            },
+            _ => {
+                return Err(PyValueError::new_err(
+                    "a schedule is a cron expression or a positive interval, not both",
+                ))
+            }
+        };
         let timing = Timing {
-            expr: expr.inner.clone(),
-            tz,
+            rule,
             jitter_us: jitter_us.max(0),
             grace_us: grace_us.max(0),
             catchup,

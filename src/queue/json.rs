@@ -18,7 +18,7 @@
 //!   [`write_early`]).
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{self, File, TryLockError};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
@@ -1069,6 +1069,8 @@ struct Files {
     path: PathBuf,
     lock: PathBuf,
     tmp: PathBuf,
+    /// The mode of files created here (see `crate::store::files`).
+    mode: u32,
 }
 
 impl Files {
@@ -1116,9 +1118,12 @@ impl JsonBackend {
             path: path.to_owned(),
             lock: with_suffix(path, ".lock"),
             tmp: with_suffix(path, ".tmp"),
+            // Owner-only unless configured.
+            mode: crate::store::files::file_mode(None).map_err(QueueError::Invalid)?,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(|e| files.io("create directory", dir, e))?;
+            crate::store::files::create_dir_all(dir, files.mode)
+                .map_err(|e| files.io("create directory", dir, e))?;
         }
         let mut b = JsonBackend {
             files,
@@ -1151,7 +1156,7 @@ impl JsonBackend {
         let pid = std::process::id();
         loop {
             if lock_file.as_ref().is_none_or(|(_, p)| *p != pid) {
-                let f = OpenOptions::new()
+                let f = crate::store::files::options(files.mode)
                     .create(true)
                     .truncate(false)
                     .write(true)
@@ -1287,6 +1292,35 @@ impl JsonBackend {
 
     /// Writes the cached document: temporary file, fsync, rename.
     /// The version it replaces goes to `retired` (see [`JsonBackend::refresh`]).
+    /// The file the next state is written to before it is renamed over the state file: with the
+    /// state file's mode when there is one (an owner's chmod survives rewrites), else tm's.
+    fn create_tmp(files: &Files) -> std::io::Result<File> {
+        #[cfg(unix)]
+        let existing = {
+            use std::os::unix::fs::PermissionsExt;
+            fs::metadata(&files.path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok()
+        };
+        #[cfg(not(unix))]
+        let existing: Option<u32> = None;
+        if existing.is_none() {
+            // A leftover from a crash would keep its own mode.
+            let _ = fs::remove_file(&files.tmp);
+        }
+        let f = crate::store::files::options(existing.unwrap_or(files.mode))
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&files.tmp)?;
+        #[cfg(unix)]
+        if let Some(mode) = existing {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(f)
+    }
+
     fn persist(
         files: &Files,
         loaded: &mut Loaded,
@@ -1300,7 +1334,7 @@ impl JsonBackend {
         let mut buf = Vec::with_capacity(loaded.doc.src.len() + 4096);
         loaded.doc.render(&mut buf);
         let write = || -> std::io::Result<File> {
-            let mut f = File::create(&files.tmp)?;
+            let mut f = Self::create_tmp(files)?;
             write_early(&mut f, &buf)?;
             f.sync_data()?;
             Ok(f)

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row, Statement, Transaction};
+use postgres::{Client, Row, Statement, Transaction};
+
+use crate::store::PgConfig;
 
 use super::jsontext;
 use super::{
@@ -141,7 +143,7 @@ type TxResult<T> = std::result::Result<T, TxError>;
 pub struct PgBackend {
     /// The URL without its password, for messages.
     place: String,
-    config: Config,
+    config: PgConfig,
     ctx: Ctx,
     client: Client,
     stmts: HashMap<String, Statement>,
@@ -369,9 +371,9 @@ impl PgBackend {
         })
     }
 
-    fn connect(config: &Config, place: &str, ctx: &Ctx) -> Result<Client> {
+    fn connect(config: &PgConfig, place: &str, ctx: &Ctx) -> Result<Client> {
         let err = |e| pg_err(place, ctx, e);
-        let mut client = config.connect(NoTls).map_err(err)?;
+        let mut client = config.connect().map_err(err)?;
         let ms = ctx.lock_timeout.as_millis().clamp(1, i32::MAX as u128);
         client
             .batch_execute(&format!("SET lock_timeout = {ms}"))
@@ -998,7 +1000,7 @@ impl Backend for PgBackend {
 
     fn waiter(&mut self) -> Result<Option<Box<dyn super::Waiter>>> {
         let err = |e| pg_err(&self.place, &self.ctx, e);
-        let mut client = self.config.connect(NoTls).map_err(err)?;
+        let mut client = self.config.connect().map_err(err)?;
         client.batch_execute("LISTEN tm_queue").map_err(err)?;
         Ok(Some(Box::new(PgWaiter {
             client,

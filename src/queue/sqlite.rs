@@ -430,13 +430,17 @@ impl SqliteBackend {
     /// Opens (creating if needed) the database and its tables.
     pub fn open(path: &Path, opts: Options) -> Result<SqliteBackend> {
         let ctx = Ctx::new(&opts);
+        // Owner-only unless configured (see crate::store::files).
+        let mode = crate::store::files::file_mode(None).map_err(QueueError::Invalid)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| QueueError::Io {
+            crate::store::files::create_dir_all(dir, mode).map_err(|e| QueueError::Io {
                 op: "create directory",
                 path: dir.to_owned(),
                 source: e,
             })?;
         }
+        // SQLite gives its -wal and -shm the database's mode. A failure shows in the open below.
+        let _ = crate::store::files::create_file(path, mode);
         let no_wait = Arc::new(AtomicBool::new(false));
         let conn = Self::connect(path, &ctx, &no_wait)?;
         Ok(SqliteBackend {

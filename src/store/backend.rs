@@ -34,6 +34,8 @@ pub(crate) trait Backend: Send + Sync {
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError>;
     /// See [`Store::get_run`](super::Store::get_run).
     fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError>;
+    /// See [`Store::run_ids_with_prefix`](super::Store::run_ids_with_prefix).
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// See [`Store::attempts`](super::Store::attempts).
     fn attempts(&self, run_id: &str, task: TaskRef<'_>) -> Result<Vec<AttemptRow>, StoreError>;
     /// See [`Store::logs`](super::Store::logs).
@@ -52,6 +54,8 @@ pub(crate) trait Backend: Send + Sync {
     fn events(&self, limit: usize) -> Result<Vec<EventRow>, StoreError>;
     /// The synchronous cache index (seed 000's cached calls) on the same database.
     fn cache(&self) -> &dyn CacheBackend;
+    /// The most bytes one stored value (a row, with its few other columns) may hold.
+    fn max_value_bytes(&self) -> usize;
 }
 
 /// Opens the existing database `url` names for reading only (PostgreSQL: as usual).
@@ -62,10 +66,18 @@ pub(crate) fn open_read_only(url: &str) -> Result<Box<dyn Backend>, StoreError> 
     }
 }
 
-/// Opens the backend that `url` names.
-pub(crate) fn open(url: &str) -> Result<Box<dyn Backend>, StoreError> {
+/// Opens the backend that `url` names; a SQLite file it creates gets `file_mode` (see
+/// [`super::files::file_mode`]).
+pub(crate) fn open(url: &str, file_mode: Option<u32>) -> Result<Box<dyn Backend>, StoreError> {
     match DbUrl::parse(url)? {
-        DbUrl::Sqlite(target) => Ok(Box::new(Sqlite::open(target)?)),
+        DbUrl::Sqlite(target) => {
+            let mode = super::files::file_mode(file_mode).map_err(|detail| StoreError::Open {
+                path: DbUrl::Sqlite(target.clone()).to_string(),
+                detail,
+                source: None,
+            })?;
+            Ok(Box::new(Sqlite::open(target, mode)?))
+        }
         DbUrl::Postgres(url) => Ok(Box::new(super::pg::Postgres::open(&url)?)),
     }
 }
@@ -81,6 +93,8 @@ pub(crate) struct SqlitePlace {
     /// Opened read-only: `path` is a `file:` URI with `mode=ro` or `immutable=1`, and there is no
     /// writer.
     pub(crate) read_only: bool,
+    /// The mode of a database file, and of directories, that the writer creates.
+    pub(crate) file_mode: u32,
 }
 
 impl SqlitePlace {
@@ -134,10 +148,11 @@ impl SqlitePlace {
             name,
             memory: false,
             read_only: true,
+            file_mode: super::files::DEFAULT_FILE_MODE,
         })
     }
 
-    fn resolve(target: SqliteTarget) -> Result<SqlitePlace, StoreError> {
+    fn resolve(target: SqliteTarget, file_mode: u32) -> Result<SqlitePlace, StoreError> {
         match target {
             SqliteTarget::Memory => {
                 // A name per Store: its writer and readers share it, other Stores do not. The memdb
@@ -152,6 +167,7 @@ impl SqlitePlace {
                     path: PathBuf::from(uri),
                     memory: true,
                     read_only: false,
+                    file_mode,
                 })
             }
             SqliteTarget::File(path) => {
@@ -165,13 +181,14 @@ impl SqlitePlace {
                     });
                 }
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    create_dir(&path, dir)?;
+                    create_dir(&path, dir, file_mode)?;
                 }
                 Ok(SqlitePlace {
                     name,
                     path,
                     memory: false,
                     read_only: false,
+                    file_mode,
                 })
             }
         }
@@ -192,8 +209,8 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
-fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(|e| {
+fn create_dir(path: &Path, dir: &Path, file_mode: u32) -> Result<(), StoreError> {
+    super::files::create_dir_all(dir, file_mode).map_err(|e| {
         // "File exists" would puzzle: say that the existing thing is not a directory.
         let e = if dir.exists() && !dir.is_dir() {
             std::io::Error::new(std::io::ErrorKind::NotADirectory, "it is not a directory")
@@ -212,20 +229,24 @@ fn create_dir(path: &Path, dir: &Path) -> Result<(), StoreError> {
 /// pool of read connections (a forked child opens its own).
 struct Sqlite {
     place: Arc<SqlitePlace>,
+    /// See [`Backend::max_value_bytes`]: the write connection's `SQLITE_LIMIT_LENGTH`.
+    max_value: usize,
     writer: ProcessWriter,
     readers: Readers,
     cache: SqliteCache,
 }
 
 impl Sqlite {
-    fn open(target: SqliteTarget) -> Result<Sqlite, StoreError> {
-        let place = Arc::new(SqlitePlace::resolve(target)?);
+    fn open(target: SqliteTarget, file_mode: u32) -> Result<Sqlite, StoreError> {
+        let place = Arc::new(SqlitePlace::resolve(target, file_mode)?);
+        let max_value = max_length(&place.name)?.map_or(SQLITE_MAX_LENGTH, |n| n as usize);
         fork_gate::install();
         let writer = Writer::start(&place)?;
         let readers = Readers::new(place.clone());
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
+            max_value,
             writer: ProcessWriter::new(Some(writer)),
             readers,
             cache,
@@ -247,6 +268,7 @@ impl Sqlite {
         let cache = SqliteCache::new(place.clone());
         Ok(Sqlite {
             place,
+            max_value: SQLITE_MAX_LENGTH,
             writer: ProcessWriter::new(None),
             readers,
             cache,
@@ -309,6 +331,9 @@ impl Backend for Sqlite {
     fn unfinished_runs(&self) -> Result<Vec<RunSummary>, StoreError> {
         self.readers.unfinished_runs()
     }
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.readers.run_ids_with_prefix(prefix, limit)
+    }
     fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError> {
         self.readers.graph(name)
     }
@@ -320,6 +345,31 @@ impl Backend for Sqlite {
     }
     fn cache(&self) -> &dyn CacheBackend {
         &self.cache
+    }
+    fn max_value_bytes(&self) -> usize {
+        self.max_value
+    }
+}
+
+/// SQLite's largest string or blob, and row, unless lowered (`SQLITE_MAX_LENGTH`).
+const SQLITE_MAX_LENGTH: usize = 1_000_000_000;
+
+/// Hidden setting: a lower `SQLITE_LIMIT_LENGTH` for the store's write connection, so that tests
+/// can reach the limit without a gigabyte.
+const MAX_LENGTH_VAR: &str = "TM_SQLITE_MAX_LENGTH";
+
+/// The limit [`MAX_LENGTH_VAR`] sets, if it is set.
+pub(crate) fn max_length(name: &str) -> Result<Option<i32>, StoreError> {
+    let Some(raw) = std::env::var_os(MAX_LENGTH_VAR) else {
+        return Ok(None);
+    };
+    match raw.to_str().and_then(|s| s.trim().parse::<i32>().ok()) {
+        Some(n) if n > 0 => Ok(Some(n)),
+        _ => Err(StoreError::Open {
+            path: name.to_string(),
+            detail: format!("{MAX_LENGTH_VAR}={raw:?} is not a positive number of bytes"),
+            source: None,
+        }),
     }
 }
 
@@ -412,7 +462,8 @@ mod tests {
         for cut in [50, 4096, full.len() / 2] {
             std::fs::write(tmp.path(), &full[..cut]).expect("truncate");
             let e = expect_open_error(&tmp.url(), &tmp.path().display().to_string());
-            assert!(matches!(e, StoreError::Open { .. }), "{cut}: {e:?}");
+            assert!(matches!(e, StoreError::Damaged { .. }), "{cut}: {e:?}");
+            assert!(e.to_string().contains(".recover"), "{e}");
             assert_eq!(std::fs::read(tmp.path()).expect("read").len(), cut);
         }
     }

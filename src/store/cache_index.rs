@@ -178,11 +178,38 @@ pub(crate) trait CacheBackend: Send + Sync {
     fn states(&self, filter: &CacheFilter) -> Result<Vec<CallState>, StoreError>;
     /// A key's state and its newest entry; `key` may be a unique prefix.
     fn find(&self, key: &str) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError>;
+    /// Deletes the entries of `key` older than its entry `newest_id` (a forced re-run supersedes
+    /// them); returns them, so the caller can delete their files.
+    fn supersede(&self, key: &str, newest_id: i64) -> Result<Vec<CacheEntry>, StoreError>;
     /// Deletes the matching entries (and the states left without an entry, unless running);
     /// returns what was deleted, so the caller can delete the files.
     fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError>;
     /// Claims a schedule fire (see [`FireClaim`]); false when another scheduler fired it.
     fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError>;
+    /// Pauses `graph`'s schedule for every scheduler; false when it was paused already.
+    fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError>;
+    /// Unpauses `graph`; returns when it had been paused (None: it was not).
+    fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError>;
+    /// The paused graphs, by name.
+    fn pauses(&self) -> Result<Vec<Pause>, StoreError>;
+    /// Asks the schedulers to run `graph` now with `params_json`; returns the request's id.
+    fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError>;
+    /// The graphs with unclaimed trigger requests (a read: no write lock).
+    fn triggered_graphs(&self) -> Result<Vec<String>, StoreError>;
+    /// Claims every unclaimed request of `graph`, atomically among processes: each request is
+    /// returned, as (id, params_json), to exactly one caller.
+    fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError>;
     /// Sleeps until some key's call ends (completed or released) anywhere, or `timeout`:
     /// Some(true) when woken, Some(false) on timeout, None where the database has no such
     /// signal (SQLite: the caller sleeps and asks again).
@@ -204,6 +231,8 @@ pub struct FireClaim {
     pub now_us: i64,
     /// Who fires it (`host:pid`), also kept in the run's `meta_json` as `{"owner": ...}`.
     pub owner: String,
+    /// The run's `meta_json` when it says more than its owner (it must name the same owner).
+    pub meta_json: Option<String>,
 }
 
 /// The statements of a fire claim; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
@@ -212,9 +241,35 @@ pub(crate) const CLAIM_FIRE: &str = "INSERT INTO fires (graph, scheduled_us, run
 pub(crate) const FIRE_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, \
     scheduled_us, created_us, started_us, meta_json) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6)";
 
+/// A paused schedule: no scheduler sharing the database fires `graph` while the row exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pause {
+    pub graph: String,
+    /// When it was paused (microseconds since the epoch).
+    pub paused_us: i64,
+    /// Who paused it (`host:pid`).
+    pub owner: String,
+}
+
+/// The statements of pauses; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
+pub(crate) const PAUSE: &str = "INSERT INTO pauses (graph, paused_us, owner) VALUES (?1, ?2, ?3) \
+    ON CONFLICT (graph) DO NOTHING";
+pub(crate) const UNPAUSE: &str = "DELETE FROM pauses WHERE graph = ?1 RETURNING paused_us";
+pub(crate) const PAUSES: &str = "SELECT graph, paused_us, owner FROM pauses ORDER BY graph";
+/// The statements of manual triggers, for both dialects like the ones above.
+pub(crate) const REQUEST_TRIGGER: &str = "INSERT INTO triggers (graph, params_json, requested_us, \
+    requested_by) VALUES (?1, ?2, ?3, ?4) RETURNING id";
+pub(crate) const TRIGGERED_GRAPHS: &str =
+    "SELECT DISTINCT graph FROM triggers WHERE claimed_us IS NULL";
+pub(crate) const CLAIM_TRIGGERS: &str = "UPDATE triggers SET claimed_us = ?1, claimed_by = ?2 \
+    WHERE graph = ?3 AND claimed_us IS NULL RETURNING id, params_json";
+
 impl FireClaim {
     pub(crate) fn meta_json(&self) -> String {
-        serde_json::json!({ "owner": self.owner }).to_string()
+        match &self.meta_json {
+            Some(meta) => meta.clone(),
+            None => serde_json::json!({ "owner": self.owner }).to_string(),
+        }
     }
 }
 
@@ -405,6 +460,73 @@ impl CacheBackend for SqliteCache {
         })
     }
 
+    fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute(PAUSE, params![graph, now_us, owner])? == 1))
+    }
+
+    fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(UNPAUSE)?
+                .query_row([graph], |r| r.get::<_, i64>(0))
+                .optional()
+        })
+    }
+
+    fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(PAUSES)?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Pause {
+                    graph: r.get(0)?,
+                    paused_us: r.get(1)?,
+                    owner: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.prepare_cached(REQUEST_TRIGGER)?
+                .query_row(params![graph, params_json, now_us, owner], |r| r.get(0))
+        })
+    }
+
+    fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(TRIGGERED_GRAPHS)?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
+    fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let claimed = {
+                let mut stmt = tx.prepare_cached(CLAIM_TRIGGERS)?;
+                let rows = stmt.query_map(params![now_us, owner, graph], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+                rows.collect::<Result<Vec<(i64, String)>, _>>()?
+            };
+            tx.commit()?;
+            Ok(claimed)
+        })
+    }
+
     fn lookup(&self, key: &str, now_us: i64) -> Result<Option<CacheEntry>, StoreError> {
         self.with(|c| latest_entry(c, key, now_us))
     }
@@ -585,6 +707,16 @@ impl CacheBackend for SqliteCache {
                 out.push((s, entry));
             }
             Ok(out)
+        })
+    }
+
+    fn supersede(&self, key: &str, newest_id: i64) -> Result<Vec<CacheEntry>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "DELETE FROM cache_entries WHERE key = ?1 AND id < ?2 RETURNING {ENTRY_COLS}"
+            ))?;
+            let rows = stmt.query_map(params![key, newest_id], entry_row)?;
+            rows.collect()
         })
     }
 

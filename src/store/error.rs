@@ -53,6 +53,47 @@ pub enum StoreError {
         source: Option<Arc<rusqlite::Error>>,
     },
 
+    /// The database file is damaged (a truncated file, flipped bytes, a schema that is not the
+    /// one tm wrote, a write-ahead log without its database). tm did not write to it.
+    #[error(
+        "database {path} is damaged: {detail}. tm did not open it for writing and left it as it \
+         is: restore it from a backup, or recover what it holds into a new file with \
+         `sqlite3 {path} .recover | sqlite3 {path}.recovered` and use that file"
+    )]
+    Damaged {
+        /// Where the database is.
+        path: String,
+        /// What is wrong, in words.
+        detail: String,
+    },
+
+    /// A value is larger than the database stores in one piece (SQLite: 1,000,000,000 bytes,
+    /// PostgreSQL: 1 GB); nothing was queued.
+    #[error(
+        "{what} is {bytes} bytes, more than database {path} stores in one value ({limit} bytes): \
+         make it smaller (write large data to a file and return its path) or do not persist it"
+    )]
+    TooBig {
+        /// Where the database is.
+        path: String,
+        /// What was to be stored, in words.
+        what: String,
+        /// Its size.
+        bytes: usize,
+        /// The database's limit.
+        limit: usize,
+    },
+
+    /// The write-ahead log beside a SQLite database was deleted or replaced while the store had
+    /// it open: the store stops writing (see `detail` for what was saved).
+    #[error("database {path}: {detail}")]
+    LogLost {
+        /// Where the database is.
+        path: String,
+        /// What happened to the writes, in words.
+        detail: String,
+    },
+
     /// The database was written by a newer tm whose schema this version does not know.
     #[error(
         "database {path} has schema version {found}, newer than the {supported} this tm knows; \
@@ -219,6 +260,12 @@ pub(crate) fn pg_error(place: &str, what: &str, e: postgres::Error) -> StoreErro
                 text.push_str(": ");
                 text.push_str(&c.to_string());
                 cause = c.source();
+            }
+            if text.contains("invalid peer certificate") {
+                text.push_str(
+                    " (the server's certificate must be signed by a CA in sslrootcert and, for \
+                     sslmode=verify-full, name the host the URL connects to)",
+                );
             }
             text
         }

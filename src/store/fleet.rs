@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row, Statement, Transaction};
+use postgres::{Client, Row, Statement, Transaction};
+
+use super::pgconn::PgConfig;
 
 use super::error::{pg_error, StoreError};
 use super::pg::migrate;
@@ -243,7 +245,7 @@ struct Conn {
 /// One executor process's handle on the distributed runs of a PostgreSQL database.
 pub struct Fleet {
     place: String,
-    config: Config,
+    config: PgConfig,
     owner: String,
     lease_us: i64,
     /// Connections for claims and completions, so that an executor's task threads end their
@@ -319,9 +321,9 @@ static COMPLETE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 /// Connects a claim-and-complete connection. Its statements are prepared once and run
 /// thousands of times with the same shape of arguments: a generic plan spares the planning that
 /// PostgreSQL would otherwise redo on every execution of the multi-statement completion.
-fn connect(config: &Config, place: &str) -> Result<Client, StoreError> {
+fn connect(config: &PgConfig, place: &str) -> Result<Client, StoreError> {
     let mut client = config
-        .connect(NoTls)
+        .connect()
         .map_err(|e| pg_error(place, "cannot connect", e))?;
     client
         .batch_execute("SET plan_cache_mode = force_generic_plan")
@@ -1026,7 +1028,7 @@ impl Drop for Fleet {
 /// The watcher thread: renews this executor's leases, returns expired ones, and turns
 /// notifications into wake-ups.
 struct Watcher {
-    config: Config,
+    config: PgConfig,
     owner: String,
     lease_us: i64,
     signal: Arc<Signal>,
@@ -1066,7 +1068,7 @@ impl Watcher {
 
     /// One connection's life; returns Ok when asked to stop.
     fn session(&self) -> Result<(), postgres::Error> {
-        let mut client = self.config.connect(NoTls)?;
+        let mut client = self.config.connect()?;
         client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
         let period = self.period();
         let mut next = Instant::now();

@@ -35,6 +35,10 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: include_str!("migrations/0004_fleet.sql"),
     },
+    Migration {
+        version: 5,
+        sql: include_str!("migrations/0005_control.sql"),
+    },
 ];
 
 /// The schema version this build writes.

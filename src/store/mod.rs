@@ -29,11 +29,14 @@
 mod backend;
 mod cache_index;
 mod error;
+pub(crate) mod files;
 mod fleet;
 mod fold;
+mod health;
 mod migrations;
 mod model;
 mod pg;
+mod pgconn;
 mod read;
 mod url;
 mod writer;
@@ -42,7 +45,7 @@ mod writer;
 mod tests;
 
 pub use cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
     StoredResult,
 };
 pub use error::StoreError;
@@ -52,6 +55,7 @@ pub use model::{
     RunSummary, TaskFact, TaskRef, TaskRow, Transition, TERMINAL_TASK_STATUSES,
     UNFINISHED_RUN_STATES,
 };
+pub(crate) use pgconn::PgConfig;
 pub(crate) use url::pg_config;
 pub use url::{DbUrl, SqliteTarget};
 
@@ -140,7 +144,13 @@ impl Store {
     /// `sqlite:///relative.db`, `sqlite:////absolute.db`, a bare path, `:memory:` or
     /// `sqlite://:memory:`. A file that is not a tm database is refused and left untouched.
     pub fn open(url: &str) -> Result<Store, StoreError> {
-        Ok(Store::with_backend(backend::open(url)?))
+        Store::open_with_mode(url, None)
+    }
+
+    /// [`Store::open`], creating a new SQLite database file (and its log and directories) with
+    /// `file_mode` instead of the default (`$TM_FILE_MODE`, else `0o600`; see [`files`]).
+    pub fn open_with_mode(url: &str, file_mode: Option<u32>) -> Result<Store, StoreError> {
+        Ok(Store::with_backend(backend::open(url, file_mode)?))
     }
 
     fn with_backend(backend: Box<dyn Backend>) -> Store {
@@ -268,6 +278,16 @@ impl Store {
         format: &str,
         data: Vec<u8>,
     ) -> Result<(), StoreError> {
+        // Refused now, while the caller can still fail the task, rather than at the commit.
+        let limit = self.backend.max_value_bytes();
+        if data.len().saturating_add(format.len() + run_id.len() + 64) > limit {
+            return Err(StoreError::TooBig {
+                path: self.location().to_string(),
+                what: format!("the result of node {node} of run {run_id}"),
+                bytes: data.len(),
+                limit,
+            });
+        }
         let shared: Arc<[u8]> = Arc::from(data.as_slice());
         self.backend.submit(Write::SaveResult {
             run_id: run_id.to_string(),
@@ -408,6 +428,16 @@ impl Store {
         self.backend.list_runs(filter)
     }
 
+    /// The ids of the runs whose id starts with `prefix` (in order, at most `limit`), so a
+    /// command can take a unique prefix of a run id.
+    pub fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.backend.run_ids_with_prefix(prefix, limit)
+    }
+
     /// A run with its config and every task's facts and state, or `None` if unknown.
     pub fn get_run(&self, run_id: &str) -> Result<Option<RunDetail>, StoreError> {
         self.backend.get_run(run_id)
@@ -530,6 +560,52 @@ impl Store {
         self.backend.cache().claim_fire(fire)
     }
 
+    /// Pauses `graph`'s schedule for every scheduler sharing this database (committed at once);
+    /// false when it was paused already.
+    pub fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.backend.cache().pause(graph, now_us, owner)
+    }
+
+    /// Unpauses `graph`; returns when it had been paused, None when it was not.
+    pub fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.backend.cache().unpause(graph)
+    }
+
+    /// The paused graphs, by name.
+    pub fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.backend.cache().pauses()
+    }
+
+    /// Asks the schedulers sharing this database to run `graph` now (committed at once); returns
+    /// the request's id.
+    pub fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.backend
+            .cache()
+            .request_trigger(graph, params_json, now_us, owner)
+    }
+
+    /// The graphs with trigger requests no scheduler has claimed yet.
+    pub fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.backend.cache().triggered_graphs()
+    }
+
+    /// Claims `graph`'s unclaimed trigger requests as (id, params_json); each goes to exactly one
+    /// caller among the processes sharing this database.
+    pub fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.backend.cache().claim_triggers(graph, now_us, owner)
+    }
+
     /// Sleeps until a cached call ends anywhere (PostgreSQL notifies), or `timeout`: Some(true)
     /// when woken, Some(false) on timeout, None where the database cannot signal (SQLite).
     pub fn cache_wait(&self, timeout: std::time::Duration) -> Result<Option<bool>, StoreError> {
@@ -552,6 +628,16 @@ impl Store {
         key: &str,
     ) -> Result<Vec<(CallState, Option<CacheEntry>)>, StoreError> {
         self.backend.cache().find(key)
+    }
+
+    /// Deletes the entries of `key` older than `newest_id` and returns them, so the caller can
+    /// delete their files.
+    pub fn cache_supersede(
+        &self,
+        key: &str,
+        newest_id: i64,
+    ) -> Result<Vec<CacheEntry>, StoreError> {
+        self.backend.cache().supersede(key, newest_id)
     }
 
     /// Deletes matching entries and returns them, so the caller can delete their files.

@@ -18,12 +18,15 @@ use std::time::Duration;
 
 use postgres::error::SqlState;
 use postgres::types::ToSql;
-use postgres::{Client, Config, GenericClient, IsolationLevel, NoTls, Row, Statement, Transaction};
+use postgres::{Client, GenericClient, IsolationLevel, Row, Statement, Transaction};
+
+use super::pgconn::PgConfig;
 
 use super::cache_index::CacheBackend;
 use super::cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner,
-    StoredResult, CLAIM_FIRE, FIRE_RUN,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
+    StoredResult, CLAIM_FIRE, CLAIM_TRIGGERS, FIRE_RUN, PAUSE, PAUSES, REQUEST_TRIGGER,
+    TRIGGERED_GRAPHS, UNPAUSE,
 };
 use super::error::{pg_error, StoreError};
 use super::fold::{FoldedAttempt, FoldedState};
@@ -31,6 +34,7 @@ use super::model::{
     AttemptRow, ErrorInfo, EventRow, GraphRecord, LogRow, RunDetail, RunFilter, RunSummary,
     TaskFact, TaskRef, TaskRow, Write, UNFINISHED_RUN_STATES,
 };
+use super::read::{like_prefix, RUN_IDS_WITH_PREFIX};
 use super::url::pg_config;
 use super::writer::{
     apply, apply_batch, Committer, Fail, Param, ProcessWriter, Report, Rows, RunKeys, Writer,
@@ -61,6 +65,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: include_str!("migrations/pg/0004_fleet.sql"),
     },
+    Migration {
+        version: 5,
+        sql: include_str!("migrations/pg/0005_control.sql"),
+    },
 ];
 
 /// Taken (for the migrating transaction only) by every tm process migrating a database.
@@ -80,9 +88,9 @@ fn dollar(sql: &str) -> String {
 }
 
 /// Connects and sets the session up.
-fn connect(config: &Config, place: &str) -> Result<Client, StoreError> {
+fn connect(config: &PgConfig, place: &str) -> Result<Client, StoreError> {
     config
-        .connect(NoTls)
+        .connect()
         .map_err(|e| pg_error(place, "cannot connect", e))
 }
 
@@ -139,7 +147,7 @@ pub(crate) fn migrate(client: &mut Client, place: &str) -> Result<(), StoreError
 /// The PostgreSQL store backend.
 pub(crate) struct Postgres {
     place: String,
-    config: Config,
+    config: PgConfig,
     writer: ProcessWriter,
     pool: Pool,
     cache: PgCache,
@@ -175,7 +183,7 @@ impl Postgres {
     /// Starts a writer thread committing through `client` (None: it connects at its first
     /// commit).
     fn spawn_writer(
-        config: &Config,
+        config: &PgConfig,
         place: &str,
         client: Option<Client>,
     ) -> Result<Writer, StoreError> {
@@ -451,7 +459,7 @@ fn reason(e: &postgres::Error) -> String {
 
 /// The writer thread's connection; reconnects after the server or the network drops it.
 struct PgCommitter {
-    config: Config,
+    config: PgConfig,
     place: String,
     client: Option<Client>,
     stmts: HashMap<&'static str, Statement>,
@@ -464,7 +472,7 @@ impl PgCommitter {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.stmts.clear();
             self.client = None;
-            self.client = Some(self.config.connect(NoTls)?);
+            self.client = Some(self.config.connect()?);
         }
         Ok(())
     }
@@ -571,7 +579,7 @@ impl Committer for PgCommitter {
 /// would end the parent's session). The pool's mutex is taken holding a fork pass (see
 /// [`crate::fork_gate`]), so a child never inherits it locked; queries run without one.
 struct Pool {
-    config: Config,
+    config: PgConfig,
     place: String,
     idle: Mutex<ForkLocal<Vec<Client>>>,
     closed: AtomicBool,
@@ -752,6 +760,17 @@ impl super::backend::Backend for Postgres {
         self.pool.with(|c| {
             let rows = c.query(&sql, &[&filter.graph, &filter.state, &limit])?;
             collect(rows, run_summary)
+        })
+    }
+
+    fn run_ids_with_prefix(&self, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.pool.with(|c| {
+            let rows = c.query(
+                &dollar(RUN_IDS_WITH_PREFIX),
+                &[&like_prefix(prefix), &limit],
+            )?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
 
@@ -949,6 +968,10 @@ impl super::backend::Backend for Postgres {
     fn cache(&self) -> &dyn CacheBackend {
         &self.cache
     }
+    fn max_value_bytes(&self) -> usize {
+        // A bytea value is at most 1 GB; the protocol's message around it needs a little room.
+        (1 << 30) - 4096
+    }
 }
 
 /// The cached-call index on PostgreSQL: one connection, opened on first use. `claim` decides
@@ -956,7 +979,7 @@ impl super::backend::Backend for Postgres {
 /// hosts) exactly one becomes the owner of a key, as `BEGIN IMMEDIATE` does on SQLite.
 /// Connections are the opening process's, as the read [`Pool`]'s are.
 struct PgCache {
-    config: Config,
+    config: PgConfig,
     place: String,
     conn: Mutex<ForkLocal<Option<Client>>>,
     /// A connection listening on `tm_cache` for waiters (opened on first wait).
@@ -1148,6 +1171,66 @@ impl CacheBackend for PgCache {
             }
             tx.commit()?;
             Ok(won)
+        })
+    }
+
+    fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError> {
+        self.with(|c| Ok(c.execute(&dollar(PAUSE), &[&graph, &now_us, &owner])? == 1))
+    }
+
+    fn unpause(&self, graph: &str) -> Result<Option<i64>, StoreError> {
+        self.with(|c| {
+            let row = c.query_opt(&dollar(UNPAUSE), &[&graph])?;
+            Ok(row.map(|r| r.get::<_, i64>(0)))
+        })
+    }
+
+    fn pauses(&self) -> Result<Vec<Pause>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(PAUSES, &[])?;
+            Ok(rows
+                .iter()
+                .map(|r| Pause {
+                    graph: r.get(0),
+                    paused_us: r.get(1),
+                    owner: r.get(2),
+                })
+                .collect())
+        })
+    }
+
+    fn request_trigger(
+        &self,
+        graph: &str,
+        params_json: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|c| {
+            let row = c.query_one(
+                &dollar(REQUEST_TRIGGER),
+                &[&graph, &params_json, &now_us, &owner],
+            )?;
+            Ok(row.get(0))
+        })
+    }
+
+    fn triggered_graphs(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(TRIGGERED_GRAPHS, &[])?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+    }
+
+    fn claim_triggers(
+        &self,
+        graph: &str,
+        now_us: i64,
+        owner: &str,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(&dollar(CLAIM_TRIGGERS), &[&now_us, &owner, &graph])?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
         })
     }
 
@@ -1353,6 +1436,18 @@ impl CacheBackend for PgCache {
                 out.push((s, entry));
             }
             Ok(out)
+        })
+    }
+
+    fn supersede(&self, key: &str, newest_id: i64) -> Result<Vec<CacheEntry>, StoreError> {
+        self.with(|c| {
+            let rows = c.query(
+                &format!(
+                    "DELETE FROM cache_entries WHERE key = $1 AND id < $2 RETURNING {ENTRY_COLS}"
+                ),
+                &[&key, &newest_id],
+            )?;
+            collect(rows, entry_row)
         })
     }
 

@@ -390,6 +390,20 @@ impl Readers {
         })
     }
 
+    /// Run ids starting with `prefix`, in order, at most `limit`.
+    pub(crate) fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(RUN_IDS_WITH_PREFIX)?;
+            let rows = stmt.query_map(params![like_prefix(prefix), limit], |r| r.get(0))?;
+            rows.collect()
+        })
+    }
+
     /// One graph by name.
     pub(crate) fn graph(&self, name: &str) -> Result<Option<GraphRecord>, StoreError> {
         self.with(|c| {
@@ -428,4 +442,21 @@ impl Readers {
             rows.collect()
         })
     }
+}
+
+/// Run ids by prefix; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
+pub(crate) const RUN_IDS_WITH_PREFIX: &str =
+    "SELECT run_id FROM runs WHERE run_id LIKE ?1 ESCAPE '\\' ORDER BY run_id LIMIT ?2";
+
+/// `prefix` as a LIKE pattern matching the texts that start with it.
+pub(crate) fn like_prefix(prefix: &str) -> String {
+    let mut pattern = String::with_capacity(prefix.len() + 1);
+    for ch in prefix.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(ch);
+    }
+    pattern.push('%');
+    pattern
 }

@@ -503,6 +503,7 @@ fn prune_runs(store: Store) {
         scheduled_us,
         now_us,
         owner: "host:1".into(),
+        meta_json: None,
     };
     assert!(ok(store.claim_fire(&fire("c-old", 1, now - 20 * DAY))));
     assert!(ok(store.claim_fire(&fire("c-new", 2, now))));
@@ -802,4 +803,60 @@ fn postgres_readers_read_while_the_writer_writes() {
     if let Some(store) = pg_store() {
         read_while_writing(store);
     }
+}
+
+#[test]
+fn pauses_and_trigger_requests_are_shared_by_stores_on_one_file() {
+    let tmp = TempDb::new("control");
+    let (a, b) = (open(&tmp.url()), open(&tmp.url()));
+    assert!(ok(a.pause("nightly", 10, "host:1")));
+    assert!(!ok(b.pause("nightly", 20, "host:2")));
+    let paused = ok(b.pauses());
+    assert_eq!(
+        paused,
+        [Pause {
+            graph: "nightly".into(),
+            paused_us: 10,
+            owner: "host:1".into()
+        }]
+    );
+    assert_eq!(ok(b.unpause("nightly")), Some(10));
+    assert_eq!(ok(a.unpause("nightly")), None);
+    assert!(ok(a.pauses()).is_empty());
+
+    let first = ok(a.request_trigger("g", r#"{"n":1}"#, 30, "host:1"));
+    let second = ok(b.request_trigger("g", "{}", 31, "host:2"));
+    ok(a.request_trigger("other", "{}", 32, "host:1"));
+    assert!(second > first);
+    let mut graphs = ok(b.triggered_graphs());
+    graphs.sort();
+    assert_eq!(graphs, ["g", "other"]);
+    // Each request goes to exactly one claimer.
+    let claimed = ok(b.claim_triggers("g", 40, "host:2"));
+    assert_eq!(
+        claimed,
+        [
+            (first, r#"{"n":1}"#.to_string()),
+            (second, "{}".to_string())
+        ]
+    );
+    assert!(ok(a.claim_triggers("g", 41, "host:1")).is_empty());
+    assert_eq!(ok(a.triggered_graphs()), ["other"]);
+}
+
+#[test]
+fn run_ids_are_found_by_prefix_and_like_wildcards_are_literal() {
+    let tmp = TempDb::new("prefix");
+    let store = open(&tmp.url());
+    for id in ["abc1", "abc2", "abd0", "a%c9", "a_c8"] {
+        ok(store.begin_run(run(id, "g", 1, &["t"])));
+    }
+    ok(store.flush());
+    assert_eq!(ok(store.run_ids_with_prefix("abc", 10)), ["abc1", "abc2"]);
+    assert_eq!(ok(store.run_ids_with_prefix("abc", 1)), ["abc1"]);
+    assert_eq!(ok(store.run_ids_with_prefix("abd", 10)), ["abd0"]);
+    assert_eq!(ok(store.run_ids_with_prefix("a%", 10)), ["a%c9"]);
+    assert_eq!(ok(store.run_ids_with_prefix("a_", 10)), ["a_c8"]);
+    assert!(ok(store.run_ids_with_prefix("b", 10)).is_empty());
+    assert_eq!(ok(store.run_ids_with_prefix("", 10)).len(), 5);
 }

@@ -10,6 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::error::StoreError;
+use super::pgconn::{PgConfig, TlsParams};
 
 /// Where a SQLite database lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,8 +107,9 @@ fn split_scheme(url: &str) -> Option<(&str, &str)> {
     (rest.starts_with("//") || known).then_some((scheme, rest))
 }
 
-/// The connection settings of a PostgreSQL URL, and the URL without its password (for messages).
-pub(crate) fn pg_config(url: &str) -> Result<(postgres::Config, String), StoreError> {
+/// The connection settings of a PostgreSQL URL (TLS included, see [`super::pgconn`]), and the URL
+/// without its password (for messages).
+pub(crate) fn pg_config(url: &str) -> Result<(PgConfig, String), StoreError> {
     let invalid = |reason: String| StoreError::InvalidUrl {
         url: without_password(url),
         reason,
@@ -117,6 +119,28 @@ pub(crate) fn pg_config(url: &str) -> Result<(postgres::Config, String), StoreEr
         .ok_or_else(|| invalid("a PostgreSQL URL starts with postgresql://".into()))?;
     // The driver named by SQLAlchemy's `postgresql+driver://` is ours, whatever it says.
     let dialect = scheme.split('+').next().unwrap_or(scheme);
+    // libpq's TLS parameters are ours: the driver knows only some of them.
+    let mut tls = TlsParams::default();
+    let rest = match rest.split_once('?') {
+        None => rest.to_string(),
+        Some((base, query)) => {
+            let mut kept = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                if !tls
+                    .take(&percent_decode(k), &percent_decode(v))
+                    .map_err(invalid)?
+                {
+                    kept.push(pair);
+                }
+            }
+            if kept.is_empty() {
+                base.to_string()
+            } else {
+                format!("{base}?{}", kept.join("&"))
+            }
+        }
+    };
     let plain = format!("{}://{rest}", dialect.to_ascii_lowercase());
     let mut config: postgres::Config = plain
         .parse()
@@ -135,7 +159,33 @@ pub(crate) fn pg_config(url: &str) -> Result<(postgres::Config, String), StoreEr
     if config.get_application_name().is_none() {
         config.application_name("tm");
     }
+    let config = tls.finish(config).map_err(invalid)?;
     Ok((config, without_password(url)))
+}
+
+/// `%XX` escapes decoded (a URL's query value); anything malformed is kept as written.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `url` with the password of its user info (if any) replaced by `***`.
@@ -254,6 +304,47 @@ mod tests {
         );
         let bad = msg("postgresql://u:pw@h:notaport/db");
         assert!(!bad.contains("pw@"), "{bad}");
+    }
+
+    #[test]
+    fn tls_parameters_are_taken_from_the_query() {
+        let tls = |u: &str| pg_config(u).map(|(c, _)| c.tls());
+        assert_eq!(tls("postgresql://h/db").ok(), Some(true)); // prefer, as libpq
+        assert_eq!(tls("postgresql://h/db?sslmode=disable").ok(), Some(false));
+        assert_eq!(tls("postgresql://h/db?sslmode=require").ok(), Some(true));
+        // A Unix socket never uses TLS, whatever sslmode says (libpq too).
+        assert_eq!(
+            tls("postgresql:///db?host=/var/run/postgresql&sslmode=require").ok(),
+            Some(false)
+        );
+        // The driver's own parameters still reach it, escaped or not.
+        let (config, shown) = pg_config(
+            "postgresql://u:pw@h/db?sslmode=require&application_name=my%20app&connect_timeout=3",
+        )
+        .expect("valid");
+        assert_eq!(config.get_application_name(), Some("my app"));
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        assert!(!shown.contains("pw"));
+    }
+
+    #[test]
+    fn bad_tls_parameters_say_why() {
+        let msg = |u: &str| match pg_config(u) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{u} was accepted"),
+        };
+        assert!(msg("postgresql://h/db?sslmode=sometimes").contains("verify-full"));
+        assert!(
+            msg("postgresql://h/db?sslmode=verify-full&sslrootcert=/no/such/ca.pem")
+                .contains("/no/such/ca.pem")
+        );
+        assert!(msg("postgresql://h/db?sslcert=/tmp/c.pem").contains("sslkey"));
+        assert!(msg("postgresql://h/db?sslrootcert=system").contains("not supported"));
+        assert!(msg("postgresql://u:pw@h/db?sslpassword=x").contains("sslpassword"));
+        assert!(!msg("postgresql://u:pw@h/db?sslpassword=x").contains("pw@"));
     }
 
     #[test]

@@ -221,6 +221,7 @@ impl Writer {
                     None,
                     Mode::Quiet,
                 ),
+                log: LogWatch::new(place),
                 conn,
                 name: place.name.clone(),
                 keys: RunKeys::default(),
@@ -446,8 +447,19 @@ fn open(place: &SqlitePlace) -> Result<Connection, StoreError> {
         flags |= OpenFlags::SQLITE_OPEN_URI;
     }
     place.before_open();
+    if !place.memory {
+        // Before the write connection exists: a damaged file is refused untouched.
+        super::health::check(&place.path, name)?;
+        // Created here with the store's mode, SQLite's -wal and -shm take the same. Where this
+        // fails, SQLite's own open fails too and says why.
+        let _ = super::files::create_file(&place.path, place.file_mode);
+    }
     let mut conn =
         Connection::open_with_flags(&place.path, flags).map_err(|e| open_error(name, e))?;
+    if let Some(n) = super::backend::max_length(name)? {
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, n)
+            .map_err(|e| open_error(name, e))?;
+    }
     let setup = |conn: &Connection| -> rusqlite::Result<()> {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // The first statement reads the header: a non-database fails here, before any write.
@@ -799,6 +811,57 @@ struct SqliteCommitter {
     conn: Connection,
     keys: RunKeys,
     name: String,
+    log: LogWatch,
+}
+
+/// The write-ahead log the write connection has open, watched so that its deletion is noticed.
+///
+/// The log stays in place for as long as any connection has the database open (SQLite deletes it
+/// when the last one closes), so while the writer lives the file at `<db>-wal` is the one it
+/// writes. A program that deletes it anyway (a cleanup of "temporary" files, a user) leaves the
+/// writer committing into a file no other connection sees: readers and other processes open a new
+/// empty log, and commits that the writer acknowledged exist only in the deleted file. After each
+/// commit the writer compares the file at the path with the one it had at open (one `stat`).
+struct LogWatch {
+    /// The log's path and (device, inode) at open; None in memory or where it cannot be told.
+    watched: Option<(std::path::PathBuf, (u64, u64))>,
+    /// Set once the log was found gone: every later batch is refused with this message.
+    lost: Option<String>,
+}
+
+impl LogWatch {
+    fn new(place: &SqlitePlace) -> LogWatch {
+        let watched = if place.memory {
+            None
+        } else {
+            let path = super::health::sibling(&place.path, "-wal");
+            file_id(&path).map(|id| (path, id))
+        };
+        LogWatch {
+            watched,
+            lost: None,
+        }
+    }
+
+    /// Whether the log at the path is no longer the one the writer opened.
+    fn replaced(&self) -> Option<&std::path::Path> {
+        let (path, id) = self.watched.as_ref()?;
+        (file_id(path) != Some(*id)).then_some(path.as_path())
+    }
+}
+
+/// A file's (device, inode): its identity while it exists.
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 impl Committer for SqliteCommitter {
@@ -816,6 +879,19 @@ impl Committer for SqliteCommitter {
     /// is inside SQLite would otherwise inherit SQLite's mutexes for the file locked, and hang at
     /// its first use of the database. Nothing here waits for another thread of the process.
     fn commit(&mut self, batch: &[Write], report: &mut Report) {
+        if let Some(why) = &self.log.lost {
+            return report.error(StoreError::LogLost {
+                path: self.name.clone(),
+                detail: format!("{} write(s) were not stored: {why}", batch.len()),
+            });
+        }
+        self.commit_batch(batch, report);
+        self.watch_log(batch.len(), report);
+    }
+}
+
+impl SqliteCommitter {
+    fn commit_batch(&mut self, batch: &[Write], report: &mut Report) {
         let mut backoff = BACKOFF_MS.iter();
         loop {
             let gate = Pass::enter();
@@ -843,9 +919,50 @@ impl Committer for SqliteCommitter {
             }
         }
     }
-}
 
-impl SqliteCommitter {
+    /// After a commit: if the log was deleted or replaced, copies what the writer's connection
+    /// still holds in it into the database file (a checkpoint through the deleted file, which
+    /// this connection keeps open), reports it, and stops writing.
+    fn watch_log(&mut self, batch: usize, report: &mut Report) {
+        let Some(path) = self.log.replaced() else {
+            return;
+        };
+        let path = path.display().to_string();
+        let copied = {
+            let _gate = Pass::enter(); // see `commit`
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .is_ok_and(|(busy, log, done)| busy == 0 && log == done)
+        };
+        let why = format!(
+            "its write-ahead log {path} was deleted or replaced while the store was open (by \
+             another program?); the store writes nothing more: close it, and find out what deletes \
+             files beside the database"
+        );
+        let now = if copied {
+            format!(
+                "the last {batch} write(s) and everything before them were copied into the \
+                 database file from the deleted log, which the writer still had open, but {why}"
+            )
+        } else {
+            format!(
+                "the last {batch} write(s), and others since the last checkpoint, could not be \
+                 copied into the database file and are lost: {why}"
+            )
+        };
+        report.error(StoreError::LogLost {
+            path: self.name.clone(),
+            detail: now,
+        });
+        self.log.lost = Some(why);
+    }
+
     fn lost(&self, report: &mut Report, lost: usize, e: rusqlite::Error) {
         report.error(StoreError::WriteFailed {
             path: self.name.clone(),
@@ -1342,6 +1459,7 @@ mod checkpoint_tests {
             path: tmp.path(),
             memory: false,
             read_only: false,
+            file_mode: 0o600,
         };
         let mut c = SqliteCommitter {
             checkpointer: Checkpointer::new(
@@ -1350,6 +1468,7 @@ mod checkpoint_tests {
                 Mode::Quiet,
             ),
             conn: open_with_retry(&place).unwrap(),
+            log: LogWatch::new(&place),
             keys: RunKeys::default(),
             name: place.name.clone(),
         };
@@ -1381,6 +1500,7 @@ mod checkpoint_tests {
             path: "file:tm-checkpoint-test?mode=memory&cache=shared".into(),
             memory: true,
             read_only: false,
+            file_mode: 0o600,
         };
         let mut cp = Checkpointer::new(
             (!place.memory).then(|| place.path.clone()),

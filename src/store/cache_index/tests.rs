@@ -190,6 +190,44 @@ fn forced_run_supersedes_and_ttl_expires() {
 }
 
 #[test]
+fn supersede_deletes_only_older_entries_of_the_key() {
+    for tmp in dbs("cache-supersede") {
+        let store = open(&tmp);
+        let mut force = req("k", 1, 0);
+        force.use_cache = false;
+        let mut ids = Vec::new();
+        for (i, path) in ["/a", "/b", "/c"].into_iter().enumerate() {
+            let t = token(store.cache_claim(&force).expect("claim"));
+            let e = store
+                .cache_complete(&facts("k"), t, &result(path), i as i64)
+                .expect("complete");
+            ids.push(e.id);
+        }
+        let t = token(store.cache_claim(&req("other", 1, 5)).expect("claim"));
+        store
+            .cache_complete(&facts("other"), t, &result("/other"), 6)
+            .expect("complete");
+        let gone = store.cache_supersede("k", ids[2]).expect("supersede");
+        let mut paths: Vec<_> = gone.iter().map(|e| e.result.result_path.as_str()).collect();
+        paths.sort_unstable();
+        assert_eq!(paths, ["/a", "/b"]);
+        let left: Vec<_> = store
+            .cache_entries(&CacheFilter::default())
+            .expect("entries")
+            .into_iter()
+            .map(|e| e.result.result_path)
+            .collect();
+        assert_eq!(left, ["/other", "/c"]);
+        let hit = store.cache_lookup("k", 7).expect("lookup");
+        assert_eq!(hit.map(|e| e.result.result_path), Some("/c".into()));
+        assert!(store
+            .cache_supersede("k", ids[2])
+            .expect("again")
+            .is_empty());
+    }
+}
+
+#[test]
 fn expired_entry_is_a_miss() {
     for tmp in dbs("cache-ttl") {
         let store = open(&tmp);
