@@ -197,3 +197,27 @@ def test_ctrl_c_lets_running_tasks_finish_and_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert "slow: completed" in rest
     assert rest.splitlines()[-1].split()[4] == "cancelled"
+
+
+def test_rerun_repeats_a_recorded_run_with_its_arguments(tmp_path: Path, flow: Path) -> None:
+    first = tm_run(tmp_path, str(flow), "-p", "ds=2026-12-07", "-p", "limit=3")
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.splitlines()[-1].split()[1]
+    again = tm_run(tmp_path, "--rerun", first_id[:10], "-p", "limit=5")
+    assert again.returncode == 0, again.stderr
+    again_id = again.stdout.splitlines()[-1].split()[1]
+    assert again_id != first_id
+    store = tm.Store(f"sqlite:///{tmp_path}/tm.db", read_only=True)
+    params = {
+        r["run_id"]: json.loads(store.core.get_run(r["run_id"])["meta_json"])["params"]
+        for r in store.runs()
+    }
+    assert params == {
+        first_id: {"ds": "2026-12-07", "limit": 3},
+        again_id: {"ds": "2026-12-07", "limit": 5},
+    }
+    store.close()
+    p = tm_run(tmp_path, "--rerun", "zzzz")
+    assert p.returncode == 1 and "no run 'zzzz'" in p.stderr
+    p = tm_run(tmp_path)
+    assert p.returncode == 2 and "--rerun RUN_ID" in p.stderr

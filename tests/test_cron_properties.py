@@ -41,14 +41,15 @@ def item(draw: st.DrawFn, spec: tuple) -> str:
     kind = draw(st.sampled_from(["value", "range", "star_step", "range_step", "start_step"]))
     if kind == "value":
         return draw(value(spec))[1]
-    # tm accepts steps up to the number of values in the field (7 in day-of-week).
-    step = draw(st.integers(1, 7 if spec is DOW else high - low + 1))
+    # Any positive step is valid; draw up to three times the field's span so that steps longer
+    # than the field (which keep the range's start only) come up often.
+    step = draw(st.integers(1, 3 * (7 if spec is DOW else high - low + 1)))
     if kind == "star_step":
         return f"*/{step}"
-    a, a_text = draw(value(spec))
+    _, a_text = draw(value(spec))
     if kind == "start_step":
         return f"{a_text}/{step}"
-    _, b_text = draw(value(spec, lo=a))
+    _, b_text = draw(value(spec))  # either order: a reversed range wraps around
     return f"{a_text}-{b_text}" + (f"/{step}" if kind == "range_step" else "")
 
 

@@ -8,6 +8,7 @@ state, never for a fixed time.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +100,7 @@ def test_root_arguments_config_and_context_reach_every_task(pg_url: str) -> None
 
     @tm.task
     def child(root: int) -> int:
+        print("child got", root)
         return root + 1
 
     g = tm.Graph("args")
@@ -108,6 +110,12 @@ def test_root_arguments_config_and_context_reach_every_task(pg_url: str) -> None
         assert ex.work([g], run_id=run.run_id) == 2
         assert run.result() == 41
         assert seen["root"] == ({"k": 1}, run.run_id, 0, "args")
+        # The config is recorded with the run, for tm show.
+        assert json.loads(ex.store.run(run.run_id)["config_json"]) == {"k": 1}
+        # What a task printed is its log.
+        ex.store.flush()
+        logs = ex.store.core.logs(run.run_id, "child")
+        assert [(r["level"], r["message"]) for r in logs] == [("INFO", "child got 40")]
 
 
 def test_retries_failures_skips_and_unpicklable_results(pg_url: str) -> None:
@@ -354,3 +362,66 @@ def test_an_executor_rides_out_a_database_restart(tmp_path: Path) -> None:
             assert run.state == "completed"
             expected = _fleet_graph.expected(20, 10)
             assert {n: run.result(n) for n in expected} == expected
+
+
+def _submit_poison(url: str, what: str) -> str:
+    """Submits a run from a subprocess whose ``__main__`` defines the class of its values."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, os.path.join(TESTS, "_fleet_poison.py"), url, what],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return out.stdout.split()[-1]
+
+
+@pytest.mark.timeout(120)
+def test_a_run_whose_arguments_cannot_be_unpickled_fails_instead_of_hanging(
+    pg_url: str,
+) -> None:
+    """The root argument's class lives in the submitter's ``__main__``: no other executor can
+    load it. Each attempt fails (counted), the task fails once its retries are spent, the run
+    ends, and nothing is claimed again."""
+    import _fleet_poison
+
+    run_id = _submit_poison(pg_url, "args")
+    g = _fleet_poison.build()
+    with tm.Executor(store=pg_url, workers=2) as ex:
+        # Returns: the run ended (before the fix, the task stayed claimed and this never did).
+        assert ex.work([g], run_id=run_id) == 2
+        detail = ex.store.core.get_run(run_id)
+        assert detail["state"] == "failed"
+        states = {t["name"]: t["status"] for t in detail["tasks"]}
+        assert states == {"root": "failed", "child": "skipped"}
+        attempts = ex.store.attempts(run_id, "root")
+        assert [a["status"] for a in attempts] == ["failed", "failed"]
+        for a in attempts:
+            assert a["error_type"] == "AttributeError"
+            assert "cannot load the inputs" in a["error_message"]
+            assert "Point" in a["error_message"]
+            assert "Traceback" in (a["traceback"] or "")
+        # Spent: no executor takes it again.
+        assert ex._get_fleet().claim(4, None) == []
+        assert ex.work([g], max_tasks=1, run_id=run_id) == 0
+        assert [r[1] for r in ex._get_fleet().progress(run_id)] == ["failed", "skipped"]
+
+
+@pytest.mark.timeout(120)
+def test_a_parent_result_that_cannot_be_unpickled_fails_the_child(pg_url: str) -> None:
+    import _fleet_poison
+
+    run_id = _submit_poison(pg_url, "result")
+    g = _fleet_poison.build()
+    with tm.Executor(store=pg_url, workers=2) as ex:
+        assert ex.work([g], run_id=run_id) == 1
+        detail = ex.store.core.get_run(run_id)
+        assert detail["state"] == "failed"
+        states = {t["name"]: t["status"] for t in detail["tasks"]}
+        assert states == {"root": "completed", "child": "failed"}
+        (attempt,) = ex.store.attempts(run_id, "child")
+        assert attempt["status"] == "failed"
+        assert "cannot load the inputs" in attempt["error_message"]
+        assert ex._get_fleet().claim(4, None) == []

@@ -823,3 +823,87 @@ def test_retry_example_uses_the_seed_options() -> None:
     opts = ns["flaky"].__tm_options__
     assert (opts.retries, opts.retry_delay, opts.backoff, opts.jitter) == (3, 0.05, 1.0, 0)
     assert ns["graph"].parents_of("report") == ["flaky"]
+
+
+def _settled(ex: Executor) -> dict[str, int]:
+    """The engine's thread bookkeeping once every replaced thread has returned and exited
+    (polled; pytest's timeout bounds it)."""
+    engine = ex._engine
+    assert engine is not None
+    while True:
+        counts = engine.debug_counts()
+        if counts["stuck"] == 0 and counts["exiting"] == 0:
+            return counts
+        time.sleep(0.001)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["timeout", "cancel"])
+def test_abandoned_attempts_leave_nothing_behind(how: str) -> None:
+    """Every attempt that times out (or is cancelled) while running has its thread replaced;
+    once that thread returns, nothing of it may stay: not its handle in the engine, not its
+    ``threading._DummyThread``. Counted after N and after 2N abandoned attempts: equal."""
+    started = threading.Event()
+
+    @task(timeout=0.01 if how == "timeout" else None)
+    def stuck(context: Any) -> None:
+        threading.current_thread()  # as logging in a task does: makes a _DummyThread
+        started.set()
+        deadline = time.monotonic() + LIMIT
+        while time.monotonic() < deadline:
+            time.sleep(0.0005)  # interrupted at the next bytecode boundary
+
+    g = Graph(f"abandoned-{how}")
+    g.add(stuck)
+
+    def abandon(ex: Executor, n: int) -> None:
+        for _ in range(n):
+            started.clear()
+            run = ex.submit(g)
+            if how == "cancel":
+                assert started.wait(WAIT)
+                run.cancel()
+            assert run.wait(WAIT)
+            assert run.state == ("failed" if how == "timeout" else "cancelled")
+
+    n = 25
+    with Executor(workers=2) as ex:
+        abandon(ex, n)
+        first = _settled(ex)
+        active = len(threading._active)  # type: ignore[attr-defined]
+        abandon(ex, n)
+        second = _settled(ex)
+        assert second == first == {"handles": 2, "exiting": 0, "stuck": 0}
+        assert len(threading._active) == active  # type: ignore[attr-defined]
+        assert ex._engine is not None and ex._engine.thread_count == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_nested_run_s_timed_out_attempts_leave_no_extra_threads() -> None:
+    """A task that runs a graph waits by running that graph's tasks on its own thread; when one
+    of those times out, a replacement thread starts, and the waiting thread goes on (it is inside
+    the outer task): the pool must shrink back, not keep a thread more per timeout."""
+
+    @task(timeout=0.01)
+    def inner_stuck() -> None:
+        deadline = time.monotonic() + LIMIT
+        while time.monotonic() < deadline:
+            time.sleep(0.0005)
+
+    inner = Graph("inner-timeouts")
+    inner.add(inner_stuck)
+
+    with Executor(workers=1) as ex:
+
+        @task
+        def outer() -> str:
+            return ex.run(inner).state
+
+        g = Graph("outer-of-timeouts")
+        g.add(outer)
+        for _ in range(5):
+            run = ex.run(g)
+            assert run.result() == "failed"
+        counts = _settled(ex)
+        assert counts == {"handles": 1, "exiting": 0, "stuck": 0}
+        assert ex._engine is not None and ex._engine.thread_count == 1

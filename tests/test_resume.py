@@ -215,3 +215,81 @@ def test_a_task_running_at_the_kill_resumes_as_its_next_attempt(tmp_path: Path) 
     assert [a["attempt"] for a in store.attempts(run_id, "first")] == [1]
     assert store.result(run_id, "stuck") == 2
     store.close()
+
+
+def test_resume_without_persist_warns_which_completed_tasks_run_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without persisted results, a completed task whose result an unfinished task needs must run
+    again; the resume says so (a ``tm`` WARNING and a Python warning) naming those tasks and
+    why. A completed task that no unfinished task needs is not run again."""
+    ran: list[str] = []
+    fail = [True]
+
+    @tm.task
+    def a() -> int:
+        ran.append("a")
+        return 1
+
+    @tm.task
+    def b(a: int) -> int:
+        ran.append("b")
+        return a + 1
+
+    @tm.task
+    def c(b: int) -> int:
+        ran.append("c")
+        if fail[0]:
+            raise RuntimeError("first time")
+        return b + 1
+
+    @tm.task
+    def leaf() -> str:
+        ran.append("leaf")
+        return "done"
+
+    g = tm.Graph("no-persist")
+    g.add_edges(a, b)
+    g.add_edges(b, c)
+    g.add(leaf)
+    with tm.Executor(workers=2, store=f"sqlite:///{tmp_path}/tm.db") as ex:
+        first = ex.run(g)
+        assert first.state == "failed"
+        assert sorted(ran) == ["a", "b", "c", "leaf"]
+        ran.clear()
+        fail[0] = False
+        caplog.set_level("WARNING", logger="tm")
+        with pytest.warns(UserWarning, match=r"'a', 'b'.*persist") as warned:
+            again = ex.resume(first.run_id, g)
+        assert again.state == "completed" and again.result("c") == 3
+        assert sorted(ran) == ["a", "b", "c"]  # not the leaf: nothing unfinished needs it
+    message = str(warned[0].message)
+    assert "'leaf'" not in message and "'c'" in message
+    logged = [r for r in caplog.records if r.name == "tm" and r.levelname == "WARNING"]
+    assert any("'a', 'b'" in r.getMessage() and "persist" in r.getMessage() for r in logged)
+
+
+def test_resume_with_persisted_results_warns_nothing(tmp_path: Path) -> None:
+    import warnings
+
+    calls = {"n": 0}
+
+    @tm.task
+    def a() -> int:
+        return 1
+
+    @tm.task
+    def b(a: int) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("first time")
+        return a + 1
+
+    g = tm.Graph("persisted")
+    g.add_edges(a, b)
+    with tm.Executor(store=f"sqlite:///{tmp_path}/tm.db", persist=True) as ex:
+        first = ex.run(g)
+        assert first.state == "failed"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert ex.resume(first.run_id, g).result() == 2

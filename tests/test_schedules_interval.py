@@ -100,6 +100,8 @@ def test_next_and_prev_are_the_neighbouring_fire_times(
     t = t.astimezone(zone)
     nxt, prv = iv.next(t), iv.prev(t)
     assert nxt.tzinfo is zone and prv.tzinfo is zone
+    # Arithmetic on instants (aware datetimes of one zone add and subtract wall-clock time).
+    nxt, prv, t = (x.astimezone(UTC) for x in (nxt, prv, t))
     assert nxt - period <= t < nxt  # the first fire strictly after t
     assert prv < t <= prv + period  # the last fire strictly before t
     for fire in (nxt, prv):

@@ -54,6 +54,8 @@ def integrity_problems(path: Path) -> list[str]:
     shutil.copyfile(path, probe)
     try:
         conn = sqlite3.connect(f"file:{probe}?mode=ro&immutable=1", uri=True)
+        # A flipped byte may land in text the check quotes back.
+        conn.text_factory = lambda b: b.decode("utf-8", "replace")
         try:
             rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
         finally:

@@ -118,3 +118,25 @@ def test_the_queue_s_json_state_file_is_owner_only(tmp_path: Path) -> None:
     os.chmod(path, 0o640)
     tasks.create_task("work", {"n": 2})
     assert mode(path) == 0o640
+
+
+@pytest.mark.parametrize(("file_mode", "dir_mode"), [(None, 0o700), (0o640, 0o750)])
+def test_cached_results_and_their_folders_follow_the_store_s_mode(
+    tmp_path: Path, file_mode: int | None, dir_mode: int
+) -> None:
+    results = tmp_path / "results"
+    store = tm.Store(f"sqlite:///{tmp_path}/tm.db", result_dir=results, file_mode=file_mode)
+
+    @store.task
+    def double(x: int) -> dict[str, int]:
+        return {"x": 2 * x}
+
+    assert double(21) == {"x": 42}
+    (entry,) = store.cache_entries()
+    path = Path(entry["result_path"])
+    assert mode(path) == (file_mode or 0o600)
+    folder = path.parent
+    while folder != tmp_path:  # every folder tm made, up to and including the result directory
+        assert mode(folder) == dir_mode, folder
+        folder = folder.parent
+    store.close()

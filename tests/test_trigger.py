@@ -35,9 +35,11 @@ def yearly(out: queue.Queue, who: str) -> Graph:
 
 def test_each_trigger_runs_once_on_one_of_the_schedulers(db_url: str) -> None:
     out: queue.Queue = queue.Queue()
-    stores = [tm.Store(db_url) for _ in range(2)]
+    # Three schedulers on a PostgreSQL server, two on one SQLite file.
+    n = 3 if db_url.startswith("postgresql") else 2
+    stores = [tm.Store(db_url) for _ in range(n)]
     executors = [Executor(store=s) for s in stores]
-    for who, ex in zip("ab", executors, strict=True):
+    for who, ex in zip("abc", executors, strict=False):
         ex.add(yearly(out, who))
     got = []
     with ExitStack() as stack:

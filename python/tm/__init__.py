@@ -35,6 +35,7 @@ from .executor import Attempt as Attempt
 from .executor import Event as Event
 from .executor import Executor as Executor
 from .executor import Run as Run
+from .executor import StoredRun as StoredRun
 from .executor import TaskRun as TaskRun
 from .graph import Graph as Graph
 from .schedules import Interval as Interval
@@ -67,6 +68,7 @@ __all__ = [
     "SignatureError",
     "Store",
     "StoreError",
+    "StoredRun",
     "Task",
     "TaskCancelled",
     "TaskFailed",

@@ -83,6 +83,7 @@ def plan(ex: Executor, graph: Graph, times: list[datetime], reprocess: str) -> l
 
     assert ex.store is not None
     core = ex.store.core
+    core.flush()  # this process's own writes (a run that just ended) first
     wanted = {_us(t) for t in times}
     newest: dict[int, dict[str, Any]] = {}
     for r in core.list_runs(graph=graph.name, limit=None):

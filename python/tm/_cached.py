@@ -132,6 +132,15 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_heartbeats.forked)
 
 
+def _makedirs(path: str, mode: int) -> None:
+    """``os.makedirs`` giving every directory it creates ``mode`` (not only the last one)."""
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        _makedirs(parent, mode)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, mode)
+
+
 class CachedFunction:
     """A function whose results are cached by call key. Call it like the function.
 
@@ -437,7 +446,7 @@ class CachedFunction:
         made = self._made
         if made is None or made[0] is not store.result_dir:
             folder = os.path.join(store.result_dir, _safe(self.module), _safe(self.qualname))
-            os.makedirs(folder, exist_ok=True)
+            _makedirs(folder, store.modes[1])
             made = self._made = (store.result_dir, folder)
         return made[1]
 
@@ -452,9 +461,9 @@ class CachedFunction:
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
             path = f"{folder}{os.sep}{stamp}_{seed}_{f['key']}.{ext}"
             try:
-                fd = os.open(path, _CREATE, 0o666)
+                fd = os.open(path, _CREATE, store.modes[0])
             except FileNotFoundError:  # the folder was deleted since (tm cache clear, rm -r)
-                os.makedirs(folder, exist_ok=True)
+                _makedirs(folder, store.modes[1])
                 continue
             except FileExistsError:  # the same call stored in the same microsecond: next one
                 continue

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._capture import PrintCapture
 from ._tm import Fleet
 from .exceptions import ExecutorError, StoreError, TaskFailed
 
@@ -70,6 +71,12 @@ def open_fleet(url: str, lease: float, workers: int) -> Fleet:
     return Fleet(url, owner, lease, max(1, min(8, (workers + 1) // 2)))
 
 
+def _config_json(cfg: Any) -> str:
+    from .executor import _config_json
+
+    return _config_json(cfg)
+
+
 def submit(
     ex: Executor,
     graph: Graph,
@@ -110,6 +117,7 @@ def submit(
         _parents(graph),
         scheduled_us=int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None,
         meta_json=json.dumps({"distributed": True, "submitter": fleet.owner}),
+        config_json=_config_json(cfg),
     )
     del calls
     return DistributedRun(ex, fleet, graph, run_id)
@@ -278,14 +286,21 @@ class Worker:
         run_id, rid, key, node, attempt, started_us, inputs = claim
         ref = (rid, key, node, attempt, started_us)
         try:
-            calls, specs, info, names = self._program(rid, key)
-            fn, params, call_args, retry_on, give_up_on, _persist = calls[node]
-            signer = _signer(self.ex)
-            values = {
-                p: signer.loads(data, f"the result of task {names[p]!r} of run {run_id}")
-                for p, fmt, data in inputs
-                if fmt == "pickle"
-            }
+            try:
+                calls, specs, info, names = self._program(rid, key)
+                fn, params, call_args, retry_on, give_up_on, _persist = calls[node]
+                signer = _signer(self.ex)
+                values = {
+                    p: signer.loads(data, f"the result of task {names[p]!r} of run {run_id}")
+                    for p, fmt, data in inputs
+                    if fmt == "pickle"
+                }
+            except Exception as e:
+                # Not loadable here (a class only the submitter's __main__ has, a module this
+                # executor lacks): an attempt that failed. Left claimed, its lease would be
+                # renewed forever and the run would never end.
+                self._unloadable(ref, run_id, key, node, attempt, e)
+                return
             cfg = info["cfg"]
             meta = {k: v for k, v in info.items() if k != "cfg"}
             meta["run_id"] = run_id
@@ -302,8 +317,18 @@ class Worker:
                         kw.setdefault(names[p], values.get(p))
                 else:
                     kw[pname] = payload
+            capture = (
+                PrintCapture(_StoreLog(self.ex.store), run_id)
+                if self.ex.capture_print and self.ex.store is not None
+                else None
+            )
+            outer = capture.enter(node) if capture is not None else None
             try:
-                value = fn(*(call_args or ()), **kw)
+                try:
+                    value = fn(*(call_args or ()), **kw)
+                finally:
+                    if capture is not None:
+                        capture.exit(outer)
             except Exception as e:
                 retryable = isinstance(e, retry_on) and not (
                     give_up_on and isinstance(e, give_up_on)
@@ -360,6 +385,41 @@ class Worker:
                 self.running -= 1
                 self.ran += 1
             self.fleet.poke()
+
+    def _unloadable(
+        self,
+        ref: tuple[Any, ...],
+        run_id: str,
+        key: str,
+        node: int,
+        attempt: int,
+        e: Exception,
+    ) -> None:
+        """Records an attempt whose parameters, inputs or code could not be loaded: retried while
+        the task's retries last (another executor may have what this one lacks), then failed."""
+        graph = self.graphs[key]
+        name = graph._core.names()[node]
+        options = graph._nodes[node].options
+        delay = float(options.retry_delay or self.ex._defaults.get("retry_delay") or 0.0)
+        ended = self._persist(
+            self.fleet.fail,
+            ref,
+            type(e).__name__,
+            f"task {name!r} of run {run_id}: cannot load the inputs of this attempt on this "
+            f"executor (its arguments, config or parents' results do not unpickle here): {e}",
+            "".join(_traceback.format_exception(e)),
+            True,  # the store retries it while the task's retries last
+            int((time.time() + delay) * 1e6),
+        )
+        _log.error(
+            "%s[%s] attempt %d: cannot load its inputs: %s: %s (%s)",
+            name,
+            run_id,
+            attempt,
+            type(e).__name__,
+            e,
+            ended[0] if ended else "lease lost",
+        )
 
     def _persist(self, verb: Any, *args: Any) -> Any:
         """Records a task's end, retrying while the database is unreachable (a restart, a
@@ -429,6 +489,19 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
         self.fleet.poke()
+
+
+class _StoreLog:
+    """Appends to the store's task logs, opening the store's own connection only once a task
+    prints (a fleet worker needs none otherwise)."""
+
+    __slots__ = ("store",)
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def append_log(self, *args: Any) -> None:
+        self.store.core.append_log(*args)
 
 
 def _delay(spec: tuple[Any, ...], i: int) -> float:

@@ -23,17 +23,16 @@ _STATES = ("completed", "running", "retrying", "pending", "failed", "skipped", "
 def configure_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
+        nargs="?",
         help="FILE.py (its only graph), FILE.py:ATTR or MODULE:ATTR naming a tm.Graph",
     )
     parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an argument for the root tasks; VALUE is read as JSON when it is JSON "
-        "(100, true, [1,2]), else as text",
+        "--rerun",
+        metavar="RUN_ID",
+        help="run the graph of a recorded run again (a unique prefix is enough), with its "
+        "arguments (-p overrides them)",
     )
+    add_param_option(parser)
     parser.add_argument("--config", metavar="FILE", help="a JSON or YAML config for this run")
     parser.add_argument("--workers", type=int, default=None, help="size of the default pool")
     _add_store_options(parser, json=False)
@@ -56,6 +55,19 @@ def _graph_of(target: str) -> Any:
     if not isinstance(obj, Graph):
         raise CommandError(f"{target!r} is a {type(obj).__name__}, not a tm.Graph")
     return obj
+
+
+def add_param_option(parser: argparse.ArgumentParser) -> None:
+    """``-p NAME=VALUE``, repeatable: arguments for a run's root tasks (see :func:`parse_params`)."""
+    parser.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an argument for the root tasks; VALUE is read as JSON when it is JSON "
+        "(100, true, [1,2]), else as text",
+    )
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -82,6 +94,19 @@ def _load_config(path: str) -> Any:
     except OSError as e:
         raise CommandError(f"cannot read config file {path!r}: {e.strerror}") from e
     return _parse_config(Path(path), text)
+
+
+def _recorded_run(store: Any, text: str) -> tuple[str, dict[str, Any]]:
+    """Where run ``text``'s graph lives, and the arguments its root tasks got."""
+    from .cli import resolve_run_id
+
+    run_id = resolve_run_id(store, text)
+    meta = json.loads((store.core.get_run(run_id) or {}).get("meta_json") or "{}")
+    if not meta.get("source"):
+        raise CommandError(
+            f"run {run_id} recorded no place its graph can be loaded from: name it as TARGET"
+        )
+    return meta["source"], meta.get("params") or {}
 
 
 class _Progress:
@@ -152,10 +177,17 @@ def _summary(run: Any, out: TextIO) -> None:
 def run_run(args: argparse.Namespace) -> int:
     from .executor import Executor
 
-    graph = _graph_of(args.target)
     params = parse_params(args.param)
     config = _load_config(args.config) if args.config else None
-    store = _open_store(args.db)
+    store: Any = _open_store(args.db)
+    if args.rerun is not None:
+        source, recorded = _recorded_run(store, args.rerun)
+        graph = _graph_of(args.target or source)
+        params = {**recorded, **params}
+    elif args.target is None:
+        raise CommandError("name the graph to run (TARGET), or a run to repeat (--rerun RUN_ID)")
+    else:
+        graph = _graph_of(args.target)
     out = sys.stdout
     progress = _Progress(out, graph.name, len(graph))
     ex = Executor(

@@ -186,6 +186,9 @@ class ProcessPool:
         self._lock = threading.Lock()
         self._running: dict[int, _Worker] = {}
         self._stopped: dict[int, str] = {}
+        # Threads inside ``call``: only they can take an interrupt's mark, so a mark never
+        # outlives its call (a thread replaced after a timeout never calls again).
+        self._calling: set[int] = set()
 
     def _acquire(self) -> _Worker:
         with self._lock:
@@ -206,6 +209,15 @@ class ProcessPool:
             me = threading.get_ident()
             with self._lock:
                 self._stopped.pop(me, None)
+                self._calling.add(me)
+            try:
+                return run(me, payload)
+            finally:
+                with self._lock:
+                    self._calling.discard(me)
+                    self._stopped.pop(me, None)
+
+        def run(me: int, payload: bytes) -> Any:
             w = self._acquire()
             with self._lock:
                 # An interrupt that came while the worker was starting left a mark instead.
@@ -233,7 +245,7 @@ class ProcessPool:
         def interrupt(thread_ident: int, reason: str) -> None:
             with self._lock:
                 w = self._running.pop(thread_ident, None)
-                if w is None:
+                if w is None and thread_ident in self._calling:
                     self._stopped[thread_ident] = reason
             if w is not None:
                 w.kill()

@@ -556,13 +556,23 @@ class Scheduler:
             for slot, s_us, kind in launches
         ]
         records: list[Any] = [False] * len(launches)
+        # Loaded once here, recorded with the run and handed to it (None when it cannot load:
+        # the run's start then reports that, below).
+        configs: list[Any] = []
+        for g, _ in metas:
+            try:
+                configs.append(g.load_config())
+            except Exception:
+                configs.append(None)
         if self.ex.store is not None:
             try:
-                records = list(self.ex._begin_records(metas, fires=True))
+                records = list(self.ex._begin_records(metas, fires=True, configs=configs))
             except Exception as e:
                 _log.error("the store could not record %d run(s): %r", len(launches), e)
                 return
-        for (slot, _, trigger), (g, meta), record in zip(launches, metas, records, strict=True):
+        for (slot, _, trigger), (g, meta), record, cfg in zip(
+            launches, metas, records, configs, strict=True
+        ):
             if record is _TAKEN:
                 _log.info(
                     "%s: the fire at %s was taken by another process sharing the store",
@@ -571,7 +581,9 @@ class Scheduler:
                 )
                 continue
             try:
-                run = self.ex.submit(g, meta=meta, _on_end=self.tt.wake, _record=record or None)
+                run = self.ex.submit(
+                    g, cfg, meta=meta, _on_end=self.tt.wake, _record=record or None
+                )
             except Exception as e:
                 # A graph that cannot start (a bad config file, ...) must not stop the others.
                 _log.error(

@@ -284,15 +284,10 @@ def _set_paused(args: argparse.Namespace, pause: bool) -> int:
 
 
 def configure_trigger(parser: argparse.ArgumentParser) -> None:
+    from ._run_cli import add_param_option
+
     parser.add_argument("graph", help="the scheduled graph's name (see tm status)")
-    parser.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="an argument for the root tasks; VALUE is read as JSON when it is JSON, else as text",
-    )
+    add_param_option(parser)
     _add_store_options(parser, json=False)
 
 

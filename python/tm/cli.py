@@ -441,51 +441,199 @@ def _configure_show(parser: argparse.ArgumentParser) -> None:
     _add_store_options(parser)
 
 
+def _task_attempts(store: Any, run_id: str, t: dict[str, Any]) -> list[dict[str, Any]]:
+    """A task's attempts, oldest first (one query only for tasks that ran more than once or
+    failed: a single clean attempt is the task's own row)."""
+    n = t.get("attempt") or 0
+    if n == 0:
+        return []
+    if n == 1 and t["status"] == "completed":
+        return [
+            {
+                "attempt": 1,
+                "status": "completed",
+                "started_us": t["started_us"],
+                "ended_us": t["ended_us"],
+                "error_type": None,
+                "error_message": None,
+                "traceback": None,
+                "retry_at_us": None,
+            }
+        ]
+    return [{k: v for k, v in a.items() if k != "node"} for a in store.attempts(run_id, t["name"])]
+
+
+def _attempts_us(attempts: list[dict[str, Any]]) -> int | None:
+    """A task's duration: the sum of its attempts' (a resume's downtime is in none of them)."""
+    spans = [a["ended_us"] - a["started_us"] for a in attempts if a["started_us"] and a["ended_us"]]
+    return sum(spans) if spans else None
+
+
+def _active_us(run: dict[str, Any], attempts: list[list[dict[str, Any]]]) -> int | None:
+    """A finished run's duration without the stretches in which nothing ran nor waited for a
+    retry (the time between a crash, or a failure, and a resume): the union of its attempts'
+    spans and retry waits, within the run's start and end."""
+    start, end = run.get("started_us"), run.get("ended_us")
+    if not start or not end:
+        return None
+    spans = []
+    for task_attempts in attempts:
+        for a in task_attempts:
+            s, e = a["started_us"], a["ended_us"]
+            if s and e:
+                spans.append((max(s, start), min(max(e, a["retry_at_us"] or e), end)))
+    if not spans:
+        return end - start
+    spans.sort()
+    total, (cur_s, cur_e) = 0, spans[0]
+    for s, e in spans[1:]:
+        if s > cur_e:
+            total += max(0, cur_e - cur_s)
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + max(0, cur_e - cur_s)
+
+
+def _secs(us: int | None) -> str:
+    return "-" if us is None else f"{us / 1e6:.3f}s"
+
+
 def _run_show(args: argparse.Namespace) -> int:
     import json
 
-    store = _open_store(args.db, reading=True)
+    store: Any = _open_store(args.db, reading=True)
     args.run_id = resolve_run_id(store, args.run_id)
-    run = store.run(args.run_id)  # type: ignore[attr-defined]
+    run = store.run(args.run_id)
     if run is None:
-        raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
+        raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)
+    attempts = [_task_attempts(store, args.run_id, t) for t in run["tasks"]]
+    run["duration_us"] = _active_us(run, attempts)
+    for t, ta in zip(run["tasks"], attempts, strict=True):
+        t["attempts"] = ta
+        t["duration_us"] = _attempts_us(ta)
     if args.json:
         print(json.dumps(run, indent=2))
         return 0
     print(f"run {run['run_id']} of {run['graph']}: {run['state']} ({run['trigger']})")
-    print(
-        f"started {_when(run['started_us'])}, took {_duration(run['started_us'], run['ended_us'])}"
-    )
+    if run.get("config_json"):
+        print(f"config: {run['config_json']}")
+    print(f"started {_when(run['started_us'])}, took {_secs(run['duration_us'])}")
     print(f"{'task':<24} {'state':<10} {'attempts':>8}  {'duration':>9}  error")
     for t in run["tasks"]:
         err = f"{t['error_type']}: {t['error_message']}" if t.get("error_type") else ""
         print(
             f"{t['name']:<24} {t['status']:<10} {t['attempt'] or 0:>8}  "
-            f"{_duration(t['started_us'], t['ended_us']):>9}  {err}"
+            f"{_secs(t['duration_us']):>9}  {err}"
         )
+    earlier = [
+        (t["name"], a)
+        for t in run["tasks"]
+        for a in t["attempts"][:-1]
+        if a["status"] == "failed" and a.get("error_type")
+    ]
+    if earlier:
+        print("earlier attempts:")
+        for name, a in earlier:
+            took = a["ended_us"] - a["started_us"] if a["ended_us"] and a["started_us"] else None
+            print(
+                f"  {name} attempt {a['attempt']} failed after {_secs(took)}: "
+                f"{a['error_type']}: {a['error_message']}"
+            )
     return 0
 
 
 def _configure_logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", help="the run (see tm runs)")
     parser.add_argument("task", nargs="?", help="only this task's records")
+    parser.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing new records until the run ends",
+    )
     _add_store_options(parser)
+
+
+def _log_rows(store: Any, run_id: str, task: str | None) -> list[dict[str, Any]]:
+    """A run's log records and its failed attempts (error and traceback), by time."""
+    rows = [dict(r, traceback=None) for r in store.core.logs(run_id, task)]
+    run = store.run(run_id) or {"tasks": []}
+    for t in run["tasks"]:
+        if task is not None and t["name"] != task:
+            continue
+        if t["status"] not in ("failed", "retrying") and (t.get("attempt") or 0) < 2:
+            continue
+        for a in store.attempts(run_id, t["name"]):
+            if a["status"] != "failed" or not a.get("error_type"):
+                continue
+            rows.append(
+                {
+                    "node": t["node"],
+                    "task": t["name"],
+                    "at_us": a["ended_us"] or a["started_us"],
+                    "level": "WARNING" if a.get("retry_at_us") else "ERROR",
+                    "message": f"attempt {a['attempt']} failed: "
+                    f"{a['error_type']}: {a['error_message']}",
+                    "traceback": a.get("traceback"),
+                }
+            )
+    rows.sort(key=lambda r: r["at_us"] or 0)
+    return rows
+
+
+def _print_log_row(r: dict[str, Any]) -> None:
+    print(f"{_when(r['at_us'])} {r['level']:<8} {r.get('task') or '-'}: {r['message']}")
+    if r.get("traceback"):
+        for line in r["traceback"].rstrip("\n").splitlines():
+            print(f"    {line}")
 
 
 def _run_logs(args: argparse.Namespace) -> int:
     import json
 
-    store = _open_store(args.db, reading=True)
+    store: Any = _open_store(args.db, reading=True)
     args.run_id = resolve_run_id(store, args.run_id)
-    if store.run(args.run_id) is None:  # type: ignore[attr-defined]
-        raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)  # type: ignore[attr-defined]
-    rows = store.core.logs(args.run_id, args.task)  # type: ignore[attr-defined]
+    if store.run(args.run_id) is None:
+        raise CommandError(f"no run {args.run_id!r} in {store.location}", EXIT_FAILURE)
+    if args.follow:
+        return _follow_logs(store, args.run_id, args.task, args.json)
+    rows = _log_rows(store, args.run_id, args.task)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{_when(r['at_us'])} {r['level']:<8} {r.get('task') or '-'}: {r['message']}")
+        _print_log_row(r)
     return 0
+
+
+def _follow_logs(store: Any, run_id: str, task: str | None, as_json: bool) -> int:
+    """Prints the run's records as they are written, until the run ends (polling the store:
+    another process writes them)."""
+    import collections
+    import json
+    import time
+
+    printed: collections.Counter[str] = collections.Counter()
+    while True:
+        state = (store.run(run_id) or {}).get("state")
+        seen: collections.Counter[str] = collections.Counter()
+        for r in _log_rows(store, run_id, task):
+            key = json.dumps(r, sort_keys=True)
+            seen[key] += 1
+            if seen[key] <= printed[key]:
+                continue
+            printed[key] += 1
+            if as_json:
+                print(json.dumps(r), flush=True)
+            else:
+                _print_log_row(r)
+                sys.stdout.flush()
+        if state not in ("pending", "scheduled", "running", "retrying", None):
+            if not as_json:
+                print(f"run ended: {state}", flush=True)
+            return 0
+        time.sleep(0.2)
 
 
 def _configure_resume(parser: argparse.ArgumentParser) -> None:

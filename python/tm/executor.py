@@ -14,12 +14,15 @@ import threading
 import time
 import traceback as _traceback
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._capture import PrintCapture, quiet
+from ._capture import install as install_print_capture
 from ._decorators import TaskOptions, _options, _seconds
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
@@ -42,6 +45,25 @@ def _default_workers() -> int:
 #: While ``tm start`` imports a file: the executors whose ``start()`` it called (see
 #: :meth:`Executor.start`); None otherwise.
 _deferred_starts: list[Executor] | None = None
+
+
+#: Runs of this process recorded in a store, by run id (an idempotency key finds them).
+_live_runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+
+#: What ``Executor.submit(..., key=)`` may do when the key is taken.
+_ON_CONFLICT = ("return", "error", "rerun_failed")
+
+
+def _run_meta_json(graph: Graph, owner: str, params: dict[str, Any] | None = None) -> str:
+    """A recorded run's ``meta_json``: its owner, where its graph can be loaded from, and the
+    arguments its root tasks got (when JSON holds them), so ``tm run --rerun`` can repeat it."""
+    meta: dict[str, Any] = {"owner": owner}
+    if graph.source is not None:
+        meta["source"] = graph.source
+    if params:
+        with contextlib.suppress(TypeError, ValueError):
+            meta["params"] = json.loads(json.dumps(params, allow_nan=False))
+    return json.dumps(meta)
 
 
 def process_owner() -> str:
@@ -300,6 +322,56 @@ _DEFAULT_KEYS = ("retries", "retry_delay", "backoff", "max_delay", "jitter", "ti
 _recorded: dict[int, tuple[Any, str]] = {}
 
 
+class StoredRun:
+    """A recorded run that another process runs (or ran), read from the store: what
+    :meth:`Executor.submit` returns for an idempotency key taken elsewhere."""
+
+    #: How often :meth:`wait` looks at the store.
+    POLL_S = 0.05
+
+    def __init__(self, store: Any, run_id: str, graph: str) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.graph = graph
+
+    @property
+    def id(self) -> str:
+        return self.run_id
+
+    def _detail(self) -> dict[str, Any]:
+        detail = self._store.core.get_run(self.run_id)
+        if detail is None:
+            raise KeyError(f"run {self.run_id} is no longer in {self._store.location}")
+        return detail  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> str:
+        """``running``, ``completed``, ``failed`` or ``cancelled``, as recorded now."""
+        return str(self._detail()["state"])
+
+    def done(self) -> bool:
+        return self.state != "running"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Waits (by looking at the store) until the run ends; returns whether it ended."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(self.POLL_S)
+        return True
+
+    def states(self) -> dict[str, str]:
+        return {t["name"]: t["status"] for t in self._detail()["tasks"]}
+
+    def result(self, task: str) -> Any:
+        """A task's persisted result (``persist=True``)."""
+        return self._store.result(self.run_id, task)
+
+    def __repr__(self) -> str:
+        return f"<tm.StoredRun {self.run_id} of {self.graph!r}>"
+
+
 class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A task's logger: logs as usual, and keeps INFO and above with the run in the store."""
 
@@ -316,6 +388,9 @@ class _TaskLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
                 core.append_log(
                     run_id, self._node, int(time.time() * 1e6), logging.getLevelName(level), text
                 )
+            with quiet():
+                super().log(level, msg, *args, **kwargs)
+            return
         super().log(level, msg, *args, **kwargs)
 
 
@@ -501,6 +576,47 @@ class _Dispatch:
                 )
 
 
+def _config_json(cfg: Any) -> str:
+    """The config a run used, as JSON for the run's record (values JSON cannot hold, by repr)."""
+    try:
+        return json.dumps(cfg, default=repr)
+    except (TypeError, ValueError):  # keys JSON cannot hold, a cycle
+        return json.dumps(repr(cfg))
+
+
+def _warn_rerun(
+    graph: Graph,
+    names: list[str],
+    recorded: dict[str, Any],
+    done: dict[int, Any],
+    run_id: str,
+) -> None:
+    """Says which completed tasks a resume runs again: those whose result was not persisted
+    while a task that has not completed needs it."""
+    again = [
+        n for n, t in recorded.items() if t["status"] == "completed" and names.index(n) not in done
+    ]
+    if not again:
+        return
+    again.sort(key=names.index)
+    needing = sorted(
+        {
+            names[c]
+            for n in again
+            for c in graph._core.children(names.index(n))
+            if c not in done and names[c] not in again
+        }
+    )
+    message = (
+        f"resuming run {run_id} of graph {graph.name!r}: completed task(s) "
+        f"{', '.join(repr(n) for n in again)} will run again, because their results were not "
+        f"persisted and unfinished task(s) {', '.join(repr(n) for n in needing)} need them; "
+        "use Executor(persist=True) or @tm.task(persist=True) to keep results for a resume"
+    )
+    _log.warning("%s", message)
+    warnings.warn(message, UserWarning, stacklevel=4)
+
+
 class Executor:
     """Runs graphs on bounded worker pools: one per task tag, plus a default pool.
 
@@ -529,6 +645,8 @@ class Executor:
         lease: seconds a task of a distributed run stays claimed by this executor without a renewal
             (a Rust thread renews it every third of that); past it, another executor takes the
             task over. See :meth:`work`.
+        capture_print: with a store, what a task prints (on its own thread) is also kept as
+            its log at INFO (see ``tm logs``); it is still printed as usual. False: only printed.
 
     No thread starts before the first run. ``with Executor() as ex:`` shuts the workers down.
     Transitions are also logged to the ``tm`` logger (DEBUG start/complete, WARNING retries, ERROR
@@ -559,6 +677,7 @@ class Executor:
         graphs: Iterable[Graph] = (),
         clock: VirtualClock | None = None,
         lease: float = 30.0,
+        capture_print: bool = True,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
             if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
@@ -601,6 +720,8 @@ class Executor:
         self._token = next(_tokens)
         self._async = AsyncRunner()
         self._lock = threading.Lock()
+        # Runs started with an idempotency key by this executor when it has no store.
+        self._keyed_runs: dict[tuple[str, str], Run] = {}
         self._closed = False
         self._forked = False
         if isinstance(store, str):
@@ -616,6 +737,7 @@ class Executor:
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not lease > 0:
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.lease = float(lease)
+        self.capture_print = bool(capture_print)
         self._fleet: Any = None
         self._workers_running: list[Any] = []
         from ._scheduler import Scheduler
@@ -679,6 +801,8 @@ class Executor:
         meta: dict[str, Any] | None = None,
         timeout: float | timedelta | None = None,
         distributed: bool = False,
+        key: str | None = None,
+        on_conflict: str = "return",
         _resume: tuple[str, list[tuple[int, Any]], list[tuple[int, int]]] | None = None,
         _on_end: Callable[[], None] | None = None,
         _record: tuple[Any, str] | None = None,
@@ -697,11 +821,26 @@ class Executor:
             distributed: record the run's tasks in the (PostgreSQL) store for any executor
                 process serving this graph to run (see :meth:`work`), and return a
                 ``DistributedRun``; this process runs none of them unless it calls ``work``.
+            key: an idempotency key: if a run of this graph already has it (in any process
+                sharing the store; in this executor without one), no second run starts and
+                ``on_conflict`` decides: ``"return"`` that run (a :class:`Run` when it lives in
+                this process, else a :class:`StoredRun` read from the store), ``"error"``
+                (:class:`ExecutorError`), or ``"rerun_failed"`` (resume it if it failed or was
+                cancelled, else return it).
+            on_conflict: see ``key``.
         """
         from .graph import Graph
 
         if not isinstance(graph, Graph):
             raise TypeError(f"expected a tm.Graph, got {type(graph).__name__}")
+        if key is not None:
+            if distributed:
+                raise ExecutorError("idempotency keys are not available for distributed runs yet")
+            record, existing = self._claim_key(graph, key, on_conflict, meta)
+            if existing is not None:
+                return self._on_key_conflict(graph, key, on_conflict, existing, config, timeout)
+            if record is not None:
+                _record = record
         if distributed:
             if timeout is not None:
                 raise ExecutorError("a distributed run has no run timeout (tasks have their own)")
@@ -736,12 +875,20 @@ class Executor:
             if _record is not None:
                 record = _record
             else:
-                record = self._begin_record(graph, info) if self.store is not None else None
+                record = (
+                    self._begin_record(graph, info, cfg, dict(kwargs or {}))
+                    if self.store is not None
+                    else None
+                )
             done = None
             attempts = None
+        capture = None
         if record is not None:
             info["run_id"] = dispatch.run_key = record[1]
             _recorded[record[1]] = record
+            if self.capture_print:
+                install_print_capture()
+                capture = PrintCapture(*record)
         try:
             handle = engine.submit(
                 program,
@@ -759,11 +906,16 @@ class Executor:
                 add_tasks=record is not None and _resume is None,
                 attempts=attempts,
                 cancelled=[graph._core.find(n) for n in _cancelled] if _cancelled else None,
+                capture=capture,
             )
             run = Run(handle, graph)
             run.run_id = record[1] if record is not None else None
             if record is not None:
                 weakref.finalize(run, _recorded.pop, record[1], None)
+                _live_runs[record[1]] = run
+            if key is not None and self.store is None:
+                with self._lock:
+                    self._keyed_runs[(graph.name, key)] = run
             dispatch.attach(run)
         except BaseException:
             for h in started:
@@ -780,7 +932,9 @@ class Executor:
 
         Tasks that completed are not run again: those with a persisted result feed it to their
         children, and the others are kept when none of their children needs to run. Everything
-        else (including tasks that were running) runs again, as new attempts. Returns the
+        else (including tasks that were running) runs again, as new attempts. A completed task
+        without a persisted result that an unfinished task needs runs again too: the resume
+        names those tasks in a ``tm`` WARNING and a ``UserWarning`` (``persist=True`` avoids it). Returns the
         :class:`Run` once it ends; its ``run_id`` is the same.
 
         Raises:
@@ -806,6 +960,8 @@ class Executor:
         if self.store is None:
             raise ExecutorError("resume needs an executor with a store: Executor(store=...)")
         core = self.store.core
+        # Transitions this process queued (a run that just ended here) are read back too.
+        core.flush()
         detail = core.get_run(run_id)
         if detail is None:
             raise KeyError(f"no run {run_id!r} in {self.store.location}")
@@ -845,6 +1001,7 @@ class Executor:
                 done[idx] = results[name]
             elif all(c in done for c in graph._core.children(idx)):
                 done[idx] = None
+        _warn_rerun(graph, names, recorded, done, run_id)
         core.set_run_state(run_id, "running")
         run = self.submit(
             graph,
@@ -860,14 +1017,20 @@ class Executor:
         )
         return run
 
-    def _begin_record(self, graph: Graph, info: dict[str, Any]) -> tuple[Any, str]:
+    def _begin_record(
+        self, graph: Graph, info: dict[str, Any], cfg: Any, params: dict[str, Any]
+    ) -> tuple[Any, str]:
         """Records a new run and its tasks; returns what the engine's recorder needs."""
-        record = self._begin_records([(graph, info)])[0]
+        record = self._begin_records([(graph, info)], configs=[cfg], params=[params])[0]
         assert record is not None
         return record
 
     def _begin_records(
-        self, items: list[tuple[Graph, dict[str, Any]]], fires: bool = False
+        self,
+        items: list[tuple[Graph, dict[str, Any]]],
+        fires: bool = False,
+        configs: list[Any] | None = None,
+        params: list[dict[str, Any]] | None = None,
     ) -> list[tuple[Any, str] | None]:
         """Records new runs (one commit for all: the scheduler's fires of one instant) and their
         tasks; returns what the engine's recorder needs for each.
@@ -880,20 +1043,25 @@ class Executor:
         now = int(time.time() * 1e6)
         owner = process_owner()
         records: list[tuple[Any, str] | None] = []
-        for graph, info in items:
-            meta: dict[str, Any] = {"owner": owner}
-            if graph.source is not None:
-                meta["source"] = graph.source
-            meta_json = json.dumps(meta)
+        for i, (graph, info) in enumerate(items):
+            meta_json = _run_meta_json(graph, owner, None if params is None else params[i])
             run_id = uuid.uuid4().hex
             scheduled = info.get("scheduled_at")
             scheduled_us = (
                 int(scheduled.timestamp() * 1e6) if isinstance(scheduled, datetime) else None
             )
             trigger = str(info.get("trigger", "manual"))
+            config_json = None if configs is None else _config_json(configs[i])
             if fires and scheduled_us is not None:
                 won = core.claim_fire(
-                    run_id, graph.name, trigger, scheduled_us, now, owner, meta_json
+                    run_id,
+                    graph.name,
+                    trigger,
+                    scheduled_us,
+                    now,
+                    owner,
+                    meta_json=meta_json,
+                    config_json=config_json,
                 )
                 records.append((core, run_id) if won else None)
                 continue
@@ -906,6 +1074,7 @@ class Executor:
                 [],
                 scheduled_us=scheduled_us,
                 started_us=now,
+                config_json=config_json,
                 meta_json=meta_json,
             )
             records.append((core, run_id))
@@ -914,6 +1083,55 @@ class Executor:
         # transition (the engine queues them: ``submit(..., add_tasks=True)``).
         core.flush()
         return records
+
+    def _claim_key(
+        self, graph: Graph, key: str, on_conflict: str, meta: dict[str, Any] | None
+    ) -> tuple[tuple[Any, str] | None, Any]:
+        """(the new run's record, None) when ``key`` is new for ``graph``, else (None, the run or
+        run id that has it)."""
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"key must be a non-empty str, got {key!r}")
+        if on_conflict not in _ON_CONFLICT:
+            raise ValueError(
+                f"on_conflict must be one of {', '.join(_ON_CONFLICT)}, got {on_conflict!r}"
+            )
+        if self.store is None:
+            with self._lock:
+                return None, self._keyed_runs.get((graph.name, key))
+        core = self.store.core
+        run_id = uuid.uuid4().hex
+        trigger = str((meta or {}).get("trigger", "manual"))
+        now = int(time.time() * 1e6)
+        existing = core.claim_key(
+            run_id, graph.name, trigger, key, now, _run_meta_json(graph, process_owner())
+        )
+        return (None, existing) if existing is not None else ((core, run_id), None)
+
+    def _on_key_conflict(
+        self,
+        graph: Graph,
+        key: str,
+        on_conflict: str,
+        existing: Any,
+        config: Any,
+        timeout: float | timedelta | None,
+    ) -> Any:
+        run = existing
+        if isinstance(existing, str):
+            live = _live_runs.get(existing)
+            run = live if live is not None else StoredRun(self.store, existing, graph.name)
+        if on_conflict == "error":
+            raise ExecutorError(
+                f"graph {graph.name!r} already has a run with key {key!r}: {run.id}"
+            )
+        if on_conflict == "rerun_failed" and run.done() and run.state in ("failed", "cancelled"):
+            if self.store is None or run.run_id is None:
+                raise ExecutorError(
+                    "rerun_failed needs an executor with a store (a failed run is resumed)"
+                )
+            _seconds(timeout, "timeout")
+            return self._resume_submit(run.run_id, graph, config)
+        return run
 
     def run(
         self,
@@ -926,6 +1144,8 @@ class Executor:
         timeout: float | timedelta | None = None,
         rollback: bool = False,
         distributed: bool = False,
+        key: str | None = None,
+        on_conflict: str = "return",
     ) -> Any:
         """Runs ``graph`` to the end and returns the :class:`Run` (it does not raise on failure:
         see :meth:`Run.raise_for_state`).
@@ -934,6 +1154,8 @@ class Executor:
         that has one, in reverse topological order, with that task's result; outcomes are in
         :attr:`Run.reverts` (``reverted`` or ``revert_failed``). Ctrl-C once stops starting tasks
         and waits for running ones; twice interrupts them; either way KeyboardInterrupt propagates.
+
+        ``key`` and ``on_conflict`` are :meth:`submit`'s idempotency key.
 
         With ``distributed=True`` the run is recorded for the whole fleet (see :meth:`submit`) and
         this process works on it (see :meth:`work`) until it ends; returns the
@@ -945,9 +1167,18 @@ class Executor:
             drun = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, distributed=True)
             self.work([graph], run_id=drun.run_id)
             return drun
-        run = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, timeout=timeout)
+        run = self.submit(
+            graph,
+            config,
+            args=args,
+            kwargs=kwargs,
+            meta=meta,
+            timeout=timeout,
+            key=key,
+            on_conflict=on_conflict,
+        )
         run.wait()
-        if rollback and run.state == "failed":
+        if rollback and run.state == "failed" and isinstance(run, Run):
             run._rollback(graph)
         return run
 

@@ -110,6 +110,20 @@ class Store:
         self._signer: _signing.Signer | None = None
 
     @property
+    def modes(self) -> tuple[int, int]:
+        """The permission bits of the files and directories tm creates for this store (result
+        files and their folders too): ``file_mode``, else ``$TM_FILE_MODE``, else owner-only;
+        a directory adds search bits where reading is allowed (0o600 -> 0o700)."""
+        mode = self.file_mode
+        if mode is None:
+            text = os.environ.get("TM_FILE_MODE")
+            try:
+                mode = int(text, 8) if text else 0o600
+            except ValueError:
+                mode = 0o600  # the database refuses a bad value loudly; results stay private
+        return mode, mode | (mode & 0o444) >> 2
+
+    @property
     def core(self) -> StoreCore:
         """The open database (opened, created and migrated on first use; raises ``tm.StoreError``)."""
         # Once open, no lock: a child forked while another thread held it would wait forever.

@@ -27,7 +27,8 @@ pub(crate) struct DomSet {
     pub(crate) last: u32,
     /// `LW`: the last weekday (Monday..Friday) of the month.
     pub(crate) last_weekday: bool,
-    /// `nW`: bit `n` is "the weekday nearest day `n`, within the month".
+    /// `nW`: bit `n` is "the weekday nearest day `n` (or the last day, in a shorter month),
+    /// within the month".
     pub(crate) nearest_weekday: u32,
 }
 
@@ -49,9 +50,9 @@ impl DomSet {
             m |= 1 << d;
         }
         for n in bits_of(u64::from(self.nearest_weekday)) {
-            if n > len {
-                continue;
-            }
+            // Past the month's end (`31W` in April) it is the weekday nearest the last day, as
+            // in croniter.
+            let n = n.min(len);
             // Saturday moves back to Friday and Sunday forward to Monday, unless that would
             // leave the month: then it goes two days the other way.
             let d = match (w1 + n - 1) % 7 {
@@ -178,14 +179,18 @@ mod tests {
         assert_eq!(days_in("0 0 15W * *", 2024, 6), [14]); // Saturday -> Friday
         assert_eq!(days_in("0 0 15W * *", 2024, 9), [16]); // Sunday -> Monday
         assert_eq!(days_in("0 0 15W * *", 2024, 5), [15]); // Wednesday
-        assert_eq!(days_in("0 0 31W * *", 2024, 4), Vec::<u8>::new()); // no April 31
-        assert_eq!(days_in("0 0 1,L,15W * *", 2024, 6), [1, 14, 30]);
+                                                           // Past the month's end: the weekday nearest the last day.
+        assert_eq!(days_in("0 0 31W * *", 2024, 4), [30]); // Tuesday
+        assert_eq!(days_in("0 0 31W * *", 2028, 4), [28]); // Apr 30 2028 is a Sunday
+        assert_eq!(days_in("0 0 30W * *", 2024, 2), [29]); // Thursday
+        assert_eq!(days_in("0 0 31W * *", 2026, 2), [27]); // Feb 28 2026 is a Saturday
+        assert_eq!(days_in("0 0 1,L,LW * *", 2024, 6), [1, 28, 30]);
     }
 
     #[test]
     fn quartz_day_of_week() {
         assert_eq!(days_in("0 0 * * 5L", 2024, 6), [28]);
-        assert_eq!(days_in("0 0 * * friL", 2024, 5), [31]);
+        assert_eq!(days_in("0 0 * * 5l", 2024, 5), [31]);
         assert_eq!(days_in("0 0 * * 0L,7L", 2024, 3), [31]);
         assert_eq!(days_in("0 0 * * 1#2", 2024, 6), [10]);
         assert_eq!(days_in("0 0 * * 6#1", 2024, 6), [1]);

@@ -146,8 +146,14 @@ mod tests {
         assert_eq!(norm("0 0 1 2/3 *"), "0 0 1 2/3 *");
         assert_eq!(norm("0 10,20 ? * ?"), "0 10,20 * * *");
         assert_eq!(norm("0,30 * * * * *"), "*/30 * * * * *");
-        assert_eq!(norm("0 0 l,lw,15w,L-3 * *"), "0 0 L,L-3,LW,15W * *");
-        assert_eq!(norm("0 0 * * fril,MON#2,1#3"), "0 0 * * 5L,1#2,1#3");
+        assert_eq!(norm("0 0 l,lw,L-3 * *"), "0 0 L,L-3,LW * *");
+        assert_eq!(norm("0 0 15w * *"), "0 0 15W * *");
+        assert_eq!(norm("0 0 * * 5l,MON#2,1#3"), "0 0 * * 5L,1#2,1#3");
+        assert_eq!(
+            norm("0 22-2 * nov-mar sat-mon"),
+            "0 0-2,22-23 * 1-3,11-12 0-1,6"
+        );
+        assert_eq!(norm("*/90 */30 1-L/8 apr-mar/3 */8"), "0 0 */8 */3 0");
         assert_eq!(norm("0 0 1-31 * *"), "0 0 * * *");
         assert_eq!(norm("0 0 13 * 0-7"), "0 0 * * *");
         assert_eq!(norm("0 0 */2 * mon"), "0 0 */2 * 1");

@@ -8,9 +8,14 @@
 //! Syntax: five fields `minute hour day-of-month month day-of-week`, or six with a leading
 //! `second` field, or one of `@yearly @annually @monthly @weekly @daily @midnight @hourly`. Each
 //! field is a comma list of `*`, `N`, `A-B`, `*/S`, `A-B/S` and `N/S` (from `N` to the field's
-//! end); `jan`..`dec` and `sun`..`sat` in their own fields; `?` means `*` in the day fields. Quartz
-//! extensions: day-of-month `L`, `L-n`, `LW`, `nW`; day-of-week `wL`, `w#k`. When both day fields
-//! restrict (neither is exactly `*` or `?`), a day matches if either matches.
+//! end); `jan`..`dec` and `sun`..`sat` in their own fields; `?` as a whole day field means `*`.
+//! A step may be any positive number: one longer than its range keeps the range's start only
+//! (`*/90` in minutes is minute 0). A reversed range wraps around the field's end (`22-2` in hours
+//! is 22, 23, 0, 1, 2; `nov-mar`, `sat-mon`), and its step counts on through the wrap. Quartz
+//! extensions: day-of-month `L`, `A-L` (to the month's last day), `L-n`, `LW`, `nW` (the whole
+//! field; past a month's end, the weekday nearest its last day); day-of-week `wL` (`w` a
+//! number), `w#k`. When both day fields restrict (neither is exactly `*` or `?`), a day matches
+//! if either matches.
 //!
 //! ```
 //! use tm::cron::{Civil, Expression};
@@ -103,8 +108,8 @@ pub enum CronError {
         /// The unknown macro as written.
         text: String,
     },
-    /// A field item is malformed: junk, empty list item, bad step, reversed range, a name in the
-    /// wrong field, a negative number.
+    /// A field item is malformed: junk, empty list item, bad step, a name in the wrong field, a
+    /// negative number, `?` or `nW` that is not the whole field, a day name before `L`.
     #[error("{field} field: {message} in {text:?}")]
     Syntax {
         /// Field name: `second`, `minute`, `hour`, `day-of-month`, `month` or `day-of-week`.

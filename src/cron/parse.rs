@@ -24,8 +24,6 @@ pub(crate) struct Field {
     pub(crate) max: u32,
     /// End of `*` (differs from `max` only for day-of-week, where 7 repeats Sunday).
     pub(crate) star_max: u32,
-    /// Largest step accepted: the number of distinct values.
-    step_max: u32,
     kind: Kind,
 }
 
@@ -37,7 +35,6 @@ pub(crate) const DAY_OF_MONTH: Field = Field {
     min: 1,
     max: 31,
     star_max: 31,
-    step_max: 31,
     kind: Kind::DayOfMonth,
 };
 pub(crate) const MONTH: Field = Field {
@@ -45,7 +42,6 @@ pub(crate) const MONTH: Field = Field {
     min: 1,
     max: 12,
     star_max: 12,
-    step_max: 12,
     kind: Kind::Month,
 };
 pub(crate) const DAY_OF_WEEK: Field = Field {
@@ -53,7 +49,6 @@ pub(crate) const DAY_OF_WEEK: Field = Field {
     min: 0,
     max: 7,
     star_max: 6,
-    step_max: 7,
     kind: Kind::DayOfWeek,
 };
 
@@ -64,9 +59,14 @@ impl Field {
             min,
             max,
             star_max: max,
-            step_max: max - min + 1,
             kind: Kind::Plain,
         }
+    }
+
+    /// How many distinct values the field has: the length of the cycle a reversed range wraps
+    /// around (7 for day-of-week, where 7 is Sunday again).
+    fn cycle(&self) -> u32 {
+        self.star_max - self.min + 1
     }
 
     fn syntax(&self, text: &str, message: String) -> CronError {
@@ -199,6 +199,15 @@ struct Special {
 
 /// Parses one field: a comma list of items, into a value bitset and any day extensions.
 fn parse_field(field: &Field, text: &str) -> Result<(u64, Special), CronError> {
+    let day_field = matches!(field.kind, Kind::DayOfMonth | Kind::DayOfWeek);
+    if day_field && text == "?" {
+        return Ok((star_bits(field), Special::default()));
+    }
+    if day_field && text.contains('?') {
+        // croniter and cronsim both refuse `?,*`, `?/2`: `?` only ever stands for a whole field.
+        return Err(field.syntax(text, "\"?\" must be the whole field".to_string()));
+    }
+    let in_list = field.kind == Kind::DayOfMonth && text.contains(',');
     let mut bits = 0u64;
     let mut special = Special::default();
     for item in text.split(',') {
@@ -206,7 +215,7 @@ fn parse_field(field: &Field, text: &str) -> Result<(u64, Special), CronError> {
             return Err(field.syntax(text, "empty list item".to_string()));
         }
         let handled = match field.kind {
-            Kind::DayOfMonth => dom_special(item, &mut special.dom)?,
+            Kind::DayOfMonth => dom_special(item, in_list, text, &mut special.dom)?,
             Kind::DayOfWeek => dow_special(item, &mut special.dow)?,
             _ => false,
         };
@@ -217,47 +226,60 @@ fn parse_field(field: &Field, text: &str) -> Result<(u64, Special), CronError> {
     Ok((bits, special))
 }
 
-/// `*`, `N`, `A-B`, each optionally followed by `/S`.
+/// The values of `*`.
+fn star_bits(field: &Field) -> u64 {
+    (field.min..=field.star_max).fold(0, |bits, v| bits | 1 << v)
+}
+
+/// `*`, `N`, `A-B`, each optionally followed by `/S`. A reversed range (`22-2`, `nov-mar`) wraps
+/// around the end of the field, and its step counts on through the wrap.
 fn parse_item(field: &Field, item: &str) -> Result<u64, CronError> {
     let (base, step) = match item.split_once('/') {
         Some((base, step)) => (base, Some(parse_step(field, item, step)?)),
         None => (item, None),
     };
-    let star =
-        base == "*" || (base == "?" && matches!(field.kind, Kind::DayOfMonth | Kind::DayOfWeek));
-    let (lo, hi) = if star {
+    let (lo, hi) = if base == "*" {
         (field.min, field.star_max)
     } else if base.starts_with('-') {
         return Err(field.syntax(item, format!("negative value {base:?}")));
     } else if let Some((a, b)) = base.split_once('-') {
         let lo = value(field, item, a)?;
-        let mut hi = value(field, item, b)?;
-        if field.kind == Kind::DayOfWeek && lo > 0 && b.eq_ignore_ascii_case("sun") {
-            hi = 7; // `fri-sun`
-        }
-        if lo > hi {
-            return Err(field.syntax(
-                item,
-                format!("range start {lo} is greater than range end {hi}"),
-            ));
-        }
+        let hi = if field.kind == Kind::DayOfMonth && b.eq_ignore_ascii_case("l") {
+            field.max // `1-L`: to the last day of each month
+        } else {
+            value(field, item, b)?
+        };
         (lo, hi)
     } else {
         let v = value(field, item, base)?;
         (v, if step.is_some() { field.max } else { v })
     };
-    let step = step.unwrap_or(1) as usize;
-    Ok((lo..=hi).step_by(step).fold(0, |bits, v| bits | 1 << v))
+    // Any step is valid; one longer than the range leaves its start alone (`*/90` is minute 0).
+    let step = usize::try_from(step.unwrap_or(1)).unwrap_or(usize::MAX);
+    if lo <= hi {
+        if step == 1 {
+            // hi - lo < 63: a run of set bits.
+            return Ok((u64::MAX >> (63 - (hi - lo))) << lo);
+        }
+        return Ok((lo..=hi).step_by(step).fold(0, |bits, v| bits | 1 << v));
+    }
+    // Wrapped: count on past the field's end, then fold the values beyond `max` back by a cycle
+    // (below `max` a value is itself, so 7 stays 7 in day-of-week).
+    let (cycle, min) = (field.cycle(), field.min);
+    Ok((lo..=hi + cycle).step_by(step).fold(0, |bits, v| {
+        let v = if v > field.max {
+            min + (v - min) % cycle
+        } else {
+            v
+        };
+        bits | 1 << v
+    }))
 }
 
-/// The `S` of `.../S`: from 1 to the number of values in the field.
-fn parse_step(field: &Field, item: &str, step: &str) -> Result<u32, CronError> {
+/// The `S` of `.../S`: any positive number (saturating: a step past the field is as good as any).
+fn parse_step(field: &Field, item: &str, step: &str) -> Result<u64, CronError> {
     match number(step) {
-        Some(n) if (1..=u64::from(field.step_max)).contains(&n) => Ok(n as u32),
-        Some(n) if n > 0 => Err(field.syntax(
-            item,
-            format!("step {step} out of range 1-{}", field.step_max),
-        )),
+        Some(n) if n > 0 => Ok(n),
         _ => Err(field.syntax(item, format!("invalid step {step:?}"))),
     }
 }
@@ -311,8 +333,9 @@ fn value(field: &Field, item: &str, token: &str) -> Result<u32, CronError> {
     Err(field.syntax(item, message))
 }
 
-/// Day-of-month extensions: `L`, `L-n`, `LW`, `nW`. Returns whether `item` was one.
-fn dom_special(item: &str, dom: &mut DomSet) -> Result<bool, CronError> {
+/// Day-of-month extensions: `L`, `L-n`, `LW`, `nW`. Returns whether `item` was one. `nW` must be
+/// the whole field (`text`), as croniter requires (cronsim has no `nW`).
+fn dom_special(item: &str, in_list: bool, text: &str, dom: &mut DomSet) -> Result<bool, CronError> {
     let field = &DAY_OF_MONTH;
     if item.eq_ignore_ascii_case("l") {
         dom.last |= 1;
@@ -331,7 +354,13 @@ fn dom_special(item: &str, dom: &mut DomSet) -> Result<bool, CronError> {
         }
     } else if let Some(day) = item.strip_suffix(['w', 'W']).filter(|day| !day.is_empty()) {
         match number(day) {
-            Some(n @ 1..=31) => dom.nearest_weekday |= 1 << n,
+            Some(n @ 1..=31) if !in_list => dom.nearest_weekday |= 1 << n,
+            Some(1..=31) => {
+                return Err(field.syntax(
+                    text,
+                    format!("nearest weekday {item:?} must be the whole field"),
+                ))
+            }
             Some(_) => return Err(field.out_of_range(item, day, 1, 31)),
             None => return Err(field.syntax(item, format!("invalid day {day:?} before \"W\""))),
         }
@@ -356,8 +385,15 @@ fn dow_special(item: &str, dow: &mut DowSet) -> Result<bool, CronError> {
     let Some(day) = item.strip_suffix(['l', 'L']) else {
         return Ok(false);
     };
-    // Only a number or a day name before the `L` (`jul` is a misplaced month name, not `ju` + L).
-    if number(day).is_none() && !DAY_NAMES.iter().any(|name| name.eq_ignore_ascii_case(day)) {
+    // Only a number before the `L`, as in cronsim and Quartz: croniter and cronsim both refuse
+    // `friL`. Anything else (`jul`, a misplaced month name) is left to the caller's errors.
+    if DAY_NAMES.iter().any(|name| name.eq_ignore_ascii_case(day)) {
+        return Err(field.syntax(
+            item,
+            "day name before \"L\" (write the day's number, as in \"5L\")".to_string(),
+        ));
+    }
+    if number(day).is_none() {
         return Ok(false);
     }
     dow.last |= 1 << (value(field, item, day)? % 7);
@@ -408,6 +444,55 @@ mod tests {
         assert_eq!(bits(&DAY_OF_WEEK, "?"), [0, 1, 2, 3, 4, 5, 6]);
     }
 
+    #[test]
+    fn steps_longer_than_the_range_keep_its_start() {
+        assert_eq!(bits(&MINUTE, "*/61"), [0]);
+        assert_eq!(bits(&MINUTE, "*/90"), [0]);
+        assert_eq!(bits(&MINUTE, "*/99999999999999999999"), [0]);
+        assert_eq!(bits(&MINUTE, "50/90"), [50]);
+        assert_eq!(bits(&MINUTE, "10-20/15"), [10]);
+        assert_eq!(bits(&HOUR, "*/25"), [0]);
+        assert_eq!(bits(&HOUR, "*/30"), [0]);
+        assert_eq!(bits(&DAY_OF_MONTH, "*/40"), [1]);
+        assert_eq!(bits(&MONTH, "*/13"), [1]);
+        assert_eq!(bits(&DAY_OF_WEEK, "*/7"), [0]);
+        assert_eq!(bits(&DAY_OF_WEEK, "*/8"), [0]);
+        assert_eq!(bits(&DAY_OF_WEEK, "1-wed/8"), [1]);
+    }
+
+    #[test]
+    fn reversed_ranges_wrap_around() {
+        assert_eq!(bits(&HOUR, "22-2"), [0, 1, 2, 22, 23]);
+        assert_eq!(bits(&MONTH, "nov-mar"), [1, 2, 3, 11, 12]);
+        assert_eq!(bits(&MONTH, "Dec-Jan"), [1, 12]);
+        assert_eq!(bits(&MONTH, "dec-nov"), (1..=12).collect::<Vec<_>>());
+        assert_eq!(bits(&DAY_OF_MONTH, "30-2"), [1, 2, 30, 31]);
+        let all_but_2_to_4: Vec<u32> = (0..60).filter(|v| !(2..=4).contains(v)).collect();
+        assert_eq!(bits(&MINUTE, "5-1"), all_but_2_to_4);
+        // Day-of-week wraps on its 7 days; 7 is Sunday, kept as bit 7 until the fold into 0.
+        assert_eq!(bits(&DAY_OF_WEEK, "sat-mon"), [1, 6, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "6-1"), [1, 6, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "7-mon"), [1, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "fri-sun"), [5, 6, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "fri-0"), [5, 6, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "7-0"), [7]);
+        // The step counts from the range's start on through the wrap.
+        assert_eq!(bits(&MONTH, "apr-mar/3"), [1, 4, 7, 10]);
+        assert_eq!(bits(&HOUR, "22-2/3"), [1, 22]);
+        assert_eq!(bits(&MINUTE, "50-10/15"), [5, 50]);
+        assert_eq!(bits(&DAY_OF_MONTH, "25-5/10"), [4, 25]);
+        assert_eq!(bits(&DAY_OF_WEEK, "sat-mon/2"), [1, 6]);
+        assert_eq!(bits(&DAY_OF_WEEK, "fri-sun/2"), [5, 7]);
+        assert_eq!(bits(&DAY_OF_WEEK, "7-mon/2"), [7]);
+    }
+
+    #[test]
+    fn l_ends_a_day_of_month_range() {
+        assert_eq!(bits(&DAY_OF_MONTH, "1-L/8"), [1, 9, 17, 25]);
+        assert_eq!(bits(&DAY_OF_MONTH, "25-l"), [25, 26, 27, 28, 29, 30, 31]);
+        assert_eq!(bits(&DAY_OF_MONTH, "L"), Vec::<u32>::new()); // `L` alone is a DomSet rule
+    }
+
     /// One case a line: `expression => error message`.
     const ERRORS: &str = r##"
 0 0 32 * *          => day-of-month field: value 32 out of range 1-31 in "32"
@@ -416,13 +501,9 @@ mod tests {
 */ * * * *          => minute field: invalid step "" in "*/"
 */-1 * * * *        => minute field: invalid step "-1" in "*/-1"
 */5/2 * * * *       => minute field: invalid step "5/2" in "*/5/2"
-*/61 * * * *        => minute field: step 61 out of range 1-60 in "*/61"
-0 */25 * * *        => hour field: step 25 out of range 1-24 in "*/25"
-0 0 * * */8         => day-of-week field: step 8 out of range 1-7 in "*/8"
 1,,2 * * * *        => minute field: empty list item in "1,,2"
 1, * * * *          => minute field: empty list item in "1,"
 ,1 * * * *          => minute field: empty list item in ",1"
-5-1 * * * *         => minute field: range start 5 is greater than range end 1 in "5-1"
 -5 * * * *          => minute field: negative value "-5" in "-5"
 1--5 * * * *        => minute field: negative value "-5" in "1--5"
 1- * * * *          => minute field: missing value in "1-"
@@ -433,7 +514,6 @@ mod tests {
 0 0 * * 8           => day-of-week field: value 8 out of range 0-7 in "8"
 60 * * * * *        => second field: value 60 out of range 0-59 in "60"
 99999999999999999999 * * * * => minute field: value 99999999999999999999 out of range 0-59 in "99999999999999999999"
-*/99999999999999999999 * * * * => minute field: step 99999999999999999999 out of range 1-60 in "*/99999999999999999999"
 ٣ * * * *           => minute field: invalid value "٣" in "٣"
 ５ * * * *           => minute field: invalid value "５" in "５"
 0 0 * mon *         => month field: day name "mon" is only allowed in the day-of-week field in "mon"
@@ -456,6 +536,21 @@ mon 0 * * *         => minute field: day name "mon" is only allowed in the day-o
 0 0 * * 1#          => day-of-week field: invalid occurrence "" after "#" in "1#"
 0 0 * * 9#1         => day-of-week field: value 9 out of range 0-7 in "9#1"
 0 0 * * 9L          => day-of-week field: value 9 out of range 0-7 in "9L"
+0 0 ?,* * *         => day-of-month field: "?" must be the whole field in "?,*"
+0 0 * * ?,*         => day-of-week field: "?" must be the whole field in "?,*"
+0 0 * * 1,?         => day-of-week field: "?" must be the whole field in "1,?"
+0 0 ?/2 * *         => day-of-month field: "?" must be the whole field in "?/2"
+0 0 15W,16 * *      => day-of-month field: nearest weekday "15W" must be the whole field in "15W,16"
+0 0 1,15W * *       => day-of-month field: nearest weekday "15W" must be the whole field in "1,15W"
+0 0 L,1w * *        => day-of-month field: nearest weekday "1w" must be the whole field in "L,1w"
+0 0 * * MONL        => day-of-week field: day name before "L" (write the day's number, as in "5L") in "MONL"
+0 0 * * friL        => day-of-week field: day name before "L" (write the day's number, as in "5L") in "friL"
+0 0 * * 1,satl      => day-of-week field: day name before "L" (write the day's number, as in "5L") in "satl"
+0 0 L/2 * *         => day-of-month field: invalid value "L" in "L/2"
+0 0 L-L * *         => day-of-month field: invalid offset "L" after "L-" in "L-L"
+0 0 * L-3 *         => month field: invalid value "L" in "L-3"
+0 0 * 1-L *         => month field: invalid value "L" in "1-L"
+0 0 * * 1-L         => day-of-week field: invalid value "L" in "1-L"
 0 0 30 2 *          => day-of-month field: "30" never falls in month field "2" (day-of-week "*"), so expression "0 0 30 2 *" can never fire
 0  0 31 4,6,9,11  * => day-of-month field: "31" never falls in month field "4,6,9,11" (day-of-week "*"), so expression "0 0 31 4,6,9,11 *" can never fire
 "##;

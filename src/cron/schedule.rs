@@ -438,7 +438,7 @@ mod tests {
         let satisfiable = |text: &str| Expression::parse(text).is_ok();
         assert!(!satisfiable("0 0 30 2 *"));
         assert!(!satisfiable("0 0 31 4,6,9,11 *"));
-        assert!(!satisfiable("0 0 30W 2 *"));
+        assert!(satisfiable("0 0 30W 2 *")); // the weekday nearest February's last day
         assert!(!satisfiable("0 0 L-29 2 *"));
         assert!(satisfiable("0 0 L-28 2 *"));
         assert!(satisfiable("0 0 29 2 *"));

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use run::{Attempt, Run, RunState, TaskState};
 pub use sched::CancelMode;
-pub use sched::{Executor, PoolConfig};
+pub use sched::{DebugCounts, Executor, PoolConfig};
 pub use timetable::{jitter_offset, Catchup, Fire, FireKind, Rule, Timetable, Timing};
 
 use crate::dag::{NodeId, Plan};

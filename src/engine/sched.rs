@@ -138,6 +138,9 @@ struct Sched<V> {
     shutdown: bool,
     /// Threads stuck in abandoned attempts that have been replaced; they retire when they return.
     stuck: usize,
+    /// Replacement threads with no stuck thread left to stand in for (the stuck one was a task
+    /// waiting on a nested run, which goes on when its job returns): as many workers retire.
+    surplus: usize,
     after: Vec<After<V>>,
     now_us: i64,
     jitter: u64,
@@ -153,8 +156,11 @@ struct Shared<V> {
     timer_cv: Condvar,
     host: Arc<dyn Host>,
     clock: Clock,
+    /// Handles of the pool workers; a worker that retires removes its own (see
+    /// [`Shared::forget_thread`]).
     threads: Mutex<Vec<JoinHandle<()>>>,
     timer: Mutex<Option<JoinHandle<()>>>,
+    /// Workers that retired and whose handle is still in `threads` (they are exiting).
     retired: AtomicUsize,
     /// The process that created the executor (its threads exist only there).
     pid: u32,
@@ -190,6 +196,18 @@ thread_local! {
     static CURRENT: Cell<Option<Current>> = const { Cell::new(None) };
 }
 
+/// Sizes of an executor's thread bookkeeping (see [`Executor::debug_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugCounts {
+    /// Worker threads the executor still holds a handle of (live, stuck or exiting).
+    pub handles: usize,
+    /// Threads replaced while stuck in an abandoned attempt that returned and are exiting.
+    pub exiting: usize,
+    /// Threads still stuck in an abandoned (timed-out or cancelled) attempt, and threads still
+    /// to retire because their stuck thread went on (see `Sched::surplus`).
+    pub stuck: usize,
+}
+
 /// Runs plans on worker threads. Threads start with the first run, not before.
 pub struct Executor<V: Send + Sync + 'static> {
     shared: Arc<Shared<V>>,
@@ -220,6 +238,7 @@ impl<V: Send + Sync + 'static> Executor<V> {
             idle: 0,
             shutdown: false,
             stuck: 0,
+            surplus: 0,
             after: Vec::new(),
             now_us: 0,
             jitter: 0x9E37_79B9_7F4A_7C15,
@@ -303,7 +322,8 @@ impl<V: Send + Sync + 'static> Executor<V> {
                     .threads
                     .lock()
                     .map_err(|_| "executor state poisoned".to_string())?;
-                t.len() - self.shared.retired.load(Ordering::Acquire)
+                t.len()
+                    .saturating_sub(self.shared.retired.load(Ordering::Acquire))
             };
             if live >= want {
                 return Ok(());
@@ -542,6 +562,20 @@ impl<V: Send + Sync + 'static> Executor<V> {
         }
     }
 
+    /// Bookkeeping sizes, for tests and leak checks (see [`DebugCounts`]).
+    pub fn debug_counts(&self) -> DebugCounts {
+        let handles = self.shared.threads.lock().map(|t| t.len()).unwrap_or(0);
+        let (stuck, surplus) = {
+            let s = self.shared.lock();
+            (s.stuck, s.surplus)
+        };
+        DebugCounts {
+            handles,
+            exiting: self.shared.retired.load(Ordering::Acquire),
+            stuck: stuck + surplus,
+        }
+    }
+
     /// Number of live worker threads.
     pub fn thread_count(&self) -> usize {
         let n = self.shared.threads.lock().map(|t| t.len()).unwrap_or(0);
@@ -571,7 +605,11 @@ fn spawn_worker<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) -> Result<(),
         .name(format!("tm-worker-{}", threads.len()))
         .spawn(move || {
             let host = s2.host.clone();
-            host.worker_main(&mut || worker_loop(&s2));
+            let mut retired = false;
+            host.worker_main(&mut || retired = worker_loop(&s2));
+            if retired {
+                s2.forget_thread();
+            }
         })
         .map_err(|e| format!("cannot start worker thread: {e}"))?;
     threads.push(handle);
@@ -579,6 +617,22 @@ fn spawn_worker<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) -> Result<(),
 }
 
 impl<V: Send + Sync + 'static> Shared<V> {
+    /// Called by a retiring worker (replaced while stuck in an abandoned attempt) once it is done
+    /// with the host: drops its own handle, which detaches the thread, so that its stack and
+    /// thread record are freed as it exits instead of being kept for a join at shutdown.
+    fn forget_thread(&self) {
+        let me = std::thread::current().id();
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = threads.iter().position(|h| h.thread().id() == me) {
+            drop(threads.swap_remove(i));
+        }
+        // Under the lock, with the handle gone: `len - retired` stays the live thread count.
+        // (At shutdown the handles were drained already; the count still goes back down.)
+        let _ = self
+            .retired
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1));
+    }
+
     fn lock(&self) -> MutexGuard<'_, Sched<V>> {
         // A poisoned lock means a panic inside pure bookkeeping; the state is still consistent
         // enough to shut down, so keep going rather than propagate a panic to Python.
@@ -1081,13 +1135,20 @@ fn run_session<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>, first: Taken<V
     retire
 }
 
-fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
+/// A pool worker's life; returns true when it retires (it was replaced while stuck in an
+/// abandoned attempt), false at shutdown.
+fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) -> bool {
     loop {
         let job = {
             let mut s = shared.lock();
             loop {
                 if s.shutdown {
-                    return;
+                    return false;
+                }
+                if s.surplus > 0 {
+                    s.surplus -= 1;
+                    shared.retired.fetch_add(1, Ordering::AcqRel);
+                    return true;
                 }
                 if let Some(job) = s.take() {
                     break job;
@@ -1099,7 +1160,7 @@ fn worker_loop<V: Send + Sync + 'static>(shared: &Arc<Shared<V>>) {
         };
         if run_session(shared, job) {
             shared.retired.fetch_add(1, Ordering::AcqRel);
-            return;
+            return true;
         }
     }
 }
@@ -1140,8 +1201,14 @@ fn help_once<V: Send + Sync + 'static>(
     let mut s = shared.lock();
     if let Some(job) = s.take() {
         drop(s);
-        // A helper is not a pool worker: if its job is abandoned it simply goes back to waiting.
-        run_session(shared, job);
+        // A helper is inside a task of its own: if its job is abandoned it goes back to waiting,
+        // and the thread started to replace it is one too many; a worker retires for it.
+        if run_session(shared, job) {
+            let mut s = shared.lock();
+            s.surplus += 1;
+            s.after.push(After::NotifyOne);
+            release(shared, s);
+        }
         return;
     }
     if run.outcome().is_some() {

@@ -689,3 +689,47 @@ fn wait_at_most_30s(ex: &Executor<u64>, run: &Run<u64>) -> RunState {
     }
     panic!("the run did not end: a worker slot was lost or a worker died");
 }
+
+#[test]
+fn threads_replaced_after_timeouts_are_released_when_they_return() {
+    // Each timed-out attempt leaves its thread stuck in the task and starts a replacement; once
+    // the stuck threads return they must be gone for good, not kept (joinable, with their stacks)
+    // until shutdown: a long-lived executor would otherwise grow with every timeout.
+    let p = plan(&[], &["slow"]);
+    let ex = executor(1);
+    let body = Arc::new(Blocking::new());
+    let mut specs = vec![TaskSpec::default(); 1];
+    specs[0].timeout = Some(Duration::from_millis(5));
+    let specs = Arc::new(specs);
+    for _ in 0..6 {
+        let run = ex
+            .submit(Submission {
+                plan: p.clone(),
+                specs: specs.clone(),
+                body: body.clone(),
+                options: RunOptions::default(),
+                done: Vec::new(),
+                cancelled: Vec::new(),
+            })
+            .unwrap();
+        assert_eq!(wait_at_most_30s(&ex, &run), RunState::Failed);
+    }
+    let before = ex.debug_counts();
+    assert_eq!(before.stuck, 6, "{before:?}");
+    body.open();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = ex.debug_counts();
+        // Only the live worker is left (a retiring thread drops its handle just after it stops
+        // counting as stuck or exiting, so the three are awaited together).
+        if c.stuck == 0 && c.exiting == 0 && c.handles == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "threads never retired: {c:?}"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(ex.thread_count(), 1);
+}

@@ -32,11 +32,52 @@ struct PyHost;
 
 impl Host for PyHost {
     fn worker_main(&self, f: &mut (dyn FnMut() + Send)) {
-        Python::attach(|py| py.detach(f));
+        Python::attach(|py| {
+            py.detach(f);
+            forget_dummy_thread(py);
+        });
     }
     fn session(&self, f: &mut (dyn FnMut() + Send)) {
         Python::attach(|_py| f());
     }
+}
+
+/// Removes this thread's `threading._DummyThread` (made when code on it, a task or a log call,
+/// asked for `threading.current_thread()`), as the thread ends: `threading` keeps those until
+/// the process exits, and threads replaced after a timeout come and go for the process's life.
+fn forget_dummy_thread(py: Python<'_>) {
+    let forget = || -> PyResult<()> {
+        let threading = py.import("threading")?;
+        let ident = threading.call_method0("get_ident")?;
+        let active = threading.getattr("_active")?;
+        let entry = active.call_method1("get", (&ident,))?;
+        if entry.is_instance(&threading.getattr("_DummyThread")?)? {
+            active.del_item(&ident)?;
+        }
+        Ok(())
+    };
+    // Best effort: at interpreter shutdown `threading` may be gone already.
+    let _ = forget();
+}
+
+thread_local! {
+    /// The print captures of the task calls running on this thread, innermost last (a task that
+    /// waits on a nested run may run that run's tasks on its own thread): (capture, node, whether
+    /// the call printed).
+    static CAPTURE: std::cell::RefCell<Vec<(Py<PyAny>, NodeId, bool)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `(capture, node)` of the task call running on this thread whose prints are kept, or None.
+/// Called by `sys.stdout`'s stand-in on each write; marks the call as one that printed.
+#[pyfunction]
+fn print_target(py: Python<'_>) -> Option<(Py<PyAny>, NodeId)> {
+    CAPTURE.with_borrow_mut(|stack| {
+        stack.last_mut().map(|(c, node, printed)| {
+            *printed = true;
+            (c.clone_ref(py), *node)
+        })
+    })
 }
 
 /// Where a parameter's value comes from.
@@ -85,6 +126,9 @@ struct PyBody {
     /// Attempts already recorded per node (a resumed run; empty otherwise): `context.attempt`
     /// counts on from them, as the store's attempt numbers do.
     attempt_base: Vec<u32>,
+    /// Where what the run's tasks print goes (see [`print_target`]); `capture.done(node)` is
+    /// called after a call that printed.
+    capture: Option<Py<PyAny>>,
 }
 
 /// A graph compiled for the engine once and reused by every run: the callables, how to fill their
@@ -277,6 +321,10 @@ impl Body<Value> for PyBody {
                         "the task was stopped before it started",
                     ));
                 }
+                // No Python runs for this unless the task prints (see `print_target`).
+                if let Some(c) = &self.capture {
+                    CAPTURE.with_borrow_mut(|stack| stack.push((c.clone_ref(py), cx.node, false)));
+                }
                 let out = call.func.bind(py).call(args, Some(&kw));
                 // A later attempt (timed out meanwhile, retried on another thread) may own the
                 // record now: leave it alone. Either way, an interrupt aimed at this call must not
@@ -294,6 +342,17 @@ impl Body<Value> for PyBody {
                             me as std::ffi::c_ulong as _,
                             std::ptr::null_mut(),
                         );
+                    }
+                }
+                // Left once no interrupt can land here any more (a pending one was cleared).
+                if self.capture.is_some() {
+                    if let Some((c, node, printed)) = CAPTURE.with_borrow_mut(Vec::pop) {
+                        if printed {
+                            let done = c.bind(py).call_method1(pyo3::intern!(py, "done"), (node,));
+                            if let Err(e) = done {
+                                e.write_unraisable(py, Some(c.bind(py)));
+                            }
+                        }
                     }
                 }
                 out
@@ -433,6 +492,18 @@ impl PyEngine {
         self.exec.thread_count()
     }
 
+    /// Sizes of the thread bookkeeping, for leak checks: `{"handles", "exiting", "stuck"}`
+    /// (threads held, replaced threads that returned and are exiting, threads still stuck in a
+    /// timed-out or cancelled attempt).
+    fn debug_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.exec.debug_counts();
+        let d = PyDict::new(py);
+        d.set_item("handles", c.handles)?;
+        d.set_item("exiting", c.exiting)?;
+        d.set_item("stuck", c.stuck)?;
+        Ok(d)
+    }
+
     /// Compiles a graph for the engine; the result is reused by every run of the graph.
     /// `calls[i]` is `(func, params, args, retry_on, give_up_on, persist)` for node i, where params are
     /// `(name, kind, payload)` with kind 0 parent index, 1 config, 2 context, 3 all parents,
@@ -542,8 +613,10 @@ impl PyEngine {
     /// `add_tasks`, the run's task rows are recorded first (a new run); `attempts` lists
     /// `(node, attempts already recorded)` of a resumed run, whose new attempts follow them;
     /// `cancelled` nodes (and their descendants) are cancelled before any task starts.
+    /// `capture`: what tasks print on their thread is routed to it (see `print_target`), and
+    /// `capture.done(node)` is called after each call that printed.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None, cancelled = None))]
+    #[pyo3(signature = (program, config, meta, fail_fast = false, timeout = None, observer = None, started = None, record = None, done = None, keep = None, add_tasks = false, attempts = None, cancelled = None, capture = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -560,6 +633,7 @@ impl PyEngine {
         add_tasks: bool,
         attempts: Option<Vec<(u32, u32)>>,
         cancelled: Option<Vec<u32>>,
+        capture: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyRunHandle>> {
         let program = program.get().inner.clone();
         if let (true, Some((store, run_id))) = (add_tasks, &record) {
@@ -607,6 +681,7 @@ impl PyEngine {
             config,
             meta,
             attempt_base: base.clone(),
+            capture,
         });
         let mut observers: Vec<Arc<dyn Observer>> = Vec::new();
         if let Some((store, run_id)) = record {
@@ -1190,5 +1265,6 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyProgram>()?;
     m.add_class::<PyRunHandle>()?;
     m.add_class::<PyTaskContext>()?;
+    m.add_function(wrap_pyfunction!(print_target, m)?)?;
     Ok(())
 }

@@ -87,7 +87,7 @@ impl PyFleet {
     /// Records a distributed run; `tasks` are (name, tag, priority, retries) by node.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (run_id, graph, graph_key, trigger, params, tasks, parents, *,
-                        scheduled_us = None, meta_json = None))]
+                        scheduled_us = None, meta_json = None, config_json = None))]
     fn submit(
         &self,
         py: Python<'_>,
@@ -100,6 +100,7 @@ impl PyFleet {
         parents: Vec<Vec<u32>>,
         scheduled_us: Option<i64>,
         meta_json: Option<String>,
+        config_json: Option<String>,
     ) -> PyResult<()> {
         let run = NewRun {
             run_id,
@@ -109,6 +110,7 @@ impl PyFleet {
             scheduled_us,
             params,
             meta_json,
+            config_json,
             tasks: tasks
                 .into_iter()
                 .map(|(name, tag, priority, retries)| FleetTask {

@@ -10,8 +10,8 @@ use pyo3::PyErr;
 use std::sync::Arc;
 
 use crate::store::{
-    AttemptRow, ErrorInfo, EventRow, FireClaim, GraphRecord, LogRow, RunFilter, RunRecord,
-    RunSummary, Store, StoreError, TaskFact, TaskRef, TaskRow,
+    AttemptRow, ErrorInfo, EventRow, FireClaim, GraphRecord, KeyClaim, LogRow, RunFilter,
+    RunRecord, RunSummary, Store, StoreError, TaskFact, TaskRef, TaskRow,
 };
 
 /// The Python exception class, imported lazily from `tm.exceptions` on first use.
@@ -242,7 +242,7 @@ impl PyStoreCore {
     /// Claims the fire of `graph` at `scheduled_us` and records its run (state `running`), in one
     /// transaction; False when a process sharing the database fired it already (detached).
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (run_id, graph, trigger, scheduled_us, now_us, owner, meta_json = None))]
+    #[pyo3(signature = (run_id, graph, trigger, scheduled_us, now_us, owner, meta_json = None, config_json = None))]
     fn claim_fire(
         &self,
         py: Python<'_>,
@@ -253,6 +253,7 @@ impl PyStoreCore {
         now_us: i64,
         owner: String,
         meta_json: Option<String>,
+        config_json: Option<String>,
     ) -> PyResult<bool> {
         let fire = FireClaim {
             run_id,
@@ -262,8 +263,34 @@ impl PyStoreCore {
             now_us,
             owner,
             meta_json,
+            config_json,
         };
         Ok(py.detach(|| self.store.claim_fire(&fire))?)
+    }
+
+    /// Records run `run_id` of `graph` under idempotency key `key` (state `running`), committed
+    /// at once; returns the id of the run that already had the key (and records nothing), or
+    /// None (detached).
+    #[allow(clippy::too_many_arguments)]
+    fn claim_key(
+        &self,
+        py: Python<'_>,
+        run_id: String,
+        graph: String,
+        trigger: String,
+        key: String,
+        now_us: i64,
+        meta_json: String,
+    ) -> PyResult<Option<String>> {
+        let claim = KeyClaim {
+            run_id,
+            graph,
+            trigger,
+            key,
+            now_us,
+            meta_json,
+        };
+        Ok(py.detach(|| self.store.claim_key(&claim))?)
     }
 
     /// Pauses `graph`'s schedule for every scheduler sharing the database; False when it was

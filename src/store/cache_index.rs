@@ -186,6 +186,9 @@ pub(crate) trait CacheBackend: Send + Sync {
     fn clear(&self, filter: &CacheFilter) -> Result<Vec<CacheEntry>, StoreError>;
     /// Claims a schedule fire (see [`FireClaim`]); false when another scheduler fired it.
     fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError>;
+    /// Records a run under an idempotency key (see [`KeyClaim`]); returns the id of the run
+    /// that already has the key, or None when this one was recorded.
+    fn claim_key(&self, claim: &KeyClaim) -> Result<Option<String>, StoreError>;
     /// Pauses `graph`'s schedule for every scheduler; false when it was paused already.
     fn pause(&self, graph: &str, now_us: i64, owner: &str) -> Result<bool, StoreError>;
     /// Unpauses `graph`; returns when it had been paused (None: it was not).
@@ -233,13 +236,34 @@ pub struct FireClaim {
     pub owner: String,
     /// The run's `meta_json` when it says more than its owner (it must name the same owner).
     pub meta_json: Option<String>,
+    /// The config the run uses, as JSON (for readers such as `tm show`).
+    pub config_json: Option<String>,
 }
 
 /// The statements of a fire claim; the same text serves SQLite (`?N`) and PostgreSQL (`$N`).
 pub(crate) const CLAIM_FIRE: &str = "INSERT INTO fires (graph, scheduled_us, run_id, owner, \
     fired_us) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (graph, scheduled_us) DO NOTHING";
 pub(crate) const FIRE_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, \
-    scheduled_us, created_us, started_us, meta_json) VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6)";
+    scheduled_us, created_us, started_us, meta_json, config_json) \
+    VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?5, ?6, ?7)";
+
+/// A run submitted with an idempotency key: recorded (state `running`) only if no run of the
+/// same graph has the key, in one statement, so racing processes start one run between them.
+#[derive(Debug, Clone, Default)]
+pub struct KeyClaim {
+    pub run_id: String,
+    pub graph: String,
+    pub trigger: String,
+    pub key: String,
+    pub now_us: i64,
+    pub meta_json: String,
+}
+
+/// The statements of a key claim, for both dialects.
+pub(crate) const KEY_RUN: &str = "INSERT INTO runs (run_id, graph, state, trigger, created_us, \
+    started_us, meta_json, idem_key) VALUES (?1, ?2, 'running', ?3, ?4, ?4, ?5, ?6) \
+    ON CONFLICT DO NOTHING";
+pub(crate) const KEYED_RUN: &str = "SELECT run_id FROM runs WHERE graph = ?1 AND idem_key = ?2";
 
 /// A paused schedule: no scheduler sharing the database fires `graph` while the row exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,12 +475,31 @@ impl CacheBackend for SqliteCache {
                         fire.trigger,
                         fire.scheduled_us,
                         fire.now_us,
-                        fire.meta_json()
+                        fire.meta_json(),
+                        fire.config_json
                     ],
                 )?;
             }
             tx.commit()?;
             Ok(won)
+        })
+    }
+
+    fn claim_key(&self, k: &KeyClaim) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let won = tx.execute(
+                KEY_RUN,
+                params![k.run_id, k.graph, k.trigger, k.now_us, k.meta_json, k.key],
+            )? == 1;
+            let existing = if won {
+                None
+            } else {
+                tx.query_row(KEYED_RUN, params![k.graph, k.key], |r| r.get(0))
+                    .optional()?
+            };
+            tx.commit()?;
+            Ok(existing)
         })
     }
 

@@ -67,6 +67,8 @@ pub struct NewRun {
     pub params: Vec<u8>,
     /// Free-form JSON metadata of the run.
     pub meta_json: Option<String>,
+    /// The config the run uses, as JSON (for readers such as `tm show`).
+    pub config_json: Option<String>,
     /// The tasks, by node index.
     pub tasks: Vec<FleetTask>,
     /// Each node's parents.
@@ -565,8 +567,9 @@ impl Fleet {
                 .query_one(
                     &format!(
                         "INSERT INTO runs (run_id, graph, state, trigger, scheduled_us, \
-                         created_us, started_us, meta_json) \
-                         VALUES ($1, $2, 'running', $3, $4, {NOW_US}, {NOW_US}, $5) RETURNING rid"
+                         created_us, started_us, meta_json, config_json) \
+                         VALUES ($1, $2, 'running', $3, $4, {NOW_US}, {NOW_US}, $5, $6) \
+                         RETURNING rid"
                     ),
                     &[
                         &run.run_id,
@@ -574,6 +577,7 @@ impl Fleet {
                         &run.trigger,
                         &run.scheduled_us,
                         &run.meta_json,
+                        &run.config_json,
                     ],
                 )?
                 .get(0);

@@ -45,8 +45,8 @@ mod writer;
 mod tests;
 
 pub use cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
-    StoredResult,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, KeyClaim, Owner,
+    Pause, StoredResult,
 };
 pub use error::StoreError;
 pub use fleet::{Claimed, Ended, Fleet, FleetTask, NewRun, Outcome, TaskProgress};
@@ -558,6 +558,12 @@ impl Store {
     /// recorded) when a process sharing this database already fired `(graph, scheduled_us)`.
     pub fn claim_fire(&self, fire: &FireClaim) -> Result<bool, StoreError> {
         self.backend.cache().claim_fire(fire)
+    }
+
+    /// Records a run under an idempotency key, committed at once; returns the id of the run of
+    /// the same graph that already has the key (nothing recorded), or None when this one was.
+    pub fn claim_key(&self, claim: &KeyClaim) -> Result<Option<String>, StoreError> {
+        self.backend.cache().claim_key(claim)
     }
 
     /// Pauses `graph`'s schedule for every scheduler sharing this database (committed at once);

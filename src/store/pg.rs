@@ -24,9 +24,9 @@ use super::pgconn::PgConfig;
 
 use super::cache_index::CacheBackend;
 use super::cache_index::{
-    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, Owner, Pause,
-    StoredResult, CLAIM_FIRE, CLAIM_TRIGGERS, FIRE_RUN, PAUSE, PAUSES, REQUEST_TRIGGER,
-    TRIGGERED_GRAPHS, UNPAUSE,
+    CacheEntry, CacheFilter, CallFacts, CallState, Claim, ClaimRequest, FireClaim, KeyClaim, Owner,
+    Pause, StoredResult, CLAIM_FIRE, CLAIM_TRIGGERS, FIRE_RUN, KEYED_RUN, KEY_RUN, PAUSE, PAUSES,
+    REQUEST_TRIGGER, TRIGGERED_GRAPHS, UNPAUSE,
 };
 use super::error::{pg_error, StoreError};
 use super::fold::{FoldedAttempt, FoldedState};
@@ -1166,11 +1166,34 @@ impl CacheBackend for PgCache {
                         &fire.scheduled_us,
                         &fire.now_us,
                         &fire.meta_json(),
+                        &fire.config_json,
                     ],
                 )?;
             }
             tx.commit()?;
             Ok(won)
+        })
+    }
+
+    fn claim_key(&self, k: &KeyClaim) -> Result<Option<String>, StoreError> {
+        self.with(|c| {
+            let won = c.execute(
+                &dollar(KEY_RUN),
+                &[
+                    &k.run_id,
+                    &k.graph,
+                    &k.trigger,
+                    &k.now_us,
+                    &k.meta_json,
+                    &k.key,
+                ],
+            )? == 1;
+            if won {
+                return Ok(None);
+            }
+            // The winner committed before this insert returned (it waited on the key's index).
+            let row = c.query_opt(&dollar(KEYED_RUN), &[&k.graph, &k.key])?;
+            Ok(row.map(|r| r.get(0)))
         })
     }
 

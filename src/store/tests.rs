@@ -504,6 +504,7 @@ fn prune_runs(store: Store) {
         now_us,
         owner: "host:1".into(),
         meta_json: None,
+        config_json: None,
     };
     assert!(ok(store.claim_fire(&fire("c-old", 1, now - 20 * DAY))));
     assert!(ok(store.claim_fire(&fire("c-new", 2, now))));

@@ -21,3 +21,8 @@ CREATE TABLE triggers (
 );
 
 CREATE INDEX triggers_unclaimed ON triggers (graph, id) WHERE claimed_us IS NULL;
+
+-- Idempotency keys: a run submitted with a key is recorded only if no run of the same graph has
+-- that key yet (`Executor.submit(graph, key=...)`), atomically among processes.
+ALTER TABLE runs ADD COLUMN idem_key TEXT;
+CREATE UNIQUE INDEX runs_by_key ON runs (graph, idem_key) WHERE idem_key IS NOT NULL;

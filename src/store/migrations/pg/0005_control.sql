@@ -18,3 +18,6 @@ CREATE TABLE triggers (
 );
 
 CREATE INDEX triggers_unclaimed ON triggers (graph, id) WHERE claimed_us IS NULL;
+
+ALTER TABLE runs ADD COLUMN idem_key TEXT;
+CREATE UNIQUE INDEX runs_by_key ON runs (graph, idem_key) WHERE idem_key IS NOT NULL;
