@@ -47,3 +47,36 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return f"sqlite:///{tmp_path}/tm.db"
     server: pg.Server = request.getfixturevalue("pg_server")
     return server.create_db()
+
+
+# --- Dask and Ray: one real local cluster of each per test session (tests/test_pools_*.py) -------
+
+
+@pytest.fixture(scope="session")
+def dask_client() -> Iterator[object]:
+    """A client of a ``distributed.LocalCluster`` with 2 worker processes that does not re-run a
+    task whose worker died (as the cluster tm.DaskPool starts itself), so tm's retries apply."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
+    client = Client(cluster, set_as_default=False)
+    yield client
+    client.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str]:
+    """A local Ray instance with 2 CPUs in this process; yields its address for other drivers."""
+    import ray
+
+    # "special": a custom resource that the per-task resource test asks for.
+    info = ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, resources={"special": 1}
+    )
+    yield info.address_info["address"]
+    ray.shutdown()

@@ -23,3 +23,19 @@ def test_import_starts_no_thread_and_creates_no_file(tmp_path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_import_and_cluster_pools_do_not_import_dask_or_ray() -> None:
+    script = (
+        "import sys\n"
+        "import tm\n"
+        "ex = tm.Executor(pools={'d': tm.DaskPool(), 'r': tm.RayPool()})\n"
+        "g = tm.Graph('x')\n"
+        "g.add(tm.task(lambda: 1, tag='d'))\n"
+        "ex.shutdown()\n"
+        "heavy = [m for m in ('dask', 'distributed', 'ray', 'cloudpickle') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"

@@ -12,6 +12,8 @@ from . import config as config
 from . import cron as cron
 from ._cached import CachedFunction as CachedFunction
 from ._cached import cached as cached
+from ._cluster import DaskPool as DaskPool
+from ._cluster import RayPool as RayPool
 from ._decorators import TaskFunction as TaskFunction
 from ._decorators import task as task
 from ._runners import ProcessPool as ProcessPool
@@ -56,6 +58,7 @@ __all__ = [
     "CachedFunction",
     "CronError",
     "CycleError",
+    "DaskPool",
     "Event",
     "Executor",
     "ExecutorError",
@@ -63,6 +66,7 @@ __all__ = [
     "GraphError",
     "Interval",
     "ProcessPool",
+    "RayPool",
     "RetriesExhausted",
     "Run",
     "SignatureError",

@@ -46,6 +46,7 @@ class TaskOptions:
     revert: Callable[[Any], Any] | None = None
     persist: bool | None = None
     cache: bool = False
+    resources: tuple[tuple[str, float], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TaskOptions:
@@ -63,6 +64,11 @@ class TaskOptions:
             raise ValueError(f"timeout must be positive, got {self.timeout!r}")
         if self.revert is not None and not callable(self.revert):
             raise TypeError(f"revert must be callable, got {self.revert!r}")
+        for key, amount in self.resources:
+            if not isinstance(key, str) or isinstance(amount, bool):
+                raise TypeError(f"resources must map names to amounts, got {self.resources!r}")
+            if not isinstance(amount, (int, float)) or amount < 0:
+                raise ValueError(f"resource {key!r} must be a non-negative number, got {amount!r}")
         for what, excs in (("retry_on", self.retry_on), ("give_up_on", self.give_up_on)):
             if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excs):
                 raise TypeError(f"{what} must be exception classes, got {excs!r}")
@@ -134,6 +140,13 @@ def _options(**kwargs: Any) -> TaskOptions:
             kwargs[key] = (kwargs[key],)
         if key in kwargs:
             kwargs[key] = tuple(kwargs[key])
+    if "resources" in kwargs:
+        res = kwargs["resources"]
+        if res is None:
+            res = {}
+        if not isinstance(res, dict):
+            raise TypeError(f"resources must be a dict of name -> amount, got {res!r}")
+        kwargs["resources"] = tuple(sorted(res.items()))
     return TaskOptions(**kwargs).validate()
 
 
@@ -159,7 +172,9 @@ def task(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
             with ``rollback=True`` fails), ``persist`` (keep the pickled result in the executor's
             store so a resumed run can feed it to the children), ``cache`` (cache the task's
             results by arguments like ``@store.task``, in the executor's store or the default
-            one; its ``context`` parameter is left out of the key).
+            one; its ``context`` parameter is left out of the key), ``resources`` (what one
+            attempt asks of a Dask or Ray pool's cluster, e.g. ``{"num_gpus": 1}``; other pools
+            ignore it).
 
     Returns:
         A :class:`TaskFunction` that calls ``fn`` unchanged, or a decorator making one.

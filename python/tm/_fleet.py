@@ -23,6 +23,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ._capture import PrintCapture
+from ._observe import RunContext, observers_of
+from ._observe import call as call_observers
 from ._tm import Fleet
 from .exceptions import ExecutorError, StoreError, TaskFailed
 
@@ -92,6 +94,15 @@ def submit(
     cfg = graph.load_config() if config is None else config
     info = {"graph": graph.name, "scheduled_at": None, "trigger": "manual"}
     info.update(meta or {})
+    run_id = uuid.uuid4().hex
+    observers = observers_of(ex)
+    ctx = None
+    if observers:
+        # Observers see the run start here, and may add to its meta what every executor that
+        # runs one of its tasks must know (OpenTelemetry's trace context).
+        info["run_id"] = run_id
+        ctx = RunContext(graph.name, info, distributed=True)
+        call_observers(observers, "run_started", ctx)
     try:
         params = _signer(ex).dumps((args, kwargs, cfg, info))
     except Exception as e:
@@ -105,7 +116,6 @@ def submit(
         o = graph._nodes[i].options
         spec = specs[i]
         tasks.append((name, o.tag or "", int(spec[1] or 0), int(spec[2] or 0)))
-    run_id = uuid.uuid4().hex
     scheduled = info.get("scheduled_at")
     fleet.submit(
         run_id,
@@ -120,7 +130,9 @@ def submit(
         config_json=_config_json(cfg),
     )
     del calls
-    return DistributedRun(ex, fleet, graph, run_id)
+    drun = DistributedRun(ex, fleet, graph, run_id)
+    drun._observed = ctx
+    return drun
 
 
 class DistributedRun:
@@ -133,6 +145,13 @@ class DistributedRun:
         self._graph = graph
         #: The run's id in the store.
         self.run_id = run_id
+        self._observed: RunContext | None = None
+
+    def _ended(self) -> None:
+        """Tells the submitter's observers that the run ended (``Executor.run`` waits for it)."""
+        ctx, self._observed = self._observed, None
+        if ctx is not None:
+            call_observers(observers_of(self._ex), "run_ended", ctx, self)
 
     @property
     def state(self) -> str:
@@ -148,6 +167,7 @@ class DistributedRun:
         while True:
             seen = self._fleet.wakes()
             if self.done():
+                self._ended()
                 return True
             left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
             if left <= 0:
@@ -285,6 +305,7 @@ class Worker:
     def _execute(self, claim: tuple[Any, ...]) -> None:
         run_id, rid, key, node, attempt, started_us, inputs = claim
         ref = (rid, key, node, attempt, started_us)
+        observed: _Observed | None = None
         try:
             try:
                 calls, specs, info, names = self._program(rid, key)
@@ -304,6 +325,10 @@ class Worker:
             cfg = info["cfg"]
             meta = {k: v for k, v in info.items() if k != "cfg"}
             meta["run_id"] = run_id
+            observers = observers_of(self.ex)
+            if observers:
+                observed = _Observed(observers, run_id, self.graphs[key].name, names[node], meta)
+                observed.send("started", attempt - 1, started_us)
             kw: dict[str, Any] = {}
             for pname, kind, payload in params:
                 if kind == _PARENT:
@@ -344,6 +369,11 @@ class Worker:
                     retryable,
                     int((time.time() + delay) * 1e6),
                 )
+                if observed is not None:
+                    observed.send(
+                        ended[0] if ended else "failed", attempt - 1, None, e, lost=not ended
+                    )
+                    observed = None
                 _log.log(
                     logging.WARNING if ended and ended[0] == "retrying" else logging.ERROR,
                     "%s[%s] attempt %d: %s: %s (%s)",
@@ -370,6 +400,9 @@ class Worker:
                 )
                 return
             ended = self._persist(self.fleet.complete, ref, "pickle", data)
+            if observed is not None:
+                observed.send("completed", attempt - 1, None, lost=ended is None)
+                observed = None
             if ended is None:
                 _log.warning(
                     "%s[%s] attempt %d: completed after its lease was lost; its result was "
@@ -381,6 +414,8 @@ class Worker:
         except Exception as e:  # a store error: the lease will lapse and another takes it
             _log.error("distributed task %s of run %s: %r", node, run_id, e)
         finally:
+            if observed is not None:  # the result could not be pickled, or a store error
+                observed.send("failed", attempt - 1, None, None, lost=True)
             with self._lock:
                 self.running -= 1
                 self.ran += 1
@@ -489,6 +524,41 @@ class Worker:
     def stop(self) -> None:
         self.stopping.set()
         self.fleet.poke()
+
+
+class _Observed:
+    """One attempt of a distributed run's task, as the executor's observers see it."""
+
+    def __init__(
+        self, observers: Any, run_id: str, graph: str, task: str, meta: dict[str, Any]
+    ) -> None:
+        self.observers = observers
+        self.ctx = RunContext(graph, meta, distributed=True)
+        self.run_id = run_id
+        self.task = task
+
+    def send(
+        self,
+        kind: str,
+        attempt: int,
+        at_us: int | None,
+        error: BaseException | None = None,
+        lost: bool = False,
+    ) -> None:
+        from .executor import Event, _dt
+
+        at = _dt(at_us) if at_us else _dt(int(time.time() * 1e6))
+        ev = Event(
+            self.run_id,
+            self.ctx.graph,
+            self.task,
+            kind,
+            attempt,
+            at,
+            error,
+            state="lease_lost" if lost else kind,
+        )
+        call_observers(self.observers, "event", self.ctx, ev)
 
 
 class _StoreLog:

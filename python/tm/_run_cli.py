@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import threading
 import time
@@ -175,8 +176,11 @@ def _summary(run: Any, out: TextIO) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    from ._console import setup as setup_console
     from .executor import Executor
 
+    # Retries and failures also go to stderr, one line each, whatever stdout shows.
+    setup_console(logging.WARNING)
     params = parse_params(args.param)
     config = _load_config(args.config) if args.config else None
     store: Any = _open_store(args.db)
@@ -215,12 +219,21 @@ def run_run(args: argparse.Namespace) -> int:
         took = time.monotonic() - started
         ident = run.id
         print(f"run {ident} of {graph.name}: {run.state} in {took:.2f}s", file=out)
+        if run.state == "failed":
+            _failed_line(run)
     finally:
         ex.shutdown()
         store.close()  # type: ignore[attr-defined]
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if run.state == "completed" else EXIT_FAILURE
+
+
+def _failed_line(run: Any) -> None:
+    """One line on stderr for a failed run (the traceback is in ``tm show RUN``)."""
+    from .notify import run_alert
+
+    print(f"tm: {run_alert(run).summary()}", file=sys.stderr, flush=True)
 
 
 def configure_backfill(parser: argparse.ArgumentParser) -> None:
@@ -256,8 +269,10 @@ def configure_backfill(parser: argparse.ArgumentParser) -> None:
 
 
 def run_backfill(args: argparse.Namespace) -> int:
+    from ._console import setup as setup_console
     from .executor import Executor
 
+    setup_console(logging.WARNING)
     graph = _graph_of(args.target)
     store = _open_store(args.db)
     ex = Executor(workers=args.workers, store=store, persist=True)  # type: ignore[arg-type]
@@ -273,6 +288,12 @@ def run_backfill(args: argparse.Namespace) -> int:
                     f"{at} {item.action}: {item.state or '-'} {item.run_id or ''}".rstrip(),
                     flush=True,
                 )
+                if item.state in ("failed", "cancelled"):
+                    print(
+                        f"tm: backfill of {graph.name} at {at}: run {item.run_id} {item.state}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
 
     try:
         items = ex.backfill(

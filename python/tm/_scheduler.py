@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._observe import call as call_observers
+from ._observe import observers_of
 from ._tm import ManualClock, Timetable
 from .exceptions import ExecutorError
 from .schedules import Interval
@@ -470,21 +472,19 @@ class Scheduler:
         events: list[tuple[str, int, str, dict[str, Any]]] = []
         launches: list[tuple[_Slot, int, str]] = []
         paused = self._paused_names() if fires else set()
-        for name, scheduled_us, _due, kind, count, through_us in fires:
+        observers = observers_of(self.ex) if fires else ()
+        missed: dict[str, tuple[int, int, int]] = {}
+        for name, scheduled_us, due_us, kind, count, through_us in fires:
             slot = self.slots.get(name)
             if slot is None:
                 continue
             last[name] = through_us
+            if observers:
+                call_observers(observers, "fire", name, scheduled_us, due_us, now, kind, count)
             if kind == "missed":
-                at = _from_us(scheduled_us, _zone(slot.graph.tz))
-                more = f" and {count - 1} later fire(s) through {_from_us(through_us)}"
-                _log.warning(
-                    "%s: missed the fire at %s%s (catchup=%s)",
-                    name,
-                    at,
-                    more if count > 1 else "",
-                    slot.options.catchup,
-                )
+                # One log line (and alert) per graph and wake-up, however many fires it missed.
+                first, n, through = missed.get(name, (scheduled_us, 0, through_us))
+                missed[name] = (min(first, scheduled_us), n + count, max(through, through_us))
                 events.append(
                     (name, scheduled_us, "missed", {"count": count, "through_us": through_us})
                 )
@@ -511,6 +511,18 @@ class Scheduler:
                 )
                 continue
             launches.append((slot, scheduled_us, kind))
+        for name, (first, n, through) in missed.items():
+            zone = _zone(self.slots[name].graph.tz)
+            more = f" and {n - 1} later fire(s) through {_from_us(through, zone)}"
+            _log.warning(
+                "%s: missed the fire at %s%s (catchup=%s)",
+                name,
+                _from_us(first, zone),
+                more if n > 1 else "",
+                self.slots[name].options.catchup,
+            )
+            if observers:
+                call_observers(observers, "missed", name, first, n, through)
         if not self.stopping:
             for slot in list(self.slots.values()):
                 while slot.queued and not self._busy(slot, launches):

@@ -7,11 +7,11 @@ import argparse
 import json
 import logging
 import os
-import sys
 import zoneinfo
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from ._console import setup as setup_console
 from ._tm import jitter_offset
 from .cli import (
     EXIT_FAILURE,
@@ -35,6 +35,62 @@ def configure_start(parser: argparse.ArgumentParser) -> None:
     )
     _add_store_options(parser, json=False)
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    _add_observability_options(parser, notify=True)
+
+
+def _add_observability_options(parser: argparse.ArgumentParser, notify: bool) -> None:
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics at http://HOST:N/metrics (0: any free port, logged)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="the address the metrics endpoint binds to (default: 127.0.0.1)",
+    )
+    if notify:
+        parser.add_argument(
+            "--notify",
+            action="append",
+            default=[],
+            metavar="URL",
+            help="alert on failed runs and missed fires: an http(s):// webhook (JSON POST), "
+            "smtp://HOST[:PORT]?from=ADDR&to=ADDR or mailto:ADDR (repeatable)",
+        )
+
+
+def _observe(ex: Any, args: argparse.Namespace) -> Any:
+    """Adds the notifiers and the metrics endpoint the options ask for; returns the server (or
+    None) to close at the end."""
+    from ._observe import Observer
+    from .notify import alerts, from_url
+
+    added: list[Observer] = []
+    for url in getattr(args, "notify", None) or []:
+        try:
+            added.append(alerts(from_url(url)))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+    server = None
+    if args.metrics_port is not None:
+        from .metrics import Metrics, serve
+
+        m = Metrics()
+        added.append(m)
+        try:
+            server = serve(args.metrics_port, args.metrics_host, m, ex.store)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: {exc}"
+            ) from exc
+        logging.getLogger("tm").warning(
+            "metrics at http://%s:%d/metrics", args.metrics_host, server.port
+        )
+    ex._observers += tuple(added)
+    return server
 
 
 def _executor_of(target: str) -> Any:
@@ -83,15 +139,14 @@ def run_start(args: argparse.Namespace) -> int:
         # The store every tm command reads by default ($TM_DB_URL, else .tm/tm.db here), so
         # `tm runs` and `tm status` see this service's runs and a restart catches up and resumes.
         ex.store = Store()
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_console(logging.WARNING if args.quiet else logging.INFO)
+    server = _observe(ex, args)
     try:
         ex.start()
     finally:
         ex.shutdown()
+        if server is not None:
+            server.close()
     return EXIT_CANCELLED if ex._scheduler.forced else 0
 
 
@@ -106,6 +161,7 @@ def configure_work(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lease", type=float, help="seconds a claim holds without renewal")
     parser.add_argument("--run", dest="run_id", help="return once this run has ended")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    _add_observability_options(parser, notify=False)
 
 
 def _work_targets(target: str) -> tuple[Any, list[Any]]:
@@ -152,11 +208,8 @@ def run_work(args: argparse.Namespace) -> int:
             ex.workers = args.workers
         if args.lease is not None:
             ex.lease = args.lease
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_console(logging.WARNING if args.quiet else logging.INFO)
+    server = _observe(ex, args)
     tags = None if args.tags is None else [t.strip() for t in args.tags.split(",")]
     # SIGTERM: stop claiming, let the running tasks finish and record them, exit 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: ex.stop())
@@ -170,6 +223,8 @@ def run_work(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         ex.shutdown()
+        if server is not None:
+            server.close()
     log.info("ran %d task(s) here", ran)
     return 0
 

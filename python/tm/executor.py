@@ -23,7 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._capture import PrintCapture, quiet
 from ._capture import install as install_print_capture
+from ._cluster import ClusterPool
 from ._decorators import TaskOptions, _options, _seconds
+from ._observe import Observer, RunContext, observers_of
+from ._observe import call as call_observers
 from ._runners import AsyncRunner, ProcessPool, is_async
 from ._tm import Engine, RunHandle
 from .exceptions import ExecutorError, TaskFailed
@@ -470,9 +473,14 @@ class _Dispatch:
         self.run_key: str | None = None
         self.finished_early = False
         self.lock = threading.Lock()
+        #: The executor's observers (OpenTelemetry, metrics, alerts): none in the common case.
+        self.observers = observers_of(ex)
+        self.ctx: RunContext | None = None
 
     def mask(self) -> int:
         ex = self.ex
+        if self.observers:
+            return (1 << len(_KINDS)) - 1
         bits = 0
         for i, kind in enumerate(_KINDS):
             hooked = (
@@ -543,6 +551,8 @@ class _Dispatch:
             else:
                 _log.log(level, "%s.%s %s (attempt %d)", self.graph, task, kind, attempt)
         ex = self.ex
+        if self.ctx is not None:
+            call_observers(self.observers, "event", self.ctx, ev)
         if kind == "started":
             if ex.on_task_start is not None:
                 ex.on_task_start(ev)
@@ -555,21 +565,28 @@ class _Dispatch:
                 run, self.run = self.run, None
                 if run is None:
                     self.finished_early = True
-            if run is not None and ex.on_run_end is not None:
-                ex.on_run_end(run)
+            if run is not None:
+                self._run_ended(run)
         elif ex.on_task_end is not None:
             ex.on_task_end(ev)
 
+    def _run_ended(self, run: Run) -> None:
+        if self.ctx is not None:
+            call_observers(self.observers, "run_ended", self.ctx, run)
+        if self.ex.on_run_end is not None:
+            self.ex.on_run_end(run)
+
     def attach(self, run: Run) -> None:
         """Hands over the Run object; fires on_run_end now if the run ended before it existed."""
+        wanted = self.ex.on_run_end is not None or self.ctx is not None
         with self.lock:
             early = self.finished_early
-            if not early and self.ex.on_run_end is not None:
+            if not early and wanted:
                 self.run = run
-        if early and self.ex.on_run_end is not None:
+        if early and wanted:
             # Same contract as hooks called from the engine: a failing hook never escapes.
             try:
-                self.ex.on_run_end(run)
+                self._run_ended(run)
             except Exception as e:
                 sys.unraisablehook(
                     _Unraisable(type(e), e, e.__traceback__, None, self.ex.on_run_end)
@@ -624,8 +641,9 @@ class Executor:
         workers: size of the default pool (untagged tasks). Default: ``workers_per_tag`` if
             given, else ``min(32, cpus + 4)``.
         workers_per_tag: size of each tag's pool unless ``pools`` names it.
-        pools: ``{tag: size}`` for specific tags, or ``{tag: tm.ProcessPool(n)}`` to run a tag's
-            tasks in worker processes.
+        pools: ``{tag: size}`` for specific tags, ``{tag: tm.ProcessPool(n)}`` to run a tag's
+            tasks in worker processes, or ``{tag: tm.DaskPool(...)}`` / ``{tag: tm.RayPool(...)}``
+            to send them to a Dask or Ray cluster (stopped with the executor if it started it).
         fail_fast: cancel everything else as soon as one task fails (default: finish unrelated
             branches, skip the failed task's descendants).
         retries, retry_delay, backoff, max_delay, jitter, timeout: defaults for tasks that do not
@@ -645,6 +663,14 @@ class Executor:
         lease: seconds a task of a distributed run stays claimed by this executor without a renewal
             (a Rust thread renews it every third of that); past it, another executor takes the
             task over. See :meth:`work`.
+        on_failure: told when a run fails or the scheduler misses fires: a callable (called with
+            a :class:`tm.notify.Alert`, on the thread that saw it) or a ready notifier such as
+            ``tm.notify.webhook(url)`` or ``tm.notify.email(...)`` (which send from a thread of
+            their own). See "Observability" in the README.
+        tracer_provider, meter_provider: OpenTelemetry providers (``pip install
+            tm-orchestrate[otel]``): a span per run and per task attempt, and task, run and
+            schedule metrics (see :mod:`tm.otel`).
+        observers: further :class:`tm._observe.Observer` objects (e.g. ``tm.metrics.Metrics``).
         capture_print: with a store, what a task prints (on its own thread) is also kept as
             its log at INFO (see ``tm logs``); it is still printed as usual. False: only printed.
 
@@ -677,6 +703,10 @@ class Executor:
         graphs: Iterable[Graph] = (),
         clock: VirtualClock | None = None,
         lease: float = 30.0,
+        on_failure: Callable[[Any], Any] | None = None,
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        observers: Iterable[Observer] = (),
         capture_print: bool = True,
     ) -> None:
         for what, n in (("workers", workers), ("workers_per_tag", workers_per_tag)):
@@ -684,11 +714,12 @@ class Executor:
                 raise ValueError(f"{what} must be a positive int, got {n!r}")
         self._pools: dict[str, Any] = dict(pools or {})
         for tag, n in self._pools.items():
-            if isinstance(n, ProcessPool):
+            if isinstance(n, (ProcessPool, ClusterPool)):
                 continue
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 raise ValueError(
-                    f"pool {tag!r} must have a positive int size or a ProcessPool, got {n!r}"
+                    f"pool {tag!r} must have a positive int size, a ProcessPool, a DaskPool "
+                    f"or a RayPool, got {n!r}"
                 )
         for name, hook in (
             ("on_task_start", on_task_start),
@@ -715,6 +746,18 @@ class Executor:
         self.on_task_start = on_task_start
         self.on_task_end = on_task_end
         self.on_run_end = on_run_end
+        self._observers: tuple[Observer, ...] = tuple(observers)
+        for o in self._observers:
+            if not isinstance(o, Observer):
+                raise TypeError(f"observers must be tm observers, got {o!r}")
+        if on_failure is not None:
+            from .notify import alerts
+
+            self._observers += (alerts(on_failure),)
+        if tracer_provider is not None or meter_provider is not None:
+            from .otel import OtelObserver
+
+            self._observers += (OtelObserver(tracer_provider, meter_provider),)
         self._engine: Engine | None = None
         # Compiled graphs are cached per executor under this token (never reused, unlike id()).
         self._token = next(_tokens)
@@ -762,7 +805,7 @@ class Executor:
 
     def _size_of(self, tag: str) -> int:
         p = self._pools.get(tag)
-        if isinstance(p, ProcessPool):
+        if isinstance(p, (ProcessPool, ClusterPool)):
             return p.size
         return p or self.workers_per_tag or self.workers
 
@@ -781,6 +824,8 @@ class Executor:
         pool = self._pools.get(options.tag) if options.tag else None
         if isinstance(pool, ProcessPool):
             call = pool.wrap(fn)
+        elif isinstance(pool, ClusterPool):
+            call = pool.wrap(fn, dict(options.resources))
         elif is_async(fn):
             call = self._async.wrap(fn)
         else:
@@ -889,6 +934,9 @@ class Executor:
             if self.capture_print:
                 install_print_capture()
                 capture = PrintCapture(*record)
+        if dispatch.observers:
+            dispatch.ctx = RunContext(graph.name, info)
+            call_observers(dispatch.observers, "run_started", dispatch.ctx)
         try:
             handle = engine.submit(
                 program,
@@ -1165,7 +1213,11 @@ class Executor:
             if rollback:
                 raise ExecutorError("rollback is not available for distributed runs")
             drun = self.submit(graph, config, args=args, kwargs=kwargs, meta=meta, distributed=True)
-            self.work([graph], run_id=drun.run_id)
+            try:
+                self.work([graph], run_id=drun.run_id)
+            finally:
+                if drun.done():
+                    drun._ended()
             return drun
         run = self.submit(
             graph,
@@ -1426,8 +1478,9 @@ class Executor:
         if engine is not None:
             engine.shutdown()
         self._async.close()
+        call_observers(self._observers, "close")
         for p in self._pools.values():
-            if isinstance(p, ProcessPool):
+            if isinstance(p, (ProcessPool, ClusterPool)):
                 p.close()
 
     def __enter__(self) -> Executor:

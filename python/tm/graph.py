@@ -604,7 +604,7 @@ class Graph:
             o = node.options
             # Many tasks share a function and their options differ only by name: wrap and derive
             # the scheduling spec once per distinct (function, tag) and option set.
-            wkey = (id(node.call), o.tag, o.cache)
+            wkey = (id(node.call), o.tag, o.cache, o.resources)
             fn = wrapped.get(wkey)
             if fn is None:
                 fn = wrap(node.call, o) if wrap is not None else node.call
