@@ -34,6 +34,8 @@ NOT_RUN = {
     ("scheduler.md", "tm start jobs.py"): "runs until SIGTERM",
     ("postgresql.md", "tm work pipeline.py --db postgresql://tm@db.internal/tm"): "serves "
     "until SIGTERM (the page runs Executor.work instead)",
+    ("observability.md", "import tm, tm.notify"): "needs OpenTelemetry providers and a webhook "
+    "endpoint",
     ("migration.md", "from croniter import croniter"): "the peers' code, shown for comparison",
     ("migration.md", "from joblib import Memory"): "the peers' code, shown for comparison",
     ("migration.md", "from apscheduler.schedulers.blocking import BlockingScheduler"): "the "
