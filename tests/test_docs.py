@@ -1,4 +1,5 @@
-"""Every code block in ``docs/`` runs: each page's blocks in order, in one fresh process.
+"""Every code block in ``docs/`` and the README runs: each page's blocks in order, in one fresh
+process.
 
 A page's ``python`` blocks share one namespace (a later block uses what an earlier one defined) and
 its ``bash`` blocks run in the same temporary directory, with this interpreter's ``tm`` on PATH, so
@@ -21,13 +22,20 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 
 #: The placeholder database URL the PostgreSQL page uses; the test swaps in the test server's.
 PG_PLACEHOLDER = "postgresql://tm@db.internal/tm"
 
 #: (page, first line of the block) of every block marked ``no-run``, with the reason.
 NOT_RUN = {
+    ("README.md", "make demo"): "builds the extension; the test suite itself runs after that",
+    ("README.md", 'nightly = tm.Graph("nightly"'): "start() blocks until a signal "
+    "(docs/scheduler.md runs it under a VirtualClock)",
+    ("README.md", 'ex = tm.Executor(store="postgresql://'): "needs a PostgreSQL server "
+    "(docs/postgresql.md runs against the tests' one)",
     ("index.md", "make demo"): "builds the extension; the test suite itself runs after that",
     ("scheduler.md", "nightly = tm.Graph("): "start() blocks until a signal (the page runs it "
     "under a VirtualClock instead)",
@@ -75,7 +83,7 @@ def blocks(page: Path) -> list[dict[str, object]]:
     for m in FENCE.finditer(text):
         out.append(
             {
-                "page": page.relative_to(DOCS).as_posix(),
+                "page": name(page),
                 "lang": m.group("lang"),
                 "code": m.group("code"),
                 "line": text.count("\n", 0, m.start("lang")) + 1,
@@ -86,7 +94,12 @@ def blocks(page: Path) -> list[dict[str, object]]:
     return out
 
 
-PAGES = sorted(DOCS.rglob("*.md"))
+def name(page: Path) -> str:
+    """``README.md``, or the page's path under ``docs/``."""
+    return page.name if page == README else page.relative_to(DOCS).as_posix()
+
+
+PAGES = [README, *sorted(DOCS.rglob("*.md"))]
 
 
 def test_pages_found() -> None:
@@ -137,7 +150,7 @@ def run_page(page: Path, cwd: Path, replace: dict[str, str] | None = None) -> No
 @pytest.mark.parametrize(
     "page",
     [p for p in PAGES if p.name != "postgresql.md"],
-    ids=lambda p: p.relative_to(DOCS).as_posix(),
+    ids=name,
 )
 def test_page_runs(page: Path, tmp_path: Path) -> None:
     run_page(page, tmp_path)
