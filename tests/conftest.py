@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 
+import browser
 import pg
 import pytest
 
@@ -26,6 +27,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for item in items
     ):
         pg.ensure_installed()
+    # Likewise Chromium for the dashboard's browser tests.
+    if any(item.path.name.startswith("test_ui_browser") for item in items):
+        browser.ensure_installed()
 
 
 @pytest.fixture(scope="session")

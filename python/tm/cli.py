@@ -408,6 +408,61 @@ def _run_cache(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _configure_ui(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", help="database URL (default: $TM_DB_URL or sqlite:///.tm/tm.db)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8265, help="port (default: 8265)")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="require this token on every request (default: $TM_UI_TOKEN); needed off loopback",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve on a non-loopback address without a token (anyone reaching it may control it)",
+    )
+    parser.add_argument(
+        "--read-only", action="store_true", help="refuse every state-changing request"
+    )
+    parser.add_argument(
+        "--queue", default=None, help="also show this agent queue (tm.queue.TaskManager's target)"
+    )
+
+
+def _run_ui(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise CommandError(
+            "tm ui needs the [ui] extra: pip install 'tm-orchestrate[ui]'", EXIT_FAILURE
+        ) from None
+    from .ui import UIError, check_bind, serve
+
+    token = args.token or os.environ.get("TM_UI_TOKEN") or None
+    try:
+        check_bind(args.host, token, args.insecure)
+    except UIError as exc:
+        raise CommandError(str(exc)) from exc
+    _require_existing(args.db)
+    try:
+        serve(
+            args.db,
+            host=args.host,
+            port=args.port,
+            token=token,
+            insecure=args.insecure,
+            read_only=args.read_only,
+            queue=args.queue,
+        )
+    except KeyboardInterrupt:  # uvicorn has shut down, then passed Ctrl-C on: a normal stop
+        pass
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        raise CommandError(f"cannot serve on {args.host}:{args.port}: {exc}", EXIT_FAILURE) from exc
+    return 0
+
+
 #: The states a recorded run can be in (``tm runs --state``).
 RUN_STATES = ("running", "completed", "failed", "cancelled")
 
@@ -769,6 +824,11 @@ COMMANDS: dict[str, Command] = {
         help="list, show, clear and explain cached calls (@store.task, @tm.cached)",
         configure=_configure_cache,
         run=_run_cache,
+    ),
+    "ui": Command(
+        help="serve a web dashboard of the store (needs the [ui] extra)",
+        configure=_configure_ui,
+        run=_run_ui,
     ),
 }
 

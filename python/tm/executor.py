@@ -63,6 +63,9 @@ def _run_meta_json(graph: Graph, owner: str, params: dict[str, Any] | None = Non
     meta: dict[str, Any] = {"owner": owner}
     if graph.source is not None:
         meta["source"] = graph.source
+    # The graph's shape (node index pairs), so a reader such as `tm ui` can draw it, tasks not
+    # yet run included, without importing the user's code.
+    meta["edges"] = graph._edge_list()
     if params:
         with contextlib.suppress(TypeError, ValueError):
             meta["params"] = json.loads(json.dumps(params, allow_nan=False))

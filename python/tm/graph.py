@@ -262,6 +262,13 @@ class Graph:
         self._config: Any = None
         self.config = config
 
+    def _edge_list(self) -> list[tuple[int, int]]:
+        """Every edge as (parent, child) node indexes (cached until the graph changes)."""
+        cached = getattr(self, "_edges_cache", None)
+        if cached is None or cached[0] != self._version:
+            cached = self._edges_cache = (self._version, self._core.edges())
+        return cached[1]
+
     @property
     def source(self) -> str | None:
         """Where this graph can be loaded from (``module:attr`` or ``file.py:attr``), recorded with

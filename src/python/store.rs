@@ -472,18 +472,34 @@ impl PyStoreCore {
         self.store.last_error().map(|e| e.to_string())
     }
 
-    /// Runs, newest first, as dicts.
-    #[pyo3(signature = (*, graph = None, state = None, limit = None))]
+    /// Runs, newest first, as dicts; `before_us`/`before_id` (the last row of the previous page)
+    /// continue a listing.
+    #[pyo3(signature = (*, graph = None, state = None, limit = None, trigger = None, before_us = None, before_id = None))]
+    #[allow(clippy::too_many_arguments)]
     fn list_runs<'py>(
         &self,
         py: Python<'py>,
         graph: Option<String>,
         state: Option<String>,
         limit: Option<usize>,
+        trigger: Option<String>,
+        before_us: Option<i64>,
+        before_id: Option<String>,
     ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let before = match (before_us, before_id) {
+            (Some(us), Some(id)) => Some((us, id)),
+            (None, None) => None,
+            _ => {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "before_us and before_id go together (the last run of the previous page)",
+                ))
+            }
+        };
         let filter = RunFilter {
             graph,
             state,
+            trigger,
+            before,
             limit,
         };
         let rows = py.detach(|| self.store.list_runs(&filter))?;

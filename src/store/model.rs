@@ -114,6 +114,11 @@ pub struct RunFilter {
     pub graph: Option<String>,
     /// Only runs in this state.
     pub state: Option<String>,
+    /// Only runs started by this trigger (`schedule`, `manual`, ...).
+    pub trigger: Option<String>,
+    /// Only runs older than this `(created_us, run_id)` in the listing's order: the last row of
+    /// the previous page, so a page costs one index range scan whatever its depth.
+    pub before: Option<(i64, String)>,
     /// At most this many (newest first); all if `None`.
     pub limit: Option<usize>,
 }

@@ -754,11 +754,25 @@ impl super::backend::Backend for Postgres {
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let sql = format!(
             "SELECT {RUN_COLS} FROM runs WHERE ($1::text IS NULL OR graph = $1) \
-             AND ($2::text IS NULL OR state = $2) ORDER BY created_us DESC, run_id DESC LIMIT $3"
+             AND ($2::text IS NULL OR state = $2) AND ($4::text IS NULL OR trigger = $4) \
+             AND ($5::bigint IS NULL OR created_us < $5 OR (created_us = $5 AND run_id < $6)) \
+             ORDER BY created_us DESC, run_id DESC LIMIT $3"
         );
         let limit = filter.limit.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
+        let before_us = filter.before.as_ref().map(|b| b.0);
+        let before_id = filter.before.as_ref().map(|b| b.1.clone());
         self.pool.with(|c| {
-            let rows = c.query(&sql, &[&filter.graph, &filter.state, &limit])?;
+            let rows = c.query(
+                &sql,
+                &[
+                    &filter.graph,
+                    &filter.state,
+                    &limit,
+                    &filter.trigger,
+                    &before_us,
+                    &before_id,
+                ],
+            )?;
             collect(rows, run_summary)
         })
     }

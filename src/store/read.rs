@@ -207,22 +207,43 @@ impl Readers {
         })
     }
 
-    /// Runs newest first, filtered.
+    /// Runs newest first, filtered; a page after `filter.before` is one index range scan.
     pub(crate) fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
         let mut sql = format!("SELECT {RUN_COLS} FROM runs WHERE 1");
-        if filter.graph.is_some() {
-            sql.push_str(" AND graph = ?1");
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        if let Some(graph) = &filter.graph {
+            args.push(graph);
+            sql.push_str(&format!(" AND graph = ?{}", args.len()));
         }
-        if filter.state.is_some() {
-            sql.push_str(" AND state = ?2");
+        if let Some(state) = &filter.state {
+            args.push(state);
+            sql.push_str(&format!(" AND state = ?{}", args.len()));
         }
-        sql.push_str(" ORDER BY created_us DESC, run_id DESC LIMIT ?3");
+        if let Some(trigger) = &filter.trigger {
+            args.push(trigger);
+            sql.push_str(&format!(" AND trigger = ?{}", args.len()));
+        }
+        if let Some((us, id)) = &filter.before {
+            args.push(us);
+            let n = args.len();
+            args.push(id);
+            // The range on created_us lets the planner seek in its index.
+            sql.push_str(&format!(
+                " AND created_us <= ?{n} AND (created_us < ?{n} OR run_id < ?{})",
+                n + 1
+            ));
+        }
         let limit = filter
             .limit
             .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        args.push(&limit);
+        sql.push_str(&format!(
+            " ORDER BY created_us DESC, run_id DESC LIMIT ?{}",
+            args.len()
+        ));
         self.with(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![filter.graph, filter.state, limit], run_summary)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), run_summary)?;
             rows.collect()
         })
     }

@@ -257,8 +257,24 @@ fn list_and_filter(store: Store) {
         graph: Some("odd".into()),
         state: Some("running".into()),
         limit: None,
+        ..Default::default()
     };
     assert_eq!(ids(both), ["r5", "r3"]);
+    // Keyset pages: after r4 come r3 and r2, and after r1 only r0.
+    let page = |id: &str| RunFilter {
+        before: Some((
+            ok(store.list_runs(&RunFilter::default()))
+                .into_iter()
+                .find(|r| r.run_id == id)
+                .map(|r| r.created_us)
+                .unwrap_or_default(),
+            id.to_string(),
+        )),
+        limit: Some(2),
+        ..Default::default()
+    };
+    assert_eq!(ids(page("r4")), ["r3", "r2"]);
+    assert_eq!(ids(page("r1")), ["r0"]);
     let unfinished: Vec<_> = ok(store.unfinished_runs())
         .into_iter()
         .map(|r| r.run_id)
