@@ -33,8 +33,12 @@ demo: install ## build, install and run a real example on the embedded default
 test-rust: ## cargo test of the core, without Python
 	cargo test --no-default-features -q
 
+.PHONY: docs
+docs: $(STAMP) ## build the documentation site (docs/) into target/site, strictly
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+
 .PHONY: lint
-lint: $(STAMP) ## rustfmt, clippy, ruff, stubtest, layering check
+lint: $(STAMP) ## rustfmt, clippy, ruff, stubtest, layering check, docs build
 	cargo fmt --all -- --check
 	cargo clippy -q --no-default-features --all-targets -- -D warnings
 	cargo clippy -q --features python --lib -- -D warnings
@@ -42,6 +46,7 @@ lint: $(STAMP) ## rustfmt, clippy, ruff, stubtest, layering check
 	$(VENV)/bin/ruff format --check python tests benches examples
 	$(PY) -m mypy.stubtest tm._tm --allowlist stubtest-allowlist.txt
 	@! grep -rln 'pyo3' src --include='*.rs' | grep -v '^src/python/' || { echo "pyo3 used outside src/python/"; exit 1; }
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
 
 .PHONY: format
 format: $(STAMP) ## format Rust and Python
@@ -61,6 +66,9 @@ wheel: $(STAMP) ## build the abi3 release wheel into target/wheels
 	$(VENV)/bin/maturin build --release -q -o target/wheels
 
 .PHONY: bench
-bench: install ## run the benchmarks against the peers and print tables
-	cargo test -q --release --no-default-features --lib cron::tests::timing -- --ignored --nocapture
+bench: install ## run the benchmarks against the peers; writes benches/RESULTS.md afresh
+	$(PY) benches/_results.py --new
+	set -o pipefail; cargo test -q --release --no-default-features --lib cron::tests::timing \
+		-- --ignored --nocapture 2>&1 | grep ' ns ' | tee /dev/stderr \
+		| $(PY) benches/_results.py --stdin cron-rust "Cron in the Rust core (ns per call)"
 	for b in benches/bench_*.py; do $(PY) $$b || exit 1; done

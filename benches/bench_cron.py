@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib.metadata import version
 
+import _results
 from croniter import croniter
 from cronsim import CronSim
 
@@ -272,36 +273,37 @@ def main(argv: list[str] | None = None) -> int:
         ],
     }
 
-    print(
-        f"cron: {n_expr} expressions, best of {r}; Python {platform.python_version()}, "
-        f"croniter {version('croniter')}, cronsim {version('cronsim')}"
-        + (" (--quick: not a measurement)" if args.quick else "")
-    )
-    print()
-    print("| benchmark (us per call) | tm | croniter | cronsim | best peer / tm |")
-    print("|---|---:|---:|---:|---:|")
-    print(row("chained next (iterator)", *results["chain"]))
-    print(row("next from arbitrary start (tm: prebuilt Expression) [1]", *results["starts"]))
-    print(row("construct + next from arbitrary start", *results["construct_next"]))
-    print(row("construction", *results["construct"]))
-    print()
-    print(
-        "[1] croniter and cronsim have no way to ask for the next fire time after an arbitrary "
-        "start without building a new object: their columns are `croniter(expr, t).get_next` "
-        "and `next(CronSim(expr, t))`, the same as in the construct + next line."
-    )
-    if args.per_expression:
+    with _results.recorded("cron", "Cron: tm vs croniter vs cronsim", args.quick):
+        print(
+            f"cron: {n_expr} expressions, best of {r}; Python {platform.python_version()}, "
+            f"croniter {version('croniter')}, cronsim {version('cronsim')}"
+            + (" (--quick: not a measurement)" if args.quick else "")
+        )
+        print()
+        print("| benchmark (us per call) | tm | croniter | cronsim | best peer / tm |")
+        print("|---|---:|---:|---:|---:|")
+        print(row("chained next (iterator)", *results["chain"]))
+        print(row("next from arbitrary start (tm: prebuilt Expression) [1]", *results["starts"]))
+        print(row("construct + next from arbitrary start", *results["construct_next"]))
+        print(row("construction", *results["construct"]))
         print()
         print(
-            "| chained next, per expression (us/call) | tm | croniter | cronsim | best peer / tm |"
+            "[1] croniter and cronsim have no way to ask for the next fire time after an arbitrary "
+            "start without building a new object: their columns are `croniter(expr, t).get_next` "
+            "and `next(CronSim(expr, t))`, the same as in the construct + next line."
         )
-        print("|---|---:|---:|---:|---:|")
-        for expr in EXPRESSIONS:
-            times = [
-                us_per_call(best_of(r, lambda f=f, x=expr: f(cfg.chain, [x])), cfg.chain)
-                for f in (chain_tm, chain_croniter, chain_cronsim)
-            ]
-            print(row(f"`{expr}`", *times))
+        if args.per_expression:
+            print()
+            print(
+                "| chained next, per expression (us/call) | tm | croniter | cronsim | best peer / tm |"
+            )
+            print("|---|---:|---:|---:|---:|")
+            for expr in EXPRESSIONS:
+                times = [
+                    us_per_call(best_of(r, lambda f=f, x=expr: f(cfg.chain, [x])), cfg.chain)
+                    for f in (chain_tm, chain_croniter, chain_cronsim)
+                ]
+                print(row(f"`{expr}`", *times))
     return 0
 
 

@@ -62,6 +62,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 from typing import Any
 
+import _results
+
 ENGINES = ("tm", "stdlib", "dask")
 SHAPES = ("wide", "chain", "random")
 WORKERS = 8
@@ -609,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
     text, missed = report(sizes, results, eff, args.quick, repeats_of)
     print(text, end="")
+    _results.write_section(
+        "graph", "Graphs: tm vs graphlib + ThreadPoolExecutor vs dask", text, args.quick
+    )
     if missed:
         print(f"targets missed: {len(missed)}", file=sys.stderr)
     if args.markdown:

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _results
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import pg
@@ -166,20 +168,33 @@ def main(argv: list[str] | None = None) -> int:
     procs = [1, 2] if args.quick else [1, 2, 4, 8]
     with pg.server() as server, tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        print(f"# tm: PostgreSQL vs SQLite state ({platform.machine()}, {os.cpu_count()} cores)")
-        print()
-        print(f"## Queue: {n} tasks claimed and completed by P processes")
-        print()
-        print("\n".join(bench_queue(server, tmp, n, procs)))
-        print()
-        print(f"## Graphs: each process runs {runs} graphs of {tasks} tasks, history in the store")
-        print()
-        print("\n".join(bench_graphs(server, tmp, runs, tasks, procs[:3])))
-        width, layers = (10, 5) if args.quick else (100, 20)
-        print()
-        print(f"## Distributed: one run of {width * layers} tasks shared by P executor processes")
-        print()
-        print("\n".join(bench_fleet(server, width, layers, [1, 2] if args.quick else [1, 2, 4])))
+        with _results.recorded(
+            "pg",
+            "PostgreSQL against SQLite: queue, graphs with history, distributed runs",
+            args.quick,
+        ):
+            print(
+                f"# tm: PostgreSQL vs SQLite state ({platform.machine()}, {os.cpu_count()} cores)"
+            )
+            print()
+            print(f"## Queue: {n} tasks claimed and completed by P processes")
+            print()
+            print("\n".join(bench_queue(server, tmp, n, procs)))
+            print()
+            print(
+                f"## Graphs: each process runs {runs} graphs of {tasks} tasks, history in the store"
+            )
+            print()
+            print("\n".join(bench_graphs(server, tmp, runs, tasks, procs[:3])))
+            width, layers = (10, 5) if args.quick else (100, 20)
+            print()
+            print(
+                f"## Distributed: one run of {width * layers} tasks shared by P executor processes"
+            )
+            print()
+            print(
+                "\n".join(bench_fleet(server, width, layers, [1, 2] if args.quick else [1, 2, 4]))
+            )
     return 0
 
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import _results
+
 import tm
 
 
@@ -105,14 +107,15 @@ def main() -> None:
     cluster.close()
     ray.shutdown()
 
-    print(f"chain of {n} tasks, {batches} interleaved batches, median us per task")
-    print()
-    print("| cluster | direct us/task | tm us/task | tm overhead |")
-    print("| --- | --- | --- | --- |")
-    for tag, d, m in rows:
-        print(f"| {tag} | {d:.0f} | {m:.0f} | {(m / d - 1) * 100:+.1f}% |")
-    print()
-    print(f"the same chain on a thread tag (the engine alone): {engine:.0f} us per task")
+    with _results.recorded("pools", "Dask and Ray pools: tm task vs direct submit", a.quick):
+        print(f"chain of {n} tasks, {batches} interleaved batches, median us per task")
+        print()
+        print("| cluster | direct us/task | tm us/task | tm overhead |")
+        print("| --- | --- | --- | --- |")
+        for tag, d, m in rows:
+            print(f"| {tag} | {d:.0f} | {m:.0f} | {(m / d - 1) * 100:+.1f}% |")
+        print()
+        print(f"the same chain on a thread tag (the engine alone): {engine:.0f} us per task")
 
 
 if __name__ == "__main__":

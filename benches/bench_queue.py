@@ -51,6 +51,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import _results
+
 # ---------------------------------------------------------------------------------------------
 # The seed's design in pure Python (what seed 001's task manager does on every operation).
 
@@ -447,42 +449,43 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         pool.close()
 
-    names = [c.name for c in contenders]
-    print(
-        f"\nAgent queue: tasks claimed + completed per second "
-        f"({'QUICK, not a measurement' if args.quick else f'{seconds:.0f} s runs'}; "
-        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
-        f"huey {version('huey')}, SQLite {sqlite3.sqlite_version})\n"
-    )
-    print("| tasks in store | processes | " + " | ".join(names) + " |")
-    print("|---:|---:|" + "---:|" * len(names))
-    for n in sizes:
-        for k in procs:
-            cells = [fmt(results[(name, n, k)]) for name in names]
-            print(f"| {n:,} | {k} | " + " | ".join(cells) + " |")
-
-    ratios = [
-        ("tm sqlite / huey", "tm sqlite", "huey"),
-        ("tm sqlite / sqlite3", "tm sqlite", "sqlite3"),
-        ("tm json / seed json", "tm json", "seed json"),
-        ("tm sqlite batch / sqlite3", "tm sqlite batch", "sqlite3"),
-        ("tm json batch / seed json", "tm json batch", "seed json"),
-    ]
-    ratios = [r for r in ratios if r[1] in names and r[2] in names]
-    if ratios:
+    with _results.recorded("queue", "Agent queue: claims + completions per second", args.quick):
+        names = [c.name for c in contenders]
         print(
-            "\n| ratio | "
-            + " | ".join(f"{n:,} tasks, {k} procs" for n in sizes for k in procs)
-            + " |"
+            f"\nAgent queue: tasks claimed + completed per second "
+            f"({'QUICK, not a measurement' if args.quick else f'{seconds:.0f} s runs'}; "
+            f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
+            f"huey {version('huey')}, SQLite {sqlite3.sqlite_version})\n"
         )
-        print("|---|" + "---:|" * (len(sizes) * len(procs)))
-        for label, a, b in ratios:
-            cells = []
-            for n in sizes:
-                for k in procs:
-                    x, y = results[(a, n, k)], results[(b, n, k)]
-                    cells.append(f"{x / y:.1f}x" if y and y == y and x == x else "-")
-            print(f"| {label} | " + " | ".join(cells) + " |")
+        print("| tasks in store | processes | " + " | ".join(names) + " |")
+        print("|---:|---:|" + "---:|" * len(names))
+        for n in sizes:
+            for k in procs:
+                cells = [fmt(results[(name, n, k)]) for name in names]
+                print(f"| {n:,} | {k} | " + " | ".join(cells) + " |")
+
+        ratios = [
+            ("tm sqlite / huey", "tm sqlite", "huey"),
+            ("tm sqlite / sqlite3", "tm sqlite", "sqlite3"),
+            ("tm json / seed json", "tm json", "seed json"),
+            ("tm sqlite batch / sqlite3", "tm sqlite batch", "sqlite3"),
+            ("tm json batch / seed json", "tm json batch", "seed json"),
+        ]
+        ratios = [r for r in ratios if r[1] in names and r[2] in names]
+        if ratios:
+            print(
+                "\n| ratio | "
+                + " | ".join(f"{n:,} tasks, {k} procs" for n in sizes for k in procs)
+                + " |"
+            )
+            print("|---|" + "---:|" * (len(sizes) * len(procs)))
+            for label, a, b in ratios:
+                cells = []
+                for n in sizes:
+                    for k in procs:
+                        x, y = results[(a, n, k)], results[(b, n, k)]
+                        cells.append(f"{x / y:.1f}x" if y and y == y and x == x else "-")
+                print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
 
 

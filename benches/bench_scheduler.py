@@ -25,6 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import _results
+
 import tm
 
 
@@ -143,26 +145,27 @@ def main() -> None:
             store = tm.Store(f"sqlite:///{Path(tmp) / 'bench.db'}")
             rows.append(("SQLite store", lateness(fires, store)))
             store.close()
-    print("| lateness (ms), 10 graphs on * * * * * * | fires | p50 | p99 | max |")
-    print("|---|---|---|---|---|")
-    for name, r in rows:
-        print(f"| {name} | {r['fires']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.2f} |")
-    s = soak(500 if args.quick else 10_000)
-    print()
-    print(
-        "| soak (virtual clock) | runs | RSS after warm-up MB | RSS growth MB "
-        "| us/fire, first tenth | us/fire, last tenth |"
-    )
-    print("|---|---|---|---|---|---|")
-    print(
-        f"| 10 graphs on * * * * * * | {s['runs']} | {s['rss_before_mb']:.1f} "
-        f"| {s['rss_growth_mb']:.1f} | {s['first_us']:.0f} | {s['last_us']:.0f} |"
-    )
-    cpu = idle(2.0 if args.quick else 10.0)
-    print()
-    print("| idle executor | graphs | CPU % |")
-    print("|---|---|---|")
-    print(f"| started, nothing due | 100 | {cpu:.3f} |")
+    with _results.recorded("scheduler", "Scheduler: lateness, soak, idle CPU", args.quick):
+        print("| lateness (ms), 10 graphs on * * * * * * | fires | p50 | p99 | max |")
+        print("|---|---|---|---|---|")
+        for name, r in rows:
+            print(f"| {name} | {r['fires']} | {r['p50']:.2f} | {r['p99']:.2f} | {r['max']:.2f} |")
+        s = soak(500 if args.quick else 10_000)
+        print()
+        print(
+            "| soak (virtual clock) | runs | RSS after warm-up MB | RSS growth MB "
+            "| us/fire, first tenth | us/fire, last tenth |"
+        )
+        print("|---|---|---|---|---|---|")
+        print(
+            f"| 10 graphs on * * * * * * | {s['runs']} | {s['rss_before_mb']:.1f} "
+            f"| {s['rss_growth_mb']:.1f} | {s['first_us']:.0f} | {s['last_us']:.0f} |"
+        )
+        cpu = idle(2.0 if args.quick else 10.0)
+        print()
+        print("| idle executor | graphs | CPU % |")
+        print("|---|---|---|")
+        print(f"| started, nothing due | 100 | {cpu:.3f} |")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _results
+
 import tm
 
 
@@ -75,15 +77,16 @@ def main() -> None:
             store.close()
             transitions = 2 * n + 1  # started + completed per task, and the run's end
             rows.append((shape, n, off, on, on_committed, transitions / on_committed))
-    print(
-        "| shape | tasks | store off us/task | store on us/task | on / off | on incl. commit us/task | transitions committed/s |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for shape, n, off, on, committed, rate in rows:
+    with _results.recorded("store", "Recording runs in the store", args.quick):
         print(
-            f"| {shape} | {n} | {off / n * 1e6:.2f} | {on / n * 1e6:.2f} | {on / off:.2f}x "
-            f"| {committed / n * 1e6:.2f} | {rate:,.0f} |"
+            "| shape | tasks | store off us/task | store on us/task | on / off | on incl. commit us/task | transitions committed/s |"
         )
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for shape, n, off, on, committed, rate in rows:
+            print(
+                f"| {shape} | {n} | {off / n * 1e6:.2f} | {on / n * 1e6:.2f} | {on / off:.2f}x "
+                f"| {committed / n * 1e6:.2f} | {rate:,.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ Importing tm starts nothing: no thread, no runtime, no file.
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from . import config as config
 from . import cron as cron
 from ._cached import CachedFunction as CachedFunction
@@ -42,6 +45,11 @@ from .schedules import every as every
 from .store import Store as Store
 from .taskflow import Task as Task
 from .taskflow import TaskStatus as TaskStatus
+
+try:
+    __version__ = _version("tm-orchestrate")
+except _PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Attempt",

@@ -839,7 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser.
     """
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="tm", description="tm: task orchestration tools.")
+    parser.add_argument("--version", action="version", version=f"tm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         sub = subparsers.add_parser(name, help=command.help, description=command.help)

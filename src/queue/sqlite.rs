@@ -24,8 +24,9 @@
 //! The log is checkpointed on a thread of the process (see [`crate::checkpoint`]), not by the
 //! agent whose commit filled it: the checkpoint's `fsync`s no longer stall a claim. A process
 //! asks its thread once the log passes [`CHECKPOINT_PAGES`], then again only every
-//! [`ASK_AGAIN_PAGES`] more (with many agents, one process's checkpointer does the work and the
-//! others' asks would only wake threads to find it busy).
+//! [`ASK_AGAIN_PAGES`] more.
+//!
+//! Why each choice, and what it measured: `docs/design/sqlite-queue.md`.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
@@ -89,52 +90,26 @@ CREATE TABLE IF NOT EXISTS tm_queue_meta (key TEXT PRIMARY KEY, value TEXT NOT N
 const PRAGMAS: &str = "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF; \
                        PRAGMA cache_size = -16000;";
 
-/// Log size (pages) at which a commit asks for a checkpoint, on the process's checkpointer thread
-/// (see [`crate::checkpoint`]) instead of SQLite's automatic one in the committing call: the
-/// checkpoint's two `fsync`s then no longer stall the agent (a third of a claim-and-complete
-/// loop's time here). 2 MB of log with 512-byte pages (8,000 pages measured the same with eight
-/// agents): fewer checkpoints, and pages that change in many transactions
-/// are copied back once per checkpoint instead of many times.
+/// Log size (pages, 2 MB) at which a commit asks the process's checkpointer thread for a
+/// checkpoint, so that its `fsync`s do not stall the agent (design note: checkpoints).
 const CHECKPOINT_PAGES: i32 = 4000;
 
-/// Once a commit asked for a checkpoint, the process's later commits ask again only when the log
-/// has grown by this many more pages (or started over). Each ask wakes the process's
-/// checkpointer thread, and with many agents most find another process's checkpointer at work
-/// (its checkpoint returns `SQLITE_BUSY` at once): asking at every commit past the threshold,
-/// 8 agents woke their checkpointers about 2,200 times to no purpose in a 1.4 s run, and this
-/// damping took them from 12.6k to 14.8k claims and completions per second (median of six
-/// interleaved runs), 89 to 73 µs of CPU per task; asking only once per log measured no better.
+/// After an ask, the log must grow this many more pages (or start over) before the next: with
+/// many agents most asks would wake a thread to find another process's checkpoint under way.
 const ASK_AGAIN_PAGES: i32 = 500;
 
-/// Page size of a database this module creates. Every commit appends each page it changed to
-/// the WAL, so the page size is the unit of write cost: a claim changes one row and a few index
-/// entries (about six pages per claim and completion whatever their size). 1 KiB pages wrote a
-/// quarter of the bytes of SQLite's 4 KiB default (about 40% more claims per second); 512 bytes,
-/// SQLite's smallest, halve them again: 20,000 tasks, medians of three interleaved rounds, 9-13%
-/// more claims and completions per second with one agent, 13-17% with eight, 7-12% at 200,000
-/// tasks, and the same as 1 KiB pages (within noise) for tasks whose data is 1-2 KB, whose rows
-/// spill into overflow pages either way. The price: a database holds at most 2 TiB (2^32 pages),
-/// and a large row's overflow chain has twice the pages. A database keeps the page size it was
-/// made with (one made by an earlier tm keeps its 1 KiB pages).
+/// Page size of a database this module creates: the WAL is written a page per change, so
+/// SQLite's smallest pages write the fewest bytes per claim (design note: page size).
 const PAGE_SIZE: &str = "PRAGMA page_size = 512;";
 
 /// The columns a [`Task`] is read from, in [`row_task`]'s order.
 const COLS: &str = "id, type, status, parent_id, locked_by, locked_at, created_at, completed_at, \
                     data, priority, attempt, max_attempts, wait_for_parent, extra";
 
-/// The busy handler's first sleep; each retry doubles it up to [`BUSY_MAX_PAUSE`]. Waiters that
-/// sleep rather than spin leave the CPU to the process holding the lock: with more processes than
-/// cores, that is what keeps throughput up under contention. Every failed attempt costs a read
-/// transaction and several lock system calls (10-20 µs), so short pauses burn the CPU the holder
-/// needs: with 8 agents on 2 cores, starting at 250 µs cost 120-140 µs of CPU per task against
-/// 80-100 µs starting at 1 ms (as SQLite's own busy timeout does), for the same throughput or
-/// better; the agents that are not waiting keep the lock busy meanwhile. The longest pause bounds
-/// how late a waiter notices a free lock, and so how long agents asleep in it go on sleeping
-/// once the queue is drained: with 8 agents draining 1,000 tasks (about 25 ms), the last agent
-/// to find the queue empty did so up to 12 ms after the first with 8 ms pauses. Pauses of at most
-/// 2 ms measured 10-15% more claims and completions per second there (medians of 7 runs, three
-/// interleaved rounds), the same at 20,000 tasks.
+/// The busy handler's first sleep, doubled at each retry up to [`BUSY_MAX_PAUSE`]: waiters sleep
+/// rather than spin, leaving the CPU to the lock's holder (design note: waiting for the lock).
 const BUSY_FIRST_PAUSE: Duration = Duration::from_millis(1);
+/// The longest sleep: it bounds how late a waiter finds a drained queue empty.
 const BUSY_MAX_PAUSE: Duration = Duration::from_millis(2);
 
 /// Claims with more types than this scan the any-type index instead of one probe per type.
@@ -201,19 +176,7 @@ fn claim_sql(n: usize) -> String {
 }
 
 /// Every row of a pending task carries `room`: zero bytes that a claim shrinks and a completion
-/// drops, so that the row never grows. A claim adds the holder, the lease time and a longer
-/// status (38 bytes and the agent id), a completion the completion time (16 bytes net). SQLite
-/// rewrites a row in place while it fits its page, but rows appended in order fill their pages,
-/// so a row that grew made SQLite rebalance its page with two neighbours and their parent: every
-/// other claim and completion wrote four pages more (about 8 WAL frames per task instead of 6),
-/// and the rebalance's renumbering of pages made the page cache scan all its slots at the next
-/// commit (4-5% of a single agent's time). 112 bytes cover agent ids of up to 50 characters
-/// (UUIDs included); a longer one costs the occasional rebalance, nothing else. Measured: 4%
-/// more claims and completions per second with one agent, 6% with eight (medians of five or six
-/// interleaved runs); the price is space: a pending row is 112 bytes larger, and a finished one
-/// keeps what its claim and completion did not use (about 50 bytes with an 8-character agent id).
-/// A database made by an earlier tm gains the column when opened; earlier tm ignores it (it names
-/// every column it reads and writes, and the rows it inserts have no room).
+/// drops, so that the row never grows out of its page (design note: room in a pending row).
 ///
 /// This is `room` of a new row whose status is parameter 3.
 macro_rules! room_of_new_row {
