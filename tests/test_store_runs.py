@@ -146,14 +146,22 @@ def test_cli_reads_while_another_process_writes(tmp_path: Path, db_url: str) -> 
             g.add(t, depends_on=[prev] if prev else [])
             prev = t
         with tm.Executor(workers=2, store={url!r}) as ex:
+            ex.store.core  # created now: readers refuse a store that does not exist yet
+            print("open", flush=True)
             for _ in range(40):
                 assert ex.run(g).state == "completed"
         ex.store.close()
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", writer], cwd=tmp_path, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", writer],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "open\n"
     reads = 0
     try:
         while proc.poll() is None or reads == 0:
