@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -164,97 +162,12 @@ def test_bad_pool_arguments_are_clear_errors(dask_client: Any) -> None:
         task(lambda: 1, resources=["GPU"])
 
 
-DRIVER = textwrap.dedent(
-    """
-    import os, sys
-    import tm
-
-    # Read here, in the driver: the functions carry these globals to the cluster by value.
-    EFFECTS = os.environ["TM_TEST_EFFECTS"]
-    MARKER = os.environ["TM_TEST_MARKER"]
-    STOP = os.environ["TM_TEST_STOP"]
-
-    def effect(name):
-        with open(EFFECTS, "a") as f:
-            f.write(name + "\\n")
-
-    def first():
-        effect("first")
-        return 20
-
-    @tm.task(tag="dask")
-    def heavy(first):
-        effect("heavy")
-        if not os.path.exists(MARKER):
-            open(MARKER, "w").close()
-            # The driver is killed while this runs; `stop` lets the orphaned task end.
-            while not os.path.exists(STOP):
-                pass
-        return first + 1
-
-    def last(heavy):
-        effect("last")
-        return heavy * 2
-
-    graph = tm.Graph("dask-resume")
-    graph.add_edges(first, heavy)
-    graph.add_edges(heavy, last)
-
-    if __name__ == "__main__":
-        ex = tm.Executor(
-            store=os.environ["TM_DB_URL"],
-            persist=True,
-            pools={"dask": tm.DaskPool(os.environ["TM_DASK"])},
-        )
-        if sys.argv[1] == "run":
-            run = ex.run(graph)
-        else:
-            run = ex.resume(sys.argv[2], graph)
-        print(run.state, run.result() if run.state == "completed" else repr(run.error))
-        ex.shutdown()
-    """
-)
-
-
 def test_resume_after_sigkill_of_the_driver(
     dask_client: Any, tmp_path: Path, files: dict[str, Path]
 ) -> None:
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
-    db = tmp_path / "runs.db"
-    fx = tmp_path / "effects.txt"
-    env = {
-        **os.environ,
-        "TM_DB_URL": f"sqlite:///{db}",
-        "TM_TEST_EFFECTS": str(fx),
-        "TM_TEST_MARKER": str(files["marker"]),
-        "TM_TEST_STOP": str(files["stop"]),
-        "TM_DASK": dask_client.scheduler.address,
-    }
-    with (tmp_path / "driver.log").open("w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), "run"], env=env, cwd=tmp_path, stderr=log, stdout=log
-        )
-    poll(lambda: files["marker"].exists() or proc.poll() is not None, "heavy to start")
-    assert proc.poll() is None, (tmp_path / "driver.log").read_text()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    files["stop"].write_text("stop")
-    store = tm.Store(f"sqlite:///{db}")
-    [row] = store.runs()
-    run_id = row["run_id"]
-    states = {t["name"]: t["status"] for t in store.run(run_id)["tasks"]}  # type: ignore[index]
-    store.close()
-    assert states["first"] == "completed" and states["last"] != "completed"
-    out = subprocess.run(
-        [sys.executable, str(script), "resume", run_id],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=_clusters.WAIT,
+    out, effects = _clusters.resume_after_driver_kill(
+        tmp_path, files, "dask", dask_client.scheduler.address
     )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["completed", "42"]
+    assert out.split() == ["completed", "42"]
     # `first` ran once (its persisted result fed `heavy`); `heavy` ran again after the kill.
-    assert fx.read_text().split() == ["first", "heavy", "heavy", "last"]
+    assert effects == ["first", "heavy", "heavy", "last"]
